@@ -1,0 +1,53 @@
+// What the token can do, read once at start-up and merged with the HSM profile.
+import { P, type Handle, type Pkcs11 } from './module.js';
+import type { HsmProfile, IvMode } from './profile.js';
+
+export interface Capabilities {
+  mechanisms: string[];
+  aesGcm: boolean;
+  aesKeyGen: boolean;
+  aesKeyWrapPad: boolean;
+  rsaOaep: boolean;
+  rsaX509: boolean;
+  hmacSha256: boolean;
+  ivMode: IvMode;
+  callMode: 'sync' | 'async';
+}
+
+const NAMES = new Map<number, string>();
+for (const [name, value] of Object.entries(P)) {
+  if (name.startsWith('CKM_') && typeof value === 'number' && !NAMES.has(value)) NAMES.set(value, name);
+}
+NAMES.set(0x1054, 'CKM_RSA_AES_KEY_WRAP'); // pkcs11js has no constant for it
+
+export function mechanismName(m: number): string {
+  return NAMES.get(m) ?? `0x${m.toString(16)}`;
+}
+
+export function readCapabilities(
+  mod: Pkcs11,
+  slot: Handle,
+  profile: HsmProfile,
+  overrides: { ivMode?: IvMode | undefined; callMode?: 'sync' | 'async' | undefined },
+): Capabilities {
+  const list = new Set(mod.C_GetMechanismList(slot));
+  const can = (m: number, flag: number): boolean => {
+    if (!list.has(m)) return false;
+    try {
+      return (mod.C_GetMechanismInfo(slot, m).flags & flag) !== 0;
+    } catch {
+      return false;
+    }
+  };
+  return {
+    mechanisms: [...list].map(mechanismName).sort(),
+    aesGcm: can(P.CKM_AES_GCM, P.CKF_ENCRYPT) && can(P.CKM_AES_GCM, P.CKF_DECRYPT),
+    aesKeyGen: can(P.CKM_AES_KEY_GEN, P.CKF_GENERATE),
+    aesKeyWrapPad: can(P.CKM_AES_KEY_WRAP_PAD, P.CKF_UNWRAP),
+    rsaOaep: can(P.CKM_RSA_PKCS_OAEP, P.CKF_UNWRAP) || can(P.CKM_RSA_PKCS_OAEP, P.CKF_DECRYPT),
+    rsaX509: can(P.CKM_RSA_X_509, P.CKF_DECRYPT),
+    hmacSha256: can(P.CKM_SHA256_HMAC, P.CKF_SIGN),
+    ivMode: overrides.ivMode ?? profile.ivMode,
+    callMode: overrides.callMode ?? profile.callMode,
+  };
+}

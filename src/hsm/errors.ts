@@ -1,0 +1,104 @@
+// Every PKCS#11 return code becomes a named HsmError here, and only here (architecture: "every failure has a name").
+import pkcs11js from 'pkcs11js';
+
+/** What went wrong, in the terms the rest of the proxy acts on. */
+export type HsmErrorKind =
+  | 'KeyFunctionNotPermitted' // the key's CKA_ENCRYPT/CKA_DECRYPT forbids the operation
+  | 'DataInvalid' // ciphertext, tag, IV or AAD do not authenticate (or the data is malformed for the mechanism)
+  | 'ObjectHandleInvalid' // the cached handle no longer names an object: re-resolve
+  | 'SessionInvalid' // the session was closed underneath us: open another
+  | 'NotLoggedIn' // the login was lost: log in again
+  | 'DeviceError' // the device or library failed: re-initialise
+  | 'PinIncorrect'
+  | 'PinLocked'
+  | 'TokenNotFound'
+  | 'MechanismUnsupported'
+  | 'OperationActive' // a previous call left an operation open on the session
+  | 'BufferTooSmall'
+  | 'ArgumentsBad'
+  | 'AttributeReadOnly'
+  | 'PoolExhausted' // no session became free within the wait budget
+  | 'Timeout' // the HSM did not answer within the operation budget
+  | 'Closed' // the HSM layer is shutting down
+  | 'Unknown';
+
+export class HsmError extends Error {
+  override readonly name = 'HsmError';
+  constructor(
+    readonly kind: HsmErrorKind,
+    message: string,
+    /** The CKR name, when the error came from the module. */
+    readonly ckr?: string,
+  ) {
+    super(message);
+  }
+}
+
+const CKR_KIND: Record<string, HsmErrorKind> = {
+  CKR_KEY_FUNCTION_NOT_PERMITTED: 'KeyFunctionNotPermitted',
+  CKR_KEY_TYPE_INCONSISTENT: 'KeyFunctionNotPermitted',
+  CKR_ENCRYPTED_DATA_INVALID: 'DataInvalid',
+  CKR_ENCRYPTED_DATA_LEN_RANGE: 'DataInvalid',
+  CKR_DATA_INVALID: 'DataInvalid',
+  CKR_DATA_LEN_RANGE: 'DataInvalid',
+  CKR_AEAD_DECRYPT_FAILED: 'DataInvalid',
+  CKR_SIGNATURE_INVALID: 'DataInvalid',
+  CKR_OBJECT_HANDLE_INVALID: 'ObjectHandleInvalid',
+  CKR_KEY_HANDLE_INVALID: 'ObjectHandleInvalid',
+  CKR_SESSION_HANDLE_INVALID: 'SessionInvalid',
+  CKR_SESSION_CLOSED: 'SessionInvalid',
+  CKR_USER_NOT_LOGGED_IN: 'NotLoggedIn',
+  CKR_DEVICE_ERROR: 'DeviceError',
+  CKR_DEVICE_REMOVED: 'DeviceError',
+  CKR_DEVICE_MEMORY: 'DeviceError',
+  CKR_TOKEN_NOT_PRESENT: 'DeviceError',
+  CKR_CRYPTOKI_NOT_INITIALIZED: 'DeviceError',
+  CKR_FUNCTION_FAILED: 'DeviceError',
+  CKR_PIN_INCORRECT: 'PinIncorrect',
+  CKR_PIN_LEN_RANGE: 'PinIncorrect',
+  CKR_PIN_LOCKED: 'PinLocked',
+  CKR_MECHANISM_INVALID: 'MechanismUnsupported',
+  CKR_MECHANISM_PARAM_INVALID: 'MechanismUnsupported',
+  CKR_OPERATION_ACTIVE: 'OperationActive',
+  CKR_BUFFER_TOO_SMALL: 'BufferTooSmall',
+  CKR_ARGUMENTS_BAD: 'ArgumentsBad',
+  CKR_ATTRIBUTE_READ_ONLY: 'AttributeReadOnly',
+};
+
+/** The CKR name of a pkcs11js error; C_CreateObject and friends carry it only in the message. */
+export function ckrName(err: unknown): string | undefined {
+  if (!(err instanceof Error)) return undefined;
+  const m = /(CKR_[A-Z0-9_]+)/.exec(err.message);
+  if (m) return m[1];
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'number') {
+    for (const [name, value] of Object.entries(pkcs11js)) {
+      if (name.startsWith('CKR_') && value === code) return name;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Wraps whatever a pkcs11js call threw. `context` says what we were doing, so that
+ * SoftHSM 2.6.1's CKR_GENERAL_ERROR on a failed GCM tag check reads as DataInvalid.
+ */
+export function toHsmError(err: unknown, context: 'decrypt' | 'other' = 'other'): HsmError {
+  if (err instanceof HsmError) return err;
+  const ckr = ckrName(err);
+  if (ckr === 'CKR_GENERAL_ERROR' && context === 'decrypt') {
+    return new HsmError('DataInvalid', 'the ciphertext did not authenticate', ckr);
+  }
+  const kind: HsmErrorKind = (ckr !== undefined ? CKR_KIND[ckr] : undefined) ?? (ckr === 'CKR_GENERAL_ERROR' ? 'DeviceError' : 'Unknown');
+  return new HsmError(kind, ckr ? `PKCS#11 call failed: ${ckr}` : 'PKCS#11 call failed', ckr);
+}
+
+/** Kinds after which the session must not go back to the pool. */
+export function poisonsSession(kind: HsmErrorKind): boolean {
+  return kind !== 'KeyFunctionNotPermitted' && kind !== 'DataInvalid' && kind !== 'ObjectHandleInvalid';
+}
+
+/** Kinds after which the whole module should be recovered (reopen sessions, log in again, or re-initialise). */
+export function needsRecovery(kind: HsmErrorKind): boolean {
+  return kind === 'SessionInvalid' || kind === 'NotLoggedIn' || kind === 'DeviceError';
+}

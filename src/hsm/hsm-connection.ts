@@ -1,0 +1,346 @@
+// One process's connection to one token: module, login, session pool, AES-GCM, key objects, and recovery.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { HsmError, needsRecovery, poisonsSession, toHsmError } from './errors.js';
+import { findSlot, loadModule, P, readBool, type Handle, type Pkcs11, type Template } from './module.js';
+export type { Handle } from './module.js';
+import { SessionPool, type PooledSession } from './session-pool.js';
+import { readCapabilities, type Capabilities } from './capabilities.js';
+import type { HsmProfile, IvMode } from './profile.js';
+
+export interface HsmOptions {
+  modulePath: string;
+  profile: HsmProfile;
+  tokenLabel?: string | undefined;
+  tokenSerial?: string | undefined;
+  pin: string;
+  poolSize: number;
+  acquireTimeoutMs: number;
+  /** Budget for one async call; past it the caller gets Timeout and the session is thrown away when it returns. */
+  operationTimeoutMs: number;
+  ivMode?: IvMode | undefined;
+  callMode?: 'sync' | 'async' | undefined;
+  onEvent?: (event: string, detail: Record<string, unknown>) => void;
+}
+
+export interface TokenInfo {
+  slot: string;
+  label: string;
+  serial: string;
+  manufacturer: string;
+  model: string;
+  libraryDescription: string;
+  libraryVersion: string;
+}
+
+export interface GcmResult {
+  iv: Buffer;
+  ciphertext: Buffer;
+  tag: Buffer;
+}
+
+export interface KeyObject {
+  handle: Handle;
+  label: string;
+  id: Buffer;
+  attrs: Record<string, boolean>;
+}
+
+const TAG_BYTES = 16;
+// Session states (PKCS#11 2.40 s5.6) that pkcs11js does not export.
+const CKS_RO_USER_FUNCTIONS = 1;
+const CKS_RW_USER_FUNCTIONS = 3;
+const IV_BYTES = 12;
+/** Boolean attributes read for every key: usage plus the evidence that it never left the HSM. */
+const BOOL_ATTRS = {
+  encrypt: P.CKA_ENCRYPT,
+  decrypt: P.CKA_DECRYPT,
+  sensitive: P.CKA_SENSITIVE,
+  extractable: P.CKA_EXTRACTABLE,
+  local: P.CKA_LOCAL,
+  neverExtractable: P.CKA_NEVER_EXTRACTABLE,
+  alwaysSensitive: P.CKA_ALWAYS_SENSITIVE,
+} as const;
+
+export class HsmConnection {
+  private mod!: Pkcs11;
+  private slot!: Handle;
+  private loginSession!: Handle;
+  private pool!: SessionPool;
+  private recovering: Promise<void> | undefined;
+  private closed = false;
+  /** Incremented by every recovery that reopens sessions; key handles cached before it may be stale. */
+  generation = 0;
+  info!: TokenInfo;
+  capabilities!: Capabilities;
+
+  private constructor(private readonly opts: HsmOptions) {}
+
+  static async open(opts: HsmOptions): Promise<HsmConnection> {
+    const c = new HsmConnection(opts);
+    c.mod = loadModule(opts.modulePath);
+    try {
+      await c.attach();
+    } catch (e) {
+      try {
+        c.mod.C_Finalize();
+      } catch {
+        // nothing to undo
+      }
+      throw e;
+    }
+    c.pool = new SessionPool({
+      size: opts.poolSize,
+      acquireTimeoutMs: opts.acquireTimeoutMs,
+      open: () => ({ handle: c.mod.C_OpenSession(c.slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION), generation: c.generation }),
+      close: (s) => c.mod.C_CloseSession(s.handle),
+      currentGeneration: () => c.generation,
+    });
+    return c;
+  }
+
+  /** Find the slot, open the long-lived login session and log in (with backoff: concurrent logins race on SoftHSM). */
+  private async attach(): Promise<void> {
+    this.slot = findSlot(this.mod, { tokenLabel: this.opts.tokenLabel, tokenSerial: this.opts.tokenSerial });
+    this.loginSession = this.mod.C_OpenSession(this.slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION);
+    await this.login();
+    const t = this.mod.C_GetTokenInfo(this.slot);
+    const lib = this.mod.C_GetInfo();
+    this.info = {
+      slot: this.slot.toString('hex'),
+      label: t.label.trim(),
+      serial: t.serialNumber.trim(),
+      manufacturer: t.manufacturerID.trim(),
+      model: t.model.trim(),
+      libraryDescription: lib.libraryDescription.trim(),
+      libraryVersion: `${lib.libraryVersion.major}.${lib.libraryVersion.minor}`,
+    };
+    this.capabilities = readCapabilities(this.mod, this.slot, this.opts.profile, this.opts);
+    if (!this.capabilities.aesGcm) throw new HsmError('MechanismUnsupported', 'the token does not offer CKM_AES_GCM encrypt and decrypt');
+  }
+
+  private async login(): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        this.mod.C_Login(this.loginSession, P.CKU_USER, this.opts.pin);
+        return;
+      } catch (e) {
+        const err = toHsmError(e);
+        if (err.ckr === 'CKR_USER_ALREADY_LOGGED_IN') return;
+        if (err.kind === 'PinIncorrect') throw new HsmError('PinIncorrect', 'the HSM refused the user PIN (CKR_PIN_INCORRECT)', err.ckr);
+        if (err.kind === 'PinLocked') throw new HsmError('PinLocked', 'the user PIN is locked on the token (CKR_PIN_LOCKED)', err.ckr);
+        if (attempt >= this.opts.profile.loginRetries) throw err;
+        await sleep(50 * 2 ** attempt + Math.random() * 50);
+      }
+    }
+  }
+
+  get sessionStats() {
+    return this.pool.stats;
+  }
+
+  /** The PKCS#11 module itself, for tests that break sessions underneath a running server. */
+  get moduleForTests(): { mod: Pkcs11; slot: Handle; loginSession: Handle } {
+    return { mod: this.mod, slot: this.slot, loginSession: this.loginSession };
+  }
+
+  // ---- operations ---------------------------------------------------------------------------------------------
+
+  encryptGcm(key: Handle, plaintext: Buffer, aad: Buffer): Promise<GcmResult> {
+    return this.run('other', async (s) => {
+      const mode = this.capabilities.ivMode;
+      const iv = mode === 'caller-random' ? this.mod.C_GenerateRandom(s, Buffer.allocUnsafe(IV_BYTES)) : Buffer.alloc(IV_BYTES);
+      const param = { type: P.CK_PARAMS_AES_GCM_v240, iv, ivBits: IV_BYTES * 8, aad, tagBits: TAG_BYTES * 8 };
+      this.mod.C_EncryptInit(s, { mechanism: P.CKM_AES_GCM, parameter: param }, key);
+      const extra = mode === 'hsm-appends' ? IV_BYTES : 0;
+      const out = await this.call(() => this.mod.C_Encrypt(s, plaintext, Buffer.allocUnsafe(plaintext.length + TAG_BYTES + extra)),
+        () => this.mod.C_EncryptAsync(s, plaintext, Buffer.allocUnsafe(plaintext.length + TAG_BYTES + extra)));
+      if (out.length !== plaintext.length + TAG_BYTES + extra) throw new HsmError('Unknown', 'AES-GCM returned an unexpected length');
+      const n = plaintext.length;
+      const result: GcmResult = {
+        ciphertext: Buffer.from(out.subarray(0, n)),
+        tag: Buffer.from(out.subarray(n, n + TAG_BYTES)),
+        iv: mode === 'hsm-appends' ? Buffer.from(out.subarray(n + TAG_BYTES)) : iv,
+      };
+      // Fail closed: an IV the HSM should have generated but did not is never returned to KMS.
+      if (mode !== 'caller-random' && result.iv.every((b) => b === 0)) {
+        throw new HsmError('Unknown', `the HSM did not return a generated IV (ivMode ${mode}); check the HSM profile`);
+      }
+      return result;
+    });
+  }
+
+  decryptGcm(key: Handle, iv: Buffer, ciphertext: Buffer, tag: Buffer, aad: Buffer): Promise<Buffer> {
+    return this.run('decrypt', async (s) => {
+      const param = { type: P.CK_PARAMS_AES_GCM_v240, iv, ivBits: iv.length * 8, aad, tagBits: TAG_BYTES * 8 };
+      this.mod.C_DecryptInit(s, { mechanism: P.CKM_AES_GCM, parameter: param }, key);
+      const input = Buffer.concat([ciphertext, tag]);
+      // The output buffer must hold ciphertext + tag: a smaller one leaves the operation active on the session.
+      const out = await this.call(() => this.mod.C_Decrypt(s, input, Buffer.allocUnsafe(input.length)),
+        () => this.mod.C_DecryptAsync(s, input, Buffer.allocUnsafe(input.length)));
+      return Buffer.from(out);
+    });
+  }
+
+  /** Secret keys matching a template, with their label, id and usage/evidence attributes. */
+  findSecretKeys(match: { label?: string; keyType?: number }): Promise<KeyObject[]> {
+    return this.run('other', (s) => {
+      const t: Template = [{ type: P.CKA_CLASS, value: P.CKO_SECRET_KEY }];
+      if (match.label !== undefined) t.push({ type: P.CKA_LABEL, value: match.label });
+      if (match.keyType !== undefined) t.push({ type: P.CKA_KEY_TYPE, value: match.keyType });
+      this.mod.C_FindObjectsInit(s, t);
+      const handles: Handle[] = [];
+      try {
+        for (;;) {
+          const batch = this.mod.C_FindObjects(s, 64);
+          if (batch.length === 0) break;
+          handles.push(...batch);
+        }
+      } finally {
+        this.mod.C_FindObjectsFinal(s);
+      }
+      return handles.map((h) => this.describe(s, h));
+    });
+  }
+
+  private describe(s: Handle, handle: Handle): KeyObject {
+    const names = Object.keys(BOOL_ATTRS) as (keyof typeof BOOL_ATTRS)[];
+    const got = this.mod.C_GetAttributeValue(s, handle, [
+      { type: P.CKA_LABEL },
+      { type: P.CKA_ID },
+      ...names.map((n) => ({ type: BOOL_ATTRS[n] })),
+    ]);
+    const attrs: Record<string, boolean> = {};
+    names.forEach((n, i) => (attrs[n] = readBool(got[i + 2]?.value as Buffer | undefined)));
+    return {
+      handle,
+      label: ((got[0]?.value as Buffer | undefined) ?? Buffer.alloc(0)).toString('utf8'),
+      id: (got[1]?.value as Buffer | undefined) ?? Buffer.alloc(0),
+      attrs,
+    };
+  }
+
+  generateKey(template: Template): Promise<KeyObject> {
+    return this.run('other', (s) => this.describe(s, this.mod.C_GenerateKey(s, { mechanism: P.CKM_AES_KEY_GEN }, template)));
+  }
+
+  destroyObject(handle: Handle): Promise<void> {
+    return this.run('other', (s) => this.mod.C_DestroyObject(s, handle));
+  }
+
+  random(bytes: number): Promise<Buffer> {
+    return this.run('other', (s) => Buffer.from(this.mod.C_GenerateRandom(s, Buffer.allocUnsafe(bytes))));
+  }
+
+  // ---- plumbing -----------------------------------------------------------------------------------------------
+
+  /** One single-part call, on the event loop or on the thread pool as the capabilities say. */
+  private async call(sync: () => Buffer, async: () => Promise<Buffer>): Promise<Buffer> {
+    if (this.capabilities.callMode === 'sync') return sync();
+    let timer: NodeJS.Timeout | undefined;
+    const pending = async();
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new HsmError('Timeout', `the HSM did not answer within ${this.opts.operationTimeoutMs} ms`)), this.opts.operationTimeoutMs);
+    });
+    try {
+      return await Promise.race([pending, timeout]);
+    } finally {
+      clearTimeout(timer);
+      pending.catch(() => undefined);
+    }
+  }
+
+  /**
+   * Borrow a session, run `op`, give the session back only if it is known clean. On a lost session, lost login or
+   * device error: recover, then try once more, so that requests in flight fail cleanly or succeed, never hang.
+   */
+  private async run<T>(context: 'decrypt' | 'other', op: (s: Handle) => T | Promise<T>): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      if (this.closed) throw new HsmError('Closed', 'the HSM connection is closed');
+      if (this.recovering) await this.recovering;
+      const session: PooledSession = this.pool.tryAcquire() ?? (await this.pool.acquire());
+      let err: HsmError;
+      try {
+        const result = await op(session.handle);
+        this.pool.release(session);
+        return result;
+      } catch (e) {
+        err = toHsmError(e, context);
+      }
+      if (err.kind === 'Timeout') {
+        // The call is still running on the thread pool: never reuse its session.
+        this.pool.discard(session);
+        throw err;
+      }
+      if (poisonsSession(err.kind)) this.pool.discard(session);
+      else this.pool.release(session);
+      if (err.kind === 'ObjectHandleInvalid' && !this.isLoggedIn()) err = new HsmError('NotLoggedIn', 'the HSM login was lost', err.ckr);
+      if (!needsRecovery(err.kind) || attempt > 0) throw err;
+      await this.recover(err);
+    }
+  }
+
+  private isLoggedIn(): boolean {
+    try {
+      const state = this.mod.C_GetSessionInfo(this.loginSession).state;
+      return state === CKS_RW_USER_FUNCTIONS || state === CKS_RO_USER_FUNCTIONS;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Reopen sessions, log in again, or re-initialise the library; one recovery at a time. */
+  recover(cause: HsmError): Promise<void> {
+    this.recovering ??= this.doRecover(cause).finally(() => {
+      this.recovering = undefined;
+    });
+    return this.recovering;
+  }
+
+  private async doRecover(cause: HsmError): Promise<void> {
+    this.opts.onEvent?.('hsm.recover', { cause: cause.kind, ckr: cause.ckr });
+    this.generation++;
+    this.pool.drainIdle();
+    if (cause.kind !== 'DeviceError') {
+      try {
+        this.mod.C_GetSessionInfo(this.loginSession);
+      } catch {
+        this.loginSession = this.mod.C_OpenSession(this.slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION);
+      }
+      try {
+        await this.login();
+        return;
+      } catch (e) {
+        if (toHsmError(e).kind !== 'DeviceError') throw e;
+      }
+    }
+    // Re-initialise the library: every handle from before is void.
+    try {
+      this.mod.C_Finalize();
+    } catch {
+      // already gone
+    }
+    this.mod.C_Initialize({ flags: 2 });
+    await this.attach();
+  }
+
+  /** Whether the login session is healthy; used by health checks. */
+  ping(): boolean {
+    return this.isLoggedIn();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.pool?.close();
+    try {
+      this.mod.C_CloseAllSessions(this.slot);
+    } catch {
+      // ignore
+    }
+    try {
+      this.mod.C_Finalize();
+    } catch {
+      // ignore
+    }
+  }
+}

@@ -1,0 +1,45 @@
+// Loading and initialising the PKCS#11 library. pkcs11js is imported only under src/hsm.
+import pkcs11js from 'pkcs11js';
+
+// Under native ES modules only the default import carries the constants.
+export const P = pkcs11js;
+export type Pkcs11 = pkcs11js.PKCS11;
+export type Handle = pkcs11js.Handle;
+export type Template = pkcs11js.Template;
+
+/** CKF_OS_LOCKING_OK: without it SoftHSM turns its locking off and concurrent calls crash the process. */
+export const CKF_OS_LOCKING_OK = 2;
+
+export function loadModule(path: string): Pkcs11 {
+  const mod = new pkcs11js.PKCS11();
+  mod.load(path);
+  mod.C_Initialize({ flags: CKF_OS_LOCKING_OK });
+  return mod;
+}
+
+export interface SlotChoice {
+  tokenLabel?: string | undefined;
+  tokenSerial?: string | undefined;
+}
+
+/** The slot whose token matches by label or serial; never "the first slot" (SoftHSM always lists an empty extra one). */
+export function findSlot(mod: Pkcs11, choice: SlotChoice): Handle {
+  const seen: string[] = [];
+  for (const slot of mod.C_GetSlotList(true)) {
+    const info = mod.C_GetTokenInfo(slot);
+    const label = info.label.trim();
+    const serial = info.serialNumber.trim();
+    seen.push(`"${label}" (serial ${serial})`);
+    if (choice.tokenSerial !== undefined && serial !== choice.tokenSerial) continue;
+    if (choice.tokenLabel !== undefined && label !== choice.tokenLabel) continue;
+    if ((info.flags & P.CKF_TOKEN_INITIALIZED) === 0) continue;
+    return slot;
+  }
+  const wanted = choice.tokenSerial ? `serial ${choice.tokenSerial}` : `label "${choice.tokenLabel}"`;
+  throw new Error(`no token with ${wanted}; tokens present: ${seen.length ? seen.join(', ') : 'none'}`);
+}
+
+/** Attribute template entries read back as booleans. */
+export function readBool(value: Buffer | undefined): boolean {
+  return value !== undefined && value.length > 0 && value[0] !== 0;
+}

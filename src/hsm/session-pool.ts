@@ -1,0 +1,135 @@
+// A pool of PKCS#11 sessions: a session runs one operation at a time (CKR_OPERATION_ACTIVE otherwise),
+// so a concurrent server borrows one per operation and gives it back only when it is known clean.
+import { HsmError } from './errors.js';
+
+export interface PooledSession {
+  readonly handle: Buffer;
+  /** The module generation it was opened in; sessions from before a re-initialisation are never reused. */
+  readonly generation: number;
+}
+
+export interface SessionPoolOptions {
+  size: number;
+  /** How long a caller may wait for a free session before it gets PoolExhausted. */
+  acquireTimeoutMs: number;
+  open: () => PooledSession;
+  close: (s: PooledSession) => void;
+  currentGeneration: () => number;
+}
+
+interface Waiter {
+  resolve: (s: PooledSession) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+export class SessionPool {
+  private readonly idle: PooledSession[] = [];
+  private readonly waiters: Waiter[] = [];
+  private open = 0;
+  private closed = false;
+
+  constructor(private readonly opts: SessionPoolOptions) {}
+
+  get stats(): { open: number; idle: number; waiting: number; size: number } {
+    return { open: this.open, idle: this.idle.length, waiting: this.waiters.length, size: this.opts.size };
+  }
+
+  /** A free session now, or undefined when all are busy (no allocation on the hot path). */
+  tryAcquire(): PooledSession | undefined {
+    if (this.closed) throw new HsmError('Closed', 'the HSM connection is closing');
+    const gen = this.opts.currentGeneration();
+    while (this.idle.length > 0) {
+      const s = this.idle.pop()!;
+      if (s.generation === gen) return s;
+      this.open--; // stale: its module instance was re-initialised, nothing to close
+    }
+    if (this.open < this.opts.size) {
+      const s = this.opts.open();
+      this.open++;
+      return s;
+    }
+    return undefined;
+  }
+
+  acquire(): Promise<PooledSession> {
+    const s = this.tryAcquire();
+    if (s) return Promise.resolve(s);
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = {
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          const i = this.waiters.indexOf(waiter);
+          if (i >= 0) this.waiters.splice(i, 1);
+          reject(new HsmError('PoolExhausted', 'no HSM session became free in time'));
+        }, this.opts.acquireTimeoutMs),
+      };
+      this.waiters.push(waiter);
+    });
+  }
+
+  /** Give back a clean session. */
+  release(s: PooledSession): void {
+    if (this.closed || s.generation !== this.opts.currentGeneration()) {
+      this.discard(s);
+      return;
+    }
+    const w = this.waiters.shift();
+    if (w) {
+      clearTimeout(w.timer);
+      w.resolve(s);
+    } else {
+      this.idle.push(s);
+    }
+  }
+
+  /** Close a session that may hold an open operation or that the module no longer knows, and make room. */
+  discard(s: PooledSession): void {
+    this.open--;
+    if (s.generation === this.opts.currentGeneration()) {
+      try {
+        this.opts.close(s);
+      } catch {
+        // already invalid: nothing to close
+      }
+    }
+    this.serveWaiter();
+  }
+
+  /** Forget every idle session (after a recovery); sessions in use are discarded when they come back. */
+  drainIdle(): void {
+    for (const s of this.idle.splice(0)) this.discard(s);
+  }
+
+  private serveWaiter(): void {
+    if (this.waiters.length === 0 || this.closed) return;
+    try {
+      const s = this.tryAcquire();
+      if (!s) return;
+      const w = this.waiters.shift()!;
+      clearTimeout(w.timer);
+      w.resolve(s);
+    } catch (e) {
+      const w = this.waiters.shift()!;
+      clearTimeout(w.timer);
+      w.reject(e as Error);
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const w of this.waiters.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(new HsmError('Closed', 'the HSM connection is closing'));
+    }
+    for (const s of this.idle.splice(0)) {
+      this.open--;
+      try {
+        this.opts.close(s);
+      } catch {
+        // ignore
+      }
+    }
+  }
+}

@@ -1,0 +1,20 @@
+// The AAD given to AES-GCM (spec "Encrypt"): u16 BE length of AAD || AAD || u8 length of metadata || metadata.
+// Binding ciphertextMetadata here is what makes a changed key version fail to decrypt.
+
+export const MAX_AAD_BYTES = 0xffff;
+export const MAX_METADATA_BYTES = 20; // KMS rejects longer ciphertextMetadata
+
+export function buildGcmAad(aad: Buffer | undefined, metadata: Buffer | undefined): Buffer {
+  const a = aad ?? EMPTY;
+  const m = metadata ?? EMPTY;
+  if (a.length > MAX_AAD_BYTES) throw new RangeError('AAD longer than 65535 bytes');
+  if (m.length > MAX_METADATA_BYTES) throw new RangeError('ciphertextMetadata longer than 20 bytes');
+  const out = Buffer.allocUnsafe(2 + a.length + 1 + m.length);
+  out.writeUInt16BE(a.length, 0);
+  a.copy(out, 2);
+  out.writeUInt8(m.length, 2 + a.length);
+  m.copy(out, 3 + a.length);
+  return out;
+}
+
+const EMPTY = Buffer.alloc(0);
