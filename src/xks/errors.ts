@@ -23,10 +23,12 @@ export class XksError extends Error {
   constructor(
     readonly errorName: XksErrorName,
     message: string,
+    /** Only for the one status the table lacks: 405 for a GET on an XKS path. */
+    status?: number,
   ) {
     // KMS writes the message to the customer's CloudWatch Logs: printable ASCII, under 512 characters, no secrets.
     super(message.replace(/[^\x20-\x7e]/g, '?').slice(0, 500));
-    this.status = XKS_ERRORS[errorName];
+    this.status = status ?? XKS_ERRORS[errorName];
   }
 }
 

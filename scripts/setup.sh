@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what the proxy needs on Debian/Ubuntu and builds it. Safe to run any number of times.
+#   apt:  softhsm2 (the PKCS#11 token for dev/CI), opensc (pkcs11-tool), openssl (demo TLS certificate), curl
+#   npm:  the dependencies in package-lock.json (pkcs11js compiles with node-gyp: python3, make, g++)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+[ -e /usr/lib/softhsm/libsofthsm2.so ] || need_apt+=(softhsm2)
+command -v pkcs11-tool >/dev/null || need_apt+=(opensc)
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v make >/dev/null || need_apt+=(make)
+command -v g++ >/dev/null || need_apt+=(g++)
+command -v python3 >/dev/null || need_apt+=(python3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]} with apt-get"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+  echo "setup: Node.js 20 or newer is required (found $(node -v 2>/dev/null || echo none))" >&2
+  exit 1
+fi
+
+# node-gyp needs Node's headers; with Debian's nodejs they are under /usr.
+if [ -z "${npm_config_nodedir:-}" ] && [ -f /usr/include/node/node.h ] && [ ! -d "$HOME/.cache/node-gyp" ]; then
+  export npm_config_nodedir=/usr
+fi
+
+stamp=node_modules/.package-lock.json
+if [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ] || [ ! -e node_modules/pkcs11js/build/Release/pkcs11.node ]; then
+  echo "setup: installing npm dependencies"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+echo "setup: building"
+npm run --silent build

@@ -1,0 +1,106 @@
+// Reading the config file and the secrets it refers to. Errors name the field and say what is wrong.
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { ConfigSchema, type Config, type SecretRef } from './schema.js';
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+/** A prefix with its secrets read: what the SigV4 verifier needs. */
+export interface ResolvedPrefix {
+  path: string;
+  region: string;
+  credentials: Map<string, string>; // access key id -> secret
+  keys: ReadonlySet<string> | undefined;
+}
+
+export interface LoadedConfig {
+  file: string;
+  config: Config;
+  pin: string;
+  prefixes: ResolvedPrefix[];
+}
+
+export function configPath(explicit?: string): string {
+  const p = explicit ?? process.env.XKS_CONFIG;
+  if (!p) throw new ConfigError('no configuration: pass --config FILE or set XKS_CONFIG');
+  return resolve(p);
+}
+
+export function parseConfig(text: string, file: string): Config {
+  let raw: unknown;
+  try {
+    raw = parseYaml(text);
+  } catch (e) {
+    throw new ConfigError(`${file}: not valid YAML or JSON: ${(e as Error).message.split('\n')[0]}`);
+  }
+  const parsed = ConfigSchema.safeParse(raw);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.slice(0, 5).map((i) => `  ${i.path.join('.') || '(top level)'}: ${i.message}`);
+    throw new ConfigError(`${file} is not a valid configuration:\n${lines.join('\n')}`);
+  }
+  return parsed.data;
+}
+
+export function readSecret(ref: SecretRef, baseDir: string, what: string): string {
+  if ('env' in ref) {
+    const v = process.env[ref.env];
+    if (v === undefined || v === '') throw new ConfigError(`${what}: environment variable ${ref.env} is not set`);
+    return v;
+  }
+  const file = resolve(baseDir, ref.file);
+  try {
+    return readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+  } catch (e) {
+    throw new ConfigError(`${what}: cannot read ${file} (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+}
+
+/** Paths in the config are relative to the config file. */
+export function resolvePaths(config: Config, baseDir: string): Config {
+  const r = (p: string) => resolve(baseDir, p);
+  const https = config.listeners.https;
+  return {
+    ...config,
+    hsm: { ...config.hsm, ...(config.hsm.module ? { module: r(config.hsm.module) } : {}) },
+    listeners: {
+      ...config.listeners,
+      ...(https
+        ? {
+            https: {
+              ...https,
+              certFile: r(https.certFile),
+              keyFile: r(https.keyFile),
+              ...(https.mtls ? { mtls: { ...https.mtls, clientCaFile: r(https.mtls.clientCaFile) } } : {}),
+            },
+          }
+        : {}),
+    },
+  };
+}
+
+export function loadConfig(file: string, opts: { needPin?: boolean } = {}): LoadedConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError(`cannot read configuration ${file} (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+  const baseDir = dirname(file);
+  const config = resolvePaths(parseConfig(text, file), baseDir);
+  const secretVerify = /^[A-Za-z0-9+/=]{43,64}$/;
+  const prefixes = config.prefixes.map((p, i) => {
+    const credentials = new Map<string, string>();
+    p.credentials.forEach((c, j) => {
+      const what = `prefixes.${i}.credentials.${j}.secret`;
+      const secret = readSecret(c.secret, baseDir, what);
+      if (!secretVerify.test(secret)) throw new ConfigError(`${what}: must be 43 to 64 characters of A-Za-z0-9+/=`);
+      credentials.set(c.accessKeyId, secret);
+    });
+    return { path: p.path, region: p.region, credentials, keys: p.keys ? new Set(p.keys) : undefined };
+  });
+  const pin = opts.needPin === false ? '' : readSecret(config.hsm.pin, baseDir, 'hsm.pin');
+  return { file, config, pin, prefixes };
+}

@@ -1,0 +1,104 @@
+// The configuration file's shape: the single source of truth for its types. Secrets are references (env or file),
+// never values, so a config file can be committed or shown without leaking a PIN or a SigV4 secret.
+import { z } from 'zod';
+import { IvModeSchema } from '../hsm/profile.js';
+
+export const SecretRefSchema = z.union(
+  [
+    z.strictObject({ env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name') }),
+    z.strictObject({ file: z.string().min(1) }),
+  ],
+  { error: 'must be { env: NAME } or { file: PATH }; secrets are never written in the config itself' },
+);
+export type SecretRef = z.infer<typeof SecretRefSchema>;
+
+const port = z.number().int().min(0).max(65535);
+const host = z.string().min(1).default('127.0.0.1');
+
+export const CredentialSchema = z.strictObject({
+  accessKeyId: z.string().regex(/^[A-Z2-7]{20,30}$/, 'must be 20 to 30 characters of A-Z and 2-7'),
+  secret: SecretRefSchema,
+});
+
+export const PrefixSchema = z
+  .strictObject({
+    /** The URI prefix before /kms/xks/v1, without leading or trailing slash; empty for none. */
+    path: z
+      .string()
+      .max(116, 'must be at most 116 characters so that the path with /kms/xks/v1 stays within 128')
+      .regex(/^([A-Za-z0-9_-]+(\/[A-Za-z0-9_-]+)*)?$/, 'must be segments of A-Za-z0-9_- separated by single slashes, no leading or trailing slash'),
+    region: z.string().regex(/^[a-z0-9-]{4,32}$/, 'must be an AWS region such as us-east-1'),
+    credentials: z.array(CredentialSchema).min(1, 'needs at least one credential'),
+    /** Optional allow-list of external key ids this key store may use; absent means every key in the token. */
+    keys: z.array(z.string().regex(/^[A-Za-z0-9._-]{1,128}$/, 'must be 1 to 128 characters of A-Za-z0-9._-')).optional(),
+  })
+  .refine((p) => new Set(p.credentials.map((c) => c.accessKeyId)).size === p.credentials.length, {
+    message: 'lists the same accessKeyId twice',
+    path: ['credentials'],
+  });
+
+export const ConfigSchema = z
+  .strictObject({
+    hsm: z.strictObject({
+      profile: z.string().default('softhsm2'),
+      module: z.string().optional(),
+      tokenLabel: z.string().min(1).optional(),
+      tokenSerial: z.string().min(1).optional(),
+      pin: SecretRefSchema,
+      sessionPoolSize: z.number().int().min(1).max(256).default(8),
+      /** Wait for a free session at most this long, then answer ThrottlingException (KMS's budget is 250 ms). */
+      acquireTimeoutMs: z.number().int().min(1).max(10_000).default(100),
+      /** Budget for one HSM call in async mode, then DependencyTimeoutException. */
+      operationTimeoutMs: z.number().int().min(1).max(60_000).default(200),
+      ivMode: IvModeSchema.optional(),
+      callMode: z.enum(['sync', 'async']).optional(),
+      healthKeyLabel: z.string().min(1).max(128).default('xks-proxy-health-check'),
+      /** How old a cached key may be before it is re-read from the token in the background. */
+      keyCacheTtlMs: z.number().int().min(100).max(600_000).default(5_000),
+    }).refine((h) => h.tokenLabel !== undefined || h.tokenSerial !== undefined, {
+      message: 'needs tokenLabel or tokenSerial to choose the token',
+    }),
+    listeners: z
+      .strictObject({
+        http: z.strictObject({ host, port }).optional(),
+        https: z
+          .strictObject({
+            host,
+            port,
+            certFile: z.string().min(1),
+            keyFile: z.string().min(1),
+            mtls: z
+              .strictObject({
+                clientCaFile: z.string().min(1),
+                /** Accepted client subject names (CN or DNS subjectAltName), e.g. cks.kms.us-east-1.amazonaws.com. */
+                allowedSubjects: z.array(z.string().min(1)).min(1),
+              })
+              .optional(),
+          })
+          .optional(),
+      })
+      .refine((l) => l.http !== undefined || l.https !== undefined, { message: 'needs an http or https listener' }),
+    limits: z
+      .strictObject({
+        /** Request bodies above this are refused before they are read in full (KMS sends at most about 20 KB). */
+        bodyBytes: z.number().int().min(1024).max(1 << 20).default(32 * 1024),
+      })
+      .default({ bodyBytes: 32 * 1024 }),
+    health: z
+      .strictObject({
+        maxAgeMs: z.number().int().min(0).max(60_000).default(10_000),
+        fleetSize: z.number().int().min(1).max(10_000).default(1),
+      })
+      .default({ maxAgeMs: 10_000, fleetSize: 1 }),
+    prefixes: z.array(PrefixSchema).min(1, 'needs at least one key store prefix'),
+    log: z
+      .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+      .default({ level: 'info' }),
+  })
+  .refine((c) => new Set(c.prefixes.map((p) => p.path)).size === c.prefixes.length, {
+    message: 'lists the same prefix path twice',
+    path: ['prefixes'],
+  });
+
+export type Config = z.infer<typeof ConfigSchema>;
+export type PrefixConfig = z.infer<typeof PrefixSchema>;

@@ -1,0 +1,25 @@
+// Routing an XKS URI (spec "URIs"): /<prefix>/kms/xks/v1/health or /<prefix>/kms/xks/v1/keys/<id>/<operation>.
+export type XksOperation = 'GetHealthStatus' | 'GetKeyMetadata' | 'Encrypt' | 'Decrypt';
+
+export interface XksRoute {
+  prefix: string;
+  operation: XksOperation;
+  keyId?: string;
+}
+
+const MARK = '/kms/xks/v1/';
+const KEY_ROUTE = /^keys\/([A-Za-z0-9._-]{1,128})\/(metadata|encrypt|decrypt)$/;
+const OPS = { metadata: 'GetKeyMetadata', encrypt: 'Encrypt', decrypt: 'Decrypt' } as const;
+
+/** The route, or undefined for a path that is not an XKS path. The prefix is not checked here. */
+export function matchRoute(path: string): XksRoute | undefined {
+  if (path.length > 256 || path.charCodeAt(0) !== 47) return undefined;
+  const at = path.indexOf(MARK);
+  if (at < 0) return undefined;
+  const prefix = path.slice(1, at);
+  const rest = path.slice(at + MARK.length);
+  if (rest === 'health') return { prefix, operation: 'GetHealthStatus' };
+  const m = KEY_ROUTE.exec(rest);
+  if (!m) return undefined;
+  return { prefix, operation: OPS[m[2] as keyof typeof OPS], keyId: m[1]! };
+}

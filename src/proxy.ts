@@ -1,0 +1,85 @@
+// Wires one proxy process together from a loaded configuration: HSM connection, key catalogue, health, listeners.
+import { readFileSync } from 'node:fs';
+import type { LoadedConfig } from './config/load.js';
+import { HsmConnection } from './hsm/hsm-connection.js';
+import { loadProfile, resolveModulePath } from './hsm/profile.js';
+import { createXksHandler } from './http/xks-handler.js';
+import { startListeners, type Listening } from './http/listeners.js';
+import { KeyCatalogue } from './keys/catalogue.js';
+import type { Logger } from './obs/logger.js';
+import { HealthChecker } from './xks/health.js';
+
+export const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+export async function openHsm(loaded: LoadedConfig, logger?: Logger): Promise<HsmConnection> {
+  const h = loaded.config.hsm;
+  const profile = loadProfile(h.profile);
+  return HsmConnection.open({
+    modulePath: resolveModulePath(profile, h.module),
+    profile,
+    tokenLabel: h.tokenLabel,
+    tokenSerial: h.tokenSerial,
+    pin: loaded.pin,
+    poolSize: h.sessionPoolSize,
+    acquireTimeoutMs: h.acquireTimeoutMs,
+    operationTimeoutMs: h.operationTimeoutMs,
+    ivMode: h.ivMode,
+    callMode: h.callMode,
+    onEvent: (event, detail) => logger?.warn(detail, event),
+  });
+}
+
+export function openCatalogue(hsm: HsmConnection, loaded: LoadedConfig): KeyCatalogue {
+  return new KeyCatalogue(hsm, {
+    ttlMs: loaded.config.hsm.keyCacheTtlMs,
+    negativeTtlMs: 1_000,
+    reserved: new Set([loaded.config.hsm.healthKeyLabel]),
+    maxEntries: 10_000,
+  });
+}
+
+export interface RunningProxy {
+  hsm: HsmConnection;
+  catalogue: KeyCatalogue;
+  health: HealthChecker;
+  listening: Listening;
+  stop(): Promise<void>;
+}
+
+export async function startProxy(loaded: LoadedConfig, logger: Logger): Promise<RunningProxy> {
+  const hsm = await openHsm(loaded, logger);
+  try {
+    const catalogue = openCatalogue(hsm, loaded);
+    const health = new HealthChecker(hsm, {
+      keyLabel: loaded.config.hsm.healthKeyLabel,
+      maxAgeMs: loaded.config.health.maxAgeMs,
+      waitMs: 200,
+      fleetSize: loaded.config.health.fleetSize,
+      version: VERSION,
+    });
+    // Creates the health key if it is missing, and tells at start-up whether the HSM really works.
+    const first = await health.refresh();
+    logger.info({ token: hsm.info.label, serial: hsm.info.serial, status: first.status, detail: first.detail }, 'health check');
+    const handler = createXksHandler({
+      deps: { hsm, catalogue },
+      health,
+      prefixes: loaded.prefixes,
+      bodyLimit: loaded.config.limits.bodyBytes,
+      logger,
+    });
+    const listening = await startListeners(loaded.config.listeners, handler, logger);
+    return {
+      hsm,
+      catalogue,
+      health,
+      listening,
+      stop: async () => {
+        await listening.close();
+        hsm.close();
+      },
+    };
+  } catch (e) {
+    hsm.close();
+    throw e;
+  }
+}
