@@ -65,7 +65,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger): Promise<
       health,
       prefixes: loaded.prefixes,
       bodyLimit: loaded.config.limits.bodyBytes,
-      logger,
+      logger: logger.child({ hsm: hsm.info.label }),
     });
     const listening = await startListeners(loaded.config.listeners, handler, logger);
     return {
