@@ -4,6 +4,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ZodType } from 'zod';
 import type { ResolvedPrefix } from '../config/load.js';
+import { HsmError } from '../hsm/errors.js';
 import type { Logger } from '../obs/logger.js';
 import { XksError, toXksError, type XksErrorName } from '../xks/errors.js';
 import type { HealthChecker } from '../xks/health.js';
@@ -69,7 +70,9 @@ function parse<T>(schema: ZodType<T>, value: unknown): T {
   const issue = r.error.issues[0]!;
   const field = issue.path.join('.') || 'body';
   const tooLarge = issue.code === 'custom' && (issue as { params?: { tooLarge?: boolean } }).params?.tooLarge === true;
-  const message = issue.code === 'invalid_type' && issue.input === undefined ? `${field} is required` : `${field}: ${issue.message}`;
+  // Our own Base64 checks already name the field; zod's built-in messages do not.
+  const message =
+    issue.code === 'invalid_type' && issue.input === undefined ? `${field} is required` : issue.code === 'custom' ? issue.message : `${field}: ${issue.message}`;
   throw new XksError(tooLarge ? 'UnsupportedOperationException' : 'ValidationException', message);
 }
 
@@ -147,13 +150,21 @@ export function createXksHandler(opts: XksHandlerOptions) {
       (err: unknown) => {
         const x = toXksError(err);
         const status = x.status;
-        if (!(err instanceof XksError)) {
+        if (x.errorName === 'InternalException') {
           opts.logger.error({ ...log, err: { name: (err as Error)?.name, message: (err as Error)?.message } }, 'unexpected failure');
         }
         const extra = x.errorName === 'UnsupportedOperationException' && x.message.startsWith('request body') ? { connection: 'close' } : undefined;
         if (!res.headersSent) send(res, status, { errorName: x.errorName, errorMessage: x.message }, extra);
         opts.logger.info(
-          { ...log, outcome: 'error', errorName: x.errorName as XksErrorName, status, reason: x.message, ms: round(performance.now() - started) },
+          {
+            ...log,
+            outcome: 'error',
+            errorName: x.errorName as XksErrorName,
+            status,
+            reason: x.message,
+            ...(err instanceof HsmError ? { hsmError: err.ckr ?? err.kind } : {}),
+            ms: round(performance.now() - started),
+          },
           'xks request',
         );
       },

@@ -8,7 +8,7 @@ export const MAX_DATA_BYTES = 8192;
 export const MAX_AAD_INPUT_BYTES = 16384;
 
 /** Strict Base64: canonical padding, no whitespace, no URL alphabet; the decoded bytes are the parsed value. */
-function base64(field: string, opts: { min: number; max: number; exact?: number[] }) {
+function base64(field: string, opts: { min: number; max: number; exact?: number[]; oversize?: 'unsupported' | 'invalid' }) {
   return z.string().transform((s, ctx) => {
     const buf = Buffer.from(s, 'base64');
     if (buf.toString('base64') !== s) {
@@ -24,8 +24,13 @@ function base64(field: string, opts: { min: number; max: number; exact?: number[
       return z.NEVER;
     }
     if (buf.length > opts.max) {
-      // A size beyond what we support: the HTTP layer turns this tag into UnsupportedOperationException.
-      ctx.addIssue({ code: 'custom', message: `${field} is longer than ${opts.max} bytes`, params: { tooLarge: true } });
+      // A size beyond what we support is UnsupportedOperationException (spec "Errors"); one beyond what the spec
+      // allows is malformed.
+      ctx.addIssue({
+        code: 'custom',
+        message: `${field} is longer than ${opts.max} bytes`,
+        params: { tooLarge: (opts.oversize ?? 'unsupported') === 'unsupported' },
+      });
       return z.NEVER;
     }
     return buf;
@@ -63,7 +68,7 @@ export const DecryptRequestSchema = z.object({
   ciphertext: base64('ciphertext', { min: 1, max: MAX_DATA_BYTES }),
   encryptionAlgorithm: z.literal('AES_GCM', { error: 'encryptionAlgorithm must be AES_GCM' }),
   additionalAuthenticatedData: base64('additionalAuthenticatedData', { min: 0, max: MAX_AAD_INPUT_BYTES }).optional(),
-  ciphertextMetadata: base64('ciphertextMetadata', { min: 0, max: 20 }).optional(),
+  ciphertextMetadata: base64('ciphertextMetadata', { min: 0, max: 20, oversize: 'invalid' }).optional(),
   initializationVector: base64('initializationVector', { min: 12, max: 16, exact: [12, 16] }),
   authenticationTag: base64('authenticationTag', { min: 16, max: 16, exact: [16] }),
 });
