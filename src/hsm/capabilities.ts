@@ -12,6 +12,7 @@ export interface Capabilities {
   hmacSha256: boolean;
   ivMode: IvMode;
   callMode: 'sync' | 'async';
+  sessionKeyCopies: boolean;
 }
 
 const NAMES = new Map<number, string>();
@@ -49,5 +50,6 @@ export function readCapabilities(
     hmacSha256: can(P.CKM_SHA256_HMAC, P.CKF_SIGN),
     ivMode: overrides.ivMode ?? profile.ivMode,
     callMode: overrides.callMode ?? profile.callMode,
+    sessionKeyCopies: profile.sessionKeyCopies,
   };
 }

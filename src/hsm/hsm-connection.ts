@@ -67,6 +67,8 @@ export class HsmConnection {
   private loginSession!: Handle;
   private pool!: SessionPool;
   private recovering: Promise<void> | undefined;
+  /** Session copies of token keys (SoftHSM): token handle hex -> copy, valid for one recovery generation. */
+  private readonly copies = new Map<string, { copy: Handle; generation: number }>();
   private closed = false;
   /** Incremented by every recovery that reopens sessions; key handles cached before it may be stale. */
   generation = 0;
@@ -181,9 +183,43 @@ export class HsmConnection {
     });
   }
 
+  /**
+   * The handle to use for crypto with a token key: a session copy where the profile asks for one (made once per key
+   * and recovery generation, on the login session so it lives as long as the login), else the key itself.
+   */
+  async cryptoHandle(key: Handle): Promise<Handle> {
+    if (!this.capabilities.sessionKeyCopies) return key;
+    const id = key.toString('hex');
+    const cached = this.copies.get(id);
+    if (cached && cached.generation === this.generation) return cached.copy;
+    const generation = this.generation;
+    const copy = await this.run('other', () =>
+      // Only CKA_TOKEN may change: the copy inherits CKA_SENSITIVE, CKA_EXTRACTABLE and the usage (read-only here).
+      this.mod.C_CopyObject(this.loginSession, key, [{ type: P.CKA_TOKEN, value: false }]),
+    );
+    this.copies.set(id, { copy, generation });
+    return copy;
+  }
+
+  /** Forget and destroy the session copy of a token key that changed or disappeared. */
+  dropCryptoHandle(key: Handle): void {
+    const id = key.toString('hex');
+    const cached = this.copies.get(id);
+    if (!cached) return;
+    this.copies.delete(id);
+    if (cached.generation !== this.generation) return;
+    try {
+      this.mod.C_DestroyObject(this.loginSession, cached.copy);
+    } catch {
+      // already gone with its session
+    }
+  }
+
   /** Secret keys matching a template, with their label, id and usage/evidence attributes. */
   findSecretKeys(match: { label?: string; keyType?: number }): Promise<KeyObject[]> {
     return this.run('other', (s) => {
+      // Without the login, private keys are simply invisible: an empty answer would read as "no such key".
+      if (!this.isLoggedIn()) throw new HsmError('NotLoggedIn', 'the HSM login was lost');
       const t: Template = [{ type: P.CKA_CLASS, value: P.CKO_SECRET_KEY }];
       if (match.label !== undefined) t.push({ type: P.CKA_LABEL, value: match.label });
       if (match.keyType !== undefined) t.push({ type: P.CKA_KEY_TYPE, value: match.keyType });
@@ -298,6 +334,16 @@ export class HsmConnection {
 
   private async doRecover(cause: HsmError): Promise<void> {
     this.opts.onEvent?.('hsm.recover', { cause: cause.kind, ckr: cause.ckr });
+    // Session copies made before may survive a re-login: destroy them so none leaks, then forget them all.
+    for (const c of this.copies.values()) {
+      if (c.generation !== this.generation) continue;
+      try {
+        this.mod.C_DestroyObject(this.loginSession, c.copy);
+      } catch {
+        // gone with its session
+      }
+    }
+    this.copies.clear();
     this.generation++;
     this.pool.drainIdle();
     if (cause.kind !== 'DeviceError') {

@@ -23,6 +23,12 @@ export const ProfileSchema = z.strictObject({
   /** sync: the call runs on the event loop (in-process software tokens answer in microseconds);
    *  async: the call runs on libuv's thread pool (network HSMs take milliseconds). */
   callMode: z.enum(['sync', 'async']),
+  /**
+   * Run AES-GCM on a session copy of each token key (C_CopyObject with CKA_TOKEN=false, still sensitive and
+   * non-extractable, gone when the process ends). SoftHSM re-checks its object files on every C_*Init of a token key;
+   * a session copy skips that and doubles its throughput. Hardware HSMs gain nothing and may forbid copies.
+   */
+  sessionKeyCopies: z.boolean().default(false),
   /** PKCS#11 logins race on some tokens when several processes start at once: retry with backoff. */
   loginRetries: z.number().int().min(0).max(20).default(5),
   notes: z.array(z.string()).default([]),

@@ -96,8 +96,9 @@ export async function startListeners(config: Config['listeners'], handler: Handl
         handler,
       );
       if (mtls) {
-        // The CA check happens in the handshake; the subject check right after it, before any request is read.
-        s.on('secureConnection', (socket: TLSSocket) => {
+        // The CA check happens in the handshake; the subject check right after it, before any request is read:
+        // prepended, because the HTTP server's own secureConnection listener starts reading requests.
+        s.prependListener('secureConnection', (socket: TLSSocket) => {
           if (!subjectAllowed(socket.getPeerCertificate(), mtls.allowedSubjects)) {
             logger.warn({ remote: socket.remoteAddress, subject: socket.getPeerCertificate()?.subject?.CN }, 'mTLS client subject refused');
             socket.destroy();

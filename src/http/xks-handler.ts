@@ -100,17 +100,19 @@ export function createXksHandler(opts: XksHandlerOptions) {
       { method: 'POST', path, query: q < 0 ? '' : url.slice(q + 1), rawHeaders: req.rawHeaders, body },
       { region: prefix.region, service: XKS_SERVICE, secretFor: (id) => prefix.credentials.get(id), now: now() },
     );
-    if (!auth.ok) throw new XksError('AuthenticationFailedException', `SigV4 authentication failed: ${auth.reason}`);
-    log.accessKeyId = auth.accessKeyId;
-
     let json: unknown;
+    let jsonError = false;
     try {
       json = JSON.parse(body.toString('utf8'));
     } catch {
-      throw new XksError('ValidationException', 'the body is not valid JSON');
+      jsonError = true;
     }
+    // Logged even when authentication fails, so operators can match KMS's connection errors to log lines.
     const rid = (json as { requestMetadata?: { kmsRequestId?: unknown } } | null)?.requestMetadata?.kmsRequestId;
     if (typeof rid === 'string') log.kmsRequestId = rid.slice(0, 128);
+    if (!auth.ok) throw new XksError('AuthenticationFailedException', `SigV4 authentication failed: ${auth.reason}`);
+    log.accessKeyId = auth.accessKeyId;
+    if (jsonError) throw new XksError('ValidationException', 'the body is not valid JSON');
 
     if (route.operation === 'GetHealthStatus') {
       parse(HealthRequestSchema, json);

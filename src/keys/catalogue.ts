@@ -9,7 +9,10 @@ import { versionFromId, versionId } from './key-objects.js';
 
 export interface KeyVersion {
   version: number;
+  /** The handle crypto uses: the token object, or its session copy where the HSM profile asks for one. */
   handle: Handle;
+  /** The token object itself. */
+  object: Handle;
   encrypt: boolean;
   decrypt: boolean;
   /** Evidence that the material never left the HSM: CKA_LOCAL, CKA_NEVER_EXTRACTABLE, CKA_SENSITIVE, CKA_EXTRACTABLE. */
@@ -70,6 +73,8 @@ export class KeyCatalogue {
 
   /** Forget a key (after a stale handle); the next resolve reads the token again. */
   invalidate(id: string): void {
+    const e = this.entries.get(id);
+    for (const v of e?.key?.versions.values() ?? []) this.hsm.dropCryptoHandle(v.object);
     this.entries.delete(id);
   }
 
@@ -79,6 +84,11 @@ export class KeyCatalogue {
     const generation = this.hsm.generation;
     const p = this.read(id).then(
       (key) => {
+        // Session copies of versions that are gone from the token must not outlive them.
+        const before = this.entries.get(id)?.key;
+        for (const v of before?.versions.values() ?? []) {
+          if (![...(key?.versions.values() ?? [])].some((n) => n.object.equals(v.object))) this.hsm.dropCryptoHandle(v.object);
+        }
         this.store(id, { key, fetchedAt: this.now(), generation });
         return key;
       },
@@ -103,7 +113,9 @@ export class KeyCatalogue {
 
   private async read(id: string): Promise<ExternalKey | undefined> {
     const objects = await this.hsm.findSecretKeys({ label: id, keyType: P.CKK_AES });
-    return assemble(id, objects);
+    const key = assemble(id, objects);
+    for (const v of key?.versions.values() ?? []) v.handle = await this.hsm.cryptoHandle(v.object);
+    return key;
   }
 
   /** Generate a new AES-256 key in the token: sensitive, non-extractable, with the usage asked for. */
@@ -142,6 +154,7 @@ function assemble(id: string, objects: KeyObject[]): ExternalKey | undefined {
     versions.set(version, {
       version,
       handle: o.handle,
+      object: o.handle,
       encrypt: o.attrs.encrypt === true,
       decrypt: o.attrs.decrypt === true,
       attrs: o.attrs,

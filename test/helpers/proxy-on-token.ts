@@ -1,0 +1,79 @@
+// Like startTestProxy (helpers/proxy.ts), but on a token the test prepared itself (keys made with pkcs11-tool or the
+// CLI), with any config section overridden (health, hsm, limits...) and any log level. Same credentials and prefix.
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { stringify } from 'yaml';
+import { loadConfig } from '../../src/config/load.js';
+import { createLogger } from '../../src/obs/logger.js';
+import { startProxy } from '../../src/proxy.js';
+import { ACCESS_KEY_ID, PREFIX, REGION, SECOND_ACCESS_KEY_ID, SECOND_SECRET, SECRET, type TestProxy } from './proxy.js';
+import { createTestToken, type TestToken } from './softhsm.js';
+
+export interface ProxyOnTokenOptions {
+  /** An existing token (its SOFTHSM2_CONF must be this process's); a new one when absent. */
+  token?: TestToken;
+  /** Removes the token on stop() (default: true). */
+  cleanupToken?: boolean;
+  logLevel?: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
+  /** Merged into the generated config: hsm is merged field by field, other sections replace. */
+  config?: { hsm?: Record<string, unknown>; [section: string]: unknown };
+  keys?: Record<string, { encrypt: boolean; decrypt: boolean }>;
+}
+
+/** The config file startTestProxy would write, for `token`, in `<token.dir>/conf`; returns its path. */
+export function writeTestConfig(token: TestToken, overrides: ProxyOnTokenOptions['config'] = {}, name = 'config.yaml'): string {
+  const dir = join(token.dir, 'conf');
+  if (!existsSync(dir)) mkdirSync(dir);
+  writeFileSync(join(dir, 'pin'), token.userPin, { mode: 0o600 });
+  writeFileSync(join(dir, 'secret1'), SECRET, { mode: 0o600 });
+  process.env.XKS_TEST_SECOND_SECRET = SECOND_SECRET;
+  const { hsm, ...rest } = overrides;
+  const config = {
+    hsm: { profile: 'softhsm2', tokenLabel: token.label, pin: { file: 'pin' }, ...hsm },
+    listeners: { http: { host: '127.0.0.1', port: 0 } },
+    prefixes: [
+      {
+        path: PREFIX,
+        region: REGION,
+        credentials: [
+          { accessKeyId: ACCESS_KEY_ID, secret: { file: 'secret1' } },
+          { accessKeyId: SECOND_ACCESS_KEY_ID, secret: { env: 'XKS_TEST_SECOND_SECRET' } },
+        ],
+      },
+    ],
+    log: { level: 'info' },
+    ...rest,
+  };
+  const file = join(dir, name);
+  writeFileSync(file, stringify(config));
+  return file;
+}
+
+export async function startProxyOnToken(opts: ProxyOnTokenOptions = {}): Promise<TestProxy> {
+  const token = opts.token ?? createTestToken();
+  const configFile = writeTestConfig(token, opts.config);
+  const loaded = loadConfig(configFile);
+  const logs: string[] = [];
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      logs.push(...chunk.toString('utf8').split('\n').filter(Boolean));
+      cb();
+    },
+  });
+  const proxy = await startProxy(loaded, createLogger(opts.logLevel ?? 'info', sink));
+  for (const [id, usage] of Object.entries(opts.keys ?? {})) await proxy.catalogue.create(id, usage);
+  const { http, https } = proxy.listening;
+  return {
+    token,
+    proxy,
+    httpUrl: `http://127.0.0.1:${http!.port}`,
+    ...(https ? { httpsUrl: `https://127.0.0.1:${https.port}` } : {}),
+    logs,
+    configFile,
+    stop: async () => {
+      await proxy.stop();
+      if (opts.cleanupToken !== false) token.cleanup();
+    },
+  };
+}
