@@ -14,6 +14,7 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
         censor: '[redacted]',
       },
     },
-    destination,
+    // Asynchronous stdout: one line per request must not cost a blocking write per request. pino flushes it at exit.
+    destination ?? pino.destination({ dest: 1, sync: false }),
   );
 }
