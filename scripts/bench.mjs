@@ -14,7 +14,7 @@
 //   BENCH_WARMUP [1.5]       warm-up seconds per target (open loop: at most 1)
 //   BENCH_CONNECTIONS [32]   autocannon connections          BENCH_RATE [1800]     open-loop requests/s
 //   BENCH_SOCKETS [64]       open-loop keep-alive sockets    BENCH_POOL [256]      distinct signed requests per kind
-//   BENCH_HSM_SECONDS [1.5]  per pkcs11js loop variant       BENCH_LOG_LEVEL [warn] the proxy's log level
+//   BENCH_HSM_SECONDS [1.5]  per pkcs11js loop variant       BENCH_LOG_LEVEL [info] the proxy's log level
 //   BENCH_HSM_CONFIG         JSON merged into the proxy's hsm config, e.g. '{"callMode":"async"}'
 //   BENCH_ONLY               closed or open: skip the other half
 //   BENCH_QUIET_WAIT [0]     on a shared machine, seconds (in all) to wait for other work to stop before each group
@@ -23,7 +23,7 @@
 //   BENCH_OUT [./bench-results.json]   BENCH_STRICT=1: exit 2 when a target is missed (1 on any error response)
 import { spawn, fork, execFile } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdtempSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -51,7 +51,8 @@ const ROUNDS = Math.max(1, env('BENCH_ROUNDS', 2));
 const QUIET_WAIT = env('BENCH_QUIET_WAIT', 0);
 const NOISY_PCT = 25; // other work on the machine above this share of one core makes a round suspect
 const HSM_SECONDS = env('BENCH_HSM_SECONDS', 1.5);
-const LOG_LEVEL = process.env.BENCH_LOG_LEVEL || 'warn';
+// info, as in production: one log line per request is part of the cost being measured.
+const LOG_LEVEL = process.env.BENCH_LOG_LEVEL || 'info';
 const OUT = resolve(process.env.BENCH_OUT || join(ROOT, 'bench-results.json'));
 const PROFILE = process.env.BENCH_PROFILE === '1';
 const ONLY = process.env.BENCH_ONLY || '';
@@ -423,14 +424,13 @@ async function main() {
   const prof = (who) => (PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${join(tmp, `prof-${who}`)}`] : []);
   const extra = (process.env.BENCH_PROXY_ARGS || '').split(' ').filter(Boolean); // e.g. --trace-gc
   const proxyArgs = [...prof('proxy'), ...extra, CLI, 'serve', '--config', config];
-  const proxy = track(spawn(process.execPath, proxyArgs, { stdio: ['ignore', 'pipe', 'pipe'] }));
+  // The request log goes to a file (or /dev/null), as in production, not through a pipe this load generator must read.
+  const proxyLog = extra.length ? join(dirname(OUT), 'bench-proxy.log') : '/dev/null';
+  const proxyOut = openSync(proxyLog, 'w');
+  const proxy = track(spawn(process.execPath, proxyArgs, { stdio: ['ignore', proxyOut, 'pipe'] }));
+  closeSync(proxyOut);
   let proxyErr = '';
-  if (extra.length) {
-    const file = join(dirname(OUT), 'bench-proxy.log');
-    const sink = (await import('node:fs')).createWriteStream(file);
-    proxy.stdout.pipe(sink);
-    log(`proxy output (node ${extra.join(' ')}) goes to ${file}`);
-  } else proxy.stdout.on('data', () => undefined); // drained; at warn level it says nothing
+  if (extra.length) log(`proxy output (node ${extra.join(' ')}) goes to ${proxyLog}`);
   proxy.stderr.on('data', (c) => (proxyErr += c));
   proxy.once('exit', (code, sig) => {
     if (!stopping) log(`proxy exited early (${code ?? sig}): ${proxyErr.trim()}`);

@@ -50,6 +50,7 @@ const TAG_BYTES = 16;
 const CKS_RO_USER_FUNCTIONS = 1;
 const CKS_RW_USER_FUNCTIONS = 3;
 const IV_BYTES = 12;
+const IV_POOL_BYTES = 4092; // a multiple of 12
 /** Boolean attributes read for every key: usage plus the evidence that it never left the HSM. */
 const BOOL_ATTRS = {
   encrypt: P.CKA_ENCRYPT,
@@ -69,6 +70,8 @@ export class HsmConnection {
   private recovering: Promise<void> | undefined;
   /** Session copies of token keys (SoftHSM): token handle hex -> copy, valid for one recovery generation. */
   private readonly copies = new Map<string, { copy: Handle; generation: number }>();
+  private ivPool: Buffer = Buffer.alloc(0);
+  private ivOffset = 0;
   private closed = false;
   /** Incremented by every recovery that reopens sessions; key handles cached before it may be stale. */
   generation = 0;
@@ -150,7 +153,7 @@ export class HsmConnection {
   encryptGcm(key: Handle, plaintext: Buffer, aad: Buffer): Promise<GcmResult> {
     return this.run('other', async (s) => {
       const mode = this.capabilities.ivMode;
-      const iv = mode === 'caller-random' ? this.mod.C_GenerateRandom(s, Buffer.allocUnsafe(IV_BYTES)) : Buffer.alloc(IV_BYTES);
+      const iv = mode === 'caller-random' ? this.nextIv(s) : Buffer.alloc(IV_BYTES);
       const param = { type: P.CK_PARAMS_AES_GCM_v240, iv, ivBits: IV_BYTES * 8, aad, tagBits: TAG_BYTES * 8 };
       this.mod.C_EncryptInit(s, { mechanism: P.CKM_AES_GCM, parameter: param }, key);
       const extra = mode === 'hsm-appends' ? IV_BYTES : 0;
@@ -158,10 +161,11 @@ export class HsmConnection {
         () => this.mod.C_EncryptAsync(s, plaintext, Buffer.allocUnsafe(plaintext.length + TAG_BYTES + extra)));
       if (out.length !== plaintext.length + TAG_BYTES + extra) throw new HsmError('Unknown', 'AES-GCM returned an unexpected length');
       const n = plaintext.length;
+      // `out` is a fresh buffer per call, so views into it are safe to hand on.
       const result: GcmResult = {
-        ciphertext: Buffer.from(out.subarray(0, n)),
-        tag: Buffer.from(out.subarray(n, n + TAG_BYTES)),
-        iv: mode === 'hsm-appends' ? Buffer.from(out.subarray(n + TAG_BYTES)) : iv,
+        ciphertext: out.subarray(0, n),
+        tag: out.subarray(n, n + TAG_BYTES),
+        iv: mode === 'hsm-appends' ? out.subarray(n + TAG_BYTES) : iv,
       };
       // Fail closed: an IV the HSM should have generated but did not is never returned to KMS.
       if (mode !== 'caller-random' && result.iv.every((b) => b === 0)) {
@@ -179,7 +183,7 @@ export class HsmConnection {
       // The output buffer must hold ciphertext + tag: a smaller one leaves the operation active on the session.
       const out = await this.call(() => this.mod.C_Decrypt(s, input, Buffer.allocUnsafe(input.length)),
         () => this.mod.C_DecryptAsync(s, input, Buffer.allocUnsafe(input.length)));
-      return Buffer.from(out);
+      return out;
     });
   }
 
@@ -268,6 +272,20 @@ export class HsmConnection {
   }
 
   // ---- plumbing -----------------------------------------------------------------------------------------------
+
+  /**
+   * A fresh 12-byte IV from the HSM's generator. Drawn 4 KiB at a time: one C_GenerateRandom per 341 encrypts
+   * instead of one per encrypt. Each IV is handed out once; IVs are not secret.
+   */
+  private nextIv(s: Handle): Buffer {
+    if (this.ivOffset + IV_BYTES > this.ivPool.length) {
+      this.ivPool = this.mod.C_GenerateRandom(s, Buffer.allocUnsafe(IV_POOL_BYTES));
+      this.ivOffset = 0;
+    }
+    const iv = this.ivPool.subarray(this.ivOffset, this.ivOffset + IV_BYTES);
+    this.ivOffset += IV_BYTES;
+    return iv;
+  }
 
   /** One single-part call, on the event loop or on the thread pool as the capabilities say. */
   private async call(sync: () => Buffer, async: () => Promise<Buffer>): Promise<Buffer> {

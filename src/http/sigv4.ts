@@ -1,7 +1,7 @@
 // AWS Signature Version 4 verification (spec "Authentication"). Pure: the request's parts in, a verdict out.
 // Verifies exactly the headers SignedHeaders lists (KMS signs host;x-amz-date, curl adds content-type),
 // over the raw body bytes, with a 5-minute clock window and a constant-time comparison.
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { createHmac, hash, timingSafeEqual } from 'node:crypto';
 
 export const XKS_SERVICE = 'kms-xks-proxy';
 const ALGORITHM = 'AWS4-HMAC-SHA256';
@@ -43,13 +43,21 @@ export function parseAmzDate(value: string): number | undefined {
   return Number.isNaN(t) ? undefined : t;
 }
 
-function headerValues(rawHeaders: string[], name: string): string[] {
-  const out: string[] = [];
+/** Header values by lower-case name, in order, each trimmed with inner runs of spaces collapsed (one pass). */
+function indexHeaders(rawHeaders: string[]): Map<string, string[]> {
+  const m = new Map<string, string[]>();
   for (let i = 0; i < rawHeaders.length; i += 2) {
-    if (rawHeaders[i]!.toLowerCase() === name) out.push(rawHeaders[i + 1]!.trim().replace(/ +/g, ' '));
+    const name = rawHeaders[i]!.toLowerCase();
+    let v = rawHeaders[i + 1]!.trim();
+    if (v.includes('  ')) v = v.replace(/ +/g, ' ');
+    const list = m.get(name);
+    if (list) list.push(v);
+    else m.set(name, [v]);
   }
-  return out;
+  return m;
 }
+
+const NONE: string[] = [];
 
 export function canonicalQuery(query: string): string {
   if (!query) return '';
@@ -66,7 +74,7 @@ export function canonicalQuery(query: string): string {
 }
 
 export function sha256Hex(data: Buffer | string): string {
-  return createHash('sha256').update(data).digest('hex');
+  return hash('sha256', data, 'hex'); // one-shot: no Hash object per call on the hot path
 }
 
 /** Signing keys depend only on secret, date, region and service: derive once per day, not per request. */
@@ -86,7 +94,8 @@ function signingKey(secret: string, date: string, region: string, service: strin
 }
 
 export function verifySigV4(req: SigV4Request, exp: SigV4Expectation): SigV4Result {
-  const authValues = headerValues(req.rawHeaders, 'authorization');
+  const headers = indexHeaders(req.rawHeaders);
+  const authValues = headers.get('authorization') ?? NONE;
   if (authValues.length !== 1) return { ok: false, reason: 'missing or repeated Authorization header' };
   const auth = parseAuthorization(authValues[0]!);
   if (!auth) return { ok: false, reason: `Authorization is not a well-formed ${ALGORITHM} header` };
@@ -101,7 +110,7 @@ export function verifySigV4(req: SigV4Request, exp: SigV4Expectation): SigV4Resu
   if (sorted.some((h, i) => h !== signed[i] || (i > 0 && h === sorted[i - 1]))) {
     return { ok: false, reason: 'SignedHeaders must be sorted and unique' };
   }
-  const amzDates = headerValues(req.rawHeaders, 'x-amz-date');
+  const amzDates = headers.get('x-amz-date') ?? NONE;
   if (amzDates.length !== 1 || !signed.includes('x-amz-date')) return { ok: false, reason: 'X-Amz-Date must be present once and signed' };
   const amzDate = amzDates[0]!;
   const t = parseAmzDate(amzDate);
@@ -110,14 +119,14 @@ export function verifySigV4(req: SigV4Request, exp: SigV4Expectation): SigV4Resu
   if (amzDate.slice(0, 8) !== auth.date) return { ok: false, reason: 'credential scope date does not match X-Amz-Date' };
 
   const payloadHash = sha256Hex(req.body);
-  const declared = headerValues(req.rawHeaders, 'x-amz-content-sha256');
+  const declared = headers.get('x-amz-content-sha256') ?? NONE;
   if (declared.length > 0 && declared[0] !== payloadHash && declared[0] !== 'UNSIGNED-PAYLOAD') {
     return { ok: false, reason: 'X-Amz-Content-Sha256 does not match the body' };
   }
   let canonicalHeaders = '';
   for (const name of signed) {
-    const values = headerValues(req.rawHeaders, name);
-    if (values.length === 0) return { ok: false, reason: `signed header ${name} is missing` };
+    const values = headers.get(name);
+    if (values === undefined) return { ok: false, reason: `signed header ${name} is missing` };
     canonicalHeaders += `${name}:${values.join(',')}\n`;
   }
   const canonicalRequest = `${req.method}\n${req.path}\n${canonicalQuery(req.query)}\n${canonicalHeaders}\n${signed.join(';')}\n${payloadHash}`;

@@ -22,20 +22,47 @@ export interface XksHandlerOptions {
   now?: () => number;
 }
 
+/** The request's log line, filled in as the request advances; one fixed shape, logged once. */
 interface RequestLog {
-  kmsRequestId?: string;
-  operation?: string;
-  prefix?: string;
-  keyId?: string;
-  keyVersion?: number;
-  accessKeyId?: string;
+  kmsRequestId: string | undefined;
+  operation: string | undefined;
+  prefix: string | undefined;
+  keyId: string | undefined;
+  keyVersion: number | undefined;
+  accessKeyId: string | undefined;
+  outcome: 'ok' | 'error' | undefined;
+  status: number | undefined;
+  errorName: XksErrorName | undefined;
+  reason: string | undefined;
+  hsmError: string | undefined;
+  ms: number | undefined;
 }
 
-const JSON_HEADERS = { 'content-type': 'application/json' };
+function newLog(): RequestLog {
+  return {
+    kmsRequestId: undefined,
+    operation: undefined,
+    prefix: undefined,
+    keyId: undefined,
+    keyVersion: undefined,
+    accessKeyId: undefined,
+    outcome: undefined,
+    status: undefined,
+    errorName: undefined,
+    reason: undefined,
+    hsmError: undefined,
+    ms: undefined,
+  };
+}
 
-function send(res: ServerResponse, status: number, body: unknown, extra?: Record<string, string>): void {
+function send(res: ServerResponse, status: number, body: unknown, close = false): void {
   const text = JSON.stringify(body); // compact, single line: AWS's test client reads the last line
-  res.writeHead(status, { ...JSON_HEADERS, 'content-length': Buffer.byteLength(text), ...extra });
+  res.writeHead(
+    status,
+    close
+      ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), connection: 'close' }
+      : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) },
+  );
   res.end(text);
 }
 
@@ -146,29 +173,29 @@ export function createXksHandler(opts: XksHandlerOptions) {
       send(res, 200, { status: 'ok' });
       return;
     }
-    const log: RequestLog = {};
+    const log = newLog();
     handle(req, res, log).then(
-      () => opts.logger.info({ ...log, outcome: 'ok', status: 200, ms: round(performance.now() - started) }, 'xks request'),
+      () => {
+        log.outcome = 'ok';
+        log.status = 200;
+        log.ms = round(performance.now() - started);
+        opts.logger.info(log, 'xks request');
+      },
       (err: unknown) => {
         const x = toXksError(err);
-        const status = x.status;
         if (x.errorName === 'InternalException') {
           opts.logger.error({ ...log, err: { name: (err as Error)?.name, message: (err as Error)?.message } }, 'unexpected failure');
         }
-        const extra = x.errorName === 'UnsupportedOperationException' && x.message.startsWith('request body') ? { connection: 'close' } : undefined;
-        if (!res.headersSent) send(res, status, { errorName: x.errorName, errorMessage: x.message }, extra);
-        opts.logger.info(
-          {
-            ...log,
-            outcome: 'error',
-            errorName: x.errorName as XksErrorName,
-            status,
-            reason: x.message,
-            ...(err instanceof HsmError ? { hsmError: err.ckr ?? err.kind } : {}),
-            ms: round(performance.now() - started),
-          },
-          'xks request',
-        );
+        // After an oversized body the rest of it is not read: the connection cannot carry another request.
+        const close = x.errorName === 'UnsupportedOperationException' && x.message.startsWith('request body');
+        if (!res.headersSent) send(res, x.status, { errorName: x.errorName, errorMessage: x.message }, close);
+        log.outcome = 'error';
+        log.status = x.status;
+        log.errorName = x.errorName;
+        log.reason = x.message;
+        if (err instanceof HsmError) log.hsmError = err.ckr ?? err.kind;
+        log.ms = round(performance.now() - started);
+        opts.logger.info(log, 'xks request');
       },
     );
   };
