@@ -15,6 +15,7 @@
 //   BENCH_CONNECTIONS [32]   autocannon connections          BENCH_RATE [1800]     open-loop requests/s
 //   BENCH_SOCKETS [64]       open-loop keep-alive sockets    BENCH_POOL [256]      distinct signed requests per kind
 //   BENCH_HSM_SECONDS [1.5]  per pkcs11js loop variant       BENCH_LOG_LEVEL [info] the proxy's log level
+//   BENCH_WORKERS [1]        proxy worker processes (xks serve --workers)
 //   BENCH_HSM_CONFIG         JSON merged into the proxy's hsm config, e.g. '{"callMode":"async"}'
 //   BENCH_ONLY               closed or open: skip the other half
 //   BENCH_QUIET_WAIT [0]     on a shared machine, seconds (in all) to wait for other work to stop before each group
@@ -53,6 +54,8 @@ const NOISY_PCT = 25; // other work on the machine above this share of one core 
 const HSM_SECONDS = env('BENCH_HSM_SECONDS', 1.5);
 // info, as in production: one log line per request is part of the cost being measured.
 const LOG_LEVEL = process.env.BENCH_LOG_LEVEL || 'info';
+// Proxy worker processes (xks serve --workers). The bare ceiling is one process; compare like with like by default.
+const WORKERS = Number(process.env.BENCH_WORKERS || 1);
 const OUT = resolve(process.env.BENCH_OUT || join(ROOT, 'bench-results.json'));
 const PROFILE = process.env.BENCH_PROFILE === '1';
 const ONLY = process.env.BENCH_ONLY || '';
@@ -423,7 +426,7 @@ async function main() {
   // The servers, each in its own process.
   const prof = (who) => (PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${join(tmp, `prof-${who}`)}`] : []);
   const extra = (process.env.BENCH_PROXY_ARGS || '').split(' ').filter(Boolean); // e.g. --trace-gc
-  const proxyArgs = [...prof('proxy'), ...extra, CLI, 'serve', '--config', config];
+  const proxyArgs = [...prof('proxy'), ...extra, CLI, 'serve', '--config', config, '--workers', String(WORKERS)];
   // The request log goes to a file (or /dev/null), as in production, not through a pipe this load generator must read.
   const proxyLog = extra.length ? join(dirname(OUT), 'bench-proxy.log') : '/dev/null';
   const proxyOut = openSync(proxyLog, 'w');

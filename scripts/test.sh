@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-npx tsc -p tsconfig.json --noEmit
+npx tsc -p tsconfig.test.json
 npx vitest run "$@"

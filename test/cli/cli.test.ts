@@ -1,28 +1,17 @@
 // The `xks` command line (node dist/cli/main.js) on a real SoftHSM token: creating, listing and describing keys, the HSM
 // status, configuration errors; then a key made outside the proxy (pkcs11-tool) and keys made by the CLI, served over XKS.
-import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SECRET, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
+import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
 import { createTestToken, SOFTHSM_MODULE, type TestToken } from '../helpers/softhsm.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
-
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const MAIN = join(ROOT, 'dist/cli/main.js');
-
-/** `npm run build` when dist is missing or older than any source file. */
-function ensureBuilt(): void {
-  const newest = (dir: string): number =>
-    Math.max(0, ...readdirSync(dir, { withFileTypes: true }).map((e) => (e.isDirectory() ? newest(join(dir, e.name)) : statSync(join(dir, e.name)).mtimeMs)));
-  if (existsSync(MAIN) && statSync(MAIN).mtimeMs >= newest(join(ROOT, 'src'))) return;
-  execFileSync('npm', ['run', 'build'], { cwd: ROOT, stdio: 'pipe' });
-}
 
 interface Run {
   code: number;
@@ -132,7 +121,7 @@ describe('xks hsm status', () => {
     const s = JSON.parse(r.stdout);
     expect(s.token).toMatchObject({ label: 'cli-token', serial: token.serial });
     expect(s.loggedIn).toBe(true);
-    expect(s.capabilities).toMatchObject({ aesGcm: true, ivMode: 'caller-random', callMode: 'sync' });
+    expect(s.capabilities).toMatchObject({ aesGcm: true, ivMode: 'caller-random', callMode: 'async', sessionKeyCopies: true });
     expect(s.capabilities.mechanisms).toContain('CKM_AES_GCM');
     expectNoSecrets(r);
   });

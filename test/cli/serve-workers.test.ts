@@ -1,0 +1,80 @@
+// `xks serve --workers 2`: two processes share the listener, each with its own PKCS#11 library; SIGTERM drains both.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { parse, stringify } from 'yaml';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { writeTestConfig } from '../helpers/proxy-on-token.js';
+import { createTestToken, type TestToken } from '../helpers/softhsm.js';
+import { decryptFields, signedRequest, xksClient } from '../helpers/xks-client.js';
+
+let token: TestToken;
+let server: ChildProcess;
+let out = '';
+let url: string;
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+beforeAll(async () => {
+  ensureBuilt();
+  token = createTestToken();
+  const port = await freePort();
+  url = `http://127.0.0.1:${port}`;
+  const file = writeTestConfig(token);
+  const config = parse(readFileSync(file, 'utf8'));
+  config.listeners.http.port = port;
+  writeFileSync(file, stringify(config));
+  server = spawn('node', [MAIN, 'serve', '--config', file, '--workers', '2'], {
+    cwd: ROOT,
+    env: { ...process.env, SOFTHSM2_CONF: token.conf },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  server.stdout!.on('data', (c) => (out += c));
+  server.stderr!.on('data', (c) => (out += c));
+  // Both workers listening (they start one after the other).
+  for (let i = 0; i < 200 && (out.match(/xks proxy listening/g) ?? []).length < 2; i++) await new Promise((r) => setTimeout(r, 100));
+  expect((out.match(/xks proxy listening/g) ?? []).length, out).toBe(2);
+  // A key made while the workers run, by another process: both see it.
+  const created = spawn('node', [MAIN, 'keys', 'create', 'shared', '--config', file], { cwd: ROOT, env: { ...process.env, SOFTHSM2_CONF: token.conf } });
+  await new Promise((r) => created.once('exit', r));
+});
+
+afterAll(() => {
+  server?.kill('SIGKILL');
+  token?.cleanup();
+});
+
+it('serves concurrent round trips from both workers', async () => {
+  const xks = xksClient(url);
+  const results = await Promise.all(
+    Array.from({ length: 60 }, async () => {
+      const pt = randomBytes(64);
+      const enc = await xks.encrypt('shared', pt);
+      expect(enc.status, enc.text).toBe(200);
+      const dec = await xks.decrypt('shared', decryptFields(enc.json));
+      expect(dec.status, dec.text).toBe(200);
+      return Buffer.from(dec.json.plaintext, 'base64').equals(pt);
+    }),
+  );
+  expect(results.every(Boolean)).toBe(true);
+  const workers = new Set([...out.matchAll(/"worker":(\d+)/g)].map((m) => m[1]));
+  expect(workers.size).toBe(2);
+});
+
+it('drains and exits cleanly on SIGTERM', async () => {
+  const ping = await signedRequest(url, '/ping', '', { method: 'GET', unsigned: true });
+  expect(ping.status).toBe(200);
+  const exited = new Promise<number | null>((resolve) => server.once('exit', (code) => resolve(code)));
+  server.kill('SIGTERM');
+  expect(await exited).toBe(0);
+  expect(out).not.toContain(token.userPin);
+});
