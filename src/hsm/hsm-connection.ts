@@ -293,7 +293,10 @@ export class HsmConnection {
     let timer: NodeJS.Timeout | undefined;
     const pending = async();
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new HsmError('Timeout', `the HSM did not answer within ${this.opts.operationTimeoutMs} ms`)), this.opts.operationTimeoutMs);
+      timer = setTimeout(() => {
+        const err = new HsmError('Timeout', `the HSM did not answer within ${this.opts.operationTimeoutMs} ms`);
+        reject(Object.assign(err, { settled: pending.then(undefined, () => undefined) }));
+      }, this.opts.operationTimeoutMs);
     });
     try {
       return await Promise.race([pending, timeout]);
@@ -321,8 +324,9 @@ export class HsmConnection {
         err = toHsmError(e, context);
       }
       if (err.kind === 'Timeout') {
-        // The call is still running on the thread pool: never reuse its session.
-        this.pool.discard(session);
+        // The call is still running on the thread pool: close its session once it returns, never reuse it.
+        const settled = (err as HsmError & { settled?: Promise<unknown> }).settled ?? Promise.resolve();
+        void settled.then(() => this.pool.discard(session));
         throw err;
       }
       if (poisonsSession(err.kind)) this.pool.discard(session);
