@@ -20,9 +20,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
-if [ "$node_major" -lt 20 ]; then
-  echo "setup: Node.js 20 or newer is required (found $(node -v 2>/dev/null || echo none))" >&2
+# crypto.hash (one-shot SHA-256 on the SigV4 path) arrived in Node 20.12.
+if ! node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=12)?0:1)' 2>/dev/null; then
+  echo "setup: Node.js 20.12 or newer is required (found $(node -v 2>/dev/null || echo none))" >&2
   exit 1
 fi
 
