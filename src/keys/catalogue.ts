@@ -23,6 +23,8 @@ export interface ExternalKey {
   id: string;
   current: KeyVersion;
   versions: ReadonlyMap<number, KeyVersion>;
+  /** Token objects that claim a version another object already has (ignored; shown by `xks keys describe`). */
+  duplicates: number;
 }
 
 interface Entry {
@@ -147,10 +149,14 @@ export class KeyCatalogue {
 
 function assemble(id: string, objects: KeyObject[]): ExternalKey | undefined {
   const versions = new Map<number, KeyVersion>();
+  let duplicates = 0;
   for (const o of objects) {
     const version = versionFromId(o.id);
-    // Two objects claiming one version: keep the first found; `xks keys describe` shows the duplicate.
-    if (versions.has(version)) continue;
+    // Two objects claiming one version (say, two `pkcs11-tool --keygen` with one label): keep the first found.
+    if (versions.has(version)) {
+      duplicates++;
+      continue;
+    }
     versions.set(version, {
       version,
       handle: o.handle,
@@ -162,5 +168,5 @@ function assemble(id: string, objects: KeyObject[]): ExternalKey | undefined {
   }
   if (versions.size === 0) return undefined;
   const current = versions.get(Math.max(...versions.keys()))!;
-  return { id, current, versions };
+  return { id, current, versions, duplicates };
 }

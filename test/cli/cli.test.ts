@@ -216,6 +216,24 @@ describe('keys made outside the proxy, and by the CLI, served over XKS', () => {
     expect(d.Versions[0]).toMatchObject({ Version: 1, Local: true, NeverExtractable: true, Extractable: false });
   });
 
+  it('describes two objects claiming one version as a duplicate, and still serves the key', async () => {
+    for (let i = 0; i < 2; i++) {
+      await promisify(execFile)('pkcs11-tool', [
+        '--module', SOFTHSM_MODULE, '--token-label', token.label, '--login', '--pin', token.userPin,
+        '--keygen', '--key-type', 'aes:32', '--label', 'twice',
+      ], { env: { ...process.env, SOFTHSM2_CONF: token.conf } });
+    }
+    const r = await xks(['keys', 'describe', 'twice']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ KeyId: 'twice', CurrentVersion: 1, DuplicateObjects: 1 });
+    const once = JSON.parse((await xks(['keys', 'describe', 'adopted1'])).stdout);
+    expect(once.DuplicateObjects).toBeUndefined();
+    const c = xksClient(t.httpUrl);
+    const enc = await c.encrypt('twice', Buffer.from('either object'));
+    expect(enc.status, enc.text).toBe(200);
+    expect((await c.decrypt('twice', decryptFields(enc.json))).status).toBe(200);
+  });
+
   it('serves GetKeyMetadata and an encrypt/decrypt round trip on the adopted key', async () => {
     const c = xksClient(t.httpUrl);
     const md = await c.metadata('adopted1');
