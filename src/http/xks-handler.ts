@@ -149,20 +149,30 @@ export function createXksHandler(opts: XksHandlerOptions) {
     }
     const keyId = route.keyId!;
     // Each operation validates its body before the key is looked up (400 before 404).
-    const request =
-      route.operation === 'Encrypt'
-        ? parse(EncryptRequestSchema, json)
-        : route.operation === 'Decrypt'
-          ? parse(DecryptRequestSchema, json)
-          : parse(KeyMetadataRequestSchema, json);
-    if (prefix.keys && !prefix.keys.has(keyId)) throw new XksError('KeyNotFoundException', `external key ${keyId} is not in this key store`);
-    const result =
-      route.operation === 'Encrypt'
-        ? await encrypt(opts.deps, keyId, request as never)
-        : route.operation === 'Decrypt'
-          ? await decrypt(opts.deps, keyId, request as never)
-          : await getKeyMetadata(opts.deps, keyId);
-    if (result.keyVersion !== undefined) log.keyVersion = result.keyVersion;
+    const allowed = () => {
+      if (prefix.keys && !prefix.keys.has(keyId)) throw new XksError('KeyNotFoundException', `external key ${keyId} is not in this key store`);
+    };
+    let result: { body: unknown; keyVersion: number };
+    switch (route.operation) {
+      case 'Encrypt': {
+        const request = parse(EncryptRequestSchema, json);
+        allowed();
+        result = await encrypt(opts.deps, keyId, request);
+        break;
+      }
+      case 'Decrypt': {
+        const request = parse(DecryptRequestSchema, json);
+        allowed();
+        result = await decrypt(opts.deps, keyId, request);
+        break;
+      }
+      case 'GetKeyMetadata':
+        parse(KeyMetadataRequestSchema, json);
+        allowed();
+        result = await getKeyMetadata(opts.deps, keyId);
+        break;
+    }
+    log.keyVersion = result.keyVersion;
     send(res, 200, result.body);
   }
 

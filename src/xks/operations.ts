@@ -14,11 +14,7 @@ export interface XksDeps {
   catalogue: KeyCatalogue;
 }
 
-/** What a handler returns: the response body and, for the request log, the key version used. */
-export interface OperationResult<T> {
-  body: T;
-  keyVersion?: number;
-}
+// Each operation returns { body, keyVersion }: the response body and, for the request log, the key version used.
 
 async function resolveKey(deps: XksDeps, keyId: string): Promise<ExternalKey> {
   const key = await deps.catalogue.resolve(keyId);
