@@ -1,0 +1,35 @@
+// A device-level failure (here: the library finalised underneath the running server, so every call answers
+// CKR_CRYPTOKI_NOT_INITIALIZED) is recovered by re-initialising the library, without a restart.
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { startTestProxy, type TestProxy } from '../helpers/proxy.js';
+import { decryptFields, xksClient } from '../helpers/xks-client.js';
+
+let t: TestProxy;
+
+beforeAll(async () => {
+  t = await startTestProxy({ keys: { foo: { encrypt: true, decrypt: true } } });
+});
+afterAll(async () => t?.stop());
+
+it.each(['sync', 'async'] as const)('re-initialises the PKCS#11 library and serves again (%s calls)', async (mode) => {
+  t.proxy.hsm.capabilities.callMode = mode;
+  const xks = xksClient(t.httpUrl);
+  const before = await xks.encrypt('foo', Buffer.from('made before the failure'));
+  expect(before.status).toBe(200);
+  const generation = t.proxy.hsm.generation;
+
+  t.proxy.hsm.moduleForTests.mod.C_Finalize();
+
+  const pt = randomBytes(48);
+  const enc = await xks.encrypt('foo', pt);
+  expect(enc.status, enc.text).toBe(200);
+  expect(t.proxy.hsm.generation).toBeGreaterThan(generation);
+  const dec = await xks.decrypt('foo', decryptFields(enc.json));
+  expect(Buffer.from(dec.json.plaintext, 'base64')).toEqual(pt);
+  // A ciphertext from before the failure still decrypts: the key is the same token object.
+  const old = await xks.decrypt('foo', decryptFields(before.json));
+  expect(Buffer.from(old.json.plaintext, 'base64').toString()).toBe('made before the failure');
+  expect((await xks.health()).json.ekmFleetDetails[0].healthStatus).toBe('ACTIVE');
+  expect(t.logs.some((l) => l.includes('hsm.recover') && l.includes('DeviceError'))).toBe(true);
+});
