@@ -1,7 +1,7 @@
 // One process's connection to one token: module, login, session pool, AES-GCM, key objects, and recovery.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HsmError, needsRecovery, poisonsSession, toHsmError } from './errors.js';
-import { findSlot, loadModule, P, readBool, type Handle, type Pkcs11, type Template } from './module.js';
+import { CKF_OS_LOCKING_OK, findSlot, loadModule, P, readBool, type Handle, type Pkcs11, type Template } from './module.js';
 export type { Handle } from './module.js';
 import { SessionPool, type PooledSession } from './session-pool.js';
 import { readCapabilities, type Capabilities } from './capabilities.js';
@@ -75,6 +75,8 @@ export class HsmConnection {
   private closed = false;
   /** Incremented by every recovery that reopens sessions; key handles cached before it may be stale. */
   generation = 0;
+  /** Incremented by every re-initialisation of the library (C_Finalize + C_Initialize): handles from before are void. */
+  private epoch = 0;
   info!: TokenInfo;
   capabilities!: Capabilities;
 
@@ -96,9 +98,10 @@ export class HsmConnection {
     c.pool = new SessionPool({
       size: opts.poolSize,
       acquireTimeoutMs: opts.acquireTimeoutMs,
-      open: () => ({ handle: c.mod.C_OpenSession(c.slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION), generation: c.generation }),
+      open: () => ({ handle: c.mod.C_OpenSession(c.slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION), generation: c.generation, epoch: c.epoch }),
       close: (s) => c.mod.C_CloseSession(s.handle),
       currentGeneration: () => c.generation,
+      currentEpoch: () => c.epoch,
     });
     return c;
   }
@@ -387,7 +390,8 @@ export class HsmConnection {
     } catch {
       // already gone
     }
-    this.mod.C_Initialize({ flags: 2 });
+    this.epoch++;
+    this.mod.C_Initialize({ flags: CKF_OS_LOCKING_OK });
     await this.attach();
   }
 

@@ -4,8 +4,10 @@ import { HsmError } from './errors.js';
 
 export interface PooledSession {
   readonly handle: Buffer;
-  /** The module generation it was opened in; sessions from before a re-initialisation are never reused. */
+  /** The recovery generation it was opened in; sessions from before a recovery are never reused. */
   readonly generation: number;
+  /** The library instance it belongs to; after a re-initialisation its handle means nothing and is not closed. */
+  readonly epoch: number;
 }
 
 export interface SessionPoolOptions {
@@ -15,6 +17,7 @@ export interface SessionPoolOptions {
   open: () => PooledSession;
   close: (s: PooledSession) => void;
   currentGeneration: () => number;
+  currentEpoch: () => number;
 }
 
 interface Waiter {
@@ -42,7 +45,8 @@ export class SessionPool {
     while (this.idle.length > 0) {
       const s = this.idle.pop()!;
       if (s.generation === gen) return s;
-      this.open--; // stale: its module instance was re-initialised, nothing to close
+      this.closeQuietly(s); // from before a recovery
+      this.open--;
     }
     if (this.open < this.opts.size) {
       const s = this.opts.open();
@@ -87,14 +91,17 @@ export class SessionPool {
   /** Close a session that may hold an open operation or that the module no longer knows, and make room. */
   discard(s: PooledSession): void {
     this.open--;
-    if (s.generation === this.opts.currentGeneration()) {
-      try {
-        this.opts.close(s);
-      } catch {
-        // already invalid: nothing to close
-      }
-    }
+    this.closeQuietly(s);
     this.serveWaiter();
+  }
+
+  private closeQuietly(s: PooledSession): void {
+    if (s.epoch !== this.opts.currentEpoch()) return;
+    try {
+      this.opts.close(s);
+    } catch {
+      // already invalid: nothing to close
+    }
   }
 
   /** Forget every idle session (after a recovery); sessions in use are discarded when they come back. */
@@ -125,11 +132,7 @@ export class SessionPool {
     }
     for (const s of this.idle.splice(0)) {
       this.open--;
-      try {
-        this.opts.close(s);
-      } catch {
-        // ignore
-      }
+      this.closeQuietly(s);
     }
   }
 }

@@ -33,3 +33,33 @@ it.each(['sync', 'async'] as const)('re-initialises the PKCS#11 library and serv
   expect((await xks.health()).json.ekmFleetDetails[0].healthStatus).toBe('ACTIVE');
   expect(t.logs.some((l) => l.includes('hsm.recover') && l.includes('DeviceError'))).toBe(true);
 });
+
+it('leaks no sessions across repeated lost logins', async () => {
+  t.proxy.hsm.capabilities.callMode = 'async';
+  const xks = xksClient(t.httpUrl);
+  const { mod } = t.proxy.hsm.moduleForTests;
+  // SoftHSM does not report ulSessionCount, but its session handles are small integers: count the valid ones.
+  const sessions = () => {
+    let open = 0;
+    for (let h = 1; h < 512; h++) {
+      const handle = Buffer.alloc(8);
+      handle.writeUInt32LE(h, 0);
+      try {
+        mod.C_GetSessionInfo(handle);
+        open++;
+      } catch {
+        // not a session
+      }
+    }
+    return open;
+  };
+  // Warm the pool with concurrent work so that several sessions are open.
+  await Promise.all(Array.from({ length: 20 }, () => xks.encrypt('foo', randomBytes(16))));
+  for (let i = 0; i < 5; i++) {
+    t.proxy.hsm.moduleForTests.mod.C_Logout(t.proxy.hsm.moduleForTests.loginSession);
+    const results = await Promise.all(Array.from({ length: 20 }, () => xks.encrypt('foo', randomBytes(16))));
+    expect(results.every((r) => r.status === 200)).toBe(true);
+  }
+  // The pool (8) plus the login session, whatever happened before.
+  expect(sessions()).toBeLessThanOrEqual(9);
+});
