@@ -24,8 +24,8 @@ function describe(k: ExternalKey) {
     KeyUsage: usageOf(k),
     KeyState: 'Enabled',
     CurrentVersion: k.current.version,
-    // More than one token object for one version: the proxy uses one of them; remove the others.
-    ...(k.duplicates > 0 ? { DuplicateObjects: k.duplicates } : {}),
+    // More than one token object for one version: the proxy refuses that version until the extra objects are removed.
+    ...(k.duplicateVersions.size > 0 ? { DuplicateVersions: [...k.duplicateVersions] } : {}),
     Versions: [...k.versions.values()].map((v) => ({
       Version: v.version,
       Encrypt: v.encrypt,

@@ -70,6 +70,7 @@ export class HsmConnection {
   private recovering: Promise<void> | undefined;
   /** Session copies of token keys (SoftHSM): token handle hex -> copy, valid for one recovery generation. */
   private readonly copies = new Map<string, { copy: Handle; generation: number }>();
+  private readonly copying = new Map<string, Promise<Handle>>();
   private ivPool: Buffer = Buffer.alloc(0);
   private ivOffset = 0;
   private closed = false;
@@ -199,13 +200,21 @@ export class HsmConnection {
     const id = key.toString('hex');
     const cached = this.copies.get(id);
     if (cached && cached.generation === this.generation) return cached.copy;
+    // Two requests resolving one key at once share one copy.
+    const inFlight = this.copying.get(id);
+    if (inFlight) return inFlight;
     const generation = this.generation;
-    const copy = await this.run('other', () =>
+    const making = this.run('other', () =>
       // Only CKA_TOKEN may change: the copy inherits CKA_SENSITIVE, CKA_EXTRACTABLE and the usage (read-only here).
       this.mod.C_CopyObject(this.loginSession, key, [{ type: P.CKA_TOKEN, value: false }]),
-    );
-    this.copies.set(id, { copy, generation });
-    return copy;
+    )
+      .then((copy) => {
+        this.copies.set(id, { copy, generation });
+        return copy;
+      })
+      .finally(() => this.copying.delete(id));
+    this.copying.set(id, making);
+    return making;
   }
 
   /** Forget and destroy the session copy of a token key that changed or disappeared. */
@@ -227,7 +236,11 @@ export class HsmConnection {
     return this.run('other', (s) => {
       // Without the login, private keys are simply invisible: an empty answer would read as "no such key".
       if (!this.isLoggedIn()) throw new HsmError('NotLoggedIn', 'the HSM login was lost');
-      const t: Template = [{ type: P.CKA_CLASS, value: P.CKO_SECRET_KEY }];
+      // Token objects only: the proxy's own session copies carry the same label and id.
+      const t: Template = [
+        { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
+        { type: P.CKA_TOKEN, value: true },
+      ];
       if (match.label !== undefined) t.push({ type: P.CKA_LABEL, value: match.label });
       if (match.keyType !== undefined) t.push({ type: P.CKA_KEY_TYPE, value: match.keyType });
       this.mod.C_FindObjectsInit(s, t);
@@ -316,8 +329,17 @@ export class HsmConnection {
   private async run<T>(context: 'decrypt' | 'other', op: (s: Handle) => T | Promise<T>): Promise<T> {
     for (let attempt = 0; ; attempt++) {
       if (this.closed) throw new HsmError('Closed', 'the HSM connection is closed');
-      if (this.recovering) await this.recovering;
-      const session: PooledSession = this.pool.tryAcquire() ?? (await this.pool.acquire());
+      if (this.recovering) await this.waitForRecovery();
+      let session: PooledSession;
+      try {
+        session = this.pool.tryAcquire() ?? (await this.pool.acquire());
+      } catch (e) {
+        // Opening a session can itself report a lost device (a recovery that failed halfway): recover again.
+        const err = toHsmError(e);
+        if (!needsRecovery(err.kind) || attempt > 0) throw err;
+        await this.recover(err);
+        continue;
+      }
       let err: HsmError;
       try {
         const result = await op(session.handle);
@@ -346,6 +368,19 @@ export class HsmConnection {
       return state === CKS_RW_USER_FUNCTIONS || state === CKS_RO_USER_FUNCTIONS;
     } catch {
       return false;
+    }
+  }
+
+  /** Wait for a recovery in progress, but not past the acquire budget: KMS gives up after 250 ms anyway. */
+  private async waitForRecovery(): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const budget = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new HsmError('Timeout', 'the HSM is recovering; retry')), this.opts.acquireTimeoutMs);
+    });
+    try {
+      await Promise.race([this.recovering!.catch(() => undefined), budget]);
+    } finally {
+      clearTimeout(timer);
     }
   }
 

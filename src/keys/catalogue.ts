@@ -23,8 +23,8 @@ export interface ExternalKey {
   id: string;
   current: KeyVersion;
   versions: ReadonlyMap<number, KeyVersion>;
-  /** Token objects that claim a version another object already has (ignored; shown by `xks keys describe`). */
-  duplicates: number;
+  /** Versions claimed by more than one token object: ambiguous, never used (shown by `xks keys describe`). */
+  duplicateVersions: ReadonlySet<number>;
 }
 
 interface Entry {
@@ -74,9 +74,12 @@ export class KeyCatalogue {
   }
 
   /** Forget a key (after a stale handle); the next resolve reads the token again. */
-  invalidate(id: string): void {
+  invalidate(id: string, failedHandle?: Handle): void {
     const e = this.entries.get(id);
-    for (const v of e?.key?.versions.values() ?? []) this.hsm.dropCryptoHandle(v.object);
+    const versions = [...(e?.key?.versions.values() ?? [])];
+    // A request that failed on a handle another request already replaced must not throw away the new one.
+    if (failedHandle && !versions.some((v) => v.handle.equals(failedHandle))) return;
+    for (const v of versions) this.hsm.dropCryptoHandle(v.object);
     this.entries.delete(id);
   }
 
@@ -149,12 +152,13 @@ export class KeyCatalogue {
 
 function assemble(id: string, objects: KeyObject[]): ExternalKey | undefined {
   const versions = new Map<number, KeyVersion>();
-  let duplicates = 0;
+  const duplicateVersions = new Set<number>();
   for (const o of objects) {
     const version = versionFromId(o.id);
-    // Two objects claiming one version (say, two `pkcs11-tool --keygen` with one label): keep the first found.
+    // Two objects claiming one version (say, two `pkcs11-tool --keygen` with one label): the order C_FindObjects
+    // returns them in differs between processes, so neither is used (operations refuse the version).
     if (versions.has(version)) {
-      duplicates++;
+      duplicateVersions.add(version);
       continue;
     }
     versions.set(version, {
@@ -168,5 +172,5 @@ function assemble(id: string, objects: KeyObject[]): ExternalKey | undefined {
   }
   if (versions.size === 0) return undefined;
   const current = versions.get(Math.max(...versions.keys()))!;
-  return { id, current, versions, duplicates };
+  return { id, current, versions, duplicateVersions };
 }

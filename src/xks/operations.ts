@@ -22,21 +22,45 @@ async function resolveKey(deps: XksDeps, keyId: string): Promise<ExternalKey> {
   return key;
 }
 
-/** Run `op` on a key version; a stale handle (the object was replaced) re-resolves the key once. */
+/** The version to use; undefined when the cached key does not have it (it may be newer than the cache). */
+type Pick = (key: ExternalKey) => KeyVersion | undefined;
+
+function usable(keyId: string, key: ExternalKey, v: KeyVersion): KeyVersion {
+  // Two token objects for one version: which one a process finds first differs between processes, so serving either
+  // could encrypt under different material on different replicas. Refuse until an operator removes one.
+  if (key.duplicateVersions.has(v.version)) {
+    throw new XksError('InvalidStateException', `external key ${keyId} has more than one token object for version ${v.version}`);
+  }
+  return v;
+}
+
+/**
+ * Run `op` on a key version. A version missing from the cache re-reads the token once (another process may have
+ * added it); a stale handle (the object or its session copy was replaced) re-resolves the key once.
+ */
 async function withVersion<T>(
   deps: XksDeps,
   keyId: string,
-  pick: (key: ExternalKey) => KeyVersion,
+  pick: Pick,
+  missing: () => XksError,
   op: (v: KeyVersion) => Promise<T>,
 ): Promise<T> {
-  let v = pick(await resolveKey(deps, keyId));
+  let key = await resolveKey(deps, keyId);
+  let v = pick(key);
+  if (!v) {
+    key = (await deps.catalogue.refresh(keyId)) ?? key;
+    v = pick(key);
+    if (!v) throw missing();
+  }
   try {
-    return await op(v);
+    return await op(usable(keyId, key, v));
   } catch (e) {
     if (!(e instanceof HsmError) || e.kind !== 'ObjectHandleInvalid') throw e;
-    deps.catalogue.invalidate(keyId);
-    v = pick(await resolveKey(deps, keyId));
-    return op(v);
+    deps.catalogue.invalidate(keyId, v.handle);
+    key = await resolveKey(deps, keyId);
+    const again = pick(key);
+    if (!again) throw missing();
+    return op(usable(keyId, key, again));
   }
 }
 
@@ -54,7 +78,8 @@ export async function getKeyMetadata(deps: XksDeps, keyId: string) {
 export async function encrypt(deps: XksDeps, keyId: string, req: EncryptRequest) {
   const wantCdiv = req.ciphertextDataIntegrityValueAlgorithm === 'SHA_256';
   let used = 0;
-  const result = await withVersion(deps, keyId, (k) => k.current, async (v) => {
+  const noKey = () => new XksError('KeyNotFoundException', `external key ${keyId} does not exist`);
+  const result = await withVersion(deps, keyId, (k) => k.current, noKey, async (v) => {
     used = v.version;
     if (!v.encrypt) throw new XksError('InvalidKeyUsageException', `external key ${keyId} may not encrypt`);
     // The CDIV is proved by decrypting the fresh ciphertext, so it needs a key that may also decrypt.
@@ -85,23 +110,17 @@ export async function encrypt(deps: XksDeps, keyId: string, req: EncryptRequest)
 }
 
 export async function decrypt(deps: XksDeps, keyId: string, req: DecryptRequest) {
+  const bad = () => new XksError('InvalidCiphertextException', 'the ciphertext, IV, tag, AAD or metadata do not authenticate');
+  // The spec's order: the key exists (404), then may decrypt (400 usage), then the inputs authenticate.
+  const key = await resolveKey(deps, keyId);
+  if (!key.current.decrypt && ![...key.versions.values()].some((v) => v.decrypt)) throw new XksError('InvalidKeyUsageException', `external key ${keyId} may not decrypt`);
   // No metadata: a ciphertext from a proxy that does not version keys; it can only be version 1.
   const version = req.ciphertextMetadata === undefined ? 1 : decodeCiphertextMetadata(req.ciphertextMetadata);
-  const bad = () => new XksError('InvalidCiphertextException', 'the ciphertext, IV, tag, AAD or metadata do not authenticate');
   if (version === undefined) throw bad();
   const gcmAad = buildGcmAad(req.additionalAuthenticatedData, req.ciphertextMetadata);
-  const plaintext = await withVersion(
-    deps,
-    keyId,
-    (k) => {
-      const v = k.versions.get(version);
-      if (!v) throw bad();
-      return v;
-    },
-    async (v) => {
-      if (!v.decrypt) throw new XksError('InvalidKeyUsageException', `external key ${keyId} may not decrypt`);
-      return deps.hsm.decryptGcm(v.handle, req.initializationVector, req.ciphertext, req.authenticationTag, gcmAad);
-    },
-  );
+  const plaintext = await withVersion(deps, keyId, (k) => k.versions.get(version), bad, async (v) => {
+    if (!v.decrypt) throw new XksError('InvalidKeyUsageException', `external key ${keyId} may not decrypt`);
+    return deps.hsm.decryptGcm(v.handle, req.initializationVector, req.ciphertext, req.authenticationTag, gcmAad);
+  });
   return { body: { plaintext: plaintext.toString('base64') }, keyVersion: version };
 }
