@@ -43,6 +43,8 @@ export interface RunningProxy {
   catalogue: KeyCatalogue;
   health: HealthChecker;
   listening: Listening;
+  /** Take new prefixes, credentials and key allow-lists from a reloaded config; requests in flight keep the old. */
+  reload(next: LoadedConfig): void;
   stop(): Promise<void>;
 }
 
@@ -73,6 +75,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger): Promise<
       catalogue,
       health,
       listening,
+      reload: (next) => handler.setPrefixes(next.prefixes),
       stop: async () => {
         await listening.close();
         hsm.close();

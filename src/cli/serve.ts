@@ -3,6 +3,7 @@ import cluster from 'node:cluster';
 import { Command } from 'commander';
 import { createLogger, type Logger } from '../obs/logger.js';
 import { startProxy } from '../proxy.js';
+import { loadConfig, type LoadedConfig } from '../config/load.js';
 import { loadFor, withConfigOption } from './context.js';
 
 function parseWorkers(v: string): number {
@@ -25,8 +26,20 @@ export function serveCommand(): Command {
     });
 }
 
-async function serveOne(loaded: ReturnType<typeof loadFor>, logger: Logger): Promise<void> {
+async function serveOne(loaded: LoadedConfig, logger: Logger): Promise<void> {
   const proxy = await startProxy(loaded, logger);
+  // SIGHUP re-reads the config file: prefixes, SigV4 credentials and key allow-lists change without a restart (this is
+  // how credentials are rotated: add the new one, update the key store in KMS, remove the old one). A config that does
+  // not load is refused and the running one stays. HSM and listener settings need a restart.
+  process.on('SIGHUP', () => {
+    try {
+      const next = loadConfig(loaded.file);
+      proxy.reload(next);
+      logger.info({ file: loaded.file, prefixes: next.prefixes.map((p) => p.path) }, 'configuration reloaded');
+    } catch (e) {
+      logger.error({ file: loaded.file, reason: (e as Error).message }, 'configuration reload refused; keeping the running one');
+    }
+  });
   const { http, https } = proxy.listening;
   logger.info(
     {
@@ -61,10 +74,14 @@ async function serveOne(loaded: ReturnType<typeof loadFor>, logger: Logger): Pro
  */
 function superviseWorkers(count: number, logger: Logger): void {
   let stopping = false;
+  const served = new Set<number>(); // workers that reached 'listening'
   const forkOne = () =>
     new Promise<void>((resolve) => {
       const w = cluster.fork();
-      w.once('listening', () => resolve());
+      w.once('listening', () => {
+        served.add(w.id);
+        resolve();
+      });
       w.once('exit', () => resolve());
     });
   const start = async () => {
@@ -72,21 +89,32 @@ function superviseWorkers(count: number, logger: Logger): void {
   };
   cluster.on('exit', (w, code, signal) => {
     if (stopping) {
-      if (Object.keys(cluster.workers ?? {}).length === 0) process.exit(0);
+      if (Object.keys(cluster.workers ?? {}).length === 0) process.exit(process.exitCode ?? 0);
+      return;
+    }
+    if (!served.has(w.id)) {
+      // It never started (wrong PIN, missing token, bad config): retrying would repeat failed logins, which lock
+      // or zeroise some HSM partitions. Stop everything and say so.
+      logger.error({ worker: w.id, code, signal }, 'worker failed to start; stopping');
+      process.exitCode = 1;
+      stop('SIGTERM');
       return;
     }
     logger.warn({ worker: w.id, code, signal }, 'worker exited; starting another');
-    setTimeout(() => void forkOne(), 500);
+    setTimeout(() => void forkOne(), 1_000);
   });
-  const stop = (signal: NodeJS.Signals) => {
+  function stop(signal: NodeJS.Signals): void {
     if (stopping) return;
     stopping = true;
     logger.info({ signal, workers: count }, 'shutting down workers');
     for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGTERM');
     setTimeout(() => process.exit(1), 12_000).unref();
-    if (Object.keys(cluster.workers ?? {}).length === 0) process.exit(0);
-  };
+    if (Object.keys(cluster.workers ?? {}).length === 0) process.exit(process.exitCode ?? 0);
+  }
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGHUP', () => {
+    for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP');
+  });
   void start();
 }

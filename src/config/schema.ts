@@ -81,7 +81,8 @@ export const ConfigSchema = z
     limits: z
       .strictObject({
         /** Request bodies above this are refused before they are read in full (KMS sends at most about 20 KB). */
-        bodyBytes: z.number().int().min(1024).max(1 << 20).default(32 * 1024),
+        // At least 20 KiB: the spec's largest request (4300 bytes of plaintext with 8192 of AAD, in Base64) must fit.
+        bodyBytes: z.number().int().min(20 * 1024).max(1 << 20).default(32 * 1024),
       })
       .default({ bodyBytes: 32 * 1024 }),
     health: z

@@ -63,11 +63,18 @@ export async function startListeners(config: Config['listeners'], handler: Handl
   const result: Listening = {
     servers,
     close: async () => {
+      // Stop accepting, close idle keep-alive connections, let requests in flight finish; after a grace period close
+      // whatever is left, so that shutdown always reaches C_Finalize.
       await Promise.all(
         servers.map(
           (s) =>
             new Promise<void>((resolve) => {
-              s.close(() => resolve());
+              const force = setTimeout(() => s.closeAllConnections(), 5_000);
+              force.unref();
+              s.close(() => {
+                clearTimeout(force);
+                resolve();
+              });
               s.closeIdleConnections();
             }),
         ),

@@ -137,7 +137,11 @@ export function createXksHandler(opts: XksHandlerOptions) {
     // Logged even when authentication fails, so operators can match KMS's connection errors to log lines.
     const rid = (json as { requestMetadata?: { kmsRequestId?: unknown } } | null)?.requestMetadata?.kmsRequestId;
     if (typeof rid === 'string') log.kmsRequestId = rid.slice(0, 128);
-    if (!auth.ok) throw new XksError('AuthenticationFailedException', `SigV4 authentication failed: ${auth.reason}`);
+    if (!auth.ok) {
+      // The caller learns only that the signature failed; which check failed goes to the log for the operator.
+      log.reason = `SigV4: ${auth.reason}`;
+      throw new XksError('AuthenticationFailedException', 'the request signature is not valid for this key store');
+    }
     log.accessKeyId = auth.accessKeyId;
     if (jsonError) throw new XksError('ValidationException', 'the body is not valid JSON');
 
@@ -202,7 +206,7 @@ export function createXksHandler(opts: XksHandlerOptions) {
         log.outcome = 'error';
         log.status = x.status;
         log.errorName = x.errorName;
-        log.reason = x.message;
+        log.reason ??= x.message;
         if (err instanceof HsmError) log.hsmError = err.ckr ?? err.kind;
         log.ms = round(performance.now() - started);
         opts.logger.info(log, 'xks request');

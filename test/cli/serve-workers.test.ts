@@ -3,9 +3,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { SECOND_ACCESS_KEY_ID, SECOND_SECRET } from '../helpers/proxy.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/softhsm.js';
 import { decryptFields, signedRequest, xksClient } from '../helpers/xks-client.js';
@@ -70,6 +72,36 @@ it('serves concurrent round trips from both workers', async () => {
   expect(workers.size).toBe(2);
 });
 
+it('rotates credentials on SIGHUP without a restart, and refuses a broken config', async () => {
+  const file = (server.spawnargs[server.spawnargs.indexOf('--config') + 1])!;
+  const config = parse(readFileSync(file, 'utf8'));
+  const xks = xksClient(url);
+  expect((await xks.health()).status).toBe(200);
+  // Remove the first credential, add a third one.
+  const third = { accessKeyId: 'THIRDCREDENTIALFORTESTS234', secret: 'ThirdSecretForRotationTests0123456789abcdefgh' };
+  writeFileSync(join(dirname(file), 'secret3'), third.secret);
+  config.prefixes[0].credentials = [config.prefixes[0].credentials[1], { accessKeyId: third.accessKeyId, secret: { file: 'secret3' } }];
+  writeFileSync(file, stringify(config));
+  server.kill('SIGHUP');
+  const until = async (ok: () => Promise<boolean>) => {
+    for (let i = 0; i < 50 && !(await ok()); i++) await new Promise((r) => setTimeout(r, 100));
+  };
+  // Both workers take it: every request, whichever worker serves it, sees the new credentials.
+  await until(async () => (await xks.health()).status === 401);
+  for (let i = 0; i < 10; i++) {
+    expect((await xks.health()).status).toBe(401);
+    expect((await xks.health({ accessKeyId: third.accessKeyId, secret: third.secret })).status).toBe(200);
+    expect((await xks.health({ accessKeyId: SECOND_ACCESS_KEY_ID, secret: SECOND_SECRET })).status).toBe(200);
+  }
+  // A broken config is refused and the running one stays.
+  writeFileSync(file, 'prefixes: [nonsense');
+  server.kill('SIGHUP');
+  await until(async () => out.includes('configuration reload refused'));
+  expect(out).toContain('configuration reload refused');
+  expect((await xks.health({ accessKeyId: third.accessKeyId, secret: third.secret })).status).toBe(200);
+  expect(out).not.toContain(third.secret);
+});
+
 it('drains and exits cleanly on SIGTERM', async () => {
   const ping = await signedRequest(url, '/ping', '', { method: 'GET', unsigned: true });
   expect(ping.status).toBe(200);
@@ -77,4 +109,21 @@ it('drains and exits cleanly on SIGTERM', async () => {
   server.kill('SIGTERM');
   expect(await exited).toBe(0);
   expect(out).not.toContain(token.userPin);
+});
+
+it('stops instead of retrying when workers cannot log in (a wrong PIN must not be tried again and again)', async () => {
+  const file = writeTestConfig(token, { hsm: { pin: { env: 'XKS_TEST_WRONG_PIN' } } }, 'wrong-pin.yaml');
+  const child = spawn('node', [MAIN, 'serve', '--config', file, '--workers', '2'], {
+    cwd: ROOT,
+    env: { ...process.env, SOFTHSM2_CONF: token.conf, XKS_TEST_WRONG_PIN: 'not-the-pin' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let text = '';
+  child.stdout!.on('data', (c) => (text += c));
+  child.stderr!.on('data', (c) => (text += c));
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  expect(code).toBe(1);
+  expect(text).toContain('worker failed to start');
+  expect((text.match(/CKR_PIN_INCORRECT/g) ?? []).length).toBe(1);
+  expect(text).not.toContain('not-the-pin');
 });
