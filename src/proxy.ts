@@ -69,7 +69,11 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger): Promise<
       bodyLimit: loaded.config.limits.bodyBytes,
       logger: logger.child({ hsm: hsm.info.label }),
     });
-    const listening = await startListeners(loaded.config.listeners, handler, logger);
+    const listeners = loaded.config.listeners;
+    if (listeners.https?.mtls && listeners.http) {
+      logger.warn({ http: `${listeners.http.host}:${listeners.http.port}` }, 'mTLS is on for HTTPS, but the plain HTTP listener accepts any client');
+    }
+    const listening = await startListeners(listeners, handler, logger);
     return {
       hsm,
       catalogue,

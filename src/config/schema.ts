@@ -26,7 +26,8 @@ export const PrefixSchema = z
     path: z
       .string()
       .max(116, 'must be at most 116 characters so that the path with /kms/xks/v1 stays within 128')
-      .regex(/^([A-Za-z0-9_-]+(\/[A-Za-z0-9_-]+)*)?$/, 'must be segments of A-Za-z0-9_- separated by single slashes, no leading or trailing slash'),
+      .regex(/^([A-Za-z0-9_-]+(\/[A-Za-z0-9_-]+)*)?$/, 'must be segments of A-Za-z0-9_- separated by single slashes, no leading or trailing slash')
+      .refine((p) => !`/${p}/`.includes('/kms/xks/v1/'), 'must not contain kms/xks/v1 (the proxy adds it)'),
     region: z.string().regex(/^[a-z0-9-]{4,32}$/, 'must be an AWS region such as us-east-1'),
     credentials: z.array(CredentialSchema).min(1, 'needs at least one credential'),
     /** Optional allow-list of external key ids this key store may use; absent means every key in the token. */

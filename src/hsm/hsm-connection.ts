@@ -358,7 +358,8 @@ export class HsmConnection {
       else this.pool.release(session);
       if (err.kind === 'ObjectHandleInvalid' && !this.isLoggedIn()) err = new HsmError('NotLoggedIn', 'the HSM login was lost', err.ckr);
       if (!needsRecovery(err.kind) || attempt > 0) throw err;
-      await this.recover(err);
+      // A session from before the latest recovery failed late: that recovery already happened, just retry.
+      if (session.generation === this.generation) await this.recover(err);
     }
   }
 
