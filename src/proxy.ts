@@ -82,6 +82,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger): Promise<
       reload: (next) => handler.setPrefixes(next.prefixes),
       stop: async () => {
         await listening.close();
+        await hsm.drain(2_000); // calls abandoned by a timeout may still run on the thread pool
         hsm.close();
       },
     };

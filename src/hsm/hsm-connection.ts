@@ -71,6 +71,8 @@ export class HsmConnection {
   /** Session copies of token keys (SoftHSM): token handle hex -> copy, valid for one recovery generation. */
   private readonly copies = new Map<string, { copy: Handle; generation: number }>();
   private readonly copying = new Map<string, Promise<Handle>>();
+  /** Calls running on the thread pool. C_Finalize or C_CloseAllSessions under one crashes SoftHSM: wait for them. */
+  private inFlight = 0;
   private ivPool: Buffer = Buffer.alloc(0);
   private ivOffset = 0;
   private closed = false;
@@ -307,7 +309,8 @@ export class HsmConnection {
   private async call(sync: () => Buffer, async: () => Promise<Buffer>): Promise<Buffer> {
     if (this.capabilities.callMode === 'sync') return sync();
     let timer: NodeJS.Timeout | undefined;
-    const pending = async();
+    this.inFlight++;
+    const pending = async().finally(() => this.inFlight--);
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
         const err = new HsmError('Timeout', `the HSM did not answer within ${this.opts.operationTimeoutMs} ms`);
@@ -420,7 +423,8 @@ export class HsmConnection {
         if (toHsmError(e).kind !== 'DeviceError') throw e;
       }
     }
-    // Re-initialise the library: every handle from before is void.
+    // Re-initialise the library: every handle from before is void. Calls still running on other threads first.
+    await this.drain(2_000);
     try {
       this.mod.C_Finalize();
     } catch {
@@ -434,6 +438,16 @@ export class HsmConnection {
   /** Whether the login session is healthy; used by health checks. */
   ping(): boolean {
     return this.isLoggedIn();
+  }
+
+  get asyncCallsInFlight(): number {
+    return this.inFlight;
+  }
+
+  /** Wait (at most `maxMs`) until no call runs on the thread pool. */
+  async drain(maxMs: number): Promise<void> {
+    const until = Date.now() + maxMs;
+    while (this.inFlight > 0 && Date.now() < until) await sleep(2);
   }
 
   close(): void {
