@@ -4,7 +4,7 @@ import http from 'node:http';
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { ACCESS_KEY_ID, REGION, SECRET } from './proxy.js';
-import type { XksResponse } from './xks-client.js';
+import { readResponse, type XksResponse } from './xks-client.js';
 
 export interface RawSendOptions {
   /** Send without Content-Length, in chunks (Transfer-Encoding: chunked). */
@@ -37,21 +37,9 @@ export async function sendRaw(baseUrl: string, path: string, body: Buffer | stri
   const headers: Record<string, string> = { ...(signed.headers as Record<string, string>), 'content-type': 'application/json' };
   if (!opts.chunked) headers['content-length'] = String(sent.length);
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: url.hostname, port: url.port, path, method: 'POST', headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        let json: unknown;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          json = undefined;
-        }
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, text, json });
-      });
-      res.on('error', reject);
-    });
+    const req = http.request({ host: url.hostname, port: url.port, path, method: 'POST', headers, agent: false }, (res) =>
+      readResponse(res, resolve, reject),
+    );
     // The server may answer and close before it has read an oversized body: a write error is then expected, and the
     // answer may still arrive. Give it a moment before calling the request failed.
     req.on('error', (e: NodeJS.ErrnoException) => {

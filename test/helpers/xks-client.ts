@@ -28,6 +28,23 @@ export interface SendOptions {
   prefix?: string;
 }
 
+/** Collects a response: status, headers, text and, when the text is JSON, the parsed value. */
+export function readResponse(res: http.IncomingMessage, resolve: (r: XksResponse) => void, reject: (e: Error) => void): void {
+  const chunks: Buffer[] = [];
+  res.on('data', (c: Buffer) => chunks.push(c));
+  res.on('end', () => {
+    const text = Buffer.concat(chunks).toString('utf8');
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    resolve({ status: res.statusCode ?? 0, headers: res.headers, text, json });
+  });
+  res.on('error', reject);
+}
+
 export async function signedRequest(baseUrl: string, path: string, body: string, opts: SendOptions = {}): Promise<XksResponse> {
   const url = new URL(baseUrl);
   const headers: Record<string, string> = {
@@ -60,20 +77,7 @@ export async function signedRequest(baseUrl: string, path: string, body: string,
         headers: { ...headers, 'content-length': String(Buffer.byteLength(sent)) },
         ...(opts.agent ? { agent: opts.agent } : {}),
       },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          let json: unknown;
-          try {
-            json = JSON.parse(text);
-          } catch {
-            json = undefined;
-          }
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, text, json });
-        });
-      },
+      (res) => readResponse(res, resolve, reject),
     );
     req.on('error', reject);
     req.end(sent);
