@@ -49,22 +49,8 @@ if [ ! -s tls/cert.pem ] || [ ! -s tls/key.pem ]; then
     -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
     -keyout tls/key.pem -out tls/cert.pem 2>/dev/null
 fi
-cat >config.yaml.new <<'YAML'
-# Demo configuration written by the container's entrypoint (docker/entrypoint.sh) at every start.
-hsm:
-  profile: softhsm2
-  tokenLabel: xks-demo
-  pin: { file: user-pin }
-listeners:
-  http: { host: 0.0.0.0, port: 8080 }
-  https: { host: 0.0.0.0, port: 8443, certFile: tls/cert.pem, keyFile: tls/key.pem }
-prefixes:
-  - path: example/uri/path/prefix
-    region: us-east-1
-    credentials:
-      - accessKeyId: BETWEEN2TENAND3TENCHARACTERS
-        secret: { file: sigv4-secret }
-YAML
+sed -e 's#@HOST@#0.0.0.0#g' -e 's#@HTTP_PORT@#8080#' -e 's#@HTTPS_PORT@#8443#' \
+  /app/softhsm-config/demo-config.yaml.template >config.yaml.new
 mv config.yaml.new config.yaml
 export XKS_CONFIG="$DATA/config.yaml"
 

@@ -25,22 +25,8 @@ if [ ! -s "$DEV/tls/cert.pem" ]; then
     -keyout "$DEV/tls/key.pem" -out "$DEV/tls/cert.pem" 2>/dev/null
 fi
 
-cat > "$DEV/config.yaml" <<YAML
-# Demo configuration written by scripts/dev.sh (see config.sample.yaml for every option).
-hsm:
-  profile: softhsm2
-  tokenLabel: xks-demo
-  pin: { file: user-pin }
-listeners:
-  http: { host: 127.0.0.1, port: ${XKS_HTTP_PORT:-8080} }
-  https: { host: 127.0.0.1, port: ${XKS_HTTPS_PORT:-8443}, certFile: tls/cert.pem, keyFile: tls/key.pem }
-prefixes:
-  - path: example/uri/path/prefix
-    region: us-east-1
-    credentials:
-      - accessKeyId: BETWEEN2TENAND3TENCHARACTERS
-        secret: { file: sigv4-secret }
-YAML
+sed -e "s#@HOST@#127.0.0.1#g" -e "s#@HTTP_PORT@#${XKS_HTTP_PORT:-8080}#" -e "s#@HTTPS_PORT@#${XKS_HTTPS_PORT:-8443}#" \
+  softhsm-config/demo-config.yaml.template > "$DEV/config.yaml"
 umask 022
 
 xks() { node "$ROOT/dist/cli/main.js" "$@" --config "$DEV/config.yaml"; }
