@@ -6,6 +6,7 @@ import { loadProfile, resolveModulePath } from './hsm/profile.js';
 import { createXksHandler } from './http/xks-handler.js';
 import { startListeners, type Listening } from './http/listeners.js';
 import { KeyCatalogue } from './keys/catalogue.js';
+import { KeyLifecycle } from './keys/lifecycle.js';
 import type { Logger } from './obs/logger.js';
 import { HealthChecker } from './xks/health.js';
 
@@ -38,9 +39,15 @@ export function openCatalogue(hsm: HsmConnection, loaded: LoadedConfig): KeyCata
   });
 }
 
+/** Key management on this connection; the health-check key is out of its reach. */
+export function openLifecycle(hsm: HsmConnection, catalogue: KeyCatalogue, loaded: LoadedConfig, now?: () => Date): KeyLifecycle {
+  return new KeyLifecycle(hsm, catalogue, { reserved: new Set([loaded.config.hsm.healthKeyLabel]), ...(now ? { now } : {}) });
+}
+
 export interface RunningProxy {
   hsm: HsmConnection;
   catalogue: KeyCatalogue;
+  lifecycle: KeyLifecycle;
   health: HealthChecker;
   listening: Listening;
   /** Take new prefixes, credentials and key allow-lists from a reloaded config; requests in flight keep the old. */
@@ -52,6 +59,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger): Promise<
   const hsm = await openHsm(loaded, logger);
   try {
     const catalogue = openCatalogue(hsm, loaded);
+    const lifecycle = openLifecycle(hsm, catalogue, loaded);
     const health = new HealthChecker(hsm, {
       keyLabel: loaded.config.hsm.healthKeyLabel,
       maxAgeMs: loaded.config.health.maxAgeMs,
@@ -77,6 +85,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger): Promise<
     return {
       hsm,
       catalogue,
+      lifecycle,
       health,
       listening,
       reload: (next) => handler.setPrefixes(next.prefixes),

@@ -1,8 +1,11 @@
-// `xks keys`: create, list and describe external keys in the token.
+// `xks keys`: the life of external keys in the token. Each command is one call on KeyLifecycle; output is a line
+// for people or, with --json, the key as the admin API describes it.
 import { Command, Option } from 'commander';
 import type { ExternalKey } from '../keys/catalogue.js';
-import { EXTERNAL_KEY_ID } from '../keys/key-objects.js';
-import { openCatalogue } from '../proxy.js';
+import { describeKey } from '../keys/key-description.js';
+import { PENDING_WINDOW_DAYS } from '../keys/key-record.js';
+import type { KeyLifecycle } from '../keys/lifecycle.js';
+import { openCatalogue, openLifecycle } from '../proxy.js';
 import { withConfigOption, withHsm } from './context.js';
 
 function parseUsage(value: string): { encrypt: boolean; decrypt: boolean } {
@@ -12,31 +15,34 @@ function parseUsage(value: string): { encrypt: boolean; decrypt: boolean } {
   return { encrypt: parts.includes('encrypt'), decrypt: parts.includes('decrypt') };
 }
 
-function usageOf(k: ExternalKey): string {
-  const u = [k.current.encrypt && 'ENCRYPT', k.current.decrypt && 'DECRYPT'].filter(Boolean);
-  return u.length ? u.join(',') : 'NONE';
+function parseDays(name: string) {
+  return (value: string): number => {
+    if (!/^[0-9]{1,5}$/.test(value)) throw new Error(`${name} takes a whole number of days, not "${value}"`);
+    return Number(value);
+  };
 }
 
-function describe(k: ExternalKey) {
-  return {
-    KeyId: k.id,
-    KeySpec: 'AES_256',
-    KeyUsage: usageOf(k),
-    KeyState: 'Enabled',
-    CurrentVersion: k.current.version,
-    // More than one token object for one version: the proxy refuses that version until the extra objects are removed.
-    ...(k.duplicateVersions.size > 0 ? { DuplicateVersions: [...k.duplicateVersions] } : {}),
-    Versions: [...k.versions.values()].map((v) => ({
-      Version: v.version,
-      Encrypt: v.encrypt,
-      Decrypt: v.decrypt,
-      // CKA_LOCAL and CKA_NEVER_EXTRACTABLE true: generated in the HSM and never readable outside it.
-      Local: v.attrs.local,
-      NeverExtractable: v.attrs.neverExtractable,
-      Sensitive: v.attrs.sensitive,
-      Extractable: v.attrs.extractable,
-    })),
-  };
+function summary(k: ExternalKey): string {
+  const d = describeKey(k);
+  const version = d.CurrentVersion !== undefined ? `version ${d.CurrentVersion}` : 'no key material';
+  return `${k.id}: ${d.KeyState}, AES_256, ${d.KeyUsage.join(',') || 'NONE'}, ${version}`;
+}
+
+/** Open the token, run one lifecycle call, print its result (a key: one line or JSON). */
+function run(cmd: Command, json: boolean | undefined, fn: (keys: KeyLifecycle) => Promise<ExternalKey | string>): Promise<void> {
+  return withHsm(cmd, async (hsm, loaded) => {
+    const out = await fn(openLifecycle(hsm, openCatalogue(hsm, loaded), loaded));
+    if (typeof out === 'string') console.log(out);
+    else console.log(json ? JSON.stringify(describeKey(out)) : summary(out));
+  });
+}
+
+function keyCommand(name: string, description: string, fn: (keys: KeyLifecycle, id: string) => Promise<ExternalKey>): Command {
+  return withConfigOption(new Command(name))
+    .description(description)
+    .argument('<externalKeyId>')
+    .option('--json', 'print the key as JSON')
+    .action((id: string, opts: { json?: boolean }, cmd: Command) => run(cmd, opts.json, (keys) => fn(keys, id)));
 }
 
 export function keysCommand(): Command {
@@ -44,59 +50,143 @@ export function keysCommand(): Command {
 
   keys.addCommand(
     withConfigOption(new Command('create'))
-      .description('generate an AES-256 key in the HSM (sensitive, non-extractable)')
+      .description('make a key: AES-256 generated in the HSM (sensitive, non-extractable), or an empty one for imported material')
       .argument('<externalKeyId>', 'the id KMS will use: 1 to 128 characters of A-Za-z0-9._-')
-      .addOption(new Option('--usage <list>', 'encrypt, decrypt, or both').default('encrypt,decrypt'))
+      .addOption(new Option('--usage <list>', 'encrypt, decrypt, both (encrypt,decrypt) or none').default('encrypt,decrypt'))
+      .addOption(new Option('--origin <origin>', 'HSM: generated in the HSM; EXTERNAL: no material until you import it').choices(['HSM', 'EXTERNAL']).default('HSM'))
+      .option('--rotation-period-days <n>', 'rotate automatically (with `xks keys rotate-due`) every n days, 90 to 2560', parseDays('--rotation-period-days'))
+      .option('--exportable', 'allow backup with `xks keys export`, wrapped under a KEK the security officer marked trusted')
       .option('--if-missing', 'succeed without change when the key already exists (for set-up scripts)')
-      .option('--json', 'print JSON')
-      .action(async (id: string, opts: { usage: string; json?: boolean; ifMissing?: boolean }, cmd: Command) => {
-        if (!EXTERNAL_KEY_ID.test(id)) throw new Error(`"${id}" is not a valid external key id: use 1 to 128 characters of A-Za-z0-9._-`);
-        const usage = parseUsage(opts.usage);
-        await withHsm(cmd, async (hsm, loaded) => {
-          if (id === loaded.config.hsm.healthKeyLabel) throw new Error(`"${id}" is reserved for the health check`);
-          const catalogue = openCatalogue(hsm, loaded);
-          const existing = opts.ifMissing ? await catalogue.refresh(id) : undefined;
-          if (existing) {
-            console.log(`${id} exists: AES_256, ${usageOf(existing)}, version ${existing.current.version}`);
-            return;
-          }
-          const key = await catalogue.create(id, usage);
-          if (opts.json) console.log(JSON.stringify(describe(key)));
-          else console.log(`created ${id}: AES_256, ${usageOf(key)}, version ${key.current.version}`);
-        });
-      }),
+      .option('--json', 'print the key as JSON')
+      .action(
+        (
+          id: string,
+          opts: { usage: string; origin: 'HSM' | 'EXTERNAL'; rotationPeriodDays?: number; exportable?: boolean; ifMissing?: boolean; json?: boolean },
+          cmd: Command,
+        ) =>
+          run(cmd, opts.json, async (lifecycle) => {
+            if (opts.ifMissing) {
+              const existing = await lifecycle.get(id).catch(() => undefined);
+              if (existing) return opts.json ? lifecycle.completeCreate(id) : `${summary(await lifecycle.completeCreate(id)).replace(':', ' exists:')}`;
+            }
+            const made = await lifecycle.create(id, {
+              usage: parseUsage(opts.usage),
+              origin: opts.origin,
+              rotationPeriodDays: opts.rotationPeriodDays,
+              exportable: opts.exportable === true,
+            });
+            return opts.json ? made : `created ${summary(made)}`;
+          }),
+      ),
   );
 
   keys.addCommand(
     withConfigOption(new Command('list'))
-      .description('list the AES keys in the token')
+      .description('list the keys in the token')
       .option('--json', 'print JSON')
       .action(async (opts: { json?: boolean }, cmd: Command) => {
         await withHsm(cmd, async (hsm, loaded) => {
           const all = await openCatalogue(hsm, loaded).list();
           if (opts.json) {
-            console.log(JSON.stringify(all.map(describe)));
+            console.log(JSON.stringify(all.map(describeKey)));
             return;
           }
-          const rows = all.map((k) => [k.id, usageOf(k), String(k.current.version), k.id === loaded.config.hsm.healthKeyLabel ? 'health check' : '']);
+          const rows = all.map((k) => {
+            const d = describeKey(k);
+            const note = k.id === loaded.config.hsm.healthKeyLabel ? 'health check' : (d.Problems ?? []).join('; ');
+            return [k.id, d.KeyState, d.KeyUsage.join(',') || 'NONE', String(d.CurrentVersion ?? '-'), d.Origin, note];
+          });
           const width = Math.max(5, ...rows.map((r) => r[0]!.length));
-          console.log(`${'KeyId'.padEnd(width)}  ${'Usage'.padEnd(15)}  Version  Note`);
-          for (const r of rows) console.log(`${r[0]!.padEnd(width)}  ${r[1]!.padEnd(15)}  ${r[2]!.padEnd(7)}  ${r[3]}`.trimEnd());
+          console.log(`${'KeyId'.padEnd(width)}  ${'State'.padEnd(15)}  ${'Usage'.padEnd(15)}  Version  ${'Origin'.padEnd(8)}  Note`);
+          for (const r of rows) {
+            console.log(`${r[0]!.padEnd(width)}  ${r[1]!.padEnd(15)}  ${r[2]!.padEnd(15)}  ${r[3]!.padEnd(7)}  ${r[4]!.padEnd(8)}  ${r[5]}`.trimEnd());
+          }
         });
       }),
   );
 
   keys.addCommand(
     withConfigOption(new Command('describe'))
-      .description('show a key, its versions and the evidence that it never left the HSM')
+      .description('show a key, its state, versions and the evidence that it never left the HSM')
       .argument('<externalKeyId>')
-      .action(async (id: string, _opts, cmd: Command) => {
-        await withHsm(cmd, async (hsm, loaded) => {
-          const key = await openCatalogue(hsm, loaded).refresh(id);
-          if (!key) throw new Error(`no key "${id}" in token ${hsm.info.label}`);
-          console.log(JSON.stringify(describe(key), null, 2));
-        });
+      .action((id: string, _opts, cmd: Command) =>
+        withHsm(cmd, async (hsm, loaded) => {
+          const key = await openLifecycle(hsm, openCatalogue(hsm, loaded), loaded).get(id);
+          console.log(JSON.stringify(describeKey(key), null, 2));
+        }),
+      ),
+  );
+
+  keys.addCommand(keyCommand('enable', 'enable a disabled key', (k, id) => k.enable(id)));
+  keys.addCommand(keyCommand('disable', 'disable a key: XKS calls answer DISABLED / InvalidStateException', (k, id) => k.disable(id)));
+  keys.addCommand(keyCommand('cancel-deletion', 'stop a scheduled deletion; the key comes back Disabled', (k, id) => k.cancelDeletion(id)));
+
+  keys.addCommand(
+    withConfigOption(new Command('rotate'))
+      .description('rotate now: a new version generated in the HSM becomes current; older versions still decrypt')
+      .argument('<externalKeyId>')
+      .option('--json', 'print JSON')
+      .action((id: string, opts: { json?: boolean }, cmd: Command) =>
+        run(cmd, false, async (keys) => {
+          const r = await keys.rotate(id);
+          return opts.json ? JSON.stringify(r) : `rotated ${id}: version ${r.Version} is current`;
+        }),
+      ),
+  );
+
+  keys.addCommand(
+    withConfigOption(new Command('set-rotation'))
+      .description('set or clear the automatic rotation period (applied by `xks keys rotate-due`)')
+      .argument('<externalKeyId>')
+      .option('--period-days <n>', 'rotate every n days, 90 to 2560', parseDays('--period-days'))
+      .option('--off', 'no automatic rotation')
+      .option('--json', 'print the key as JSON')
+      .action((id: string, opts: { periodDays?: number; off?: boolean; json?: boolean }, cmd: Command) => {
+        if ((opts.periodDays === undefined) === !opts.off) throw new Error('give either --period-days N or --off');
+        return run(cmd, opts.json, (keys) => keys.setRotation(id, opts.off ? undefined : opts.periodDays));
       }),
+  );
+
+  keys.addCommand(
+    withConfigOption(new Command('rotate-due'))
+      .description('rotate every enabled key whose rotation period has passed (safe to run from cron, on any number of hosts)')
+      .option('--json', 'print JSON')
+      .action((opts: { json?: boolean }, cmd: Command) =>
+        run(cmd, false, async (keys) => {
+          const done = (await keys.rotateDue()).filter((r) => r.Rotated);
+          if (opts.json) return JSON.stringify(done);
+          return done.length ? done.map((r) => `rotated ${r.KeyId}: version ${r.Version} is current`).join('\n') : 'no key is due for rotation';
+        }),
+      ),
+  );
+
+  keys.addCommand(
+    withConfigOption(new Command('schedule-deletion'))
+      .description('make a key unusable now and destroyable (by `xks keys purge-due`) after the waiting period')
+      .argument('<externalKeyId>')
+      .option(
+        '--pending-window-days <n>',
+        `days to wait, ${PENDING_WINDOW_DAYS.min} to ${PENDING_WINDOW_DAYS.max}`,
+        parseDays('--pending-window-days'),
+        PENDING_WINDOW_DAYS.default,
+      )
+      .option('--json', 'print the key as JSON')
+      .action((id: string, opts: { pendingWindowDays: number; json?: boolean }, cmd: Command) =>
+        run(cmd, opts.json, (keys) => keys.scheduleDeletion(id, opts.pendingWindowDays)),
+      ),
+  );
+
+  keys.addCommand(
+    withConfigOption(new Command('purge-due'))
+      .description('destroy every key whose deletion date has passed (safe to run from cron)')
+      .option('--json', 'print JSON')
+      .action((opts: { json?: boolean }, cmd: Command) =>
+        run(cmd, false, async (keys) => {
+          const purged = await keys.purgeDue();
+          if (opts.json) return JSON.stringify(purged);
+          return purged.length ? purged.map((id) => `destroyed ${id}`).join('\n') : 'no key is due for deletion';
+        }),
+      ),
   );
   return keys;
 }

@@ -54,8 +54,11 @@ export const ConfigSchema = z
       ivMode: IvModeSchema.optional(),
       callMode: z.enum(['sync', 'async']).optional(),
       healthKeyLabel: z.string().min(1).max(128).default('xks-proxy-health-check'),
-      /** How old a cached key may be before it is re-read from the token in the background. */
-      keyCacheTtlMs: z.number().int().min(100).max(600_000).default(5_000),
+      /**
+       * A cached key older than this is re-read from the token in the background; one older than twice this is
+       * re-read before use. A change made by another process (rotate, disable) is seen within 2 x this.
+       */
+      keyCacheTtlMs: z.number().int().min(100).max(600_000).default(2_000),
     }).refine((h) => h.tokenLabel !== undefined || h.tokenSerial !== undefined, {
       message: 'needs tokenLabel or tokenSerial to choose the token',
     }),

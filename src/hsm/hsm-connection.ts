@@ -1,7 +1,7 @@
 // One process's connection to one token: module, login, session pool, AES-GCM, key objects, and recovery.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HsmError, needsRecovery, poisonsSession, toHsmError } from './errors.js';
-import { CKF_OS_LOCKING_OK, findSlot, loadModule, P, readBool, type Handle, type Pkcs11, type Template } from './module.js';
+import { CKF_OS_LOCKING_OK, findSlot, loadModule, P, readBool, type Handle, type Mechanism, type Pkcs11, type Template } from './module.js';
 export type { Handle } from './module.js';
 import { SessionPool, type PooledSession } from './session-pool.js';
 import { readCapabilities, type Capabilities } from './capabilities.js';
@@ -42,6 +42,8 @@ export interface KeyObject {
   handle: Handle;
   label: string;
   id: Buffer;
+  /** CKA_KEY_TYPE (CKK_AES, CKK_GENERIC_SECRET, ...). */
+  keyType: number;
   attrs: Record<string, boolean>;
 }
 
@@ -233,31 +235,35 @@ export class HsmConnection {
     }
   }
 
-  /** Secret keys matching a template, with their label, id and usage/evidence attributes. */
+  /** Secret keys matching a template, with their label, id, key type and usage/evidence attributes. */
   findSecretKeys(match: { label?: string; keyType?: number }): Promise<KeyObject[]> {
-    return this.run('other', (s) => {
-      // Without the login, private keys are simply invisible: an empty answer would read as "no such key".
-      if (!this.isLoggedIn()) throw new HsmError('NotLoggedIn', 'the HSM login was lost');
-      // Token objects only: the proxy's own session copies carry the same label and id.
-      const t: Template = [
-        { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-        { type: P.CKA_TOKEN, value: true },
-      ];
-      if (match.label !== undefined) t.push({ type: P.CKA_LABEL, value: match.label });
-      if (match.keyType !== undefined) t.push({ type: P.CKA_KEY_TYPE, value: match.keyType });
-      this.mod.C_FindObjectsInit(s, t);
-      const handles: Handle[] = [];
-      try {
-        for (;;) {
-          const batch = this.mod.C_FindObjects(s, 64);
-          if (batch.length === 0) break;
-          handles.push(...batch);
-        }
-      } finally {
-        this.mod.C_FindObjectsFinal(s);
+    const t: Template = [{ type: P.CKA_CLASS, value: P.CKO_SECRET_KEY }];
+    if (match.label !== undefined) t.push({ type: P.CKA_LABEL, value: match.label });
+    if (match.keyType !== undefined) t.push({ type: P.CKA_KEY_TYPE, value: match.keyType });
+    return this.run('other', (s) => this.find(s, t).map((h) => this.describe(s, h)));
+  }
+
+  /** Objects of any class matching a template (RSA key pairs of a KEK transfer). */
+  findObjects(match: Template): Promise<Handle[]> {
+    return this.run('other', (s) => this.find(s, match));
+  }
+
+  private find(s: Handle, match: Template): Handle[] {
+    // Without the login, private objects are simply invisible: an empty answer would read as "no such key".
+    if (!this.isLoggedIn()) throw new HsmError('NotLoggedIn', 'the HSM login was lost');
+    // Token objects only: the proxy's own session copies carry the same label and id.
+    this.mod.C_FindObjectsInit(s, [{ type: P.CKA_TOKEN, value: true }, ...match]);
+    const handles: Handle[] = [];
+    try {
+      for (;;) {
+        const batch = this.mod.C_FindObjects(s, 64);
+        if (batch.length === 0) break;
+        handles.push(...batch);
       }
-      return handles.map((h) => this.describe(s, h));
-    });
+    } finally {
+      this.mod.C_FindObjectsFinal(s);
+    }
+    return handles;
   }
 
   private describe(s: Handle, handle: Handle): KeyObject {
@@ -265,28 +271,82 @@ export class HsmConnection {
     const got = this.mod.C_GetAttributeValue(s, handle, [
       { type: P.CKA_LABEL },
       { type: P.CKA_ID },
+      { type: P.CKA_KEY_TYPE },
       ...names.map((n) => ({ type: BOOL_ATTRS[n] })),
     ]);
     const attrs: Record<string, boolean> = {};
-    names.forEach((n, i) => (attrs[n] = readBool(got[i + 2]?.value as Buffer | undefined)));
+    names.forEach((n, i) => (attrs[n] = readBool(got[i + 3]?.value as Buffer | undefined)));
+    const keyType = got[2]?.value as Buffer | undefined;
     return {
       handle,
       label: ((got[0]?.value as Buffer | undefined) ?? Buffer.alloc(0)).toString('utf8'),
       id: (got[1]?.value as Buffer | undefined) ?? Buffer.alloc(0),
+      keyType: keyType && keyType.length >= 4 ? keyType.readUInt32LE(0) : -1,
       attrs,
     };
   }
 
-  generateKey(template: Template): Promise<KeyObject> {
-    return this.run('other', (s) => this.describe(s, this.mod.C_GenerateKey(s, { mechanism: P.CKM_AES_KEY_GEN }, template)));
+  /** Generate a secret key (CKM_AES_KEY_GEN unless told otherwise) from a fully spelled-out template. */
+  generateKey(template: Template, mechanism: number = P.CKM_AES_KEY_GEN): Promise<KeyObject> {
+    return this.run('other', (s) => this.describe(s, this.mod.C_GenerateKey(s, { mechanism }, template)));
+  }
+
+  /** Change attributes of an object in place (CKA_ID, CKA_ENCRYPT, ...): one call, atomic for that object. */
+  setAttributes(handle: Handle, template: Template): Promise<void> {
+    return this.run('other', (s) => this.mod.C_SetAttributeValue(s, handle, template));
+  }
+
+  /** Read one object's label, id, key type and boolean evidence again (after a change). */
+  describeObject(handle: Handle): Promise<KeyObject> {
+    return this.run('other', (s) => this.describe(s, handle));
   }
 
   destroyObject(handle: Handle): Promise<void> {
     return this.run('other', (s) => this.mod.C_DestroyObject(s, handle));
   }
 
-  random(bytes: number): Promise<Buffer> {
-    return this.run('other', (s) => Buffer.from(this.mod.C_GenerateRandom(s, Buffer.allocUnsafe(bytes))));
+  /** C_WrapKey into a buffer large enough for any AES or generic secret under KWP or RSA-OAEP. */
+  wrapKey(mechanism: Mechanism, wrappingKey: Handle, key: Handle): Promise<Buffer> {
+    return this.run('other', (s) => Buffer.from(this.mod.C_WrapKey(s, mechanism, wrappingKey, key, Buffer.alloc(1024))));
+  }
+
+  /** C_UnwrapKey into a new object described by `template` (every security attribute spelled out by the caller). */
+  unwrapKey(mechanism: Mechanism, unwrappingKey: Handle, wrapped: Buffer, template: Template): Promise<KeyObject> {
+    return this.run('other', (s) => this.describe(s, this.mod.C_UnwrapKey(s, mechanism, unwrappingKey, wrapped, template)));
+  }
+
+  /** HMAC (or CMAC) inside the HSM. */
+  sign(mechanism: Mechanism, key: Handle, data: Buffer): Promise<Buffer> {
+    return this.run('other', (s) => {
+      this.mod.C_SignInit(s, mechanism, key);
+      return Buffer.from(this.mod.C_Sign(s, data, Buffer.alloc(64)));
+    });
+  }
+
+  /** True when `signature` verifies; false on CKR_SIGNATURE_INVALID / CKR_SIGNATURE_LEN_RANGE. */
+  verify(mechanism: Mechanism, key: Handle, data: Buffer, signature: Buffer): Promise<boolean> {
+    return this.run('other', (s) => {
+      this.mod.C_VerifyInit(s, mechanism, key);
+      try {
+        return this.mod.C_Verify(s, data, signature);
+      } catch (e) {
+        const ckr = toHsmError(e).ckr;
+        if (ckr === 'CKR_SIGNATURE_INVALID' || ckr === 'CKR_SIGNATURE_LEN_RANGE') return false;
+        throw e;
+      }
+    });
+  }
+
+  /** Create an object from a template (public keys received for a KEK transfer). */
+  createObject(template: Template): Promise<Handle> {
+    return this.run('other', (s) => this.mod.C_CreateObject(s, template));
+  }
+
+  /** Attributes read raw, for the few callers that need more than describe() gives (RSA modulus and exponent). */
+  getAttributes(handle: Handle, types: number[]): Promise<(Buffer | undefined)[]> {
+    return this.run('other', (s) =>
+      this.mod.C_GetAttributeValue(s, handle, types.map((type) => ({ type }))).map((a) => a.value as Buffer | undefined),
+    );
   }
 
   // ---- plumbing -----------------------------------------------------------------------------------------------

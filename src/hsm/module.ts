@@ -6,6 +6,7 @@ export const P = pkcs11js;
 export type Pkcs11 = pkcs11js.PKCS11;
 export type Handle = pkcs11js.Handle;
 export type Template = pkcs11js.Template;
+export type Mechanism = pkcs11js.Mechanism;
 
 /** CKF_OS_LOCKING_OK: without it SoftHSM turns its locking off and concurrent calls crash the process. */
 export const CKF_OS_LOCKING_OK = 2;

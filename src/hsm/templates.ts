@@ -3,12 +3,17 @@ import { P, type Template } from './module.js';
 
 export interface AesKeySpec {
   label: string;
-  /** CKA_ID bytes: the proxy's version tag, see keys/key-labels.ts. */
+  /** CKA_ID bytes: the proxy's version tag, see keys/key-objects.ts. */
   id?: Buffer | undefined;
   encrypt: boolean;
   decrypt: boolean;
   /** A token object survives the process; a session object (health checks in tests) does not. */
   token?: boolean;
+  /**
+   * Wrappable for backup, but only under a key the security officer marked CKA_TRUSTED (CKA_WRAP_WITH_TRUSTED):
+   * a user cannot wrap it under a key of their own and read it.
+   */
+  exportable?: boolean;
 }
 
 export function aes256KeyTemplate(spec: AesKeySpec): Template {
@@ -19,7 +24,8 @@ export function aes256KeyTemplate(spec: AesKeySpec): Template {
     { type: P.CKA_TOKEN, value: spec.token ?? true },
     { type: P.CKA_PRIVATE, value: true },
     { type: P.CKA_SENSITIVE, value: true },
-    { type: P.CKA_EXTRACTABLE, value: false },
+    { type: P.CKA_EXTRACTABLE, value: spec.exportable === true },
+    { type: P.CKA_WRAP_WITH_TRUSTED, value: spec.exportable === true },
     { type: P.CKA_MODIFIABLE, value: true },
     { type: P.CKA_ENCRYPT, value: spec.encrypt },
     { type: P.CKA_DECRYPT, value: spec.decrypt },
@@ -32,4 +38,30 @@ export function aes256KeyTemplate(spec: AesKeySpec): Template {
   ];
   if (spec.id) t.push({ type: P.CKA_ID, value: spec.id });
   return t;
+}
+
+/**
+ * A key's record holder: a small generic secret that can do nothing (every usage false, sensitive, non-extractable);
+ * only its label and CKA_ID matter. Generated rather than created so that no value passes through the process.
+ */
+export function recordObjectTemplate(label: string, id: Buffer): Template {
+  return [
+    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
+    { type: P.CKA_KEY_TYPE, value: P.CKK_GENERIC_SECRET },
+    { type: P.CKA_VALUE_LEN, value: 16 },
+    { type: P.CKA_TOKEN, value: true },
+    { type: P.CKA_PRIVATE, value: true },
+    { type: P.CKA_SENSITIVE, value: true },
+    { type: P.CKA_EXTRACTABLE, value: false },
+    { type: P.CKA_MODIFIABLE, value: true },
+    { type: P.CKA_ENCRYPT, value: false },
+    { type: P.CKA_DECRYPT, value: false },
+    { type: P.CKA_WRAP, value: false },
+    { type: P.CKA_UNWRAP, value: false },
+    { type: P.CKA_SIGN, value: false },
+    { type: P.CKA_VERIFY, value: false },
+    { type: P.CKA_DERIVE, value: false },
+    { type: P.CKA_LABEL, value: label },
+    { type: P.CKA_ID, value: id },
+  ];
 }

@@ -156,7 +156,7 @@ export function createXksHandler(opts: XksHandlerOptions) {
     const allowed = () => {
       if (prefix.keys && !prefix.keys.has(keyId)) throw new XksError('KeyNotFoundException', `external key ${keyId} is not in this key store`);
     };
-    let result: { body: unknown; keyVersion: number };
+    let result: { body: unknown; keyVersion: number | undefined };
     switch (route.operation) {
       case 'Encrypt': {
         const request = parse(EncryptRequestSchema, json);

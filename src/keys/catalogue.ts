@@ -1,11 +1,10 @@
 // The catalogue: external key id -> token objects. C_FindObjects is linear on SoftHSM (12 ms at 500 keys), so it is
 // never run per request: entries are cached, refreshed in the background when older than the TTL, re-resolved on a
 // miss or a stale handle. The token stays the only store: the cache holds nothing that is not re-read from it.
-import { HsmError } from '../hsm/errors.js';
 import type { Handle, HsmConnection, KeyObject } from '../hsm/hsm-connection.js';
 import { P } from '../hsm/module.js';
-import { aes256KeyTemplate } from '../hsm/templates.js';
-import { versionFromId, versionId } from './key-objects.js';
+import { aesObjectRole, recordJson } from './key-objects.js';
+import { decodeRecord, type KeyRecord, type KeyState, type Origin } from './key-record.js';
 
 export interface KeyVersion {
   version: number;
@@ -15,16 +14,45 @@ export interface KeyVersion {
   object: Handle;
   encrypt: boolean;
   decrypt: boolean;
+  /** When the version was made (from its CKA_ID); unknown for adopted keys and versions made before dates were kept. */
+  createdAt?: Date | undefined;
   /** Evidence that the material never left the HSM: CKA_LOCAL, CKA_NEVER_EXTRACTABLE, CKA_SENSITIVE, CKA_EXTRACTABLE. */
   attrs: Record<string, boolean>;
 }
 
+/** A rotation in progress (or one that crashed): an AES object not yet committed as a version. */
+export interface Candidate {
+  object: Handle;
+  version: number;
+  startedMs: number;
+}
+
 export interface ExternalKey {
   id: string;
-  current: KeyVersion;
+  /** The stored record; undefined for an adopted key that no operation has touched yet. */
+  record: KeyRecord | undefined;
+  recordObject: Handle | undefined;
+  state: KeyState;
+  origin: Origin;
+  /** The version new encrypts use: the highest committed one. Undefined while a key has no material. */
+  current: KeyVersion | undefined;
   versions: ReadonlyMap<number, KeyVersion>;
   /** Versions claimed by more than one token object: ambiguous, never used (shown by `xks keys describe`). */
   duplicateVersions: ReadonlySet<number>;
+  candidates: readonly Candidate[];
+  /** Why the key cannot be used as it stands (damaged or duplicate record); operations refuse such a key. */
+  problems: readonly string[];
+}
+
+export interface Usage {
+  encrypt: boolean;
+  decrypt: boolean;
+}
+
+/** The key's usage: from its record, else from its current version's flags (an adopted key). */
+export function usageOf(key: ExternalKey): Usage {
+  if (key.record) return { encrypt: key.record.usage.includes('ENCRYPT'), decrypt: key.record.usage.includes('DECRYPT') };
+  return { encrypt: key.current?.encrypt === true, decrypt: key.current?.decrypt === true };
 }
 
 interface Entry {
@@ -35,17 +63,16 @@ interface Entry {
 }
 
 export interface CatalogueOptions {
-  /** Entries older than this are refreshed in the background (another process may have changed the token). */
+  /**
+   * Entries older than this are refreshed in the background (another process may have changed the token); entries
+   * older than twice this are refreshed before use, so a change made elsewhere is seen within 2 x ttlMs.
+   */
   ttlMs: number;
   /** How long "no such key" is remembered, so a flood of unknown ids does not become a flood of searches. */
   negativeTtlMs: number;
   /** Labels that XKS callers may never use (the health-check key). */
   reserved: ReadonlySet<string>;
   maxEntries: number;
-}
-
-export class KeyExistsError extends Error {
-  override readonly name = 'KeyExistsError';
 }
 
 export class KeyCatalogue {
@@ -64,11 +91,11 @@ export class KeyCatalogue {
     const now = this.now();
     if (e && e.generation === this.hsm.generation) {
       const age = now - e.fetchedAt;
-      if (e.key) {
+      if (e.key && age <= 2 * this.opts.ttlMs) {
         if (age > this.opts.ttlMs && !e.refreshing) void this.refresh(id).catch(() => undefined);
         return e.key;
       }
-      if (age <= this.opts.negativeTtlMs) return undefined;
+      if (!e.key && age <= this.opts.negativeTtlMs) return undefined;
     }
     return this.refresh(id);
   }
@@ -117,25 +144,14 @@ export class KeyCatalogue {
   }
 
   private async read(id: string): Promise<ExternalKey | undefined> {
-    const objects = await this.hsm.findSecretKeys({ label: id, keyType: P.CKK_AES });
-    const key = assemble(id, objects);
+    const key = assemble(id, await this.hsm.findSecretKeys({ label: id }));
     for (const v of key?.versions.values() ?? []) v.handle = await this.hsm.cryptoHandle(v.object);
     return key;
   }
 
-  /** Generate a new AES-256 key in the token: sensitive, non-extractable, with the usage asked for. */
-  async create(id: string, usage: { encrypt: boolean; decrypt: boolean }): Promise<ExternalKey> {
-    const existing = await this.refresh(id);
-    if (existing) throw new KeyExistsError(`a key labelled "${id}" already exists in the token`);
-    await this.hsm.generateKey(aes256KeyTemplate({ label: id, id: versionId(1), ...usage }));
-    const key = await this.refresh(id);
-    if (!key) throw new HsmError('Unknown', `key "${id}" was generated but cannot be found`);
-    return key;
-  }
-
-  /** Every AES key in the token, grouped by label (labels in `reserved` included, so operators see them). */
+  /** Every key in the token, grouped by label (labels in `reserved` included, so operators see them). */
   async list(): Promise<ExternalKey[]> {
-    const objects = await this.hsm.findSecretKeys({ keyType: P.CKK_AES });
+    const objects = await this.hsm.findSecretKeys({});
     const byLabel = new Map<string, KeyObject[]>();
     for (const o of objects) {
       if (!o.label) continue;
@@ -150,27 +166,61 @@ export class KeyCatalogue {
   }
 }
 
-function assemble(id: string, objects: KeyObject[]): ExternalKey | undefined {
+/** One key from the token objects carrying its label; undefined when none of them is ours or an AES key. */
+export function assemble(id: string, objects: KeyObject[]): ExternalKey | undefined {
   const versions = new Map<number, KeyVersion>();
   const duplicateVersions = new Set<number>();
+  const candidates: Candidate[] = [];
+  const records: { object: Handle; json: string }[] = [];
   for (const o of objects) {
-    const version = versionFromId(o.id);
-    // Two objects claiming one version (say, two `pkcs11-tool --keygen` with one label): the order C_FindObjects
-    // returns them in differs between processes, so neither is used (operations refuse the version).
-    if (versions.has(version)) {
-      duplicateVersions.add(version);
+    if (o.keyType === P.CKK_GENERIC_SECRET) {
+      const json = recordJson(o.id);
+      if (json !== undefined) records.push({ object: o.handle, json });
       continue;
     }
-    versions.set(version, {
-      version,
+    if (o.keyType !== P.CKK_AES) continue;
+    const role = aesObjectRole(o.id);
+    if (role.role === 'candidate') {
+      candidates.push({ object: o.handle, version: role.version, startedMs: role.startedMs });
+      continue;
+    }
+    if (role.role !== 'version') continue;
+    // Two objects claiming one version (say, two `pkcs11-tool --keygen` with one label): the order C_FindObjects
+    // returns them in differs between processes, so neither is used (operations refuse the version).
+    if (versions.has(role.version)) {
+      duplicateVersions.add(role.version);
+      continue;
+    }
+    versions.set(role.version, {
+      version: role.version,
       handle: o.handle,
       object: o.handle,
       encrypt: o.attrs.encrypt === true,
       decrypt: o.attrs.decrypt === true,
+      createdAt: role.createdAt,
       attrs: o.attrs,
     });
   }
-  if (versions.size === 0) return undefined;
-  const current = versions.get(Math.max(...versions.keys()))!;
-  return { id, current, versions, duplicateVersions };
+  if (versions.size === 0 && records.length === 0) return undefined;
+  const problems: string[] = [];
+  // Two records (two processes adopting one key at once): take the same one in every process, report the other.
+  records.sort((a, b) => (a.json < b.json ? -1 : a.json > b.json ? 1 : 0));
+  if (records.length > 1) problems.push(`${records.length} key records carry this label`);
+  const chosen = records[0];
+  const record = chosen ? decodeRecord(chosen.json) : undefined;
+  if (chosen && !record) problems.push('the key record cannot be read');
+  const current = versions.size ? versions.get(Math.max(...versions.keys())) : undefined;
+  return {
+    id,
+    record,
+    recordObject: chosen?.object,
+    // A damaged record keeps the key out of use rather than guessing that it is enabled.
+    state: record?.state ?? (chosen ? 'Disabled' : 'Enabled'),
+    origin: record?.origin ?? 'ADOPTED',
+    current,
+    versions,
+    duplicateVersions,
+    candidates,
+    problems,
+  };
 }

@@ -2,7 +2,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import { HsmError } from '../hsm/errors.js';
 import type { HsmConnection } from '../hsm/hsm-connection.js';
-import type { ExternalKey, KeyCatalogue, KeyVersion } from '../keys/catalogue.js';
+import { usageOf, type ExternalKey, type KeyCatalogue, type KeyVersion } from '../keys/catalogue.js';
 import { buildGcmAad } from './aad.js';
 import { ciphertextDataIntegrityValue } from './cdiv.js';
 import { decodeCiphertextMetadata, encodeCiphertextMetadata } from './ciphertext-metadata.js';
@@ -25,6 +25,13 @@ async function resolveKey(deps: XksDeps, keyId: string): Promise<ExternalKey> {
 /** The version to use; undefined when the cached key does not have it (it may be newer than the cache). */
 type Pick = (key: ExternalKey) => KeyVersion | undefined;
 
+/** Encrypt and decrypt need an enabled key (spec: InvalidStateException for a disabled one). */
+function checkEnabled(keyId: string, key: ExternalKey): void {
+  if (key.state !== 'Enabled') throw new XksError('InvalidStateException', `external key ${keyId} is ${key.state}`);
+  if (key.problems.length > 0 && !key.record) throw new XksError('InvalidStateException', `external key ${keyId} has an unreadable record`);
+  if (!key.current) throw new XksError('InvalidStateException', `external key ${keyId} has no key material`);
+}
+
 function usable(keyId: string, key: ExternalKey, v: KeyVersion): KeyVersion {
   // Two token objects for one version: which one a process finds first differs between processes, so serving either
   // could encrypt under different material on different replicas. Refuse until an operator removes one.
@@ -46,9 +53,11 @@ async function withVersion<T>(
   op: (v: KeyVersion) => Promise<T>,
 ): Promise<T> {
   let key = await resolveKey(deps, keyId);
+  checkEnabled(keyId, key);
   let v = pick(key);
   if (!v) {
     key = (await deps.catalogue.refresh(keyId)) ?? key;
+    checkEnabled(keyId, key);
     v = pick(key);
     if (!v) throw missing();
   }
@@ -58,6 +67,7 @@ async function withVersion<T>(
     if (!(e instanceof HsmError) || e.kind !== 'ObjectHandleInvalid') throw e;
     deps.catalogue.invalidate(keyId, v.handle);
     key = await resolveKey(deps, keyId);
+    checkEnabled(keyId, key);
     const again = pick(key);
     if (!again) throw missing();
     return op(usable(keyId, key, again));
@@ -66,12 +76,15 @@ async function withVersion<T>(
 
 export async function getKeyMetadata(deps: XksDeps, keyId: string) {
   const key = await resolveKey(deps, keyId);
+  const { encrypt, decrypt } = usageOf(key);
   const usage: string[] = [];
-  if (key.current.encrypt) usage.push('ENCRYPT');
-  if (key.current.decrypt) usage.push('DECRYPT');
+  if (encrypt) usage.push('ENCRYPT');
+  if (decrypt) usage.push('DECRYPT');
+  // Any state but Enabled (Disabled, PendingDeletion, PendingImport) reads as DISABLED to KMS.
+  const enabled = key.state === 'Enabled' && key.current !== undefined;
   return {
-    body: { keySpec: 'AES_256', keyUsage: usage, keyStatus: 'ENABLED' as const },
-    keyVersion: key.current.version,
+    body: { keySpec: 'AES_256', keyUsage: usage, keyStatus: enabled ? ('ENABLED' as const) : ('DISABLED' as const) },
+    keyVersion: key.current?.version,
   };
 }
 
@@ -113,7 +126,8 @@ export async function decrypt(deps: XksDeps, keyId: string, req: DecryptRequest)
   const bad = () => new XksError('InvalidCiphertextException', 'the ciphertext, IV, tag, AAD or metadata do not authenticate');
   // The spec's order: the key exists (404), then may decrypt (400 usage), then the inputs authenticate.
   const key = await resolveKey(deps, keyId);
-  if (!key.current.decrypt && ![...key.versions.values()].some((v) => v.decrypt)) throw new XksError('InvalidKeyUsageException', `external key ${keyId} may not decrypt`);
+  checkEnabled(keyId, key);
+  if (!usageOf(key).decrypt && ![...key.versions.values()].some((v) => v.decrypt)) throw new XksError('InvalidKeyUsageException', `external key ${keyId} may not decrypt`);
   // No metadata: a ciphertext from a proxy that does not version keys; it can only be version 1.
   const version = req.ciphertextMetadata === undefined ? 1 : decodeCiphertextMetadata(req.ciphertextMetadata);
   if (version === undefined) throw bad();

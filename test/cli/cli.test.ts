@@ -58,7 +58,7 @@ describe('xks keys', () => {
     const r = await xks(['keys', 'create', 'k1']);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
-    expect(r.stdout.trim()).toBe('created k1: AES_256, ENCRYPT,DECRYPT, version 1');
+    expect(r.stdout.trim()).toBe('created k1: Enabled, AES_256, ENCRYPT,DECRYPT, version 1');
     expectNoSecrets(r);
   });
 
@@ -79,7 +79,7 @@ describe('xks keys', () => {
   it('creates an encrypt-only key with --usage encrypt', async () => {
     const r = await xks(['keys', 'create', '--usage', 'encrypt', 'e1']);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout.trim()).toBe('created e1: AES_256, ENCRYPT, version 1');
+    expect(r.stdout.trim()).toBe('created e1: Enabled, AES_256, ENCRYPT, version 1');
   });
 
   it.each([
@@ -96,20 +96,30 @@ describe('xks keys', () => {
   it('lists the keys as JSON', async () => {
     const r = await xks(['keys', 'list', '--json']);
     expect(r.code, r.stderr).toBe(0);
-    const list = JSON.parse(r.stdout) as { KeyId: string; KeyUsage: string; KeySpec: string; CurrentVersion: number }[];
+    const list = JSON.parse(r.stdout) as { KeyId: string; KeyUsage: string[]; KeySpec: string; CurrentVersion: number }[];
     const byId = Object.fromEntries(list.map((k) => [k.KeyId, k]));
     expect(Object.keys(byId).sort()).toEqual(['e1', 'k1']);
-    expect(byId.k1).toMatchObject({ KeySpec: 'AES_256', KeyUsage: 'ENCRYPT,DECRYPT', CurrentVersion: 1 });
-    expect(byId.e1).toMatchObject({ KeySpec: 'AES_256', KeyUsage: 'ENCRYPT', CurrentVersion: 1 });
+    expect(byId.k1).toMatchObject({ KeySpec: 'AES_256', KeyUsage: ['ENCRYPT', 'DECRYPT'], CurrentVersion: 1 });
+    expect(byId.e1).toMatchObject({ KeySpec: 'AES_256', KeyUsage: ['ENCRYPT'], CurrentVersion: 1 });
   });
 
   it('describes k1 as generated in the HSM, sensitive and never extractable', async () => {
     const r = await xks(['keys', 'describe', 'k1']);
     expect(r.code, r.stderr).toBe(0);
     const d = JSON.parse(r.stdout);
-    expect(d).toMatchObject({ KeyId: 'k1', KeySpec: 'AES_256', KeyUsage: 'ENCRYPT,DECRYPT', KeyState: 'Enabled', CurrentVersion: 1 });
+    expect(d).toMatchObject({ KeyId: 'k1', KeySpec: 'AES_256', KeyUsage: ['ENCRYPT', 'DECRYPT'], KeyState: 'Enabled', Origin: 'HSM', CurrentVersion: 1 });
     expect(d.Versions).toEqual([
-      { Version: 1, Encrypt: true, Decrypt: true, Local: true, NeverExtractable: true, Sensitive: true, Extractable: false },
+      {
+        Version: 1,
+        CreationDate: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+        Encrypt: true,
+        Decrypt: true,
+        Local: true,
+        NeverExtractable: true,
+        AlwaysSensitive: true,
+        Sensitive: true,
+        Extractable: false,
+      },
     ]);
   });
 });
@@ -212,7 +222,7 @@ describe('keys made outside the proxy, and by the CLI, served over XKS', () => {
     const r = await xks(['keys', 'describe', 'adopted1']);
     expect(r.code, r.stderr).toBe(0);
     const d = JSON.parse(r.stdout);
-    expect(d).toMatchObject({ KeyId: 'adopted1', KeyUsage: 'ENCRYPT,DECRYPT', CurrentVersion: 1 });
+    expect(d).toMatchObject({ KeyId: 'adopted1', KeyUsage: ['ENCRYPT', 'DECRYPT'], Origin: 'ADOPTED', KeyState: 'Enabled', CurrentVersion: 1 });
     expect(d.Versions[0]).toMatchObject({ Version: 1, Local: true, NeverExtractable: true, Extractable: false });
   });
 
@@ -277,7 +287,7 @@ describe('keys made outside the proxy, and by the CLI, served over XKS', () => {
   it('lists the health-check key the server created, marked as such', async () => {
     const r = await xks(['keys', 'list']);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/xks-proxy-health-check\s+ENCRYPT,DECRYPT\s+1\s+health check/);
+    expect(r.stdout).toMatch(/xks-proxy-health-check\s+Enabled\s+ENCRYPT,DECRYPT\s+1\s+ADOPTED\s+health check/);
     expect(r.stdout).toMatch(/adopted1/);
   });
 });

@@ -62,7 +62,7 @@ export async function startProxyOnToken(opts: ProxyOnTokenOptions = {}): Promise
     },
   });
   const proxy = await startProxy(loaded, createLogger(opts.logLevel ?? 'info', sink));
-  for (const [id, usage] of Object.entries(opts.keys ?? {})) await proxy.catalogue.create(id, usage);
+  for (const [id, usage] of Object.entries(opts.keys ?? {})) await proxy.lifecycle.create(id, { usage });
   const { http, https } = proxy.listening;
   return {
     token,

@@ -1,0 +1,48 @@
+// A key as operators see it (CLI `xks keys describe`, admin API DescribeKey): KMS's field names, plus per version
+// the PKCS#11 evidence that its material never left the HSM.
+import { usageOf, type ExternalKey } from './catalogue.js';
+
+const DAY_MS = 86_400_000;
+
+export function describeKey(k: ExternalKey) {
+  const usage = usageOf(k);
+  const r = k.record;
+  const current = k.current;
+  const lastRotation = current && current.version > 1 ? current.createdAt : undefined;
+  const rotatedFrom = current?.createdAt ?? (r ? new Date(r.created) : undefined);
+  return {
+    KeyId: k.id,
+    KeySpec: 'AES_256',
+    KeyUsage: [usage.encrypt && 'ENCRYPT', usage.decrypt && 'DECRYPT'].filter((u): u is string => Boolean(u)),
+    KeyState: k.state,
+    Origin: k.origin,
+    ...(r ? { CreationDate: r.created } : {}),
+    Exportable: r?.exportable === true,
+    ...(r?.deletionDate ? { DeletionDate: r.deletionDate } : {}),
+    ...(r?.rotationDays !== undefined ? { RotationPeriodInDays: r.rotationDays } : {}),
+    ...(r?.rotationDays !== undefined && rotatedFrom
+      ? { NextRotationDate: new Date(rotatedFrom.getTime() + r.rotationDays * DAY_MS).toISOString() }
+      : {}),
+    ...(lastRotation ? { LastRotationDate: lastRotation.toISOString() } : {}),
+    ...(current ? { CurrentVersion: current.version } : {}),
+    // More than one token object for one version: the proxy refuses that version until the extra objects are removed.
+    ...(k.duplicateVersions.size > 0 ? { DuplicateVersions: [...k.duplicateVersions] } : {}),
+    ...(k.candidates.length > 0 ? { RotationsInProgress: k.candidates.map((c) => c.version) } : {}),
+    ...(k.problems.length > 0 ? { Problems: [...k.problems] } : {}),
+    Versions: [...k.versions.values()]
+      .sort((a, b) => a.version - b.version)
+      .map((v) => ({
+        Version: v.version,
+        ...(v.createdAt ? { CreationDate: v.createdAt.toISOString() } : {}),
+        Encrypt: v.encrypt,
+        Decrypt: v.decrypt,
+        // CKA_LOCAL and CKA_NEVER_EXTRACTABLE true: generated in the HSM and never readable outside it.
+        Local: v.attrs.local === true,
+        NeverExtractable: v.attrs.neverExtractable === true,
+        AlwaysSensitive: v.attrs.alwaysSensitive === true,
+        Sensitive: v.attrs.sensitive === true,
+        Extractable: v.attrs.extractable === true,
+      })),
+  };
+}
+export type KeyDescription = ReturnType<typeof describeKey>;

@@ -1,0 +1,292 @@
+// The life of an external key: create, enable/disable, rotate, automatic rotation, scheduled deletion and purge.
+// Every state lives in the token (key-objects.ts, key-record.ts); this module holds no state between calls, so any
+// number of processes on one token agree. Rotation races are settled in the token too (docs/key-model.md).
+import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { HsmConnection } from '../hsm/hsm-connection.js';
+import { P } from '../hsm/module.js';
+import { aes256KeyTemplate, recordObjectTemplate } from '../hsm/templates.js';
+import { usageOf, type ExternalKey, type KeyCatalogue, type Usage } from './catalogue.js';
+import { KeyError } from './errors.js';
+import { aesObjectRole, candidateId, EXTERNAL_KEY_ID, recordId, versionId } from './key-objects.js';
+import { encodeRecord, PENDING_WINDOW_DAYS, ROTATION_DAYS, type KeyRecord, type KeyState, type Origin } from './key-record.js';
+
+const DAY_MS = 86_400_000;
+/** A candidate older than this belongs to a rotation that died midway (rotations take milliseconds): clear it. */
+const CANDIDATE_STALE_MS = 60_000;
+const ROTATION_ATTEMPTS = 25;
+
+export interface CreateOptions {
+  usage: Usage;
+  /** EXTERNAL: no material yet, state PendingImport (bring your own key). */
+  origin?: 'HSM' | 'EXTERNAL';
+  rotationPeriodDays?: number | undefined;
+  exportable?: boolean;
+}
+
+export interface LifecycleOptions {
+  /** Labels no operator command may touch (the health-check key). */
+  reserved: ReadonlySet<string>;
+  /** The clock; tests pass a fake one to run rotate-due and purge-due. */
+  now?: () => Date;
+}
+
+export interface RotationResult {
+  KeyId: string;
+  Rotated: boolean;
+  Version: number;
+}
+
+export class KeyLifecycle {
+  private readonly now: () => Date;
+
+  constructor(
+    private readonly hsm: HsmConnection,
+    private readonly catalogue: KeyCatalogue,
+    private readonly opts: LifecycleOptions,
+  ) {
+    this.now = opts.now ?? (() => new Date());
+  }
+
+  /** The key as the token holds it now (never from cache). */
+  async get(id: string): Promise<ExternalKey> {
+    checkId(id, this.opts.reserved);
+    const key = await this.catalogue.refresh(id);
+    if (!key) throw new KeyError('NotFoundException', `no key "${id}" in the token`);
+    return key;
+  }
+
+  list(): Promise<ExternalKey[]> {
+    return this.catalogue.list().then((all) => all.filter((k) => !this.opts.reserved.has(k.id)));
+  }
+
+  /** Write the record first, then the material: a crash in between leaves a key that says it has no material. */
+  async create(id: string, o: CreateOptions): Promise<ExternalKey> {
+    checkId(id, this.opts.reserved);
+    checkRotationDays(o.rotationPeriodDays);
+    const external = o.origin === 'EXTERNAL';
+    if (external && o.rotationPeriodDays !== undefined) {
+      throw new KeyError('UnsupportedOperationException', 'keys with imported material rotate by importing new material, not on a schedule');
+    }
+    if (await this.catalogue.refresh(id)) throw new KeyError('AlreadyExistsException', `a key "${id}" already exists in the token`);
+    const now = this.now();
+    const record: KeyRecord = {
+      f: 1,
+      state: external ? 'PendingImport' : 'Enabled',
+      usage: usageList(o.usage),
+      origin: external ? 'EXTERNAL' : 'HSM',
+      created: now.toISOString(),
+      exportable: o.exportable === true,
+      ...(o.rotationPeriodDays !== undefined ? { rotationDays: o.rotationPeriodDays } : {}),
+    };
+    await this.hsm.generateKey(recordObjectTemplate(id, recordId(encodeRecord(record))), P.CKM_GENERIC_SECRET_KEY_GEN);
+    if (!external) await this.generateVersion(id, 1, record, now);
+    return this.get(id);
+  }
+
+  /** Finish a key whose creation stopped between its record and its first version. */
+  async completeCreate(id: string): Promise<ExternalKey> {
+    const key = await this.get(id);
+    if (key.current || !key.record || key.origin !== 'HSM') return key;
+    await this.generateVersion(id, 1, key.record, this.now());
+    return this.get(id);
+  }
+
+  async enable(id: string): Promise<ExternalKey> {
+    return this.changeState(id, ['Disabled'], 'Enabled', 'EnableKey');
+  }
+
+  async disable(id: string): Promise<ExternalKey> {
+    return this.changeState(id, ['Enabled'], 'Disabled', 'DisableKey');
+  }
+
+  /** Start the waiting period (KMS: 7 to 30 days, default 30); the key is unusable from now on. */
+  async scheduleDeletion(id: string, pendingWindowDays: number = PENDING_WINDOW_DAYS.default): Promise<ExternalKey> {
+    if (!Number.isInteger(pendingWindowDays) || pendingWindowDays < PENDING_WINDOW_DAYS.min || pendingWindowDays > PENDING_WINDOW_DAYS.max) {
+      throw new KeyError('ValidationException', `the pending window must be a whole number of days from ${PENDING_WINDOW_DAYS.min} to ${PENDING_WINDOW_DAYS.max}`);
+    }
+    const key = await this.get(id);
+    if (key.state === 'PendingDeletion') throw new KeyError('KMSInvalidStateException', `key "${id}" is already pending deletion`);
+    const deletionDate = new Date(this.now().getTime() + pendingWindowDays * DAY_MS).toISOString();
+    await this.writeRecord(key, { ...this.recordOf(key), state: 'PendingDeletion', deletionDate });
+    return this.get(id);
+  }
+
+  /** Back to Disabled, as in KMS (a key without material goes back to PendingImport). */
+  async cancelDeletion(id: string): Promise<ExternalKey> {
+    const key = await this.get(id);
+    if (key.state !== 'PendingDeletion') throw new KeyError('KMSInvalidStateException', `key "${id}" is ${key.state}, not pending deletion`);
+    const { deletionDate: _gone, ...rest } = this.recordOf(key);
+    await this.writeRecord(key, { ...rest, state: key.current ? 'Disabled' : 'PendingImport' });
+    return this.get(id);
+  }
+
+  async setRotation(id: string, periodDays: number | undefined): Promise<ExternalKey> {
+    checkRotationDays(periodDays);
+    const key = await this.get(id);
+    if (periodDays !== undefined && key.origin === 'EXTERNAL') {
+      throw new KeyError('UnsupportedOperationException', `key "${id}" holds imported material: rotate it by importing new material`);
+    }
+    if (key.state === 'PendingDeletion') throw new KeyError('KMSInvalidStateException', `key "${id}" is pending deletion`);
+    const { rotationDays: _old, ...rest } = this.recordOf(key);
+    await this.writeRecord(key, periodDays === undefined ? rest : { ...rest, rotationDays: periodDays });
+    return this.get(id);
+  }
+
+  /** Rotate now: a new version generated in the HSM becomes current; every older version still decrypts. */
+  rotate(id: string): Promise<RotationResult> {
+    return this.rotateIf(id, () => true);
+  }
+
+  /** Rotate every enabled key whose rotation period has passed since its current version was made. Safe from cron. */
+  async rotateDue(): Promise<RotationResult[]> {
+    const results: RotationResult[] = [];
+    for (const key of await this.list()) {
+      if (!this.isDue(key)) continue;
+      results.push(await this.rotateIf(key.id, (k) => this.isDue(k)));
+    }
+    return results;
+  }
+
+  /** Destroy every key whose deletion date has passed: versions and candidates first, the record last. */
+  async purgeDue(): Promise<string[]> {
+    const purged: string[] = [];
+    const now = this.now().getTime();
+    for (const key of await this.list()) {
+      if (key.state !== 'PendingDeletion' || !key.record?.deletionDate) continue;
+      if (Date.parse(key.record.deletionDate) > now) continue;
+      for (const v of key.versions.values()) await this.hsm.destroyObject(v.object);
+      for (const c of key.candidates) await this.hsm.destroyObject(c.object);
+      // A crash before this line leaves a record still pending deletion: the next purge finishes the job.
+      if (key.recordObject) await this.hsm.destroyObject(key.recordObject);
+      this.catalogue.invalidate(key.id);
+      purged.push(key.id);
+    }
+    return purged;
+  }
+
+  // ---- internals ----------------------------------------------------------------------------------------------
+
+  private isDue(key: ExternalKey): boolean {
+    const days = key.record?.rotationDays;
+    if (days === undefined || key.state !== 'Enabled' || !key.current) return false;
+    const since = key.current.createdAt ?? (key.record ? new Date(key.record.created) : undefined);
+    if (!since) return false;
+    return this.now().getTime() - since.getTime() >= days * DAY_MS;
+  }
+
+  /**
+   * The rotation protocol. PKCS#11 has no compare-and-swap, so a rotation claims the next version with a candidate
+   * object, then looks again: if any other candidate or a committed version at or past its number exists, it
+   * withdraws and retries. Of two racing rotations at most one sees no rival (whoever created second sees the
+   * first), so no version is ever claimed twice; only the winner commits, by renaming its candidate's CKA_ID.
+   * Versions are only ever added, never replaced, so no ciphertext loses its key.
+   */
+  private async rotateIf(id: string, stillWanted: (k: ExternalKey) => boolean): Promise<RotationResult> {
+    for (let attempt = 0; attempt < ROTATION_ATTEMPTS; attempt++) {
+      const key = await this.get(id);
+      if (!stillWanted(key)) return { KeyId: id, Rotated: false, Version: key.current?.version ?? 0 };
+      if (key.state !== 'Enabled') throw new KeyError('KMSInvalidStateException', `key "${id}" is ${key.state}; only an enabled key can be rotated`);
+      if (key.origin === 'EXTERNAL') {
+        throw new KeyError('UnsupportedOperationException', `key "${id}" holds imported material: rotate it by importing new material`);
+      }
+      if (!key.current) throw new KeyError('KMSInvalidStateException', `key "${id}" has no key material`);
+      const nowMs = this.now().getTime();
+      let rivals = false;
+      for (const c of key.candidates) {
+        // A candidate from a rotation that died: never committed, so never used; clear it.
+        if (Math.abs(nowMs - c.startedMs) > CANDIDATE_STALE_MS) await this.hsm.destroyObject(c.object).catch(() => undefined);
+        else rivals = true;
+      }
+      if (rivals) {
+        await backoff(attempt);
+        continue;
+      }
+      const next = Math.max(...key.versions.keys(), ...key.duplicateVersions) + 1;
+      const record = this.recordOf(key);
+      const mine = await this.hsm.generateKey(
+        aes256KeyTemplate({
+          label: id,
+          id: candidateId(next, nowMs, randomBytes(8).toString('hex')),
+          ...usageOf(key),
+          exportable: record.exportable,
+        }),
+      );
+      const seen = await this.hsm.findSecretKeys({ label: id, keyType: P.CKK_AES });
+      const rival = seen.some((o) => {
+        if (o.handle.equals(mine.handle)) return false;
+        const role = aesObjectRole(o.id);
+        return role.role === 'candidate' || (role.role === 'version' && role.version >= next);
+      });
+      if (rival) {
+        await this.hsm.destroyObject(mine.handle);
+        await backoff(attempt);
+        continue;
+      }
+      await this.hsm.setAttributes(mine.handle, [{ type: P.CKA_ID, value: versionId(next, this.now()) }]);
+      // An adopted key gets its record on first rotation, so its origin and dates are kept from now on.
+      if (!key.record) await this.writeRecord(key, record);
+      this.catalogue.invalidate(id);
+      return { KeyId: id, Rotated: true, Version: next };
+    }
+    throw new KeyError('ConflictException', `key "${id}" is being rotated by another process; try again`);
+  }
+
+  private async generateVersion(id: string, version: number, record: KeyRecord, at: Date): Promise<void> {
+    await this.hsm.generateKey(
+      aes256KeyTemplate({
+        label: id,
+        id: versionId(version, at),
+        encrypt: record.usage.includes('ENCRYPT'),
+        decrypt: record.usage.includes('DECRYPT'),
+        exportable: record.exportable,
+      }),
+    );
+    this.catalogue.invalidate(id);
+  }
+
+  private async changeState(id: string, from: KeyState[], to: KeyState, op: string): Promise<ExternalKey> {
+    const key = await this.get(id);
+    if (key.state === to) return key;
+    if (!from.includes(key.state)) throw new KeyError('KMSInvalidStateException', `${op} is not allowed on key "${id}": it is ${key.state}`);
+    if (to === 'Enabled' && !key.current) throw new KeyError('KMSInvalidStateException', `key "${id}" has no key material`);
+    await this.writeRecord(key, { ...this.recordOf(key), state: to });
+    return this.get(id);
+  }
+
+  /** The stored record, or the one an adopted key implicitly has (made explicit on its first change). */
+  private recordOf(key: ExternalKey): KeyRecord {
+    if (key.record) return key.record;
+    if (key.recordObject) throw new KeyError('KMSInvalidStateException', `the record of key "${key.id}" cannot be read; see xks keys describe`);
+    const origin: Origin = 'ADOPTED';
+    return { f: 1, state: key.state, usage: usageList(usageOf(key)), origin, created: this.now().toISOString(), exportable: false };
+  }
+
+  /** Rewrite the record in place (one C_SetAttributeValue), or make it for an adopted key. */
+  private async writeRecord(key: ExternalKey, record: KeyRecord): Promise<void> {
+    const id = recordId(encodeRecord(record));
+    if (key.recordObject) await this.hsm.setAttributes(key.recordObject, [{ type: P.CKA_ID, value: id }]);
+    else await this.hsm.generateKey(recordObjectTemplate(key.id, id), P.CKM_GENERIC_SECRET_KEY_GEN);
+    this.catalogue.invalidate(key.id);
+  }
+}
+
+function checkId(id: string, reserved: ReadonlySet<string>): void {
+  if (!EXTERNAL_KEY_ID.test(id)) throw new KeyError('ValidationException', `"${id}" is not a valid external key id: use 1 to 128 characters of A-Za-z0-9._-`);
+  if (reserved.has(id)) throw new KeyError('ValidationException', `"${id}" is reserved for the proxy's health check`);
+}
+
+function checkRotationDays(days: number | undefined): void {
+  if (days === undefined) return;
+  if (!Number.isInteger(days) || days < ROTATION_DAYS.min || days > ROTATION_DAYS.max) {
+    throw new KeyError('ValidationException', `the rotation period must be a whole number of days from ${ROTATION_DAYS.min} to ${ROTATION_DAYS.max}`);
+  }
+}
+
+function usageList(u: Usage): ('ENCRYPT' | 'DECRYPT')[] {
+  return [...(u.encrypt ? (['ENCRYPT'] as const) : []), ...(u.decrypt ? (['DECRYPT'] as const) : [])];
+}
+
+function backoff(attempt: number): Promise<void> {
+  return sleep(10 + Math.random() * Math.min(200, 20 * (attempt + 1)));
+}
