@@ -26,6 +26,8 @@ export const KeyRecordSchema = z.looseObject({
   exportable: z.boolean().default(false),
   rotationDays: z.number().int().min(ROTATION_DAYS.min).max(ROTATION_DAYS.max).optional(),
   deletionDate: z.iso.datetime().optional(),
+  /** Bring-your-own-key bookkeeping (src/import): owned and validated there; opaque to the lifecycle. */
+  import: z.record(z.string(), z.unknown()).optional(),
 });
 export type KeyRecord = z.infer<typeof KeyRecordSchema>;
 

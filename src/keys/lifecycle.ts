@@ -3,9 +3,9 @@
 // number of processes on one token agree. Rotation races are settled in the token too (docs/key-model.md).
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { HsmConnection } from '../hsm/hsm-connection.js';
+import type { HsmConnection, KeyObject } from '../hsm/hsm-connection.js';
 import { P } from '../hsm/module.js';
-import { aes256KeyTemplate, recordObjectTemplate } from '../hsm/templates.js';
+import { aes256KeyTemplate, recordObjectTemplate, type AesKeySpec } from '../hsm/templates.js';
 import { usageOf, type ExternalKey, type KeyCatalogue, type Usage } from './catalogue.js';
 import { KeyError } from './errors.js';
 import { aesObjectRole, candidateId, EXTERNAL_KEY_ID, recordId, versionId } from './key-objects.js';
@@ -175,26 +175,48 @@ export class KeyLifecycle {
     return this.now().getTime() - since.getTime() >= days * DAY_MS;
   }
 
+  private rotateIf(id: string, stillWanted: (k: ExternalKey) => boolean): Promise<RotationResult> {
+    return this.addVersion(id, {
+      check: (key) => {
+        if (!stillWanted(key)) return 'skip';
+        if (key.state !== 'Enabled') throw new KeyError('KMSInvalidStateException', `key "${id}" is ${key.state}; only an enabled key can be rotated`);
+        if (key.origin === 'EXTERNAL') {
+          throw new KeyError('UnsupportedOperationException', `key "${id}" holds imported material: rotate it by importing new material`);
+        }
+        if (!key.current) throw new KeyError('KMSInvalidStateException', `key "${id}" has no key material`);
+        return 'go';
+      },
+      make: (spec) => this.hsm.generateKey(aes256KeyTemplate(spec)),
+    });
+  }
+
   /**
-   * The rotation protocol. PKCS#11 has no compare-and-swap, so a rotation claims the next version with a candidate
-   * object, then looks again: if any other candidate or a committed version at or past its number exists, it
-   * withdraws and retries. Of two racing rotations at most one sees no rival (whoever created second sees the
-   * first), so no version is ever claimed twice; only the winner commits, by renaming its candidate's CKA_ID.
+   * Add the next version of a key: rotation (material generated in the HSM) or imported material (`make` unwraps).
+   *
+   * PKCS#11 has no compare-and-swap, so the new object is first a candidate claiming version N, then the key is
+   * read again: if any other candidate or a committed version at or past N exists, the candidate is destroyed and
+   * the attempt retried. Of two racing writers at most one sees no rival (whoever created second sees the first),
+   * so no version is ever claimed twice; only the winner commits, by renaming its candidate's CKA_ID in one call.
    * Versions are only ever added, never replaced, so no ciphertext loses its key.
    */
-  private async rotateIf(id: string, stillWanted: (k: ExternalKey) => boolean): Promise<RotationResult> {
+  async addVersion(
+    id: string,
+    o: {
+      /** Called on a fresh read of the key before each attempt: throw to refuse, 'skip' when nothing is to be done. */
+      check: (key: ExternalKey) => 'go' | 'skip';
+      /** Make the candidate object from this spec (label, CKA_ID, usage, exportable). */
+      make: (spec: AesKeySpec) => Promise<KeyObject>;
+      /** The record to store once the version is committed (default: unchanged; an adopted key gets one). */
+      recordAfter?: (key: ExternalKey, version: number) => KeyRecord;
+    },
+  ): Promise<RotationResult> {
     for (let attempt = 0; attempt < ROTATION_ATTEMPTS; attempt++) {
       const key = await this.get(id);
-      if (!stillWanted(key)) return { KeyId: id, Rotated: false, Version: key.current?.version ?? 0 };
-      if (key.state !== 'Enabled') throw new KeyError('KMSInvalidStateException', `key "${id}" is ${key.state}; only an enabled key can be rotated`);
-      if (key.origin === 'EXTERNAL') {
-        throw new KeyError('UnsupportedOperationException', `key "${id}" holds imported material: rotate it by importing new material`);
-      }
-      if (!key.current) throw new KeyError('KMSInvalidStateException', `key "${id}" has no key material`);
+      if (o.check(key) === 'skip') return { KeyId: id, Rotated: false, Version: key.current?.version ?? 0 };
       const nowMs = this.now().getTime();
       let rivals = false;
       for (const c of key.candidates) {
-        // A candidate from a rotation that died: never committed, so never used; clear it.
+        // A candidate from a writer that died: never committed, so never used; clear it.
         if (Math.abs(nowMs - c.startedMs) > CANDIDATE_STALE_MS) await this.hsm.destroyObject(c.object).catch(() => undefined);
         else rivals = true;
       }
@@ -202,20 +224,18 @@ export class KeyLifecycle {
         await backoff(attempt);
         continue;
       }
-      const next = Math.max(...key.versions.keys(), ...key.duplicateVersions) + 1;
+      const next = Math.max(0, ...key.versions.keys(), ...key.duplicateVersions) + 1;
       const record = this.recordOf(key);
-      const mine = await this.hsm.generateKey(
-        aes256KeyTemplate({
-          label: id,
-          id: candidateId(next, nowMs, randomBytes(8).toString('hex')),
-          ...usageOf(key),
-          exportable: record.exportable,
-        }),
-      );
+      const mine = await o.make({
+        label: id,
+        id: candidateId(next, nowMs, randomBytes(8).toString('hex')),
+        ...usageOf(key),
+        exportable: record.exportable,
+      });
       const seen = await this.hsm.findSecretKeys({ label: id, keyType: P.CKK_AES });
-      const rival = seen.some((o) => {
-        if (o.handle.equals(mine.handle)) return false;
-        const role = aesObjectRole(o.id);
+      const rival = seen.some((obj) => {
+        if (obj.handle.equals(mine.handle)) return false;
+        const role = aesObjectRole(obj.id);
         return role.role === 'candidate' || (role.role === 'version' && role.version >= next);
       });
       if (rival) {
@@ -224,12 +244,13 @@ export class KeyLifecycle {
         continue;
       }
       await this.hsm.setAttributes(mine.handle, [{ type: P.CKA_ID, value: versionId(next, this.now()) }]);
+      const after = o.recordAfter?.(key, next) ?? record;
       // An adopted key gets its record on first rotation, so its origin and dates are kept from now on.
-      if (!key.record) await this.writeRecord(key, record);
+      if (!key.record || after !== record) await this.writeRecord(key, after);
       this.catalogue.invalidate(id);
       return { KeyId: id, Rotated: true, Version: next };
     }
-    throw new KeyError('ConflictException', `key "${id}" is being rotated by another process; try again`);
+    throw new KeyError('ConflictException', `key "${id}" is being changed by another process; try again`);
   }
 
   private async generateVersion(id: string, version: number, record: KeyRecord, at: Date): Promise<void> {
@@ -255,15 +276,15 @@ export class KeyLifecycle {
   }
 
   /** The stored record, or the one an adopted key implicitly has (made explicit on its first change). */
-  private recordOf(key: ExternalKey): KeyRecord {
+  recordOf(key: ExternalKey): KeyRecord {
     if (key.record) return key.record;
     if (key.recordObject) throw new KeyError('KMSInvalidStateException', `the record of key "${key.id}" cannot be read; see xks keys describe`);
     const origin: Origin = 'ADOPTED';
     return { f: 1, state: key.state, usage: usageList(usageOf(key)), origin, created: this.now().toISOString(), exportable: false };
   }
 
-  /** Rewrite the record in place (one C_SetAttributeValue), or make it for an adopted key. */
-  private async writeRecord(key: ExternalKey, record: KeyRecord): Promise<void> {
+  /** Rewrite the record in place (one C_SetAttributeValue), or make it for an adopted key. Last writer wins. */
+  async writeRecord(key: ExternalKey, record: KeyRecord): Promise<void> {
     const id = recordId(encodeRecord(record));
     if (key.recordObject) await this.hsm.setAttributes(key.recordObject, [{ type: P.CKA_ID, value: id }]);
     else await this.hsm.generateKey(recordObjectTemplate(key.id, id), P.CKM_GENERIC_SECRET_KEY_GEN);
