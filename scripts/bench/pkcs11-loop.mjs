@@ -26,6 +26,7 @@ try {
   }
   mod.C_FindObjectsInit(s, [
     { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
+    { type: P.CKA_KEY_TYPE, value: P.CKK_AES }, // not the key's record object (docs/key-model.md)
     { type: P.CKA_LABEL, value: keyLabel },
   ]);
   const [key] = mod.C_FindObjects(s, 1);
