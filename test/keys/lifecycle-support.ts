@@ -1,0 +1,125 @@
+// What the key lifecycle tests share: the built CLI run as its own process on a test token, polling, token checks.
+import { execFile, spawn } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { expect } from 'vitest';
+import type { HsmConnection } from '../../src/hsm/hsm-connection.js';
+import { P } from '../../src/hsm/module.js';
+import { aesObjectRole } from '../../src/keys/key-objects.js';
+import { decodeCiphertextMetadata } from '../../src/xks/ciphertext-metadata.js';
+import { MAIN, ROOT } from '../helpers/built-cli.js';
+import type { TestToken } from '../helpers/softhsm.js';
+
+export interface CliRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+  /** When the process started and ended (ms since epoch). */
+  startedMs: number;
+  endedMs: number;
+}
+
+/** `node dist/cli/main.js ...args` on the token, with the config in XKS_CONFIG. */
+export function runCli(token: TestToken, configFile: string, args: string[], timeoutMs = 60_000): Promise<CliRun> {
+  const startedMs = Date.now();
+  return new Promise((resolve, reject) => {
+    execFile(
+      'node',
+      [MAIN, ...args],
+      { cwd: ROOT, env: { ...process.env, SOFTHSM2_CONF: token.conf, XKS_CONFIG: configFile }, timeout: timeoutMs },
+      (err, stdout, stderr) => {
+        const e = err as (Error & { code?: number | string; killed?: boolean }) | null;
+        if (e?.killed) return reject(new Error(`xks ${args.join(' ')} timed out: ${stderr}`));
+        resolve({ code: e ? (typeof e.code === 'number' ? e.code : -1) : 0, stdout, stderr, startedMs, endedMs: Date.now() });
+      },
+    );
+  });
+}
+
+/** `xks keys describe <id>` (a separate process reading the token), parsed. */
+export async function describeViaCli(token: TestToken, configFile: string, id: string): Promise<any> {
+  const r = await runCli(token, configFile, ['keys', 'describe', id]);
+  expect(r.code, r.stderr).toBe(0);
+  return JSON.parse(r.stdout);
+}
+
+/** Calls `probe` until it returns true or `withinMs` passes; returns how long it took (or throws with the last value). */
+export async function pollUntil(what: string, withinMs: number, probe: () => Promise<boolean | { ok: boolean; last: unknown }>): Promise<number> {
+  const start = Date.now();
+  let last: unknown;
+  for (;;) {
+    const got = await probe();
+    const ok = typeof got === 'boolean' ? got : got.ok;
+    if (typeof got !== 'boolean') last = got.last;
+    if (ok) return Date.now() - start;
+    if (Date.now() - start > withinMs) throw new Error(`${what}: not seen within ${withinMs} ms (last: ${JSON.stringify(last)})`);
+    await sleep(100);
+  }
+}
+
+/** The key version named by an encrypt response's ciphertextMetadata. */
+export function versionOf(encryptBody: { ciphertextMetadata: string }): number | undefined {
+  return decodeCiphertextMetadata(Buffer.from(encryptBody.ciphertextMetadata, 'base64'));
+}
+
+/**
+ * The key's AES objects straight from the token, by role: version number -> how many objects claim it, and the
+ * candidates. The invariants of the rotation protocol are checked on these, not on the proxy's own reading.
+ */
+export async function tokenObjects(hsm: HsmConnection, id: string) {
+  const objs = await hsm.findSecretKeys({ label: id });
+  const versions = new Map<number, number>();
+  const candidates: number[] = [];
+  let records = 0;
+  for (const o of objs) {
+    if (o.keyType === P.CKK_GENERIC_SECRET) {
+      records++;
+      continue;
+    }
+    const role = aesObjectRole(o.id);
+    if (role.role === 'version') versions.set(role.version, (versions.get(role.version) ?? 0) + 1);
+    else if (role.role === 'candidate') candidates.push(role.version);
+  }
+  return { all: objs, versions, candidates, records };
+}
+
+/** Versions 1..n, each claimed by exactly one object, and no candidate left. */
+export async function expectCleanVersions(hsm: HsmConnection, id: string, n: number): Promise<void> {
+  const t = await tokenObjects(hsm, id);
+  expect([...t.versions.entries()].sort((a, b) => a[0] - b[0])).toEqual(Array.from({ length: n }, (_, i) => [i + 1, 1]));
+  expect(t.candidates).toEqual([]);
+  expect(t.records).toBe(1);
+}
+
+/** A long-running `xks serve` child process on the token; resolves once it listens, with its URL. */
+export async function spawnServe(token: TestToken, configFile: string) {
+  const child = spawn('node', [MAIN, 'serve', '--config', configFile], {
+    cwd: ROOT,
+    env: { ...process.env, SOFTHSM2_CONF: token.conf },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout!.on('data', (c) => (out += c));
+  child.stderr!.on('data', (c) => (out += c));
+  let port: number | undefined;
+  for (let i = 0; i < 300 && port === undefined; i++) {
+    const m = /"http":"127\.0\.0\.1:(\d+)".*xks proxy listening/.exec(out);
+    if (m) port = Number(m[1]);
+    else if (child.exitCode !== null) break;
+    else await sleep(100);
+  }
+  if (port === undefined) {
+    child.kill('SIGKILL');
+    throw new Error(`xks serve did not start: ${out}`);
+  }
+  return {
+    child,
+    url: `http://127.0.0.1:${port}`,
+    output: () => out,
+    stop: async () => {
+      if (child.exitCode !== null) return;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await Promise.race([exited, sleep(10_000).then(() => child.kill('SIGKILL'))]);
+    },
+  };
+}
