@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import type { LoadedConfig } from './config/load.js';
 import { HsmConnection } from './hsm/hsm-connection.js';
 import { loadProfile, resolveModulePath } from './hsm/profile.js';
+import { createAdminHandler } from './http/admin-handler.js';
 import { createXksHandler } from './http/xks-handler.js';
 import { startListeners, type Listening } from './http/listeners.js';
 import { KeyCatalogue } from './keys/catalogue.js';
@@ -50,7 +51,12 @@ export interface RunningProxy {
   lifecycle: KeyLifecycle;
   health: HealthChecker;
   listening: Listening;
-  /** Take new prefixes, credentials and key allow-lists from a reloaded config; requests in flight keep the old. */
+  /** The admin API's listener; undefined when the config has no admin section (the API is off). */
+  adminListening: Listening | undefined;
+  /**
+   * Take new prefixes, credentials and key allow-lists, and the admin API's credentials, from a reloaded config;
+   * requests in flight keep the old. The admin listener itself starts and stops only with the process.
+   */
   reload(next: LoadedConfig): void;
   stop(): Promise<void>;
 }
@@ -82,15 +88,38 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger): Promise<
       logger.warn({ http: `${listeners.http.host}:${listeners.http.port}` }, 'mTLS is on for HTTPS, but the plain HTTP listener accepts any client');
     }
     const listening = await startListeners(listeners, handler, logger);
+    let adminListening: Listening | undefined;
+    let adminHandler: ReturnType<typeof createAdminHandler> | undefined;
+    if (loaded.admin) {
+      const a = loaded.admin;
+      adminHandler = createAdminHandler({ lifecycle, region: a.region, credentials: a.credentials, logger: logger.child({ hsm: hsm.info.label }) });
+      try {
+        adminListening = await startListeners({ http: a.listener }, adminHandler, logger);
+      } catch (e) {
+        await listening.close();
+        throw e;
+      }
+      const at = adminListening.http!;
+      if (!isLoopback(at.address)) {
+        logger.warn({ admin: `${at.address}:${at.port}` }, 'the admin API listens beyond loopback over plain HTTP; put TLS in front of it');
+      }
+      logger.info({ admin: `${at.address}:${at.port}`, region: a.region, accessKeyIds: [...a.credentials.keys()] }, 'admin API listening');
+    }
     return {
       hsm,
       catalogue,
       lifecycle,
       health,
       listening,
-      reload: (next) => handler.setPrefixes(next.prefixes),
+      adminListening,
+      reload: (next) => {
+        handler.setPrefixes(next.prefixes);
+        // An admin section removed on reload refuses every admin request (no credential) until the restart closes it.
+        adminHandler?.setAuth(next.admin ?? { region: loaded.admin!.region, credentials: new Map() });
+        if (next.admin && !adminHandler) logger.warn({}, 'the admin API was added to the configuration: it starts with the next restart');
+      },
       stop: async () => {
-        await listening.close();
+        await Promise.all([listening.close(), adminListening?.close()]);
         await hsm.drain(2_000); // calls abandoned by a timeout may still run on the thread pool
         hsm.close();
       },
@@ -99,4 +128,8 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger): Promise<
     hsm.close();
     throw e;
   }
+}
+
+function isLoopback(address: string): boolean {
+  return address === '::1' || address.startsWith('127.') || address === '::ffff:127.0.0.1';
 }

@@ -16,11 +16,19 @@ export interface ResolvedPrefix {
   keys: ReadonlySet<string> | undefined;
 }
 
+/** The admin API with its secrets read (absent when the config has no admin section: the API is off). */
+export interface ResolvedAdmin {
+  listener: { host: string; port: number };
+  region: string;
+  credentials: Map<string, string>; // access key id -> secret
+}
+
 export interface LoadedConfig {
   file: string;
   config: Config;
   pin: string;
   prefixes: ResolvedPrefix[];
+  admin?: ResolvedAdmin | undefined;
 }
 
 export function configPath(explicit?: string): string {
@@ -101,6 +109,25 @@ export function loadConfig(file: string, opts: { needPin?: boolean } = {}): Load
     });
     return { path: p.path, region: p.region, credentials, keys: p.keys ? new Set(p.keys) : undefined };
   });
+  const admin = resolveAdmin(config, baseDir, prefixes);
   const pin = opts.needPin === false ? '' : readSecret(config.hsm.pin, baseDir, 'hsm.pin');
-  return { file, config, pin, prefixes };
+  return { file, config, pin, prefixes, admin };
+}
+
+// Admin secrets are not KMS's format: any 32 to 128 printable characters, as long as an HMAC key is sensible.
+const ADMIN_SECRET = /^[\x21-\x7e]{32,128}$/;
+
+function resolveAdmin(config: Config, baseDir: string, prefixes: ResolvedPrefix[]): ResolvedAdmin | undefined {
+  const a = config.admin;
+  if (!a) return undefined;
+  const xksSecrets = new Set(prefixes.flatMap((p) => [...p.credentials.values()]));
+  const credentials = new Map<string, string>();
+  a.credentials.forEach((c, i) => {
+    const what = `admin.credentials.${i}.secret`;
+    const secret = readSecret(c.secret, baseDir, what);
+    if (!ADMIN_SECRET.test(secret)) throw new ConfigError(`${what}: must be 32 to 128 printable characters without spaces`);
+    if (xksSecrets.has(secret)) throw new ConfigError(`${what}: is also a key store secret; give the admin API a secret of its own`);
+    credentials.set(c.accessKeyId, secret);
+  });
+  return { listener: { host: a.listener.host, port: a.listener.port }, region: a.region, credentials };
 }

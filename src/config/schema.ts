@@ -38,6 +38,29 @@ export const PrefixSchema = z
     path: ['credentials'],
   });
 
+/**
+ * The admin API's own credentials (http/admin-handler.ts), never shared with a key store: KMS holds the key stores'
+ * secrets, and a key store credential must not be able to disable or delete keys.
+ */
+export const AdminCredentialSchema = z.strictObject({
+  // The shape of AWS access key ids, so AWS SDKs and curl --aws-sigv4 take it as one.
+  accessKeyId: z.string().regex(/^[A-Za-z0-9]{16,128}$/, 'must be 16 to 128 characters of A-Za-z0-9'),
+  secret: SecretRefSchema,
+});
+
+/** Key management over HTTP (SigV4, service xks-admin). Off when absent; loopback unless told otherwise. */
+export const AdminSchema = z
+  .strictObject({
+    listener: z.strictObject({ host, port }),
+    /** The region in the credential scope the clients sign with. */
+    region: z.string().regex(/^[a-z0-9-]{4,32}$/, 'must be an AWS region such as us-east-1').default('us-east-1'),
+    credentials: z.array(AdminCredentialSchema).min(1, 'needs at least one credential'),
+  })
+  .refine((a) => new Set(a.credentials.map((c) => c.accessKeyId)).size === a.credentials.length, {
+    message: 'lists the same accessKeyId twice',
+    path: ['credentials'],
+  });
+
 export const ConfigSchema = z
   .strictObject({
     hsm: z.strictObject({
@@ -96,6 +119,7 @@ export const ConfigSchema = z
       })
       .default({ maxAgeMs: 10_000, fleetSize: 1 }),
     prefixes: z.array(PrefixSchema).min(1, 'needs at least one key store prefix'),
+    admin: AdminSchema.optional(),
     log: z
       .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
       .default({ level: 'info' }),
@@ -103,7 +127,16 @@ export const ConfigSchema = z
   .refine((c) => new Set(c.prefixes.map((p) => p.path)).size === c.prefixes.length, {
     message: 'lists the same prefix path twice',
     path: ['prefixes'],
+  })
+  .superRefine((c, ctx) => {
+    const xks = new Set(c.prefixes.flatMap((p) => p.credentials.map((k) => k.accessKeyId)));
+    c.admin?.credentials.forEach((k, i) => {
+      if (xks.has(k.accessKeyId)) {
+        ctx.addIssue({ code: 'custom', message: 'is also a key store credential; the admin API needs its own', path: ['admin', 'credentials', i, 'accessKeyId'] });
+      }
+    });
   });
 
 export type Config = z.infer<typeof ConfigSchema>;
 export type PrefixConfig = z.infer<typeof PrefixSchema>;
+export type AdminConfig = z.infer<typeof AdminSchema>;
