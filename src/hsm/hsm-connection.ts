@@ -337,6 +337,15 @@ export class HsmConnection {
     });
   }
 
+  /** HMAC-SHA256 inside the HSM (audit checkpoints, import tokens), with a generic secret made by hmacKeyTemplate. */
+  hmacSha256(key: Handle, data: Buffer): Promise<Buffer> {
+    return this.sign({ mechanism: P.CKM_SHA256_HMAC }, key, data);
+  }
+
+  verifyHmacSha256(key: Handle, data: Buffer, mac: Buffer): Promise<boolean> {
+    return this.verify({ mechanism: P.CKM_SHA256_HMAC }, key, data, mac);
+  }
+
   /** Create an object from a template (public keys received for a KEK transfer). */
   createObject(template: Template): Promise<Handle> {
     return this.run('other', (s) => this.mod.C_CreateObject(s, template));

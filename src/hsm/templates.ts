@@ -65,3 +65,25 @@ export function recordObjectTemplate(label: string, id: Buffer): Template {
     { type: P.CKA_ID, value: id },
   ];
 }
+
+/** A MAC key that never leaves the HSM: 32-byte generic secret for CKM_SHA256_HMAC, sign and verify only. */
+export function hmacKeyTemplate(label: string): Template {
+  return [
+    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
+    { type: P.CKA_KEY_TYPE, value: P.CKK_GENERIC_SECRET },
+    { type: P.CKA_VALUE_LEN, value: 32 },
+    { type: P.CKA_TOKEN, value: true },
+    { type: P.CKA_PRIVATE, value: true },
+    { type: P.CKA_SENSITIVE, value: true },
+    { type: P.CKA_EXTRACTABLE, value: false },
+    { type: P.CKA_MODIFIABLE, value: false },
+    { type: P.CKA_ENCRYPT, value: false },
+    { type: P.CKA_DECRYPT, value: false },
+    { type: P.CKA_WRAP, value: false },
+    { type: P.CKA_UNWRAP, value: false },
+    { type: P.CKA_SIGN, value: true },
+    { type: P.CKA_VERIFY, value: true },
+    { type: P.CKA_DERIVE, value: false },
+    { type: P.CKA_LABEL, value: label },
+  ];
+}
