@@ -2,6 +2,7 @@
 // `xks`: the proxy's command line. Each command group lives in its own file; this one only assembles them.
 import { Command } from 'commander';
 import { VERSION } from '../proxy.js';
+import { auditCommand } from './audit.js';
 import { hsmCommand } from './hsm.js';
 import { keysCommand } from './keys.js';
 import { serveCommand } from './serve.js';
@@ -13,6 +14,7 @@ const program = new Command('xks')
 program.addCommand(serveCommand());
 program.addCommand(keysCommand());
 program.addCommand(hsmCommand());
+program.addCommand(auditCommand());
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   // One sentence for a person: what was wrong. No stack, no secrets.
