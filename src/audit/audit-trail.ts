@@ -1,7 +1,7 @@
 // The audit trail writer: one JSON line per audited call, chained by SHA-256, sealed at intervals by a checkpoint
 // whose MAC is made inside the HSM (audit-record.ts). One writer per file: each proxy process writes its own trail
 // (name it per host and worker); short-lived CLI processes share one trail under a lock file.
-import { closeSync, existsSync, fstatSync, fsyncSync, openSync, readSync, renameSync, statSync, unlinkSync, writeSync, write } from 'node:fs';
+import { closeSync, existsSync, fstatSync, fsyncSync, openSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { GENESIS, checkpointMessage, lineHash, type AuditEntry, type AuditEvent, type Checkpoint } from './audit-record.js';
@@ -33,7 +33,7 @@ export class AuditTrail {
   private bytes = 0;
   private unsealed = 0;
   private buffered: string[] = [];
-  private writing: Promise<void> | undefined;
+  private flushScheduled = false;
   private sealing: Promise<void> | undefined;
   /** Entries that arrived while a checkpoint's MAC was being made: they chain after the checkpoint. */
   private waiting: { entry: AuditEntry; time: Date }[] = [];
@@ -97,22 +97,23 @@ export class AuditTrail {
     this.prev = lineHash(line);
     this.buffered.push(line + '\n');
     this.bytes += Buffer.byteLength(line) + 1;
-    if (!this.writing) this.writing = this.flushSoon();
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
   }
 
-  private async flushSoon(): Promise<void> {
-    await new Promise((r) => setImmediate(r));
-    while (this.buffered.length > 0) {
-      const chunk = this.buffered.join('');
-      this.buffered = [];
-      await new Promise<void>((resolve) =>
-        write(this.fd, chunk, null, 'utf8', (err) => {
-          if (err) this.opts.onError?.(err);
-          resolve();
-        }),
-      );
+  /** Write what is buffered in one synchronous call: lines land in order, and rotation never races a write. */
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.buffered.length === 0 || this.fd < 0) return;
+    const chunk = this.buffered.join('');
+    this.buffered = [];
+    try {
+      writeSync(this.fd, chunk);
+    } catch (e) {
+      this.opts.onError?.(e as Error);
     }
-    this.writing = undefined;
   }
 
   /** Seal the chain so far with an HSM MAC. */
@@ -129,6 +130,8 @@ export class AuditTrail {
           this.push(JSON.stringify(c));
           this.unsealed = 0;
           this.opts.onCheckpoint?.({ file: this.opts.file, seq: c.seq, hash: this.prev });
+          // A finished file ends with a checkpoint: each rotated file is sealed on its own.
+          if (this.bytes >= this.opts.maxFileBytes && !this.closed) this.rotate();
         },
         (err: Error) => this.opts.onError?.(err),
       )
@@ -137,27 +140,17 @@ export class AuditTrail {
         const waiting = this.waiting;
         this.waiting = [];
         for (const w of waiting) this.writeEvent(w.entry, w.time);
-        if (this.bytes >= this.opts.maxFileBytes && !this.closed) void this.rotate();
       });
     return this.sealing;
   }
 
-  /** Start a new file; the chain (seq and prev) continues in it. */
-  private async rotate(): Promise<void> {
-    await this.checkpoint();
-    while (this.writing) await this.writing;
-    // From here to the reopen everything is synchronous: no line can land between the old file and the new one.
-    this.flushSync();
+  /** Start a new file right after a checkpoint; the chain (seq and prev) continues in it. */
+  private rotate(): void {
+    this.flush();
     closeSync(this.fd);
     renameSync(this.opts.file, rotatedName(this.opts.file, this.now()));
     this.fd = openSync(this.opts.file, 'a', 0o640);
     this.bytes = 0;
-  }
-
-  private flushSync(): void {
-    if (this.buffered.length === 0) return;
-    writeSync(this.fd, this.buffered.join(''));
-    this.buffered = [];
   }
 
   /** Seal, write everything, fsync and close. */
@@ -166,17 +159,22 @@ export class AuditTrail {
     await this.checkpoint();
     this.closed = true;
     clearTimeout(this.timer);
-    while (this.writing) await this.writing;
-    this.flushSync();
+    this.flush();
     fsyncSync(this.fd);
     closeSync(this.fd);
+    this.fd = -1;
   }
 }
 
 /** The name a finished file gets: `audit.jsonl` -> `audit.2026-11-22T21-30-00-000Z.jsonl`. */
 function rotatedName(file: string, at: Date, tag?: string): string {
   const stamp = at.toISOString().replace(/[:.]/g, '-') + (tag ? `-${tag}` : '');
-  return file.endsWith('.jsonl') ? `${file.slice(0, -6)}.${stamp}.jsonl` : `${file}.${stamp}`;
+  // Never over an existing file (two rotations in one millisecond): a rename would silently drop its lines.
+  for (let n = 0; ; n++) {
+    const s = n === 0 ? stamp : `${stamp}-${n}`;
+    const name = file.endsWith('.jsonl') ? `${file.slice(0, -6)}.${s}.jsonl` : `${file}.${s}`;
+    if (!existsSync(name)) return name;
+  }
 }
 
 /** The last complete line of a file, and whether the file ends with a newline. */
