@@ -5,6 +5,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ZodType } from 'zod';
 import type { ResolvedPrefix } from '../config/load.js';
 import { HsmError } from '../hsm/errors.js';
+import type { AuditEntry } from '../audit/audit-record.js';
 import type { Logger } from '../obs/logger.js';
 import { XksError, toXksError, type XksErrorName } from '../xks/errors.js';
 import type { HealthChecker } from '../xks/health.js';
@@ -19,6 +20,8 @@ export interface XksHandlerOptions {
   prefixes: ResolvedPrefix[];
   bodyLimit: number;
   logger: Logger;
+  /** Appends one line per request to the audit trail (absent: no trail). */
+  audit?: ((entry: AuditEntry) => void) | undefined;
   now?: () => number;
 }
 
@@ -30,6 +33,11 @@ interface RequestLog {
   keyId: string | undefined;
   keyVersion: number | undefined;
   accessKeyId: string | undefined;
+  /** From requestMetadata (as KMS sent it; trusted only once the signature verified). */
+  awsPrincipalArn: string | undefined;
+  kmsKeyArn: string | undefined;
+  kmsOperation: string | undefined;
+  kmsViaService: string | undefined;
   outcome: 'ok' | 'error' | undefined;
   status: number | undefined;
   errorName: XksErrorName | undefined;
@@ -46,6 +54,10 @@ function newLog(): RequestLog {
     keyId: undefined,
     keyVersion: undefined,
     accessKeyId: undefined,
+    awsPrincipalArn: undefined,
+    kmsKeyArn: undefined,
+    kmsOperation: undefined,
+    kmsViaService: undefined,
     outcome: undefined,
     status: undefined,
     errorName: undefined,
@@ -135,8 +147,14 @@ export function createXksHandler(opts: XksHandlerOptions) {
       jsonError = true;
     }
     // Logged even when authentication fails, so operators can match KMS's connection errors to log lines.
-    const rid = (json as { requestMetadata?: { kmsRequestId?: unknown } } | null)?.requestMetadata?.kmsRequestId;
-    if (typeof rid === 'string') log.kmsRequestId = rid.slice(0, 128);
+    const meta = (json as { requestMetadata?: Record<string, unknown> } | null)?.requestMetadata;
+    if (meta && typeof meta === 'object') {
+      log.kmsRequestId = text(meta.kmsRequestId, 128);
+      log.awsPrincipalArn = text(meta.awsPrincipalArn, 2048);
+      log.kmsKeyArn = text(meta.kmsKeyArn, 2048);
+      log.kmsOperation = text(meta.kmsOperation, 128);
+      log.kmsViaService = text(meta.kmsViaService, 256);
+    }
     if (!auth.ok) {
       // The caller learns only that the signature failed; which check failed goes to the log for the operator.
       log.reason = `SigV4: ${auth.reason}`;
@@ -194,6 +212,7 @@ export function createXksHandler(opts: XksHandlerOptions) {
         log.status = 200;
         log.ms = round(performance.now() - started);
         opts.logger.info(log, 'xks request');
+        opts.audit?.(auditEntry(log));
       },
       (err: unknown) => {
         const x = toXksError(err);
@@ -210,6 +229,8 @@ export function createXksHandler(opts: XksHandlerOptions) {
         if (err instanceof HsmError) log.hsmError = err.ckr ?? err.kind;
         log.ms = round(performance.now() - started);
         opts.logger.info(log, 'xks request');
+        // Requests to no XKS path at all (scanners) are not calls on the key store: log only.
+        if (log.operation) opts.audit?.(auditEntry(log));
       },
     );
   };
@@ -220,6 +241,28 @@ export function createXksHandler(opts: XksHandlerOptions) {
       prefixes = new Map(next.map((p) => [p.path, p]));
     },
   });
+}
+
+function text(v: unknown, max: number): string | undefined {
+  return typeof v === 'string' ? v.slice(0, max) : undefined;
+}
+
+/** The audit line of a request: who, for which KMS key and operation, on which key version, with what outcome. */
+function auditEntry(log: RequestLog): AuditEntry {
+  return {
+    source: 'xks',
+    ...(log.accessKeyId ? { who: log.accessKeyId } : {}),
+    ...(log.awsPrincipalArn ? { awsPrincipalArn: log.awsPrincipalArn } : {}),
+    ...(log.kmsKeyArn ? { kmsKeyArn: log.kmsKeyArn } : {}),
+    ...(log.kmsOperation ? { kmsOperation: log.kmsOperation } : {}),
+    ...(log.kmsRequestId ? { kmsRequestId: log.kmsRequestId } : {}),
+    ...(log.kmsViaService ? { kmsViaService: log.kmsViaService } : {}),
+    operation: log.operation ?? 'unknown',
+    ...(log.keyId ? { keyId: log.keyId } : {}),
+    ...(log.keyVersion !== undefined ? { keyVersion: log.keyVersion } : {}),
+    outcome: log.outcome ?? 'error',
+    ...(log.errorName ? { errorName: log.errorName } : {}),
+  };
 }
 
 function round(ms: number): number {
