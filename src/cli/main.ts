@@ -4,6 +4,7 @@ import { Command } from 'commander';
 import { VERSION } from '../proxy.js';
 import { auditCommand } from './audit.js';
 import { hsmCommand } from './hsm.js';
+import { reportCommand } from './report.js';
 import { keysCommand } from './keys.js';
 import { serveCommand } from './serve.js';
 
@@ -15,6 +16,7 @@ program.addCommand(serveCommand());
 program.addCommand(keysCommand());
 program.addCommand(hsmCommand());
 program.addCommand(auditCommand());
+program.addCommand(reportCommand());
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   // One sentence for a person: what was wrong. No stack, no secrets.

@@ -62,6 +62,7 @@ const BOOL_ATTRS = {
   local: P.CKA_LOCAL,
   neverExtractable: P.CKA_NEVER_EXTRACTABLE,
   alwaysSensitive: P.CKA_ALWAYS_SENSITIVE,
+  wrapWithTrusted: P.CKA_WRAP_WITH_TRUSTED,
 } as const;
 
 export class HsmConnection {
@@ -356,6 +357,56 @@ export class HsmConnection {
     return this.run('other', (s) =>
       this.mod.C_GetAttributeValue(s, handle, types.map((type) => ({ type }))).map((a) => a.value as Buffer | undefined),
     );
+  }
+
+  // -- import of customer key material (src/import) --
+  // Calls on data from outside (import blobs) run with the 'decrypt' context: SoftHSM answers a failed OAEP or KWP
+  // integrity check with CKR_GENERAL_ERROR, which must read as DataInvalid, never as a device failure to recover from.
+  // RSA private-key operations take milliseconds (4096 bits): they run on the thread pool in async mode, without the
+  // per-call budget meant for AES-GCM.
+
+  /** C_GenerateKeyPair from fully spelled-out templates (RSA wrapping key pairs). */
+  generateKeyPair(mechanism: Mechanism, publicTemplate: Template, privateTemplate: Template): Promise<{ publicKey: Handle; privateKey: Handle }> {
+    return this.run('other', async (s) => {
+      const pair = await this.callUnbounded(
+        () => this.mod.C_GenerateKeyPair(s, mechanism, publicTemplate, privateTemplate),
+        () => this.mod.C_GenerateKeyPairAsync(s, mechanism, publicTemplate, privateTemplate),
+      );
+      return { publicKey: pair.publicKey, privateKey: pair.privateKey };
+    });
+  }
+
+  /** C_UnwrapKey of a blob from outside into a new object; a blob that does not unwrap is DataInvalid. */
+  unwrapUntrusted(mechanism: Mechanism, unwrappingKey: Handle, wrapped: Buffer, template: Template): Promise<Handle> {
+    return this.run('decrypt', (s) =>
+      this.callUnbounded(
+        () => this.mod.C_UnwrapKey(s, mechanism, unwrappingKey, wrapped, template),
+        () => this.mod.C_UnwrapKeyAsync(s, mechanism, unwrappingKey, wrapped, template),
+      ),
+    );
+  }
+
+  /** Single-part C_Decrypt of data from outside (raw RSA of an import blob) into a buffer of `outBytes`. */
+  decryptUntrusted(mechanism: Mechanism, key: Handle, data: Buffer, outBytes: number): Promise<Buffer> {
+    return this.run('decrypt', async (s) => {
+      this.mod.C_DecryptInit(s, mechanism, key);
+      const out = await this.callUnbounded(
+        () => this.mod.C_Decrypt(s, data, Buffer.alloc(outBytes)),
+        () => this.mod.C_DecryptAsync(s, data, Buffer.alloc(outBytes)),
+      );
+      return Buffer.from(out);
+    });
+  }
+
+  /** A call on the thread pool in async mode (counted for drain()), without the AES-GCM budget. */
+  private async callUnbounded<T>(sync: () => T, async: () => Promise<T>): Promise<T> {
+    if (this.capabilities.callMode === 'sync') return sync();
+    this.inFlight++;
+    try {
+      return await async();
+    } finally {
+      this.inFlight--;
+    }
   }
 
   // ---- plumbing -----------------------------------------------------------------------------------------------

@@ -1,0 +1,81 @@
+// The compliance report: for every key and version, where the material came from and the PKCS#11 evidence that it
+// cannot leave the HSM in the clear; anything that breaks that promise is flagged.
+import type { ExternalKey, KeyVersion } from './catalogue.js';
+import { describeKey } from './key-description.js';
+
+export type Severity = 'violation' | 'notice';
+
+export interface Finding {
+  severity: Severity;
+  message: string;
+}
+
+function versionFindings(key: ExternalKey, v: KeyVersion): Finding[] {
+  const a = v.attrs;
+  const out: Finding[] = [];
+  if (!a.sensitive) out.push({ severity: 'violation', message: 'CKA_SENSITIVE is false: any logged-in user can read the key value' });
+  if (a.extractable && !a.wrapWithTrusted) {
+    out.push({ severity: 'violation', message: 'CKA_EXTRACTABLE without CKA_WRAP_WITH_TRUSTED: any key of the user can wrap it out' });
+  } else if (a.extractable) {
+    out.push({ severity: 'notice', message: 'exportable: can be wrapped out under a KEK the security officer marked trusted (backup)' });
+  }
+  if (!a.alwaysSensitive && a.sensitive) out.push({ severity: 'notice', message: 'CKA_ALWAYS_SENSITIVE is false: the value was readable at some point before' });
+  if (key.origin === 'HSM' && !a.local) out.push({ severity: 'violation', message: 'recorded as generated in the HSM, but CKA_LOCAL is false' });
+  if (key.origin === 'HSM' && !a.neverExtractable && !a.extractable) {
+    out.push({ severity: 'violation', message: 'recorded as generated in the HSM, but CKA_NEVER_EXTRACTABLE is false' });
+  }
+  if (key.origin === 'ADOPTED' && !a.local) out.push({ severity: 'notice', message: 'adopted key not generated in this HSM (CKA_LOCAL false): imported by other means' });
+  return out;
+}
+
+export function reportKey(key: ExternalKey) {
+  const d = describeKey(key);
+  const keyFindings: Finding[] = key.problems.map((message) => ({ severity: 'violation' as const, message }));
+  if (key.duplicateVersions.size > 0) keyFindings.push({ severity: 'notice', message: `versions ${[...key.duplicateVersions].join(', ')} have more than one object (refused until resolved)` });
+  const versions = [...key.versions.values()]
+    .sort((a, b) => a.version - b.version)
+    .map((v) => ({
+      Version: v.version,
+      ...(v.createdAt ? { CreationDate: v.createdAt.toISOString() } : {}),
+      // CKA_LOCAL: generated in the HSM; otherwise unwrapped or created (imported material).
+      Origin: v.attrs.local ? 'GENERATED_IN_HSM' : 'IMPORTED',
+      Sensitive: v.attrs.sensitive === true,
+      Extractable: v.attrs.extractable === true,
+      WrapWithTrusted: v.attrs.wrapWithTrusted === true,
+      NeverExtractable: v.attrs.neverExtractable === true,
+      AlwaysSensitive: v.attrs.alwaysSensitive === true,
+      Local: v.attrs.local === true,
+      Findings: versionFindings(key, v),
+    }));
+  const all = [...keyFindings, ...versions.flatMap((v) => v.Findings)];
+  return {
+    KeyId: d.KeyId,
+    KeyState: d.KeyState,
+    Origin: d.Origin,
+    ...(d.CreationDate ? { CreationDate: d.CreationDate } : {}),
+    ...(d.RotationPeriodInDays !== undefined ? { RotationPeriodInDays: d.RotationPeriodInDays } : {}),
+    ...(d.LastRotationDate ? { LastRotationDate: d.LastRotationDate } : {}),
+    ...(d.NextRotationDate ? { NextRotationDate: d.NextRotationDate } : {}),
+    ...(d.DeletionDate ? { DeletionDate: d.DeletionDate } : {}),
+    CurrentVersion: d.CurrentVersion,
+    Findings: keyFindings,
+    Versions: versions,
+    /** True when nothing breaks "key material never leaves the HSM in the clear". */
+    Compliant: !all.some((f) => f.severity === 'violation'),
+  };
+}
+export type KeyReport = ReturnType<typeof reportKey>;
+
+export function report(keys: ExternalKey[], token: { label: string; serial: string; manufacturer: string; model: string }, now: Date) {
+  const rows = keys.map(reportKey);
+  return {
+    GeneratedAt: now.toISOString(),
+    Token: token,
+    Keys: rows,
+    Summary: {
+      Keys: rows.length,
+      Versions: rows.reduce((n, r) => n + r.Versions.length, 0),
+      NonCompliantKeys: rows.filter((r) => !r.Compliant).map((r) => r.KeyId),
+    },
+  };
+}

@@ -1,0 +1,74 @@
+// `xks report` on a real token: generated, exportable and adopted (pkcs11-tool, not sensitive) keys; the evidence per
+// version, and the flag and exit code 2 for what breaks "key material never leaves the HSM in the clear".
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { writeTestConfig } from '../helpers/proxy-on-token.js';
+import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { createTestToken, SOFTHSM_MODULE, type TestToken } from '../helpers/softhsm.js';
+
+let token: TestToken;
+let configFile: string;
+
+async function xks(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const r = await promisify(execFile)('node', [MAIN, ...args], {
+      cwd: ROOT,
+      env: { ...process.env, SOFTHSM2_CONF: token.conf, XKS_CONFIG: configFile },
+      timeout: 20_000,
+    });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (e) {
+    const err = e as { code?: number; stdout?: string; stderr?: string };
+    return { code: typeof err.code === 'number' ? err.code : -1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
+  }
+}
+
+beforeAll(() => {
+  ensureBuilt();
+  token = createTestToken('report-token');
+  configFile = writeTestConfig(token);
+});
+afterAll(() => token?.cleanup());
+
+it('reports generated keys as compliant, with their evidence, and exits 0', async () => {
+  expect((await xks(['keys', 'create', 'gen1', '--rotation-period-days', '90'])).code).toBe(0);
+  expect((await xks(['keys', 'rotate', 'gen1'])).code).toBe(0);
+  expect((await xks(['keys', 'create', 'exp1', '--exportable'])).code).toBe(0);
+  const r = await xks(['report', '--json']);
+  expect(r.code, r.stderr).toBe(0);
+  const rep = JSON.parse(r.stdout);
+  expect(rep.Token).toMatchObject({ label: 'report-token', serial: token.serial });
+  const gen = rep.Keys.find((k: { KeyId: string }) => k.KeyId === 'gen1');
+  expect(gen).toMatchObject({ KeyState: 'Enabled', Origin: 'HSM', RotationPeriodInDays: 90, CurrentVersion: 2, Compliant: true });
+  expect(gen.LastRotationDate).toMatch(/^\d{4}-/);
+  expect(gen.Versions).toHaveLength(2);
+  for (const v of gen.Versions) {
+    expect(v).toMatchObject({ Origin: 'GENERATED_IN_HSM', Sensitive: true, Extractable: false, NeverExtractable: true, Local: true, Findings: [] });
+  }
+  const exp = rep.Keys.find((k: { KeyId: string }) => k.KeyId === 'exp1');
+  expect(exp.Compliant).toBe(true);
+  expect(exp.Versions[0]).toMatchObject({ Extractable: true, WrapWithTrusted: true });
+  expect(exp.Versions[0].Findings).toEqual([expect.objectContaining({ severity: 'notice', message: expect.stringMatching(/trusted/) })]);
+  expect(rep.Summary).toMatchObject({ NonCompliantKeys: [] });
+});
+
+it('flags a key whose value any logged-in user can read, names it, and exits 2', async () => {
+  // pkcs11-tool makes keys that are not CKA_SENSITIVE.
+  execFileSync('pkcs11-tool', ['--module', SOFTHSM_MODULE, '--token-label', token.label, '--login', '--pin', token.userPin,
+    '--keygen', '--key-type', 'aes:32', '--label', 'readable1'], { env: { ...process.env, SOFTHSM2_CONF: token.conf }, stdio: 'pipe' });
+  const json = await xks(['report', '--json']);
+  expect(json.code).toBe(2);
+  const rep = JSON.parse(json.stdout);
+  const bad = rep.Keys.find((k: { KeyId: string }) => k.KeyId === 'readable1');
+  expect(bad).toMatchObject({ Origin: 'ADOPTED', Compliant: false });
+  expect(bad.Versions[0].Findings).toContainEqual({ severity: 'violation', message: expect.stringMatching(/CKA_SENSITIVE is false/) });
+  expect(rep.Summary.NonCompliantKeys).toEqual(['readable1']);
+
+  const text = await xks(['report']);
+  expect(text.code).toBe(2);
+  expect(text.stdout).toMatch(/FLAG readable1/);
+  expect(text.stdout).toMatch(/OK {3}gen1/);
+  expect(text.stdout).toMatch(/flagged: readable1/);
+  expect(text.stdout).not.toContain(token.userPin);
+});
