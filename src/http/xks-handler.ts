@@ -110,8 +110,9 @@ function parse<T>(schema: ZodType<T>, value: unknown): T {
   const field = issue.path.join('.') || 'body';
   const tooLarge = issue.code === 'custom' && (issue as { params?: { tooLarge?: boolean } }).params?.tooLarge === true;
   // Our own Base64 checks already name the field; zod's built-in messages do not.
-  const message =
-    issue.code === 'invalid_type' && issue.input === undefined ? `${field} is required` : issue.code === 'custom' ? issue.message : `${field}: ${issue.message}`;
+  // zod 4 issues do not carry the input: look the value up, so a missing field and a wrong type read differently.
+  const missing = issue.code === 'invalid_type' && valueAt(value, issue.path) === undefined;
+  const message = missing ? `${field} is required` : issue.code === 'custom' ? issue.message : `${field}: ${issue.message}`;
   throw new XksError(tooLarge ? 'UnsupportedOperationException' : 'ValidationException', message);
 }
 
@@ -241,6 +242,12 @@ export function createXksHandler(opts: XksHandlerOptions) {
       prefixes = new Map(next.map((p) => [p.path, p]));
     },
   });
+}
+
+function valueAt(value: unknown, path: readonly PropertyKey[]): unknown {
+  let v = value;
+  for (const k of path) v = v !== null && typeof v === 'object' ? (v as Record<PropertyKey, unknown>)[k] : undefined;
+  return v;
 }
 
 function text(v: unknown, max: number): string | undefined {

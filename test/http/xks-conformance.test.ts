@@ -176,6 +176,13 @@ describe('Encrypt and Decrypt', () => {
     expect(r.json).toEqual({ errorName: 'ValidationException', errorMessage: 'plaintext is required' });
   });
 
+  it('says a field of the wrong type is of the wrong type, not missing', async () => {
+    const r = await xks.post('keys/foo/encrypt', { requestMetadata: metadata('Encrypt'), encryptionAlgorithm: 'AES_GCM', plaintext: 42 });
+    expect(r.status).toBe(400);
+    expect(r.json.errorName).toBe('ValidationException');
+    expect(r.json.errorMessage).toMatch(/^plaintext: .*expected string/);
+  });
+
   it('ignores unknown fields, as KMS may add some', async () => {
     const r = await xks.encrypt('foo', Buffer.from('x'), { someFutureField: 1 }, {});
     expect(r.status).toBe(200);
