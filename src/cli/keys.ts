@@ -6,6 +6,7 @@ import { describeKey } from '../keys/key-description.js';
 import { PENDING_WINDOW_DAYS } from '../keys/key-record.js';
 import type { KeyLifecycle } from '../keys/lifecycle.js';
 import { openCatalogue, openLifecycle } from '../proxy.js';
+import { exportCommand, importWrappedCommand } from './backup.js';
 import { withConfigOption, withHsm } from './context.js';
 
 function parseUsage(value: string): { encrypt: boolean; decrypt: boolean } {
@@ -188,5 +189,7 @@ export function keysCommand(): Command {
         }),
       ),
   );
+  keys.addCommand(exportCommand());
+  keys.addCommand(importWrappedCommand());
   return keys;
 }
