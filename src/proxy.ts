@@ -24,6 +24,7 @@ export async function openHsm(loaded: LoadedConfig, logger?: Logger): Promise<Hs
     pin: loaded.pin,
     poolSize: h.sessionPoolSize,
     acquireTimeoutMs: h.acquireTimeoutMs,
+    maxQueue: h.maxQueue,
     operationTimeoutMs: h.operationTimeoutMs,
     ivMode: h.ivMode,
     callMode: h.callMode,
@@ -81,6 +82,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger): Promise<
       health,
       prefixes: loaded.prefixes,
       bodyLimit: loaded.config.limits.bodyBytes,
+      requestTimeoutMs: loaded.config.limits.requestTimeoutMs,
       logger: logger.child({ hsm: hsm.info.label }),
     });
     const listeners = loaded.config.listeners;

@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
+import { compilePolicy, type CompiledPolicy } from '../keys/policy.js';
 import { ConfigSchema, type Config, type SecretRef } from './schema.js';
 
 export class ConfigError extends Error {
@@ -14,6 +15,8 @@ export interface ResolvedPrefix {
   region: string;
   credentials: Map<string, string>; // access key id -> secret
   keys: ReadonlySet<string> | undefined;
+  policy: CompiledPolicy;
+  rateLimit?: { requestsPerSecond: number; burst: number } | undefined;
 }
 
 /** The admin API with its secrets read (absent when the config has no admin section: the API is off). */
@@ -73,6 +76,7 @@ export function resolvePaths(config: Config, baseDir: string): Config {
   return {
     ...config,
     hsm: { ...config.hsm, ...(config.hsm.module ? { module: r(config.hsm.module) } : {}) },
+    ...(config.audit ? { audit: { ...config.audit, dir: r(config.audit.dir) } } : {}),
     listeners: {
       ...config.listeners,
       ...(https
@@ -107,7 +111,16 @@ export function loadConfig(file: string, opts: { needPin?: boolean } = {}): Load
       if (!secretVerify.test(secret)) throw new ConfigError(`${what}: must be 43 to 64 characters of A-Za-z0-9+/=`);
       credentials.set(c.accessKeyId, secret);
     });
-    return { path: p.path, region: p.region, credentials, keys: p.keys ? new Set(p.keys) : undefined };
+    return {
+      path: p.path,
+      region: p.region,
+      credentials,
+      keys: p.keys ? new Set(p.keys) : undefined,
+      policy: compilePolicy(p.policy, p.keyPolicies),
+      rateLimit: p.rateLimit
+        ? { requestsPerSecond: p.rateLimit.requestsPerSecond, burst: p.rateLimit.burst ?? Math.max(1, Math.ceil(p.rateLimit.requestsPerSecond)) }
+        : undefined,
+    };
   });
   const admin = resolveAdmin(config, baseDir, prefixes);
   const pin = opts.needPin === false ? '' : readSecret(config.hsm.pin, baseDir, 'hsm.pin');

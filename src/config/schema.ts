@@ -2,6 +2,7 @@
 // never values, so a config file can be committed or shown without leaking a PIN or a SigV4 secret.
 import { z } from 'zod';
 import { IvModeSchema } from '../hsm/profile.js';
+import { KeyPolicySchema, PolicyStatementSchema } from '../keys/policy.js';
 
 export const SecretRefSchema = z.union(
   [
@@ -32,6 +33,18 @@ export const PrefixSchema = z
     credentials: z.array(CredentialSchema).min(1, 'needs at least one credential'),
     /** Optional allow-list of external key ids this key store may use; absent means every key in the token. */
     keys: z.array(z.string().regex(/^[A-Za-z0-9._-]{1,128}$/, 'must be 1 to 128 characters of A-Za-z0-9._-')).optional(),
+    /** Statements for every key of this key store (keys/policy.ts): Deny wins; with any Allow, one must match. */
+    policy: z.array(PolicyStatementSchema).optional(),
+    /** Per external key: the KMS keys bound to it and its own statements. */
+    keyPolicies: z.record(z.string().regex(/^[A-Za-z0-9._-]{1,128}$/, 'must be an external key id'), KeyPolicySchema).optional(),
+    /** Requests per second this key store accepts (a token bucket); above it, ThrottlingException (429). */
+    rateLimit: z
+      .strictObject({
+        requestsPerSecond: z.number().positive().max(1_000_000),
+        /** Requests allowed at once above the rate (default: one second's worth). */
+        burst: z.number().int().min(1).max(10_000_000).optional(),
+      })
+      .optional(),
   })
   .refine((p) => new Set(p.credentials.map((c) => c.accessKeyId)).size === p.credentials.length, {
     message: 'lists the same accessKeyId twice',
@@ -74,6 +87,8 @@ export const ConfigSchema = z
       acquireTimeoutMs: z.number().int().min(1).max(10_000).default(100),
       /** Budget for one HSM call in async mode, then DependencyTimeoutException. */
       operationTimeoutMs: z.number().int().min(1).max(60_000).default(200),
+      /** Requests waiting for a session beyond this answer ThrottlingException at once instead of queueing. */
+      maxQueue: z.number().int().min(0).max(100_000).default(256),
       ivMode: IvModeSchema.optional(),
       callMode: z.enum(['sync', 'async']).optional(),
       healthKeyLabel: z.string().min(1).max(128).default('xks-proxy-health-check'),
@@ -88,6 +103,8 @@ export const ConfigSchema = z
     listeners: z
       .strictObject({
         http: z.strictObject({ host, port }).optional(),
+        /** Operations: GET /metrics (Prometheus), /health (the deep check, unauthenticated, for readiness), /ping. */
+        ops: z.strictObject({ host, port }).optional(),
         https: z
           .strictObject({
             host,
@@ -110,8 +127,24 @@ export const ConfigSchema = z
         /** Request bodies above this are refused before they are read in full (KMS sends at most about 20 KB). */
         // At least 20 KiB: the spec's largest request (4300 bytes of plaintext with 8192 of AAD, in Base64) must fit.
         bodyBytes: z.number().int().min(20 * 1024).max(1 << 20).default(32 * 1024),
+        /** No request is held longer: KMS gives up after 250 ms, so past this the proxy answers 503 itself. */
+        requestTimeoutMs: z.number().int().min(10).max(60_000).default(240),
       })
-      .default({ bodyBytes: 32 * 1024 }),
+      .default({ bodyBytes: 32 * 1024, requestTimeoutMs: 240 }),
+    audit: z
+      .strictObject({
+        /** Directory of the trail files (one per host and worker, plus one shared by CLI commands). */
+        dir: z.string().min(1),
+        /** A checkpoint (MAC made in the HSM) after this many lines... */
+        checkpointEvery: z.number().int().min(1).max(1_000_000).default(1000),
+        /** ...or this many seconds after the first unsealed line. */
+        checkpointSeconds: z.number().int().min(1).max(86_400).default(60),
+        /** A new file past this size (MB); the chain continues across files. */
+        maxFileMB: z.number().int().min(1).max(100_000).default(100),
+        /** The HSM key (CKA_LABEL) of the checkpoint MACs; made on first use. */
+        keyLabel: z.string().min(1).max(128).default('xks-audit-hmac'),
+      })
+      .optional(),
     health: z
       .strictObject({
         maxAgeMs: z.number().int().min(0).max(60_000).default(10_000),

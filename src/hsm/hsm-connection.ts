@@ -15,6 +15,8 @@ export interface HsmOptions {
   pin: string;
   poolSize: number;
   acquireTimeoutMs: number;
+  /** Requests waiting for a session beyond this are refused at once (PoolExhausted). */
+  maxQueue?: number;
   /** Budget for one async call; past it the caller gets Timeout and the session is thrown away when it returns. */
   operationTimeoutMs: number;
   ivMode?: IvMode | undefined;
@@ -104,6 +106,7 @@ export class HsmConnection {
     c.pool = new SessionPool({
       size: opts.poolSize,
       acquireTimeoutMs: opts.acquireTimeoutMs,
+      ...(opts.maxQueue !== undefined ? { maxWaiters: opts.maxQueue } : {}),
       open: () => ({ handle: c.mod.C_OpenSession(c.slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION), generation: c.generation, epoch: c.epoch }),
       close: (s) => c.mod.C_CloseSession(s.handle),
       currentGeneration: () => c.generation,

@@ -14,6 +14,8 @@ export interface SessionPoolOptions {
   size: number;
   /** How long a caller may wait for a free session before it gets PoolExhausted. */
   acquireTimeoutMs: number;
+  /** Callers already waiting beyond which a new one gets PoolExhausted at once (overload answers 429, not a timeout). */
+  maxWaiters?: number;
   open: () => PooledSession;
   close: (s: PooledSession) => void;
   currentGeneration: () => number;
@@ -59,6 +61,9 @@ export class SessionPool {
   acquire(): Promise<PooledSession> {
     const s = this.tryAcquire();
     if (s) return Promise.resolve(s);
+    if (this.waiters.length >= (this.opts.maxWaiters ?? Infinity)) {
+      return Promise.reject(new HsmError('PoolExhausted', 'the HSM queue is full'));
+    }
     return new Promise((resolve, reject) => {
       const waiter: Waiter = {
         resolve,

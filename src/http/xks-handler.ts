@@ -11,6 +11,8 @@ import { XksError, toXksError, type XksErrorName } from '../xks/errors.js';
 import type { HealthChecker } from '../xks/health.js';
 import { decrypt, encrypt, getKeyMetadata, type XksDeps } from '../xks/operations.js';
 import { DecryptRequestSchema, EncryptRequestSchema, HealthRequestSchema, KeyMetadataRequestSchema } from '../xks/schemas.js';
+import { Deadlines } from './deadlines.js';
+import { TokenBucket } from './rate-limit.js';
 import { matchRoute, type XksRoute } from './routes.js';
 import { XKS_SERVICE, verifySigV4 } from './sigv4.js';
 
@@ -22,11 +24,15 @@ export interface XksHandlerOptions {
   logger: Logger;
   /** Appends one line per request to the audit trail (absent: no trail). */
   audit?: ((entry: AuditEntry) => void) | undefined;
+  /** No request is held longer than this (KMS's budget is 250 ms): past it, DependencyTimeoutException. */
+  requestTimeoutMs?: number;
+  /** Called once per request with its log line (metrics). */
+  observe?: ((log: Readonly<RequestLog>) => void) | undefined;
   now?: () => number;
 }
 
 /** The request's log line, filled in as the request advances; one fixed shape, logged once. */
-interface RequestLog {
+export interface RequestLog {
   kmsRequestId: string | undefined;
   operation: string | undefined;
   prefix: string | undefined;
@@ -38,6 +44,10 @@ interface RequestLog {
   kmsKeyArn: string | undefined;
   kmsOperation: string | undefined;
   kmsViaService: string | undefined;
+  awsSourceVpc: string | undefined;
+  awsSourceVpce: string | undefined;
+  /** The policy statement that decided (allowed or denied), when a policy applies. */
+  policy: string | undefined;
   outcome: 'ok' | 'error' | undefined;
   status: number | undefined;
   errorName: XksErrorName | undefined;
@@ -58,6 +68,9 @@ function newLog(): RequestLog {
     kmsKeyArn: undefined,
     kmsOperation: undefined,
     kmsViaService: undefined,
+    awsSourceVpc: undefined,
+    awsSourceVpce: undefined,
+    policy: undefined,
     outcome: undefined,
     status: undefined,
     errorName: undefined,
@@ -68,6 +81,7 @@ function newLog(): RequestLog {
 }
 
 function send(res: ServerResponse, status: number, body: unknown, close = false): void {
+  if (res.headersSent) return; // answered already (the request's deadline passed)
   const text = JSON.stringify(body); // compact, single line: AWS's test client reads the last line
   res.writeHead(
     status,
@@ -119,6 +133,9 @@ function parse<T>(schema: ZodType<T>, value: unknown): T {
 export function createXksHandler(opts: XksHandlerOptions) {
   const now = opts.now ?? Date.now;
   let prefixes = new Map(opts.prefixes.map((p) => [p.path, p]));
+  let buckets = bucketsFor(opts.prefixes, new Map(), now());
+  const deadlines = new Deadlines(performance.now.bind(performance));
+  const budget = opts.requestTimeoutMs ?? 240;
 
   async function handle(req: IncomingMessage, res: ServerResponse, log: RequestLog): Promise<void> {
     const url = req.url ?? '/';
@@ -155,6 +172,8 @@ export function createXksHandler(opts: XksHandlerOptions) {
       log.kmsKeyArn = text(meta.kmsKeyArn, 2048);
       log.kmsOperation = text(meta.kmsOperation, 128);
       log.kmsViaService = text(meta.kmsViaService, 256);
+      log.awsSourceVpc = text(meta.awsSourceVpc, 256);
+      log.awsSourceVpce = text(meta.awsSourceVpce, 256);
     }
     if (!auth.ok) {
       // The caller learns only that the signature failed; which check failed goes to the log for the operator.
@@ -162,6 +181,8 @@ export function createXksHandler(opts: XksHandlerOptions) {
       throw new XksError('AuthenticationFailedException', 'the request signature is not valid for this key store');
     }
     log.accessKeyId = auth.accessKeyId;
+    const bucket = buckets.get(prefix.path);
+    if (bucket && !bucket.take(now())) throw new XksError('ThrottlingException', 'the key store is over its request rate; retry');
     if (jsonError) throw new XksError('ValidationException', 'the body is not valid JSON');
 
     if (route.operation === 'GetHealthStatus') {
@@ -171,27 +192,44 @@ export function createXksHandler(opts: XksHandlerOptions) {
       return;
     }
     const keyId = route.keyId!;
-    // Each operation validates its body before the key is looked up (400 before 404).
-    const allowed = () => {
+    // Each operation validates its body before the key is looked up (400 before 404), and the key is known to exist
+    // before the policy decides (404 before 403); key state and usage come after (400).
+    const allowed = async () => {
       if (prefix.keys && !prefix.keys.has(keyId)) throw new XksError('KeyNotFoundException', `external key ${keyId} is not in this key store`);
+      if (prefix.policy.empty) return;
+      if (!(await opts.deps.catalogue.resolve(keyId))) throw new XksError('KeyNotFoundException', `external key ${keyId} does not exist`);
+      const d = prefix.policy.evaluate({
+        keyId,
+        awsPrincipalArn: log.awsPrincipalArn,
+        kmsKeyArn: log.kmsKeyArn,
+        kmsOperation: log.kmsOperation,
+        kmsViaService: log.kmsViaService,
+        awsSourceVpc: log.awsSourceVpc,
+        awsSourceVpce: log.awsSourceVpce,
+      });
+      log.policy = d.statement;
+      if (!d.allowed) {
+        log.reason = `policy: ${d.reason}`;
+        throw new XksError('AccessDeniedException', 'the request is not allowed by the key store policy');
+      }
     };
     let result: { body: unknown; keyVersion: number | undefined };
     switch (route.operation) {
       case 'Encrypt': {
         const request = parse(EncryptRequestSchema, json);
-        allowed();
+        await allowed();
         result = await encrypt(opts.deps, keyId, request);
         break;
       }
       case 'Decrypt': {
         const request = parse(DecryptRequestSchema, json);
-        allowed();
+        await allowed();
         result = await decrypt(opts.deps, keyId, request);
         break;
       }
       case 'GetKeyMetadata':
         parse(KeyMetadataRequestSchema, json);
-        allowed();
+        await allowed();
         result = await getKeyMetadata(opts.deps, keyId);
         break;
     }
@@ -207,41 +245,64 @@ export function createXksHandler(opts: XksHandlerOptions) {
       return;
     }
     const log = newLog();
-    handle(req, res, log).then(
-      () => {
-        log.outcome = 'ok';
-        log.status = 200;
-        log.ms = round(performance.now() - started);
-        opts.logger.info(log, 'xks request');
-        opts.audit?.(auditEntry(log));
-      },
-      (err: unknown) => {
-        const x = toXksError(err);
-        if (x.errorName === 'InternalException') {
-          opts.logger.error({ ...log, err: { name: (err as Error)?.name, message: (err as Error)?.message } }, 'unexpected failure');
-        }
-        // After an oversized body the rest of it is not read: the connection cannot carry another request.
-        const close = x.errorName === 'UnsupportedOperationException' && x.message.startsWith('request body');
-        if (!res.headersSent) send(res, x.status, { errorName: x.errorName, errorMessage: x.message }, close);
-        log.outcome = 'error';
-        log.status = x.status;
-        log.errorName = x.errorName;
-        log.reason ??= x.message;
-        if (err instanceof HsmError) log.hsmError = err.ckr ?? err.kind;
-        log.ms = round(performance.now() - started);
-        opts.logger.info(log, 'xks request');
-        // Requests to no XKS path at all (scanners) are not calls on the key store: log only.
-        if (log.operation) opts.audit?.(auditEntry(log));
-      },
+    let finished = false;
+    const finish = () => {
+      finished = true;
+      deadlines.remove(deadline);
+      log.ms = round(performance.now() - started);
+      opts.logger.info(log, 'xks request');
+      opts.observe?.(log);
+      // Requests to no XKS path at all (scanners) are not calls on the key store: log only.
+      if (log.operation) opts.audit?.(auditEntry(log));
+    };
+    const fail = (err: unknown, closeConnection = false) => {
+      if (finished) return;
+      const x = toXksError(err);
+      if (x.errorName === 'InternalException') {
+        opts.logger.error({ ...log, err: { name: (err as Error)?.name, message: (err as Error)?.message } }, 'unexpected failure');
+      }
+      // After an oversized body (or a request cut off by its deadline) the rest of the body is not read: the
+      // connection cannot carry another request.
+      const close = closeConnection || (x.errorName === 'UnsupportedOperationException' && x.message.startsWith('request body'));
+      if (!res.headersSent) send(res, x.status, { errorName: x.errorName, errorMessage: x.message }, close);
+      log.outcome = 'error';
+      log.status = x.status;
+      log.errorName = x.errorName;
+      log.reason ??= x.message;
+      if (err instanceof HsmError) log.hsmError = err.ckr ?? err.kind;
+      finish();
+    };
+    // Past the budget the caller gets its answer now; the HSM call, if any, finishes in the background unanswered.
+    const deadline = deadlines.add(budget, () =>
+      fail(new XksError('DependencyTimeoutException', `the request did not complete within ${budget} ms`), true),
     );
+    handle(req, res, log).then(() => {
+      if (finished) return;
+      log.outcome = 'ok';
+      log.status = 200;
+      finish();
+    }, fail);
   };
 
   return Object.assign(handler, {
     /** Swap prefixes and credentials (hot reload); requests in flight keep the ones they started with. */
     setPrefixes(next: ResolvedPrefix[]) {
       prefixes = new Map(next.map((p) => [p.path, p]));
+      buckets = bucketsFor(next, buckets, now());
     },
   });
+}
+
+/** One token bucket per rate-limited prefix; a reload keeps a bucket whose rate did not change (and its tokens). */
+function bucketsFor(prefixes: ResolvedPrefix[], old: Map<string, TokenBucket>, now: number): Map<string, TokenBucket> {
+  const next = new Map<string, TokenBucket>();
+  for (const p of prefixes) {
+    if (!p.rateLimit) continue;
+    const before = old.get(p.path);
+    const same = before && before.ratePerSecond === p.rateLimit.requestsPerSecond && before.burst === p.rateLimit.burst;
+    next.set(p.path, same ? before : new TokenBucket(p.rateLimit.requestsPerSecond, p.rateLimit.burst, now));
+  }
+  return next;
 }
 
 function valueAt(value: unknown, path: readonly PropertyKey[]): unknown {
