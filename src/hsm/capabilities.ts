@@ -13,6 +13,11 @@ export interface Capabilities {
   ivMode: IvMode;
   callMode: 'sync' | 'async';
   sessionKeyCopies: boolean;
+  /** Import of key material (src/import): RSA wrapping key pairs, OAEP unwrap, AES-CMAC and HMAC key checks. */
+  rsaKeyPairGen: boolean;
+  rsaOaepUnwrap: boolean;
+  aesCmac: boolean;
+  genericSecretKeyGen: boolean;
 }
 
 const NAMES = new Map<number, string>();
@@ -51,5 +56,9 @@ export function readCapabilities(
     ivMode: overrides.ivMode ?? profile.ivMode,
     callMode: overrides.callMode ?? profile.callMode,
     sessionKeyCopies: profile.sessionKeyCopies,
+    rsaKeyPairGen: can(P.CKM_RSA_PKCS_KEY_PAIR_GEN, P.CKF_GENERATE_KEY_PAIR),
+    rsaOaepUnwrap: can(P.CKM_RSA_PKCS_OAEP, P.CKF_UNWRAP),
+    aesCmac: can(P.CKM_AES_CMAC, P.CKF_SIGN),
+    genericSecretKeyGen: can(P.CKM_GENERIC_SECRET_KEY_GEN, P.CKF_GENERATE),
   };
 }

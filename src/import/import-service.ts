@@ -1,0 +1,513 @@
+// Bring your own key: GetParametersForImport, ImportKeyMaterial and DeleteImportedKeyMaterial as KMS shapes them, plus
+// the sweep of expired wrapping keys and expired material. Every piece of state lives in the token (wrapping key pairs,
+// the token key, the key record's import bookkeeping), so any process can finish what another began, and a restart
+// between GetParametersForImport and ImportKeyMaterial changes nothing. docs/byok.md explains the design.
+import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { HsmError } from '../hsm/errors.js';
+import type { Handle, HsmConnection } from '../hsm/hsm-connection.js';
+import { importedAesKeyTemplate, importTokenKeyTemplate, wrappingPrivateKeyTemplate, wrappingPublicKeyTemplate, type WrappingKeyUse } from '../hsm/import-templates.js';
+import { P } from '../hsm/module.js';
+import { usageOf, type ExternalKey, type KeyCatalogue } from '../keys/catalogue.js';
+import { KeyError } from '../keys/errors.js';
+import { aesObjectRole, candidateId, versionId } from '../keys/key-objects.js';
+import type { KeyLifecycle } from '../keys/lifecycle.js';
+import type { Logger } from '../obs/logger.js';
+import { ImportError, invalidToken } from './errors.js';
+import { expiredVersions, markMaterialGone, materialExpired } from './expiry.js';
+import { importedVersions, latestImported, readImport, withImport, type ImportBookkeeping, type ImportedVersion } from './import-record.js';
+import { parseWrappingKeyId, TOKEN_KEY_ID, TOKEN_KEY_LABEL, WRAPPING_KEY_LABEL, wrappingKeyId } from './import-objects.js';
+import { encodeTokenBody, openToken, sealToken, WRAPPING_NONCE_BYTES } from './import-token.js';
+import { MAX_VALID_TO_DAYS, MODULUS_BITS, type ExpirationModel, type GetParametersForImportRequest, type ImportType, type WrappingAlgorithm } from './schemas.js';
+import { algorithmParts, checkMaterial, isInfrastructure, nativeOaepSha256, openMaterialSource, publicKeyDer, type MaterialSource } from './unwrap.js';
+
+const HOUR_MS = 3_600_000;
+const DAY_MS = 24 * HOUR_MS;
+/** KMS: a public key and its import token are valid for 24 hours. */
+export const IMPORT_PARAMETERS_VALID_MS = 24 * HOUR_MS;
+const CANDIDATE_STALE_MS = 60_000;
+const RESTORE_ATTEMPTS = 25;
+
+export interface ImportServiceOptions {
+  /** The clock; tests pass a fake one (expired tokens, expired material). */
+  now?: () => Date;
+  /**
+   * RSAES_OAEP_SHA_256 on an HSM whose OAEP lacks SHA-256 (SoftHSM) can only work by decoding the customer's key
+   * material in this process's memory. Refused unless the operator opts in here; each use is logged.
+   */
+  allowInProcessMaterial?: boolean;
+  logger?: Logger;
+}
+
+export interface ImportParameters {
+  KeyId: string;
+  ImportToken: Buffer;
+  /** DER SubjectPublicKeyInfo. */
+  PublicKey: Buffer;
+  ParametersValidTo: Date;
+}
+
+export interface ImportMaterialInput {
+  KeyId: string;
+  ImportToken: Buffer;
+  EncryptedKeyMaterial: Buffer;
+  ExpirationModel?: ExpirationModel | undefined;
+  ValidTo?: Date | undefined;
+  ImportType?: ImportType | undefined;
+}
+
+export interface ImportResult {
+  KeyId: string;
+  /** The key version that holds the material (ciphertextMetadata names it). */
+  KeyMaterialVersion: number;
+  ImportType: ImportType;
+  ExpirationModel: ExpirationModel;
+  ValidTo?: string;
+  KeyState: string;
+}
+
+export interface SweepResult {
+  /** Wrapping key pairs destroyed because their 24 hours were over (a pair is two objects). */
+  WrappingKeysDestroyed: number;
+  /** Material destroyed because its ValidTo passed, or left over from a deletion that stopped halfway. */
+  MaterialDestroyed: { KeyId: string; Version: number; Reason: 'Expired' | 'Deleted' }[];
+}
+
+export class ImportService {
+  private readonly now: () => Date;
+
+  constructor(
+    private readonly hsm: HsmConnection,
+    private readonly catalogue: KeyCatalogue,
+    private readonly lifecycle: KeyLifecycle,
+    private readonly opts: ImportServiceOptions = {},
+  ) {
+    this.now = opts.now ?? (() => new Date());
+  }
+
+  // ---- GetParametersForImport ---------------------------------------------------------------------------------
+
+  async getParametersForImport(req: GetParametersForImportRequest): Promise<ImportParameters> {
+    await this.sweepWrappingKeys().catch(() => undefined);
+    const key = await this.lifecycle.get(req.KeyId);
+    this.checkImportable(key);
+    const use = await this.chooseUse(req.WrappingAlgorithm);
+    const nonce = randomBytes(WRAPPING_NONCE_BYTES);
+    // Whole seconds, as KMS gives them (and the CKA_ID keeps the same instant).
+    const expiresAt = new Date(Math.floor((this.now().getTime() + IMPORT_PARAMETERS_VALID_MS) / 1000) * 1000);
+    const spec = { label: WRAPPING_KEY_LABEL, id: wrappingKeyId(nonce, expiresAt), modulusBits: MODULUS_BITS[req.WrappingKeySpec], use, token: true };
+    const pair = await this.hsm.generateKeyPair({ mechanism: P.CKM_RSA_PKCS_KEY_PAIR_GEN }, wrappingPublicKeyTemplate(spec), wrappingPrivateKeyTemplate(spec));
+    try {
+      const publicKey = await publicKeyDer(this.hsm, pair.publicKey);
+      const body = encodeTokenBody({ keyId: key.id, algorithm: req.WrappingAlgorithm, keySpec: req.WrappingKeySpec, expiresAt, wrappingKeyNonce: nonce });
+      const mac = await this.hsm.sign({ mechanism: P.CKM_SHA256_HMAC }, await this.tokenKey(), body);
+      return { KeyId: key.id, ImportToken: sealToken(body, mac), PublicKey: publicKey, ParametersValidTo: expiresAt };
+    } catch (e) {
+      await this.destroyQuietly(pair.privateKey, pair.publicKey);
+      throw e;
+    }
+  }
+
+  /** Native OAEP unwrap where the HSM has it for the hash; raw RSA + decoding here otherwise (see unwrap.ts). */
+  private async chooseUse(algorithm: WrappingAlgorithm): Promise<WrappingKeyUse> {
+    const c = this.hsm.capabilities;
+    const { kind, hash } = algorithmParts(algorithm);
+    const missing = [
+      !c.rsaKeyPairGen && 'CKM_RSA_PKCS_KEY_PAIR_GEN',
+      !c.hmacSha256 && 'CKM_SHA256_HMAC',
+      !c.genericSecretKeyGen && 'CKM_GENERIC_SECRET_KEY_GEN',
+      !c.aesCmac && 'CKM_AES_CMAC',
+      kind === 'rsa-aes' && !c.aesKeyWrapPad && 'CKM_AES_KEY_WRAP_PAD',
+    ].filter((m): m is string => typeof m === 'string');
+    if (missing.length) throw new ImportError('UnsupportedOperationException', `this HSM cannot import key material: it lacks ${missing.join(', ')}`);
+    const native = hash === 'sha1' ? c.rsaOaepUnwrap : await nativeOaepSha256(this.hsm);
+    if (native) return 'oaep-unwrap';
+    if (!c.rsaX509) throw new ImportError('UnsupportedOperationException', `this HSM offers neither CKM_RSA_PKCS_OAEP with ${hash.toUpperCase()} nor CKM_RSA_X_509: use another wrapping algorithm`);
+    if (kind === 'direct') this.checkInProcessAllowed(algorithm);
+    return 'raw-decrypt';
+  }
+
+  private checkInProcessAllowed(algorithm: WrappingAlgorithm): void {
+    if (!this.opts.allowInProcessMaterial) {
+      throw new ImportError(
+        'UnsupportedOperationException',
+        `${algorithm} would decode your key material in the proxy's memory on this HSM (its CKM_RSA_PKCS_OAEP has no ${algorithmParts(algorithm).hash.toUpperCase()}); ` +
+          `use RSA_AES_KEY_WRAP_${algorithmParts(algorithm).hash === 'sha1' ? 'SHA_1' : 'SHA_256'}, which keeps it inside the HSM, or have the operator allow in-process unwrapping`,
+      );
+    }
+  }
+
+  // ---- ImportKeyMaterial --------------------------------------------------------------------------------------
+
+  async importKeyMaterial(req: ImportMaterialInput): Promise<ImportResult> {
+    const now = this.now();
+    const expiration = checkExpiration(req.ExpirationModel, req.ValidTo, now);
+    await this.sweepWrappingKeys().catch(() => undefined);
+
+    // The token: well-formed, authenticated by the HSM, for this key, in time, and its wrapping key pair still there.
+    const opened = openToken(req.ImportToken);
+    if (!opened || !(await this.verifyToken(opened.body, opened.mac))) throw invalidToken();
+    const t = opened.fields;
+    if (t.keyId !== req.KeyId) throw invalidToken();
+    if (now.getTime() >= t.expiresAt.getTime()) {
+      throw new ImportError('ExpiredImportTokenException', 'the import token has expired (24 hours): call GetParametersForImport again');
+    }
+    const pairId = wrappingKeyId(t.wrappingKeyNonce, t.expiresAt);
+    const [privateKey] = await this.findWrapping(P.CKO_PRIVATE_KEY, pairId);
+    const [publicKey] = await this.findWrapping(P.CKO_PUBLIC_KEY, pairId);
+    // Destroyed after a successful import: the token was used already (or swept, or destroyed by hand).
+    if (!privateKey || !publicKey) throw invalidToken();
+
+    const key = await this.lifecycle.get(req.KeyId);
+    this.checkImportable(key);
+    const [unwrap, decrypt, modulus] = await this.hsm.getAttributes(privateKey, [P.CKA_UNWRAP, P.CKA_DECRYPT, P.CKA_MODULUS]);
+    const k = modulus?.length ?? 0;
+    if (k * 8 !== MODULUS_BITS[t.keySpec]) throw invalidToken();
+    const use: WrappingKeyUse = isTrue(unwrap) ? 'oaep-unwrap' : isTrue(decrypt) ? 'raw-decrypt' : invalidUse();
+    const { kind } = algorithmParts(t.algorithm);
+    if (kind === 'direct' && use === 'raw-decrypt') {
+      this.checkInProcessAllowed(t.algorithm);
+      this.opts.logger?.warn({ keyId: key.id, algorithm: t.algorithm }, 'import: key material decoded in process memory (operator opt-in)');
+    }
+
+    const source = await openMaterialSource({ hsm: this.hsm, privateKey, k, algorithm: t.algorithm, use, blob: req.EncryptedKeyMaterial });
+    try {
+      const kcv = (await checkMaterial(this.hsm, source)).toString('base64url');
+      const bk = readImport(key.record);
+      const importType: ImportType = req.ImportType ?? (importedVersions(bk).length ? 'EXISTING_KEY_MATERIAL' : 'NEW_KEY_MATERIAL');
+      const match = versionWithKcv(bk, kcv);
+      if (importType === 'NEW_KEY_MATERIAL') this.checkNew(key, bk, match, now);
+      else this.checkExisting(key, bk, match);
+
+      // Claim the token: of two imports racing with it, only one destroys the public half; the other finds it gone.
+      try {
+        await this.hsm.destroyObject(publicKey);
+      } catch (e) {
+        if (e instanceof HsmError && e.kind === 'ObjectHandleInvalid') throw invalidToken();
+        throw e;
+      }
+
+      let version: number;
+      if (importType === 'NEW_KEY_MATERIAL') {
+        version = await this.commitNew(key.id, source, kcv, expiration, now);
+      } else {
+        version = match!;
+        await this.commitExisting(key.id, version, source, expiration, now);
+      }
+      await this.destroyQuietly(privateKey);
+      const after = await this.lifecycle.get(key.id);
+      this.opts.logger?.info({ keyId: key.id, version, importType }, 'import: key material imported');
+      return {
+        KeyId: key.id,
+        KeyMaterialVersion: version,
+        ImportType: importType,
+        ExpirationModel: expiration.model,
+        ...(expiration.validTo ? { ValidTo: expiration.validTo.toISOString() } : {}),
+        KeyState: after.state,
+      };
+    } finally {
+      await source.dispose();
+    }
+  }
+
+  /** New material: a new version, after any material imported before (which must still be there). */
+  private checkNew(key: ExternalKey, bk: ImportBookkeeping, match: number | undefined, now: Date): void {
+    if (match !== undefined) {
+      throw new ImportError(
+        'IncorrectKeyMaterialException',
+        `this key material is already version ${match} of key "${key.id}": import it with ImportType EXISTING_KEY_MATERIAL`,
+      );
+    }
+    const latest = latestImported(bk);
+    if (latest !== undefined && (materialExpired(key.record, now, latest) || !key.versions.has(latest))) {
+      throw new ImportError(
+        'KMSInvalidStateException',
+        `the newest key material of key "${key.id}" (version ${latest}) is deleted or expired: import it again (EXISTING_KEY_MATERIAL) before new material`,
+      );
+    }
+  }
+
+  private checkExisting(key: ExternalKey, bk: ImportBookkeeping, match: number | undefined): void {
+    if (importedVersions(bk).length === 0) {
+      throw new ImportError('KMSInvalidStateException', `no key material was imported into key "${key.id}" yet: use ImportType NEW_KEY_MATERIAL`);
+    }
+    if (match === undefined) {
+      throw new ImportError('IncorrectKeyMaterialException', `this is not the key material imported into key "${key.id}" before`);
+    }
+  }
+
+  private async commitNew(id: string, source: MaterialSource, kcv: string, expiration: Expiration, now: Date): Promise<number> {
+    const result = await this.lifecycle.addVersion(id, {
+      check: (k) => {
+        // The key may have changed since the checks above (another import, a deletion): check again on a fresh read.
+        this.checkImportable(k);
+        const bk = readImport(k.record);
+        this.checkNew(k, bk, versionWithKcv(bk, kcv), this.now());
+        return 'go';
+      },
+      make: async (spec) => this.hsm.describeObject(await source.materialize(importedAesKeyTemplate(spec))),
+      recordAfter: (k, version) => {
+        const record = this.lifecycle.recordOf(k);
+        const bk = readImport(record);
+        const entry: ImportedVersion = {
+          kcv,
+          created: now.toISOString(),
+          imported: now.toISOString(),
+          expirationModel: expiration.model,
+          ...(expiration.validTo ? { validTo: expiration.validTo.toISOString() } : {}),
+        };
+        const state = record.state === 'PendingImport' ? 'Enabled' : record.state;
+        return withImport({ ...record, state }, { f: 1, versions: { ...bk.versions, [String(version)]: entry } });
+      },
+    });
+    return result.Version;
+  }
+
+  /**
+   * The same material again, for `version`: its object is made anew when the material was deleted or expired, with the
+   * version's own number and CKA_ID date, so ciphertexts naming that version decrypt again. Safe because the HSM proved
+   * the material is the one this version held (the fingerprint), and a version number is never given to other
+   * material: new material always takes a number above every imported version (checkNew refuses while the newest is
+   * gone, so the highest object is the highest imported version). Re-importing present material changes its expiry.
+   */
+  private async commitExisting(id: string, version: number, source: MaterialSource, expiration: Expiration, now: Date): Promise<void> {
+    let key = await this.lifecycle.get(id);
+    this.checkImportable(key);
+    const entry = readImport(key.record).versions[String(version)];
+    if (!entry) throw new ImportError('IncorrectKeyMaterialException', `this is not the key material imported into key "${id}" before`);
+    if (!key.versions.has(version)) await this.restoreVersion(key, version, new Date(entry.created), source);
+    key = await this.lifecycle.get(id);
+    const record = this.lifecycle.recordOf(key);
+    const bk = readImport(record);
+    const old = bk.versions[String(version)] ?? entry;
+    const { gone: _gone, goneAt: _goneAt, validTo: _validTo, ...kept } = old;
+    const next: ImportedVersion = {
+      ...kept,
+      imported: now.toISOString(),
+      expirationModel: expiration.model,
+      ...(expiration.validTo ? { validTo: expiration.validTo.toISOString() } : {}),
+    };
+    const versions = { ...bk.versions, [String(version)]: next };
+    const latest = latestImported({ f: 1, versions });
+    // The key is whole again when its newest material is back.
+    const whole = latest === version || (latest !== undefined && versions[String(latest)]?.gone === undefined && key.versions.has(latest));
+    const state = record.state === 'PendingImport' && whole ? 'Enabled' : record.state;
+    await this.lifecycle.writeRecord(key, withImport({ ...record, state }, { f: 1, versions }));
+  }
+
+  /**
+   * Make version N's object again, with the rotation protocol's claim-then-check (keys/lifecycle.ts addVersion): the
+   * object is first a candidate for N; if another candidate for N or a committed N shows up, ours is destroyed and the
+   * attempt retried (a committed N made by a racing re-import of the same material is then simply used).
+   */
+  private async restoreVersion(first: ExternalKey, version: number, created: Date, source: MaterialSource): Promise<void> {
+    let key = first;
+    for (let attempt = 0; attempt < RESTORE_ATTEMPTS; attempt++) {
+      if (attempt > 0) key = await this.lifecycle.get(first.id);
+      if (key.versions.has(version)) return;
+      const nowMs = this.now().getTime();
+      if (key.candidates.some((c) => c.version === version && Math.abs(nowMs - c.startedMs) <= CANDIDATE_STALE_MS)) {
+        await backoff(attempt);
+        continue;
+      }
+      const record = this.lifecycle.recordOf(key);
+      const mine = await source.materialize(
+        importedAesKeyTemplate({ label: key.id, id: candidateId(version, nowMs, randomBytes(8).toString('hex')), ...usageOf(key), exportable: record.exportable }),
+      );
+      const seen = await this.hsm.findSecretKeys({ label: key.id, keyType: P.CKK_AES });
+      const rival = seen.some((o) => {
+        if (o.handle.equals(mine)) return false;
+        const role = aesObjectRole(o.id);
+        return role.role !== 'foreign' && role.version === version;
+      });
+      if (rival) {
+        await this.destroyQuietly(mine);
+        await backoff(attempt);
+        continue;
+      }
+      await this.hsm.setAttributes(mine, [{ type: P.CKA_ID, value: versionId(version, created) }]);
+      this.catalogue.invalidate(key.id);
+      return;
+    }
+    throw new KeyError('ConflictException', `key "${first.id}" is being changed by another process; try again`);
+  }
+
+  // ---- DeleteImportedKeyMaterial ------------------------------------------------------------------------------
+
+  /** Destroy every imported version's material; the key waits in PendingImport for the same material to return. */
+  async deleteImportedKeyMaterial(keyId: string): Promise<{ KeyId: string; KeyState: string; DeletedVersions: number[] }> {
+    const now = this.now();
+    const key = await this.lifecycle.get(keyId);
+    if (key.origin !== 'EXTERNAL') throw notExternal(key.id);
+    const record = this.lifecycle.recordOf(key);
+    const bk = readImport(record);
+    const present = importedVersions(bk).filter((v) => bk.versions[String(v)]?.gone === undefined);
+    // The record first: a crash before the objects are destroyed leaves a key that already refuses to serve them, and
+    // the next sweep destroys them.
+    if (present.length) {
+      await this.lifecycle.writeRecord(key, markMaterialGone(record, bk, present, 'Deleted', now, (v) => key.versions.get(v)?.createdAt));
+    }
+    const deleted: number[] = [];
+    for (const v of importedVersions(bk)) {
+      const obj = key.versions.get(v);
+      if (!obj) continue;
+      await this.hsm.destroyObject(obj.object);
+      deleted.push(v);
+    }
+    this.catalogue.invalidate(key.id);
+    const after = await this.lifecycle.get(key.id);
+    this.opts.logger?.info({ keyId: key.id, versions: deleted }, 'import: key material deleted');
+    return { KeyId: key.id, KeyState: after.state, DeletedVersions: deleted };
+  }
+
+  // ---- sweep --------------------------------------------------------------------------------------------------
+
+  /** Destroy wrapping key pairs past their 24 hours and material past its ValidTo. Safe from cron, on any host. */
+  async sweep(): Promise<SweepResult> {
+    const WrappingKeysDestroyed = await this.sweepWrappingKeys();
+    const MaterialDestroyed = await this.sweepExpiredMaterial();
+    if (WrappingKeysDestroyed || MaterialDestroyed.length) this.opts.logger?.info({ WrappingKeysDestroyed, MaterialDestroyed }, 'import: sweep');
+    return { WrappingKeysDestroyed, MaterialDestroyed };
+  }
+
+  /** Wrapping key pairs (both halves) whose expiry, kept in their CKA_ID, has passed. */
+  async sweepWrappingKeys(): Promise<number> {
+    const now = this.now().getTime();
+    const handles = await this.hsm.findObjects([{ type: P.CKA_LABEL, value: WRAPPING_KEY_LABEL }]);
+    let destroyed = 0;
+    for (const h of handles) {
+      const [id] = await this.hsm.getAttributes(h, [P.CKA_ID]).catch(() => [undefined]);
+      const parsed = id ? parseWrappingKeyId(id) : undefined;
+      if (!parsed || parsed.expiresAt.getTime() > now) continue;
+      try {
+        await this.hsm.destroyObject(h);
+        destroyed++;
+      } catch (e) {
+        if (isInfrastructure(e)) throw e; // another process swept it first otherwise
+      }
+    }
+    return destroyed;
+  }
+
+  /** Material past its ValidTo: recorded as gone first, then destroyed (a crash between is finished by the next sweep). */
+  async sweepExpiredMaterial(): Promise<SweepResult['MaterialDestroyed']> {
+    const now = this.now();
+    const out: SweepResult['MaterialDestroyed'] = [];
+    for (const key of await this.lifecycle.list()) {
+      if (key.origin !== 'EXTERNAL' || !key.record?.import) continue;
+      let bk: ImportBookkeeping;
+      try {
+        bk = readImport(key.record);
+      } catch {
+        continue; // damaged: the key already refuses to serve; `xks keys describe` shows it
+      }
+      const expired = expiredVersions(key.record, now);
+      if (expired.length) {
+        await this.lifecycle.writeRecord(key, markMaterialGone(key.record, bk, expired, 'Expired', now, (v) => key.versions.get(v)?.createdAt));
+      }
+      for (const v of importedVersions(bk)) {
+        const obj = key.versions.get(v);
+        const entry = bk.versions[String(v)];
+        if (!obj || !entry || (entry.gone === undefined && !expired.includes(v))) continue;
+        await this.hsm.destroyObject(obj.object).catch((e: unknown) => {
+          if (isInfrastructure(e)) throw e;
+        });
+        out.push({ KeyId: key.id, Version: v, Reason: entry.gone ?? 'Expired' });
+      }
+      this.catalogue.invalidate(key.id);
+    }
+    return out;
+  }
+
+  // ---- internals ----------------------------------------------------------------------------------------------
+
+  private checkImportable(key: ExternalKey): void {
+    if (key.origin !== 'EXTERNAL') throw notExternal(key.id);
+    if (key.state === 'PendingDeletion') throw new ImportError('KMSInvalidStateException', `key "${key.id}" is pending deletion`);
+  }
+
+  /**
+   * The HMAC key of import tokens, made in the HSM on first use. Two processes making it at once leave two: tokens are
+   * verified against each of them, so either works. Only keys generated in the HSM and never extractable count.
+   */
+  private async tokenKeys(): Promise<Handle[]> {
+    const found = await this.hsm.findSecretKeys({ label: TOKEN_KEY_LABEL, keyType: P.CKK_GENERIC_SECRET });
+    return found
+      .filter((o) => o.id.equals(TOKEN_KEY_ID) && o.attrs.local && o.attrs.neverExtractable && o.attrs.sensitive && !o.attrs.extractable)
+      .map((o) => o.handle)
+      .sort(Buffer.compare);
+  }
+
+  private async tokenKey(): Promise<Handle> {
+    const existing = await this.tokenKeys();
+    if (existing[0]) return existing[0];
+    const made = await this.hsm.generateKey(importTokenKeyTemplate(TOKEN_KEY_LABEL, TOKEN_KEY_ID), P.CKM_GENERIC_SECRET_KEY_GEN);
+    return made.handle;
+  }
+
+  private async verifyToken(body: Buffer, mac: Buffer): Promise<boolean> {
+    for (const h of await this.tokenKeys()) {
+      try {
+        if (await this.hsm.verify({ mechanism: P.CKM_SHA256_HMAC }, h, body, mac)) return true;
+      } catch (e) {
+        if (isInfrastructure(e)) throw e;
+      }
+    }
+    return false;
+  }
+
+  private findWrapping(cls: number, id: Buffer): Promise<Handle[]> {
+    return this.hsm.findObjects([
+      { type: P.CKA_CLASS, value: cls },
+      { type: P.CKA_LABEL, value: WRAPPING_KEY_LABEL },
+      { type: P.CKA_ID, value: id },
+    ]);
+  }
+
+  private async destroyQuietly(...handles: Handle[]): Promise<void> {
+    for (const h of handles) await this.hsm.destroyObject(h).catch(() => undefined);
+  }
+}
+
+interface Expiration {
+  model: ExpirationModel;
+  validTo?: Date | undefined;
+}
+
+/** KMS's rules: KEY_MATERIAL_EXPIRES (the default) needs a ValidTo in the future, at most 365 days away; the other none. */
+export function checkExpiration(model: ExpirationModel | undefined, validTo: Date | undefined, now: Date): Expiration {
+  const m = model ?? 'KEY_MATERIAL_EXPIRES';
+  if (m === 'KEY_MATERIAL_DOES_NOT_EXPIRE') {
+    if (validTo) throw new ImportError('ValidationException', 'ValidTo must be absent when ExpirationModel is KEY_MATERIAL_DOES_NOT_EXPIRE');
+    return { model: m };
+  }
+  if (!validTo || Number.isNaN(validTo.getTime())) {
+    throw new ImportError('ValidationException', 'ValidTo is required when ExpirationModel is KEY_MATERIAL_EXPIRES (the default); or use KEY_MATERIAL_DOES_NOT_EXPIRE');
+  }
+  if (validTo.getTime() <= now.getTime()) throw new ImportError('ValidationException', 'ValidTo must be in the future');
+  if (validTo.getTime() > now.getTime() + MAX_VALID_TO_DAYS * DAY_MS) {
+    throw new ImportError('ValidationException', `ValidTo must be at most ${MAX_VALID_TO_DAYS} days away`);
+  }
+  return { model: m, validTo };
+}
+
+function versionWithKcv(bk: ImportBookkeeping, kcv: string): number | undefined {
+  for (const [v, e] of Object.entries(bk.versions)) if (e.kcv === kcv) return Number(v);
+  return undefined;
+}
+
+function notExternal(id: string): ImportError {
+  return new ImportError('UnsupportedOperationException', `key "${id}" was not created for imported material (origin EXTERNAL); its material cannot be imported or deleted`);
+}
+
+function isTrue(b: Buffer | undefined): boolean {
+  return b !== undefined && b.length > 0 && b[0] !== 0;
+}
+
+function invalidUse(): never {
+  throw invalidToken();
+}
+
+function backoff(attempt: number): Promise<void> {
+  return sleep(10 + Math.random() * Math.min(200, 20 * (attempt + 1)));
+}
