@@ -5,7 +5,7 @@ import { exportKey, importWrapped } from '../keys/backup.js';
 import { describeKey } from '../keys/key-description.js';
 import { openCatalogue, openLifecycle } from '../proxy.js';
 import { withConfigOption, withHsm } from './context.js';
-import { readInput, writeNew } from './kek.js';
+import { readInput, refuseExisting, writeNew } from './kek.js';
 
 export function exportCommand(): Command {
   return withConfigOption(new Command('export'))
@@ -16,6 +16,7 @@ export function exportCommand(): Command {
     .option('--json', 'print JSON')
     .action((id: string, opts: { kek: string; out: string; json?: boolean }, cmd: Command) =>
       withHsm(cmd, async (hsm, loaded) => {
+        refuseExisting(opts.out);
         const lifecycle = openLifecycle(hsm, openCatalogue(hsm, loaded), loaded);
         const text = await exportKey({ hsm, lifecycle }, id, opts.kek);
         writeNew(opts.out, text);

@@ -1,6 +1,6 @@
 // `xks kek`: key-encryption keys for backups, and moving one between two HSMs without it ever being in clear
 // (docs/backup.md). Ceremonies need the security officer: SO PIN from XKS_HSM_SO_PIN, user PIN from the config.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { Command } from 'commander';
 import type { LoadedConfig } from '../config/load.js';
 import { loadProfile, resolveModulePath } from '../hsm/profile.js';
@@ -21,7 +21,12 @@ export function ceremonyAccess(loaded: LoadedConfig): CeremonyAccess {
   };
 }
 
-/** Write a file that must not already exist (a ceremony's output is never silently replaced). */
+/** Refuse before any work is done when an output file exists (a ceremony's output is never silently replaced). */
+export function refuseExisting(path: string): void {
+  if (existsSync(path)) throw new Error(`${path} already exists: choose another file or remove it`);
+}
+
+/** Write a file that must not already exist. */
 export function writeNew(path: string, data: string | Buffer): void {
   try {
     writeFileSync(path, data, { flag: 'wx', mode: 0o600 });
@@ -83,6 +88,7 @@ export function kekCommand(): Command {
       .option('--json', 'print JSON')
       .action(async (label: string, opts: { out: string; replace?: boolean; json?: boolean }, cmd: Command) => {
         const access = ceremonyAccess(loadFor(cmd));
+        refuseExisting(opts.out);
         const r = await createTransportKey(access, label, { replace: opts.replace === true });
         writeNew(opts.out, r.publicKeyDer);
         if (opts.json) console.log(JSON.stringify({ label, publicKey: opts.out, fingerprint: r.fingerprint }));
@@ -100,6 +106,7 @@ export function kekCommand(): Command {
       .option('--json', 'print JSON')
       .action(async (label: string, opts: { publicKey: string; fingerprint: string; out: string; json?: boolean }, cmd: Command) => {
         const access = ceremonyAccess(loadFor(cmd));
+        refuseExisting(opts.out);
         const der = readInput(opts.publicKey, 'the public key');
         const r = await sendKek(access, label, der, opts.fingerprint);
         writeNew(opts.out, `${JSON.stringify(r.transfer, null, 2)}\n`);
