@@ -101,7 +101,9 @@ function sessionSecret(keyType: number, usage: { sign?: boolean; unwrap?: boolea
     { type: P.CKA_PRIVATE, value: true },
     { type: P.CKA_SENSITIVE, value: true },
     { type: P.CKA_EXTRACTABLE, value: false },
-    { type: P.CKA_MODIFIABLE, value: false },
+    // SoftHSM 2.6 answers CKR_ATTRIBUTE_READ_ONLY to a C_UnwrapKey whose template says CKA_MODIFIABLE false (it sets
+    // the other attributes after that one); these objects live for one call and nothing modifies them.
+    { type: P.CKA_MODIFIABLE, value: true },
     { type: P.CKA_SIGN, value: usage.sign === true },
     { type: P.CKA_VERIFY, value: false },
     { type: P.CKA_ENCRYPT, value: false },
