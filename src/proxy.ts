@@ -1,19 +1,29 @@
 // Wires one proxy process together from a loaded configuration: HSM connection, key catalogue, health, listeners.
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import client from 'prom-client';
+import { auditSigner } from './audit/audit-key.js';
+import { AuditTrail, trailFileName } from './audit/audit-trail.js';
 import type { LoadedConfig } from './config/load.js';
 import { HsmConnection } from './hsm/hsm-connection.js';
 import { loadProfile, resolveModulePath } from './hsm/profile.js';
 import { createAdminHandler } from './http/admin-handler.js';
+import { createOpsHandler } from './http/ops-handler.js';
 import { createXksHandler } from './http/xks-handler.js';
 import { startListeners, type Listening } from './http/listeners.js';
 import { KeyCatalogue } from './keys/catalogue.js';
 import { KeyLifecycle } from './keys/lifecycle.js';
 import type { Logger } from './obs/logger.js';
+import { Metrics } from './obs/metrics.js';
 import { HealthChecker } from './xks/health.js';
 
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
-export async function openHsm(loaded: LoadedConfig, logger?: Logger): Promise<HsmConnection> {
+export async function openHsm(
+  loaded: LoadedConfig,
+  logger?: Logger,
+  observeCall?: (call: 'encrypt' | 'decrypt', seconds: number) => void,
+): Promise<HsmConnection> {
   const h = loaded.config.hsm;
   const profile = loadProfile(h.profile);
   return HsmConnection.open({
@@ -29,7 +39,34 @@ export async function openHsm(loaded: LoadedConfig, logger?: Logger): Promise<Hs
     ivMode: h.ivMode,
     callMode: h.callMode,
     onEvent: (event, detail) => logger?.warn(detail, event),
+    observeCall,
   });
+}
+
+/** Open (or continue) this process's audit trail, sealed with a MAC key that lives in the HSM. */
+export async function openAuditTrail(hsm: HsmConnection, loaded: LoadedConfig, role: string, logger?: Logger): Promise<AuditTrail | undefined> {
+  const a = loaded.config.audit;
+  if (!a) return undefined;
+  mkdirSync(a.dir, { recursive: true, mode: 0o750 });
+  return AuditTrail.open({
+    file: join(a.dir, trailFileName(role)),
+    signer: await auditSigner(hsm, a.keyLabel),
+    checkpointEvery: a.checkpointEvery,
+    checkpointIntervalMs: a.checkpointSeconds * 1000,
+    maxFileBytes: a.maxFileMB * 1_000_000,
+    // Each checkpoint's hash also goes to the process log: a copy outside the trail's directory to compare with.
+    onCheckpoint: (c) => logger?.info(c, 'audit checkpoint'),
+    onError: (e) => logger?.error({ reason: e.message }, 'audit trail write failed'),
+  });
+}
+
+export interface ProxyOptions {
+  /** Where metrics are recorded: a fresh registry by default; the global one in cluster workers (aggregated by the primary). */
+  registry?: client.Registry;
+  /** Run the operations listener in this process (default true; the primary runs it under --workers). */
+  ops?: boolean;
+  /** Names this process's audit trail file (default "main"; w1, w2 ... for workers). */
+  auditRole?: string;
 }
 
 export function openCatalogue(hsm: HsmConnection, loaded: LoadedConfig): KeyCatalogue {
@@ -54,6 +91,10 @@ export interface RunningProxy {
   listening: Listening;
   /** The admin API's listener; undefined when the config has no admin section (the API is off). */
   adminListening: Listening | undefined;
+  /** The operations listener (/metrics, /health, /ping); undefined when not configured or run by the primary. */
+  opsListening: Listening | undefined;
+  metrics: Metrics;
+  audit: AuditTrail | undefined;
   /**
    * Take new prefixes, credentials and key allow-lists, and the admin API's credentials, from a reloaded config;
    * requests in flight keep the old. The admin listener itself starts and stops only with the process.
@@ -62,8 +103,11 @@ export interface RunningProxy {
   stop(): Promise<void>;
 }
 
-export async function startProxy(loaded: LoadedConfig, logger: Logger): Promise<RunningProxy> {
-  const hsm = await openHsm(loaded, logger);
+export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: ProxyOptions = {}): Promise<RunningProxy> {
+  const metrics = new Metrics(opts.registry ?? new client.Registry());
+  const hsm = await openHsm(loaded, logger, (call, seconds) => metrics.observeHsmCall(call, seconds));
+  let current = loaded;
+  const closers: (() => Promise<void>)[] = [];
   try {
     const catalogue = openCatalogue(hsm, loaded);
     const lifecycle = openLifecycle(hsm, catalogue, loaded);
@@ -77,7 +121,12 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger): Promise<
     // Creates the health key if it is missing, and tells at start-up whether the HSM really works.
     const first = await health.refresh();
     logger.info({ token: hsm.info.label, serial: hsm.info.serial, status: first.status, detail: first.detail }, 'health check');
+    metrics.bind({ hsm, health, catalogue, config: () => current });
+    const audit = await openAuditTrail(hsm, loaded, opts.auditRole ?? 'main', logger);
+    if (audit) closers.push(() => audit.close());
     const handler = createXksHandler({
+      audit: audit ? (e) => audit.append(e) : undefined,
+      observe: (log) => metrics.observeRequest(log),
       deps: { hsm, catalogue },
       health,
       prefixes: loaded.prefixes,
@@ -90,17 +139,26 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger): Promise<
       logger.warn({ http: `${listeners.http.host}:${listeners.http.port}` }, 'mTLS is on for HTTPS, but the plain HTTP listener accepts any client');
     }
     const listening = await startListeners(listeners, handler, logger);
+    closers.unshift(() => listening.close());
+    let opsListening: Listening | undefined;
+    if (listeners.ops && opts.ops !== false) {
+      opsListening = await startListeners({ http: listeners.ops }, createOpsHandler(opsSources(metrics.registry, health, hsm)), logger);
+      closers.unshift(() => opsListening!.close());
+      logger.info({ ops: `${opsListening.http!.address}:${opsListening.http!.port}` }, 'operations listener (/metrics, /health, /ping)');
+    }
     let adminListening: Listening | undefined;
     let adminHandler: ReturnType<typeof createAdminHandler> | undefined;
     if (loaded.admin) {
       const a = loaded.admin;
-      adminHandler = createAdminHandler({ lifecycle, region: a.region, credentials: a.credentials, logger: logger.child({ hsm: hsm.info.label }) });
-      try {
-        adminListening = await startListeners({ http: a.listener }, adminHandler, logger);
-      } catch (e) {
-        await listening.close();
-        throw e;
-      }
+      adminHandler = createAdminHandler({
+        lifecycle,
+        region: a.region,
+        credentials: a.credentials,
+        logger: logger.child({ hsm: hsm.info.label }),
+        audit: audit ? (e) => audit.append(e) : undefined,
+      });
+      adminListening = await startListeners({ http: a.listener }, adminHandler, logger);
+      closers.unshift(() => adminListening!.close());
       const at = adminListening.http!;
       if (!isLoopback(at.address)) {
         logger.warn({ admin: `${at.address}:${at.port}` }, 'the admin API listens beyond loopback over plain HTTP; put TLS in front of it');
@@ -114,22 +172,45 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger): Promise<
       health,
       listening,
       adminListening,
+      opsListening,
+      metrics,
+      audit,
       reload: (next) => {
+        current = next;
         handler.setPrefixes(next.prefixes);
         // An admin section removed on reload refuses every admin request (no credential) until the restart closes it.
         adminHandler?.setAuth(next.admin ?? { region: loaded.admin!.region, credentials: new Map() });
         if (next.admin && !adminHandler) logger.warn({}, 'the admin API was added to the configuration: it starts with the next restart');
       },
       stop: async () => {
-        await Promise.all([listening.close(), adminListening?.close()]);
+        // Listeners first (drain requests in flight), then the audit trail's final checkpoint (made in the HSM).
+        for (const close of closers) await close().catch(() => undefined);
         await hsm.drain(2_000); // calls abandoned by a timeout may still run on the thread pool
         hsm.close();
       },
     };
   } catch (e) {
+    for (const close of closers) await close().catch(() => undefined);
     hsm.close();
     throw e;
   }
+}
+
+/** What the operations listener serves in a single process. */
+export function opsSources(registry: client.Registry, health: HealthChecker, hsm: HsmConnection) {
+  return {
+    metrics: async () => ({ contentType: registry.contentType, body: await registry.metrics() }),
+    health: async () => {
+      const r = await health.current();
+      return {
+        status: r.status,
+        token: hsm.info.label,
+        serial: hsm.info.serial,
+        checkedAt: new Date(r.checkedAt).toISOString(),
+        ...(r.detail ? { detail: r.detail } : {}),
+      };
+    },
+  };
 }
 
 function isLoopback(address: string): boolean {

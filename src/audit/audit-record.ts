@@ -25,6 +25,8 @@ export const AuditEventSchema = z.object({
   kmsOperation: z.string().optional(),
   kmsRequestId: z.string().optional(),
   kmsViaService: z.string().optional(),
+  /** The admin API's own request id (x-amzn-requestid). */
+  requestId: z.string().optional(),
   operation: z.string(),
   keyId: z.string().optional(),
   keyVersion: z.number().int().optional(),

@@ -1,8 +1,13 @@
 // `xks serve`: run the proxy in the foreground until SIGINT or SIGTERM, in one process or in N worker processes.
 import cluster from 'node:cluster';
+import { unwatchFile, watchFile } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { Command } from 'commander';
+import client from 'prom-client';
+import { createOpsHandler } from '../http/ops-handler.js';
+import { startListeners } from '../http/listeners.js';
 import { createLogger, type Logger } from '../obs/logger.js';
-import { startProxy } from '../proxy.js';
+import { startProxy, type RunningProxy } from '../proxy.js';
 import { loadConfig, type LoadedConfig } from '../config/load.js';
 import { loadFor, withConfigOption } from './context.js';
 
@@ -14,12 +19,17 @@ function parseWorkers(v: string): number {
 
 export function serveCommand(): Command {
   return withConfigOption(new Command('serve').description('run the XKS proxy'))
-    .option('--workers <n>', 'worker processes sharing the listeners, each with its own PKCS#11 library (default 1)', parseWorkers, 1)
-    .action(async (opts: { workers: number }, cmd: Command) => {
+    .option(
+      '--workers <n>',
+      `worker processes sharing the listeners, each with its own PKCS#11 library (default: one per core, here ${availableParallelism()})`,
+      parseWorkers,
+    )
+    .action(async (opts: { workers?: number }, cmd: Command) => {
       const loaded = loadFor(cmd);
       const logger = createLogger(loaded.config.log.level);
-      if (opts.workers > 1 && cluster.isPrimary) {
-        superviseWorkers(opts.workers, logger);
+      const workers = opts.workers ?? Math.min(64, availableParallelism());
+      if (workers > 1 && cluster.isPrimary) {
+        await superviseWorkers(workers, loaded, logger);
         return;
       }
       await serveOne(loaded, logger);
@@ -27,18 +37,34 @@ export function serveCommand(): Command {
 }
 
 async function serveOne(loaded: LoadedConfig, logger: Logger): Promise<void> {
-  const proxy = await startProxy(loaded, logger);
-  // SIGHUP re-reads the config file: prefixes, SigV4 credentials and key allow-lists change without a restart (this is
-  // how credentials are rotated: add the new one, update the key store in KMS, remove the old one). A config that does
-  // not load is refused and the running one stays. HSM and listener settings need a restart.
-  process.on('SIGHUP', () => {
+  const slot = process.env.XKS_WORKER_SLOT;
+  const proxy = await startProxy(
+    loaded,
+    logger,
+    cluster.isWorker ? { registry: client.register, ops: false, auditRole: `w${slot ?? cluster.worker?.id}` } : {},
+  );
+  if (cluster.isWorker) {
+    answerHealthQueries(proxy);
+    // prom-client answers the primary's metrics requests only once an AggregatorRegistry exists in the worker too.
+    new client.AggregatorRegistry();
+  }
+  // SIGHUP, or a change of the config file, re-reads it: prefixes, SigV4 credentials, key allow-lists, policies and
+  // rate limits change without a restart or a dropped connection (this is how credentials are rotated: add the new
+  // one, update the key store in KMS, remove the old one). A config that does not load is refused with a log line and
+  // the running one stays. HSM and listener settings need a restart.
+  const reload = (why: string) => {
     try {
       const next = loadConfig(loaded.file);
       proxy.reload(next);
-      logger.info({ file: loaded.file, prefixes: next.prefixes.map((p) => p.path) }, 'configuration reloaded');
+      logger.info({ file: loaded.file, why, prefixes: next.prefixes.map((p) => p.path) }, 'configuration reloaded');
     } catch (e) {
-      logger.error({ file: loaded.file, reason: (e as Error).message }, 'configuration reload refused; keeping the running one');
+      logger.error({ file: loaded.file, why, reason: (e as Error).message }, 'configuration reload refused; keeping the running one');
     }
+  };
+  process.on('SIGHUP', () => reload('SIGHUP'));
+  // Polling the file's stat follows symlinks, so a Kubernetes ConfigMap update (an atomic symlink swap) is seen too.
+  watchFile(loaded.file, { interval: 2_000, persistent: false }, (now, before) => {
+    if (now.mtimeMs !== before.mtimeMs || now.size !== before.size || now.ino !== before.ino) reload('file changed');
   });
   const { http, https } = proxy.listening;
   logger.info(
@@ -56,6 +82,7 @@ async function serveOne(loaded: LoadedConfig, logger: Logger): Promise<void> {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'shutting down');
+    unwatchFile(loaded.file);
     const force = setTimeout(() => process.exit(1), 10_000);
     force.unref();
     // Drain requests in flight, then C_Finalize.
@@ -72,12 +99,14 @@ async function serveOne(loaded: LoadedConfig, logger: Logger): Promise<void> {
  * The primary process: forks the workers one after another (SoftHSM logins race when processes start at the same
  * moment), replaces a worker that dies, and forwards SIGINT/SIGTERM so that each drains and calls C_Finalize.
  */
-function superviseWorkers(count: number, logger: Logger): void {
+async function superviseWorkers(count: number, loaded: LoadedConfig, logger: Logger): Promise<void> {
   let stopping = false;
   const served = new Set<number>(); // workers that reached 'listening'
-  const forkOne = () =>
+  const slots = new Map<number, number>(); // worker id -> slot (a replacement takes over its slot's audit trail)
+  const forkOne = (slot: number) =>
     new Promise<void>((resolve) => {
-      const w = cluster.fork();
+      const w = cluster.fork({ XKS_WORKER_SLOT: String(slot) });
+      slots.set(w.id, slot);
       w.once('listening', () => {
         served.add(w.id);
         resolve();
@@ -85,7 +114,7 @@ function superviseWorkers(count: number, logger: Logger): void {
       w.once('exit', () => resolve());
     });
   const start = async () => {
-    for (let i = 0; i < count && !stopping; i++) await forkOne();
+    for (let i = 1; i <= count && !stopping; i++) await forkOne(i);
   };
   cluster.on('exit', (w, code, signal) => {
     if (stopping) {
@@ -101,7 +130,9 @@ function superviseWorkers(count: number, logger: Logger): void {
       return;
     }
     logger.warn({ worker: w.id, code, signal }, 'worker exited; starting another');
-    setTimeout(() => void forkOne(), 1_000);
+    const slot = slots.get(w.id) ?? w.id;
+    slots.delete(w.id);
+    setTimeout(() => void forkOne(slot), 1_000);
   });
   function stop(signal: NodeJS.Signals): void {
     if (stopping) return;
@@ -117,4 +148,67 @@ function superviseWorkers(count: number, logger: Logger): void {
     for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP');
   });
   void start();
+  // The operations listener lives here: /metrics aggregates the workers' registries, /health asks every worker.
+  const ops = loaded.config.listeners.ops;
+  if (ops) {
+    const aggregator = new client.AggregatorRegistry();
+    const listening = await startListeners(
+      { http: ops },
+      createOpsHandler({
+        metrics: async () => ({ contentType: aggregator.contentType, body: await aggregator.clusterMetrics() }),
+        health: () => workersHealth(),
+      }),
+      logger,
+    );
+    logger.info({ ops: `${listening.http!.address}:${listening.http!.port}`, workers: count }, 'operations listener (/metrics, /health, /ping)');
+  }
+}
+
+interface HealthAnswer {
+  xks: 'health';
+  query: number;
+  status: string;
+  token?: string;
+  detail?: string;
+}
+
+/** Worker side: answer the primary's health query with this worker's deep health check. */
+function answerHealthQueries(proxy: RunningProxy): void {
+  process.on('message', (m: { xks?: string; query?: number }) => {
+    if (m?.xks !== 'health?') return;
+    void proxy.health.current().then((r) =>
+      process.send?.({ xks: 'health', query: m.query, status: r.status, token: proxy.hsm.info.label, ...(r.detail ? { detail: r.detail } : {}) }),
+    );
+  });
+}
+
+let queries = 0;
+
+/** Primary side: ACTIVE only when every worker answers ACTIVE within a second. */
+function workersHealth(): Promise<{ status: string; workers: { status: string; token?: string; detail?: string }[] }> {
+  const query = ++queries;
+  const workers = Object.values(cluster.workers ?? {}).filter((w) => w !== undefined);
+  return new Promise((resolve) => {
+    const answers: HealthAnswer[] = [];
+    const done = () => {
+      for (const w of workers) w.off('message', onMessage);
+      clearTimeout(timer);
+      const all = answers.length === workers.length && workers.length > 0 && answers.every((a) => a.status === 'ACTIVE');
+      resolve({
+        status: all ? 'ACTIVE' : 'UNAVAILABLE',
+        workers: answers.map((a) => ({ status: a.status, ...(a.token ? { token: a.token } : {}), ...(a.detail ? { detail: a.detail } : {}) })),
+      });
+    };
+    const onMessage = (m: HealthAnswer) => {
+      if (m?.xks !== 'health' || m.query !== query) return;
+      answers.push(m);
+      if (answers.length === workers.length) done();
+    };
+    const timer = setTimeout(done, 1_000);
+    for (const w of workers) {
+      w.on('message', onMessage);
+      w.send({ xks: 'health?', query });
+    }
+    if (workers.length === 0) done();
+  });
 }

@@ -19,6 +19,8 @@ const host = z.string().min(1).default('127.0.0.1');
 export const CredentialSchema = z.strictObject({
   accessKeyId: z.string().regex(/^[A-Z2-7]{20,30}$/, 'must be 20 to 30 characters of A-Z and 2-7'),
   secret: SecretRefSchema,
+  /** When the credential was made (ISO date): its age is a metric, so rotation can be alarmed on. */
+  created: z.iso.date().or(z.iso.datetime()).optional(),
 });
 
 export const PrefixSchema = z

@@ -22,6 +22,8 @@ export interface HsmOptions {
   ivMode?: IvMode | undefined;
   callMode?: 'sync' | 'async' | undefined;
   onEvent?: (event: string, detail: Record<string, unknown>) => void;
+  /** Called after each AES-GCM call that succeeded, with its duration (metrics; failures count in request metrics). */
+  observeCall?: ((call: 'encrypt' | 'decrypt', seconds: number) => void) | undefined;
 }
 
 export interface TokenInfo {
@@ -164,6 +166,7 @@ export class HsmConnection {
 
   encryptGcm(key: Handle, plaintext: Buffer, aad: Buffer): Promise<GcmResult> {
     return this.run('other', async (s) => {
+      const t0 = this.opts.observeCall ? performance.now() : 0;
       const mode = this.capabilities.ivMode;
       const iv = mode === 'caller-random' ? this.nextIv(s) : Buffer.alloc(IV_BYTES);
       const param = { type: P.CK_PARAMS_AES_GCM_v240, iv, ivBits: IV_BYTES * 8, aad, tagBits: TAG_BYTES * 8 };
@@ -183,6 +186,7 @@ export class HsmConnection {
       if (mode !== 'caller-random' && result.iv.every((b) => b === 0)) {
         throw new HsmError('Unknown', `the HSM did not return a generated IV (ivMode ${mode}); check the HSM profile`);
       }
+      this.opts.observeCall?.('encrypt', (performance.now() - t0) / 1000);
       return result;
     });
   }
@@ -192,9 +196,11 @@ export class HsmConnection {
       const param = { type: P.CK_PARAMS_AES_GCM_v240, iv, ivBits: iv.length * 8, aad, tagBits: TAG_BYTES * 8 };
       this.mod.C_DecryptInit(s, { mechanism: P.CKM_AES_GCM, parameter: param }, key);
       const input = Buffer.concat([ciphertext, tag]);
+      const t0 = this.opts.observeCall ? performance.now() : 0;
       // The output buffer must hold ciphertext + tag: a smaller one leaves the operation active on the session.
       const out = await this.call(() => this.mod.C_Decrypt(s, input, Buffer.allocUnsafe(input.length)),
         () => this.mod.C_DecryptAsync(s, input, Buffer.allocUnsafe(input.length)));
+      this.opts.observeCall?.('decrypt', (performance.now() - t0) / 1000);
       return out;
     });
   }

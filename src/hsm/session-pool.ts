@@ -36,8 +36,12 @@ export class SessionPool {
 
   constructor(private readonly opts: SessionPoolOptions) {}
 
-  get stats(): { open: number; idle: number; waiting: number; size: number } {
-    return { open: this.open, idle: this.idle.length, waiting: this.waiters.length, size: this.opts.size };
+  /** Callers that had to wait for a session, and callers refused (none came free in time, or the queue was full). */
+  private waited = 0;
+  private refused = 0;
+
+  get stats(): { open: number; idle: number; waiting: number; size: number; waited: number; refused: number } {
+    return { open: this.open, idle: this.idle.length, waiting: this.waiters.length, size: this.opts.size, waited: this.waited, refused: this.refused };
   }
 
   /** A free session now, or undefined when all are busy (no allocation on the hot path). */
@@ -62,8 +66,10 @@ export class SessionPool {
     const s = this.tryAcquire();
     if (s) return Promise.resolve(s);
     if (this.waiters.length >= (this.opts.maxWaiters ?? Infinity)) {
+      this.refused++;
       return Promise.reject(new HsmError('PoolExhausted', 'the HSM queue is full'));
     }
+    this.waited++;
     return new Promise((resolve, reject) => {
       const waiter: Waiter = {
         resolve,
@@ -71,6 +77,7 @@ export class SessionPool {
         timer: setTimeout(() => {
           const i = this.waiters.indexOf(waiter);
           if (i >= 0) this.waiters.splice(i, 1);
+          this.refused++;
           reject(new HsmError('PoolExhausted', 'no HSM session became free in time'));
         }, this.opts.acquireTimeoutMs),
       };

@@ -11,6 +11,7 @@ import { describeKey } from '../keys/key-description.js';
 import { EXTERNAL_KEY_ID } from '../keys/key-objects.js';
 import { PENDING_WINDOW_DAYS } from '../keys/key-record.js';
 import type { KeyLifecycle } from '../keys/lifecycle.js';
+import type { AuditEntry } from '../audit/audit-record.js';
 import type { Logger } from '../obs/logger.js';
 import { AdminError, toAdminError } from './admin-errors.js';
 import {
@@ -37,6 +38,8 @@ export interface AdminAuth {
 export interface AdminHandlerOptions extends AdminAuth {
   lifecycle: KeyLifecycle;
   logger: Logger;
+  /** Appends one line per admin request to the audit trail (absent: no trail). */
+  audit?: ((entry: AuditEntry) => void) | undefined;
   bodyLimit?: number;
   now?: () => number;
 }
@@ -186,6 +189,19 @@ function valueAt(value: unknown, path: PropertyKey[]): unknown {
 }
 
 export function createAdminHandler(opts: AdminHandlerOptions) {
+  /** Every admin call that reached an operation, successful or not, goes into the audit trail. */
+  const audit = (log: AdminLog) => {
+    if (!opts.audit || !log.operation) return;
+    opts.audit({
+      source: 'admin',
+      ...(log.accessKeyId ? { who: log.accessKeyId } : {}),
+      requestId: log.requestId,
+      operation: log.operation,
+      ...(log.keyId ? { keyId: log.keyId } : {}),
+      outcome: log.outcome ?? 'error',
+      ...(log.errorName ? { errorName: log.errorName } : {}),
+    });
+  };
   const now = opts.now ?? Date.now;
   const bodyLimit = opts.bodyLimit ?? ADMIN_BODY_LIMIT;
   let auth: AdminAuth = { region: opts.region, credentials: opts.credentials };
@@ -287,6 +303,7 @@ export function createAdminHandler(opts: AdminHandlerOptions) {
         log.status = 200;
         log.ms = round(performance.now() - started);
         opts.logger.info(log, 'admin request');
+        audit(log);
       },
       (err: unknown) => {
         const x = toAdminError(err);
@@ -303,6 +320,7 @@ export function createAdminHandler(opts: AdminHandlerOptions) {
         if (err instanceof HsmError) log.hsmError = err.ckr ?? err.kind;
         log.ms = round(performance.now() - started);
         opts.logger.info(log, 'admin request');
+        audit(log);
       },
     );
   };

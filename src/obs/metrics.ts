@@ -1,0 +1,187 @@
+// Prometheus metrics (prom-client), served on the operations listener. Request metrics are observed from each
+// request's log line; HSM call latency from the connection; gauges (sessions, health, keys by state, credential age,
+// certificate expiry) are read when scraped. Under `xks serve --workers N` each worker records into its own default
+// registry and the primary serves them aggregated (prom-client's AggregatorRegistry).
+import { X509Certificate } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import client from 'prom-client';
+import type { LoadedConfig } from '../config/load.js';
+import type { HsmConnection } from '../hsm/hsm-connection.js';
+import type { KeyCatalogue } from '../keys/catalogue.js';
+import type { HealthChecker } from '../xks/health.js';
+
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
+
+export interface MetricsSources {
+  hsm: HsmConnection;
+  health: HealthChecker;
+  catalogue: KeyCatalogue;
+  config: () => LoadedConfig;
+}
+
+export class Metrics {
+  readonly registry: client.Registry;
+  private readonly requests: client.Counter<'operation' | 'outcome' | 'error' | 'prefix'>;
+  private readonly latency: client.Histogram<'operation'>;
+  private readonly hsmLatency: client.Histogram<'call'>;
+  private sources: MetricsSources | undefined;
+
+  constructor(registry: client.Registry = client.register) {
+    this.registry = registry;
+    client.collectDefaultMetrics({ register: registry, prefix: 'xks_process_' });
+    this.requests = new client.Counter({
+      name: 'xks_requests_total',
+      help: 'XKS requests by operation, outcome and error name',
+      labelNames: ['operation', 'outcome', 'error', 'prefix'],
+      registers: [registry],
+    });
+    this.latency = new client.Histogram({
+      name: 'xks_request_duration_seconds',
+      help: 'XKS request latency, from the first byte read to the response written',
+      labelNames: ['operation'],
+      buckets: LATENCY_BUCKETS,
+      registers: [registry],
+    });
+    this.hsmLatency = new client.Histogram({
+      name: 'xks_hsm_call_duration_seconds',
+      help: 'PKCS#11 AES-GCM call latency of successful calls (Init to result, session already borrowed)',
+      labelNames: ['call'],
+      buckets: LATENCY_BUCKETS,
+      registers: [registry],
+    });
+    const self = this;
+    new client.Gauge({
+      name: 'xks_hsm_sessions',
+      help: 'HSM session pool: open, idle and busy sessions, callers waiting, configured size',
+      labelNames: ['state'],
+      registers: [registry],
+      collect() {
+        const s = self.sources?.hsm.sessionStats;
+        if (!s) return;
+        this.set({ state: 'open' }, s.open);
+        this.set({ state: 'idle' }, s.idle);
+        this.set({ state: 'busy' }, s.open - s.idle);
+        this.set({ state: 'waiting' }, s.waiting);
+        this.set({ state: 'size' }, s.size);
+      },
+    });
+    new client.Counter({
+      name: 'xks_hsm_session_waits_total',
+      help: 'Operations that waited for a session (waited) or were refused because none came free or the queue was full (refused)',
+      labelNames: ['result'],
+      registers: [registry],
+      collect() {
+        const s = self.sources?.hsm.sessionStats;
+        if (!s) return;
+        this.reset();
+        this.inc({ result: 'waited' }, s.waited);
+        this.inc({ result: 'refused' }, s.refused);
+      },
+    });
+    new client.Gauge({
+      name: 'xks_hsm_up',
+      aggregator: 'min', // across workers (AggregatorRegistry)
+      help: 'Deep health of the HSM (1 ACTIVE, 0 otherwise) by token, from the last health check',
+      labelNames: ['token', 'serial'],
+      registers: [registry],
+      collect() {
+        const src = self.sources;
+        const r = src?.health.latest;
+        if (!src || !r) return;
+        this.set({ token: src.hsm.info.label, serial: src.hsm.info.serial }, r.status === 'ACTIVE' ? 1 : 0);
+      },
+    });
+    new client.Gauge({
+      name: 'xks_health_check_age_seconds',
+      aggregator: 'max', // across workers (AggregatorRegistry)
+      help: 'Seconds since the last deep health check',
+      registers: [registry],
+      collect() {
+        const r = self.sources?.health.latest;
+        if (r) this.set((Date.now() - r.checkedAt) / 1000);
+      },
+    });
+    new client.Gauge({
+      name: 'xks_keys',
+      aggregator: 'first', // across workers (AggregatorRegistry)
+      help: 'External keys in the token by state',
+      labelNames: ['state'],
+      registers: [registry],
+      async collect() {
+        const src = self.sources;
+        if (!src) return;
+        const keys = await src.catalogue.list().catch(() => undefined);
+        if (!keys) return;
+        this.reset();
+        const reserved = src.config().config.hsm.healthKeyLabel;
+        for (const state of ['Enabled', 'Disabled', 'PendingDeletion', 'PendingImport']) this.set({ state }, 0);
+        for (const k of keys) if (k.id !== reserved) this.inc({ state: k.state });
+      },
+    });
+    new client.Gauge({
+      name: 'xks_sigv4_credential_age_seconds',
+      aggregator: 'first', // across workers (AggregatorRegistry)
+      help: 'Age of each SigV4 credential: from its `created` date in the config, else its secret file changed',
+      labelNames: ['prefix', 'access_key_id'],
+      registers: [registry],
+      collect() {
+        const src = self.sources;
+        if (!src) return;
+        this.reset();
+        const loaded = src.config();
+        for (const p of loaded.config.prefixes) {
+          for (const c of p.credentials) {
+            const since = credentialSince(c, loaded.file);
+            if (since !== undefined) this.set({ prefix: p.path, access_key_id: c.accessKeyId }, (Date.now() - since) / 1000);
+          }
+        }
+      },
+    });
+    new client.Gauge({
+      name: 'xks_tls_certificate_expiry_days',
+      aggregator: 'min', // across workers (AggregatorRegistry)
+      help: 'Days until the HTTPS listener certificate expires (KMS alarms before it does)',
+      labelNames: ['listener'],
+      registers: [registry],
+      collect() {
+        const https = self.sources?.config().config.listeners.https;
+        this.reset();
+        if (!https) return;
+        try {
+          const cert = new X509Certificate(readFileSync(https.certFile));
+          this.set({ listener: 'https' }, (Date.parse(cert.validTo) - Date.now()) / 86_400_000);
+        } catch {
+          // unreadable now: the listener keeps the certificate it started with; no figure rather than a wrong one
+        }
+      },
+    });
+  }
+
+  /** What the scrape-time gauges read. */
+  bind(sources: MetricsSources): void {
+    this.sources = sources;
+  }
+
+  observeRequest(r: { operation: string | undefined; outcome: string | undefined; errorName: string | undefined; prefix: string | undefined; ms: number | undefined }): void {
+    const operation = r.operation ?? 'none';
+    this.requests.inc({ operation, outcome: r.outcome ?? 'error', error: r.errorName ?? '', prefix: r.prefix ?? '' });
+    if (r.ms !== undefined) this.latency.observe({ operation }, r.ms / 1000);
+  }
+
+  observeHsmCall(call: string, seconds: number): void {
+    this.hsmLatency.observe({ call }, seconds);
+  }
+}
+
+function credentialSince(c: { created?: string | undefined; secret: { env: string } | { file: string } }, configFile: string): number | undefined {
+  if (c.created) return Date.parse(c.created);
+  if ('file' in c.secret) {
+    try {
+      return statSync(resolve(dirname(configFile), c.secret.file)).mtimeMs;
+    } catch {
+      return undefined;
+    }
+  }
+  return undefined;
+}
