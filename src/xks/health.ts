@@ -65,6 +65,11 @@ export class HealthChecker {
     return this.running;
   }
 
+  /** The last result, without starting a check (metrics). */
+  get latest(): HealthResult | undefined {
+    return this.last;
+  }
+
   async current(): Promise<HealthResult> {
     const last = this.last;
     if (last && this.now() - last.checkedAt <= this.opts.maxAgeMs) return last;
