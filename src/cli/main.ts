@@ -4,6 +4,7 @@ import { Command } from 'commander';
 import { VERSION } from '../proxy.js';
 import { auditCommand } from './audit.js';
 import { hsmCommand } from './hsm.js';
+import { importCommand } from './import.js';
 import { kekCommand } from './kek.js';
 import { reportCommand } from './report.js';
 import { keysCommand } from './keys.js';
@@ -16,6 +17,7 @@ const program = new Command('xks')
 program.addCommand(serveCommand());
 program.addCommand(keysCommand());
 program.addCommand(hsmCommand());
+program.addCommand(importCommand());
 program.addCommand(kekCommand());
 program.addCommand(auditCommand());
 program.addCommand(reportCommand());
