@@ -74,3 +74,13 @@ export const IMPORT_ADMIN_SCHEMAS = {
   DeleteImportedKeyMaterial: DeleteImportedKeyMaterialSchema,
   SweepImports: SweepImportsSchema,
 } as const;
+
+/** GetParametersForImport's answer as the admin API sends it: blobs in Base64, the date in ISO 8601. */
+export function getParametersForImportResponse(p: { KeyId: string; ImportToken: Buffer; PublicKey: Buffer; ParametersValidTo: Date }) {
+  return {
+    KeyId: p.KeyId,
+    ImportToken: p.ImportToken.toString('base64'),
+    PublicKey: p.PublicKey.toString('base64'),
+    ParametersValidTo: p.ParametersValidTo.toISOString(),
+  };
+}
