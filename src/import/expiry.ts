@@ -9,7 +9,7 @@ import { latestImported, tryReadImport, withImport, type ImportBookkeeping } fro
  * version (the one it encrypts with). Material is unusable once its ValidTo has passed, even before the sweep, and
  * after it was deleted. False for a key without imported material; true for damaged bookkeeping (fail closed).
  */
-export function materialExpired(record: KeyRecord | undefined, now: Date, version?: number): boolean {
+export function materialExpired(record: KeyRecord | undefined, now: Date | number, version?: number): boolean {
   if (!record?.import) return false;
   const bk = tryReadImport(record);
   if (!bk) return true;
@@ -18,7 +18,7 @@ export function materialExpired(record: KeyRecord | undefined, now: Date, versio
   const entry = bk.versions[String(v)];
   // A version the bookkeeping does not know (made before any import: not this key's case) is not its business.
   if (!entry) return false;
-  return entry.gone !== undefined || (entry.validTo !== undefined && Date.parse(entry.validTo) <= now.getTime());
+  return entry.gone !== undefined || (entry.validTo !== undefined && Date.parse(entry.validTo) <= +now);
 }
 
 /** Versions whose ValidTo has passed at `now` and whose material is not yet recorded as gone. */

@@ -34,10 +34,16 @@ export function readImport(record: KeyRecord | undefined): ImportBookkeeping {
   return parsed.data;
 }
 
+/** Parsed bookkeeping per record object: the XKS path asks on every request, and cached keys keep their record. */
+const parsedOf = new WeakMap<object, ImportBookkeeping | null>();
+
 /** Like readImport, for pure checks on the XKS path: undefined when absent or damaged. */
 export function tryReadImport(record: KeyRecord | undefined): ImportBookkeeping | undefined {
   if (!record?.import) return undefined;
+  const cached = parsedOf.get(record.import);
+  if (cached !== undefined) return cached ?? undefined;
   const parsed = ImportBookkeepingSchema.safeParse(record.import);
+  parsedOf.set(record.import, parsed.success ? parsed.data : null);
   return parsed.success ? parsed.data : undefined;
 }
 
