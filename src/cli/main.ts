@@ -3,6 +3,7 @@
 import { Command } from 'commander';
 import { VERSION } from '../proxy.js';
 import { auditCommand } from './audit.js';
+import { auditCliCall, describeCall, type CliCall } from './cli-audit.js';
 import { hsmCommand } from './hsm.js';
 import { importCommand } from './import.js';
 import { kekCommand } from './kek.js';
@@ -22,8 +23,28 @@ program.addCommand(kekCommand());
 program.addCommand(auditCommand());
 program.addCommand(reportCommand());
 
-program.parseAsync(process.argv).catch((e: unknown) => {
-  // One sentence for a person: what was wrong. No stack, no secrets.
-  process.stderr.write(`xks: ${(e as Error)?.message ?? String(e)}\n`);
-  process.exit(1);
+// Commands that change keys or the token leave a line in the audit trail, whatever their outcome.
+let call: CliCall | undefined;
+program.hook('preAction', (_root, action) => {
+  call = describeCall(action);
 });
+
+program.parseAsync(process.argv).then(
+  async () => {
+    if (call) await auditCliCall(call, process.exitCode ? 'error' : 'ok', undefined);
+  },
+  async (e: unknown) => {
+    // One sentence for a person: what was wrong. No stack, no secrets.
+    process.stderr.write(`xks: ${(e as Error)?.message ?? String(e)}\n`);
+    if (call) await auditCliCall(call, 'error', errorName(e));
+    process.exit(1);
+  },
+);
+
+/** The KMS-style name of a failure (KeyError, ImportError ...), else the error class. */
+function errorName(e: unknown): string {
+  const err = e as { code?: unknown; errorName?: unknown; name?: unknown };
+  if (typeof err?.code === 'string' && /Exception$/.test(err.code)) return err.code;
+  if (typeof err?.errorName === 'string') return err.errorName;
+  return typeof err?.name === 'string' ? err.name : 'Error';
+}
