@@ -2,6 +2,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import { HsmError } from '../hsm/errors.js';
 import type { HsmConnection } from '../hsm/hsm-connection.js';
+import { materialExpired } from '../import/expiry.js';
 import { usageOf, type ExternalKey, type KeyCatalogue, type KeyVersion } from '../keys/catalogue.js';
 import { buildGcmAad } from './aad.js';
 import { ciphertextDataIntegrityValue } from './cdiv.js';
@@ -30,6 +31,8 @@ function checkEnabled(keyId: string, key: ExternalKey): void {
   if (key.state !== 'Enabled') throw new XksError('InvalidStateException', `external key ${keyId} is ${key.state}`);
   if (key.problems.length > 0 && !key.record) throw new XksError('InvalidStateException', `external key ${keyId} has an unreadable record`);
   if (!key.current) throw new XksError('InvalidStateException', `external key ${keyId} has no key material`);
+  // Imported material past its ValidTo is unusable at once, before a sweep destroys it.
+  if (materialExpired(key.record, Date.now())) throw new XksError('InvalidStateException', `external key ${keyId} has expired key material`);
 }
 
 function usable(keyId: string, key: ExternalKey, v: KeyVersion): KeyVersion {
@@ -37,6 +40,9 @@ function usable(keyId: string, key: ExternalKey, v: KeyVersion): KeyVersion {
   // could encrypt under different material on different replicas. Refuse until an operator removes one.
   if (key.duplicateVersions.has(v.version)) {
     throw new XksError('InvalidStateException', `external key ${keyId} has more than one token object for version ${v.version}`);
+  }
+  if (materialExpired(key.record, Date.now(), v.version)) {
+    throw new XksError('InvalidStateException', `external key ${keyId} has expired key material for version ${v.version}`);
   }
   return v;
 }
@@ -81,7 +87,7 @@ export async function getKeyMetadata(deps: XksDeps, keyId: string) {
   if (encrypt) usage.push('ENCRYPT');
   if (decrypt) usage.push('DECRYPT');
   // Any state but Enabled (Disabled, PendingDeletion, PendingImport) reads as DISABLED to KMS.
-  const enabled = key.state === 'Enabled' && key.current !== undefined;
+  const enabled = key.state === 'Enabled' && key.current !== undefined && !materialExpired(key.record, Date.now());
   return {
     body: { keySpec: 'AES_256', keyUsage: usage, keyStatus: enabled ? ('ENABLED' as const) : ('DISABLED' as const) },
     keyVersion: key.current?.version,
