@@ -11,6 +11,7 @@ import { createAdminHandler } from './http/admin-handler.js';
 import { createOpsHandler } from './http/ops-handler.js';
 import { createXksHandler } from './http/xks-handler.js';
 import { startListeners, type Listening } from './http/listeners.js';
+import { ImportService } from './import/import-service.js';
 import { KeyCatalogue } from './keys/catalogue.js';
 import { KeyLifecycle } from './keys/lifecycle.js';
 import type { Logger } from './obs/logger.js';
@@ -57,6 +58,14 @@ export async function openAuditTrail(hsm: HsmConnection, loaded: LoadedConfig, r
     // Each checkpoint's hash also goes to the process log: a copy outside the trail's directory to compare with.
     onCheckpoint: (c) => logger?.info(c, 'audit checkpoint'),
     onError: (e) => logger?.error({ reason: e.message }, 'audit trail write failed'),
+  });
+}
+
+/** The import of key material on this connection, with the operator's opt-in from the config. */
+export function openImports(hsm: HsmConnection, catalogue: KeyCatalogue, lifecycle: KeyLifecycle, loaded: LoadedConfig, logger?: Logger, orAllow = false): ImportService {
+  return new ImportService(hsm, catalogue, lifecycle, {
+    allowInProcessMaterial: orAllow || loaded.config.import.allowInProcessMaterial,
+    ...(logger ? { logger } : {}),
   });
 }
 
@@ -152,6 +161,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
       const a = loaded.admin;
       adminHandler = createAdminHandler({
         lifecycle,
+        imports: openImports(hsm, catalogue, lifecycle, loaded, logger),
         region: a.region,
         credentials: a.credentials,
         logger: logger.child({ hsm: hsm.info.label }),

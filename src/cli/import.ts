@@ -5,11 +5,11 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, Option } from 'commander';
 import { ImportError } from '../import/errors.js';
-import { ImportService } from '../import/import-service.js';
+import type { ImportService } from '../import/import-service.js';
 import { ExpirationModelSchema, ImportTypeSchema, WrappingAlgorithmSchema, WrappingKeySpecSchema, type ExpirationModel, type ImportType, type WrappingAlgorithm, type WrappingKeySpec } from '../import/schemas.js';
 import { KeyError } from '../keys/errors.js';
 import { createLogger } from '../obs/logger.js';
-import { openCatalogue, openLifecycle } from '../proxy.js';
+import { openCatalogue, openImports, openLifecycle } from '../proxy.js';
 import { withConfigOption, withHsm } from './context.js';
 
 const IN_PROCESS_HELP =
@@ -19,10 +19,8 @@ const IN_PROCESS_HELP =
 function run<T>(cmd: Command, allowInProcess: boolean, fn: (svc: ImportService) => Promise<T>): Promise<T> {
   return withHsm(cmd, async (hsm, loaded) => {
     const catalogue = openCatalogue(hsm, loaded);
-    const svc = new ImportService(hsm, catalogue, openLifecycle(hsm, catalogue, loaded), {
-      allowInProcessMaterial: allowInProcess,
-      logger: createLogger('warn', process.stderr),
-    });
+    // The opt-in: this command's flag, or import.allowInProcessMaterial in the config.
+    const svc = openImports(hsm, catalogue, openLifecycle(hsm, catalogue, loaded), loaded, createLogger('warn', process.stderr), allowInProcess);
     try {
       return await fn(svc);
     } catch (e) {

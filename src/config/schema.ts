@@ -133,6 +133,16 @@ export const ConfigSchema = z
         requestTimeoutMs: z.number().int().min(10).max(60_000).default(240),
       })
       .default({ bodyBytes: 32 * 1024, requestTimeoutMs: 240 }),
+    /** Bring your own key (src/import, docs/byok.md). */
+    import: z
+      .strictObject({
+        /**
+         * RSAES_OAEP_SHA_256 on an HSM whose OAEP lacks SHA-256 (SoftHSM) works only by decoding the customer's key
+         * material in this process's memory: refused unless this is true (each use is logged).
+         */
+        allowInProcessMaterial: z.boolean().default(false),
+      })
+      .default({ allowInProcessMaterial: false }),
     audit: z
       .strictObject({
         /** Directory of the trail files (one per host and worker, plus one shared by CLI commands). */

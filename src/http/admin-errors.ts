@@ -1,6 +1,7 @@
 // Admin API error names and their HTTP status, in one place. Names are KMS's where KMS has one (its JSON protocol:
 // `{"__type": name, "message": ...}`, client errors 400), so AWS SDKs and people who know KMS read them as they expect.
 import { HsmError } from '../hsm/errors.js';
+import { ImportError } from '../import/errors.js';
 import { KeyError, type KeyErrorName } from '../keys/errors.js';
 
 export const ADMIN_ERRORS = {
@@ -22,6 +23,10 @@ export const ADMIN_ERRORS = {
   UnsupportedOperationException: 400,
   InvalidCiphertextException: 400,
   IncorrectKeyException: 400,
+  // Import of key material (src/import/errors.ts).
+  ExpiredImportTokenException: 400,
+  InvalidImportTokenException: 400,
+  IncorrectKeyMaterialException: 400,
   ConflictException: 409, // another process is changing the key: retry
   // The HSM.
   ThrottlingException: 429,
@@ -47,6 +52,7 @@ export class AdminError extends Error {
 export function toAdminError(err: unknown): AdminError {
   if (err instanceof AdminError) return err;
   if (err instanceof KeyError) return new AdminError(err.code, err.message);
+  if (err instanceof ImportError) return new AdminError(err.code as AdminErrorName, err.message);
   if (err instanceof HsmError) {
     switch (err.kind) {
       case 'PoolExhausted':

@@ -10,6 +10,8 @@ import { HsmError } from '../hsm/errors.js';
 import { describeKey } from '../keys/key-description.js';
 import { EXTERNAL_KEY_ID } from '../keys/key-objects.js';
 import { PENDING_WINDOW_DAYS } from '../keys/key-record.js';
+import type { ImportService } from '../import/import-service.js';
+import { getParametersForImportResponse } from '../import/schemas.js';
 import type { KeyLifecycle } from '../keys/lifecycle.js';
 import type { AuditEntry } from '../audit/audit-record.js';
 import type { Logger } from '../obs/logger.js';
@@ -35,8 +37,7 @@ export interface AdminAuth {
   credentials: ReadonlyMap<string, string>; // access key id -> secret
 }
 
-export interface AdminHandlerOptions extends AdminAuth {
-  lifecycle: KeyLifecycle;
+export interface AdminHandlerOptions extends AdminAuth, AdminServices {
   logger: Logger;
   /** Appends one line per admin request to the audit trail (absent: no trail). */
   audit?: ((entry: AuditEntry) => void) | undefined;
@@ -58,11 +59,17 @@ interface AdminLog {
   ms: number | undefined;
 }
 
-type Handlers = { [O in AdminOperation]: (lifecycle: KeyLifecycle, request: AdminRequest<O>) => Promise<object> };
+/** The services the operations call: key lifecycle and the import of key material. */
+export interface AdminServices {
+  lifecycle: KeyLifecycle;
+  imports: ImportService;
+}
 
-/** Each operation: one lifecycle call, answered with KMS's response fields (and the key after the change). */
+type Handlers = { [O in AdminOperation]: (services: AdminServices, request: AdminRequest<O>) => Promise<object> };
+
+/** Each operation: one service call, answered with KMS's response fields (and the key after the change). */
 const OPERATIONS: Handlers = {
-  CreateKey: async (lc, r) => {
+  CreateKey: async ({ lifecycle: lc }, r) => {
     const usage = r.KeyUsage ?? ['ENCRYPT', 'DECRYPT'];
     const key = await lc.create(r.KeyId, {
       usage: { encrypt: usage.includes('ENCRYPT'), decrypt: usage.includes('DECRYPT') },
@@ -72,8 +79,8 @@ const OPERATIONS: Handlers = {
     });
     return { KeyMetadata: describeKey(key) };
   },
-  DescribeKey: async (lc, r) => ({ KeyMetadata: describeKey(await lc.get(r.KeyId)) }),
-  ListKeys: async (lc, r) => {
+  DescribeKey: async ({ lifecycle: lc }, r) => ({ KeyMetadata: describeKey(await lc.get(r.KeyId)) }),
+  ListKeys: async ({ lifecycle: lc }, r) => {
     // Code-point order, so a marker means the same thing in every process.
     const all = (await lc.list()).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
     const marker = r.Marker;
@@ -86,9 +93,9 @@ const OPERATIONS: Handlers = {
       ...(truncated ? { NextMarker: page[page.length - 1]!.id } : {}),
     };
   },
-  EnableKey: async (lc, r) => ({ KeyMetadata: describeKey(await lc.enable(r.KeyId)) }),
-  DisableKey: async (lc, r) => ({ KeyMetadata: describeKey(await lc.disable(r.KeyId)) }),
-  GetKeyRotationStatus: async (lc, r) => {
+  EnableKey: async ({ lifecycle: lc }, r) => ({ KeyMetadata: describeKey(await lc.enable(r.KeyId)) }),
+  DisableKey: async ({ lifecycle: lc }, r) => ({ KeyMetadata: describeKey(await lc.disable(r.KeyId)) }),
+  GetKeyRotationStatus: async ({ lifecycle: lc }, r) => {
     const d = describeKey(await lc.get(r.KeyId));
     return {
       KeyId: d.KeyId,
@@ -98,27 +105,31 @@ const OPERATIONS: Handlers = {
       ...(d.CurrentVersion !== undefined ? { CurrentVersion: d.CurrentVersion } : {}),
     };
   },
-  EnableKeyRotation: async (lc, r) => ({
+  EnableKeyRotation: async ({ lifecycle: lc }, r) => ({
     KeyMetadata: describeKey(await lc.setRotation(r.KeyId, r.RotationPeriodInDays ?? DEFAULT_ROTATION_PERIOD_DAYS)),
   }),
-  DisableKeyRotation: async (lc, r) => ({ KeyMetadata: describeKey(await lc.setRotation(r.KeyId, undefined)) }),
-  RotateKeyOnDemand: async (lc, r) => {
+  DisableKeyRotation: async ({ lifecycle: lc }, r) => ({ KeyMetadata: describeKey(await lc.setRotation(r.KeyId, undefined)) }),
+  RotateKeyOnDemand: async ({ lifecycle: lc }, r) => {
     const done = await lc.rotate(r.KeyId);
     return { KeyId: done.KeyId, Version: done.Version };
   },
-  ScheduleKeyDeletion: async (lc, r) => {
+  ScheduleKeyDeletion: async ({ lifecycle: lc }, r) => {
     const days = r.PendingWindowInDays ?? PENDING_WINDOW_DAYS.default;
     const d = describeKey(await lc.scheduleDeletion(r.KeyId, days));
     return { KeyId: d.KeyId, DeletionDate: d.DeletionDate, KeyState: d.KeyState, PendingWindowInDays: days };
   },
-  CancelKeyDeletion: async (lc, r) => {
+  CancelKeyDeletion: async ({ lifecycle: lc }, r) => {
     const d = describeKey(await lc.cancelDeletion(r.KeyId));
     return { KeyId: d.KeyId, KeyState: d.KeyState };
   },
-  RotateDueKeys: async (lc) => ({
+  RotateDueKeys: async ({ lifecycle: lc }) => ({
     Rotations: (await lc.rotateDue()).filter((x) => x.Rotated).map((x) => ({ KeyId: x.KeyId, Version: x.Version })),
   }),
-  PurgeDueKeys: async (lc) => ({ DeletedKeyIds: await lc.purgeDue() }),
+  PurgeDueKeys: async ({ lifecycle: lc }) => ({ DeletedKeyIds: await lc.purgeDue() }),
+  GetParametersForImport: async ({ imports }, r) => getParametersForImportResponse(await imports.getParametersForImport(r)),
+  ImportKeyMaterial: async ({ imports }, r) => imports.importKeyMaterial(r),
+  DeleteImportedKeyMaterial: async ({ imports }, r) => imports.deleteImportedKeyMaterial(r.KeyId),
+  SweepImports: async ({ imports }) => imports.sweep(),
 };
 
 function send(res: ServerResponse, status: number, requestId: string, body: unknown, close = false): void {
@@ -280,7 +291,7 @@ export function createAdminHandler(opts: AdminHandlerOptions) {
 
   function run<O extends AdminOperation>(operation: O, json: unknown): Promise<object> {
     const request = parseBody(operation, json);
-    return (OPERATIONS[operation] as (lc: KeyLifecycle, r: AdminRequest<O>) => Promise<object>)(opts.lifecycle, request);
+    return (OPERATIONS[operation] as (s: AdminServices, r: AdminRequest<O>) => Promise<object>)(opts, request);
   }
 
   const handler = (req: IncomingMessage, res: ServerResponse): void => {

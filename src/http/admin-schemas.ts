@@ -3,6 +3,7 @@
 // The bounds are the key model's (keys/key-record.ts), so a request that passes here is not refused for its numbers.
 import { z } from 'zod';
 import { EXTERNAL_KEY_ID } from '../keys/key-objects.js';
+import { IMPORT_ADMIN_SCHEMAS } from '../import/schemas.js';
 import { PENDING_WINDOW_DAYS, ROTATION_DAYS } from '../keys/key-record.js';
 
 const KeyId = z.string({ error: 'must be a string' }).regex(EXTERNAL_KEY_ID, 'must be an external key id: 1 to 128 characters of A-Za-z0-9._-');
@@ -48,6 +49,8 @@ export const ADMIN_SCHEMAS = {
   /** Our own: the CLI's rotate-due and purge-due, for a scheduler that can call HTTP but not run the CLI. */
   RotateDueKeys: NoFields,
   PurgeDueKeys: NoFields,
+  // Bring your own key (src/import): GetParametersForImport, ImportKeyMaterial, DeleteImportedKeyMaterial, SweepImports.
+  ...IMPORT_ADMIN_SCHEMAS,
 } as const;
 
 export type AdminOperation = keyof typeof ADMIN_SCHEMAS;

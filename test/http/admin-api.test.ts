@@ -8,6 +8,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
 import { createAdminHandler } from '../../src/http/admin-handler.js';
+import { ImportService } from '../../src/import/import-service.js';
 import { createLogger } from '../../src/obs/logger.js';
 import { openLifecycle } from '../../src/proxy.js';
 import { ADMIN_ACCESS_KEY_ID, ADMIN_REGION, ADMIN_SECRET, adminClient, adminConfig, adminRequest } from '../helpers/admin-client.js';
@@ -178,7 +179,13 @@ describe('with the admin API configured', () => {
       // The same handler over a lifecycle whose clock is 400 days ahead (SigV4 still checks the real clock).
       const lifecycle = openLifecycle(t.proxy.hsm, t.proxy.catalogue, loadConfig(t.configFile), () => new Date(Date.now() + 400 * DAY_MS));
       const server = http.createServer(
-        createAdminHandler({ lifecycle, region: ADMIN_REGION, credentials: new Map([[ADMIN_ACCESS_KEY_ID, ADMIN_SECRET]]), logger: createLogger('silent') }),
+        createAdminHandler({
+          lifecycle,
+          imports: new ImportService(t.proxy.hsm, t.proxy.catalogue, lifecycle),
+          region: ADMIN_REGION,
+          credentials: new Map([[ADMIN_ACCESS_KEY_ID, ADMIN_SECRET]]),
+          logger: createLogger('silent'),
+        }),
       );
       await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
       try {
