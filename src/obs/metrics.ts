@@ -26,6 +26,9 @@ export class Metrics {
   private readonly latency: client.Histogram<'operation'>;
   private readonly hsmLatency: client.Histogram<'call'>;
   private sources: MetricsSources | undefined;
+  private readonly requestChildren = new Map<string, client.Counter.Internal>();
+  private readonly latencyChildren = new Map<string, client.Histogram.Internal<'operation'>>();
+  private readonly hsmChildren = new Map<string, client.Histogram.Internal<'call'>>();
 
   constructor(registry: client.Registry = client.register) {
     this.registry = registry;
@@ -165,12 +168,33 @@ export class Metrics {
 
   observeRequest(r: { operation: string | undefined; outcome: string | undefined; errorName: string | undefined; prefix: string | undefined; ms: number | undefined }): void {
     const operation = r.operation ?? 'none';
-    this.requests.inc({ operation, outcome: r.outcome ?? 'error', error: r.errorName ?? '', prefix: r.prefix ?? '' });
-    if (r.ms !== undefined) this.latency.observe({ operation }, r.ms / 1000);
+    const outcome = r.outcome ?? 'error';
+    const error = r.errorName ?? '';
+    const prefix = r.prefix ?? '';
+    // Children per label set, cached: prom-client hashes a labels object on every call otherwise (hot path).
+    const key = `${operation}\u0000${outcome}\u0000${error}\u0000${prefix}`;
+    let counter = this.requestChildren.get(key);
+    if (!counter) {
+      counter = this.requests.labels({ operation, outcome, error, prefix });
+      if (this.requestChildren.size < 10_000) this.requestChildren.set(key, counter);
+    }
+    counter.inc();
+    if (r.ms === undefined) return;
+    let hist = this.latencyChildren.get(operation);
+    if (!hist) {
+      hist = this.latency.labels({ operation });
+      this.latencyChildren.set(operation, hist);
+    }
+    hist.observe(r.ms / 1000);
   }
 
   observeHsmCall(call: string, seconds: number): void {
-    this.hsmLatency.observe({ call }, seconds);
+    let hist = this.hsmChildren.get(call);
+    if (!hist) {
+      hist = this.hsmLatency.labels({ call });
+      this.hsmChildren.set(call, hist);
+    }
+    hist.observe(seconds);
   }
 }
 
