@@ -1,10 +1,8 @@
 // Throttling and overload through a real proxy: a per-prefix rate limit answers 429 ThrottlingException to a burst
 // and refills; a full HSM queue answers 429 at once (never a 5xx, never a wait); a stalled HSM answers 503
 // DependencyTimeoutException within the request budget, and the server recovers once the HSM answers again.
-import { execFileSync } from 'node:child_process';
-import { closeSync, openSync, readFile } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { stallThreadPool } from '../helpers/ops-stall.js';
 import { ACCESS_KEY_ID, REGION, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/softhsm.js';
@@ -142,27 +140,6 @@ describe('a full HSM queue (sessionPoolSize 1, maxQueue 0)', () => {
     expect(after.open).toBeLessThanOrEqual(1);
   });
 });
-
-/**
- * Occupies every thread of libuv's pool in this process (the proxy's process) with opens of a FIFO that nobody writes
- * (blocked in the kernel, no CPU used), so the HSM calls queued behind them do not run: a stalled HSM. release()
- * opens the writer, which wakes every reader, and closes it (end of file).
- */
-function stallThreadPool(dir: string): { release: () => Promise<void> } {
-  const fifo = join(dir, `stall-${++n}.fifo`);
-  execFileSync('mkfifo', [fifo]);
-  const threads = Number(process.env.UV_THREADPOOL_SIZE) || 4;
-  const readers = Array.from({ length: threads }, () => new Promise<void>((resolve) => readFile(fifo, () => resolve())));
-  let released = false;
-  return {
-    release: async () => {
-      if (released) return;
-      released = true;
-      closeSync(openSync(fifo, 'w'));
-      await Promise.all(readers);
-    },
-  };
-}
 
 /** Waits until an encrypt succeeds again, then checks that 20 concurrent ones all do. */
 async function expectRecovered(t: TestProxy, prefix = 'example/uri/path/prefix') {
