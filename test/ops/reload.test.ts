@@ -7,8 +7,10 @@ import http from 'node:http';
 import type https from 'node:https';
 import type { Socket } from 'node:net';
 import { readFileSync, renameSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { trailFileName } from '../../src/audit/audit-trail.js';
 import { ensureBuilt } from '../helpers/built-cli.js';
 import { freePort, runXks, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
 import { ACCESS_KEY_ID, SECOND_ACCESS_KEY_ID, SECOND_SECRET, SECRET } from '../helpers/proxy.js';
@@ -26,6 +28,7 @@ let file: string;
 let config: any;
 let serve: ServeProcess;
 let url: string;
+let auditDir: string;
 
 // One keep-alive agent for every request of the test: a connection the server drops would show as a socket error or
 // as a socket closed while the test runs.
@@ -60,9 +63,10 @@ class Pump {
   private running = true;
   private readonly done: Promise<void>;
 
-  constructor(accessKeyId: string, secret: string, principal = 'arn:aws:iam::123456789012:user/Alice') {
+  /** `loops` requests at a time, so that several connections (spread over both workers) carry them. */
+  constructor(accessKeyId: string, secret: string, principal = 'arn:aws:iam::123456789012:user/Alice', loops = 2) {
     const xks = xksClient(url, { accessKeyId, secret, agent: agent as unknown as https.Agent });
-    this.done = (async () => {
+    const loop = async () => {
       while (this.running) {
         const start = Date.now();
         try {
@@ -77,15 +81,12 @@ class Pump {
         }
         await sleep(5);
       }
-    })();
+    };
+    this.done = Promise.all(Array.from({ length: loops }, loop)).then(() => undefined);
   }
 
   since(t: number): Result[] {
     return this.results.filter((r) => r.start >= t);
-  }
-
-  between(a: number, b: number): Result[] {
-    return this.results.filter((r) => r.start >= a && r.end <= b);
   }
 
   async stop(): Promise<void> {
@@ -153,7 +154,8 @@ beforeAll(async () => {
   token = createTestToken('reload');
   const port = await freePort();
   url = `http://127.0.0.1:${port}`;
-  file = writeTestConfig(token);
+  auditDir = join(token.dir, 'audit');
+  file = writeTestConfig(token, { audit: { dir: auditDir } });
   config = parse(readFileSync(file, 'utf8'));
   config.listeners.http.port = port;
   config.prefixes[0].credentials = [FIRST];
@@ -307,6 +309,12 @@ describe('hot reload under continuous load', () => {
     expect(all.filter((r) => r.status !== 200 && r.status !== 401 && r.status !== 403)).toEqual([]);
     expect(socketsOpened).toBeLessThanOrEqual(MAX_SOCKETS);
     expect(socketsClosed).toBe(0);
+    // Both workers carried requests of both credentials (each worker writes its own audit trail).
+    for (const slot of [1, 2]) {
+      const trail = join(auditDir, trailFileName(`w${slot}`));
+      const who = new Set(readFileSync(trail, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)).filter((l) => l.outcome === 'ok').map((l) => l.who));
+      expect([...who].sort(), `worker ${slot}`).toEqual([ACCESS_KEY_ID, SECOND_ACCESS_KEY_ID].sort());
+    }
     for (const s of [SECRET, SECOND_SECRET, token.userPin]) expect(serve.output()).not.toContain(s);
   });
 });
