@@ -131,9 +131,9 @@ describe('xks serve --workers 2', () => {
     } finally {
       agent.destroy();
     }
-    // Each worker appends to its own trail (flushed right after each request).
-    await sleep(300);
+    // Each worker appends to its own trail, right after answering.
     const ids = (slot: number) => events(slot).map((e) => e.kmsRequestId).filter((id) => id?.startsWith('load-'));
+    for (let k = 0; k < 60 && ids(1).length + ids(2).length < 2 * LOAD; k++) await sleep(50);
     const [w1, w2] = [ids(1), ids(2)];
     expect(w1.length, 'worker 1 served some').toBeGreaterThan(0);
     expect(w2.length, 'worker 2 served some').toBeGreaterThan(0);
@@ -146,9 +146,11 @@ describe('xks serve --workers 2', () => {
     const r = await admin.call('RotateKeyOnDemand', { KeyId: 'shared' });
     expect(r.status, r.text).toBe(200);
     expect(r.json).toMatchObject({ KeyId: 'shared', Version: 2 });
-    const adminEvents = [1, 2].flatMap((slot) => events(slot).filter((e) => e.source === 'admin' && e.operation === 'RotateKeyOnDemand'));
-    expect(adminEvents).toHaveLength(1);
-    expect(adminEvents[0]).toMatchObject({ who: ADMIN_ACCESS_KEY_ID, keyId: 'shared', outcome: 'ok' });
+    // The line is appended once the answer is sent: look for it for a moment.
+    const adminEvents = () => [1, 2].flatMap((slot) => events(slot).filter((e) => e.source === 'admin' && e.operation === 'RotateKeyOnDemand'));
+    for (let k = 0; k < 40 && adminEvents().length === 0; k++) await sleep(50);
+    expect(adminEvents()).toHaveLength(1);
+    expect(adminEvents()[0]).toMatchObject({ who: ADMIN_ACCESS_KEY_ID, keyId: 'shared', outcome: 'ok' });
 
     // A new connection for every request (an agent without keep-alive, not the global one): the primary hands
     // connections to the workers in turn.
@@ -175,7 +177,7 @@ describe('xks serve --workers 2', () => {
       expect(dec.status, dec.text).toBe(200);
       expect(Buffer.from(dec.json.plaintext, 'base64').equals(pt)).toBe(true);
     }
-    await sleep(300);
+    for (let k = 0; k < 60 && [1, 2].flatMap((slot) => events(slot)).filter((e) => e.kmsRequestId === 'old-19').length === 0; k++) await sleep(50);
     for (const slot of [1, 2]) {
       const evs = events(slot);
       expect(
