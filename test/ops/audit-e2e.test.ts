@@ -289,3 +289,36 @@ describe('operator commands (xks keys ...)', () => {
     expect(r.stdout.match(/^OK /gm)).toHaveLength(2);
   });
 });
+
+describe('a restarted proxy, sealing by time', () => {
+  it('continues the same chain, seals it after checkpointSeconds without a stop, and the live trail verifies', async () => {
+    const old = readFileSync(trail, 'utf8').split('\n').filter(Boolean);
+    const again = await startProxyOnToken({
+      token,
+      cleanupToken: false,
+      config: { audit: { dir: auditDir, checkpointEvery: 1000, checkpointSeconds: 1 } },
+    });
+    try {
+      const xks = xksClient(again.httpUrl);
+      for (let i = 0; i < 3; i++) {
+        const r = await xks.post('health', { requestMetadata: { kmsRequestId: `e2e-restart-${i}`, kmsOperation: 'KmsHealthCheck' } });
+        expect(r.status).toBe(200);
+      }
+      const current = () => readFileSync(trail, 'utf8').split('\n').filter(Boolean);
+      // Sealed by the timer (1 s after the first unsealed line), not by a stop and not by the line count.
+      for (let i = 0; i < 60 && (JSON.parse(current().at(-1)!).type !== 'checkpoint' || current().length < old.length + 4); i++) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const now = current();
+      expect(now.slice(0, old.length)).toEqual(old);
+      const added = now.slice(old.length).map((l) => JSON.parse(l));
+      expect(added.map((l) => l.type)).toEqual(['event', 'event', 'event', 'checkpoint']);
+      expect(added[0]).toMatchObject({ seq: old.length + 1, prev: lineHash(old.at(-1)!), kmsRequestId: 'e2e-restart-0' });
+      const r = await runXks(token, again.configFile, ['audit', 'verify', trail]);
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      expect(r.stdout).toContain(`seq 1..${old.length + 4}`);
+    } finally {
+      await again.stop();
+    }
+  });
+});
