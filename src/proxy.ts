@@ -76,6 +76,8 @@ export interface ProxyOptions {
   ops?: boolean;
   /** Names this process's audit trail file (default "main"; w1, w2 ... for workers). */
   auditRole?: string;
+  /** This process's share of each key store's rate limit (1 / workers). */
+  rateShare?: number;
 }
 
 export function openCatalogue(hsm: HsmConnection, loaded: LoadedConfig): KeyCatalogue {
@@ -141,6 +143,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
       prefixes: loaded.prefixes,
       bodyLimit: loaded.config.limits.bodyBytes,
       requestTimeoutMs: loaded.config.limits.requestTimeoutMs,
+      rateShare: opts.rateShare ?? 1,
       logger: logger.child({ hsm: hsm.info.label }),
     });
     const listeners = loaded.config.listeners;

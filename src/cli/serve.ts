@@ -41,7 +41,15 @@ async function serveOne(loaded: LoadedConfig, logger: Logger): Promise<void> {
   const proxy = await startProxy(
     loaded,
     logger,
-    cluster.isWorker ? { registry: client.register, ops: false, auditRole: `w${slot ?? cluster.worker?.id}` } : {},
+    cluster.isWorker
+      ? {
+          registry: client.register,
+          ops: false,
+          auditRole: `w${slot ?? cluster.worker?.id}`,
+          // Each worker enforces its share of a key store's rate limit; together they enforce the configured rate.
+          rateShare: 1 / Math.max(1, Number(process.env.XKS_WORKERS ?? 1)),
+        }
+      : {},
   );
   if (cluster.isWorker) {
     answerHealthQueries(proxy);
@@ -105,7 +113,7 @@ async function superviseWorkers(count: number, loaded: LoadedConfig, logger: Log
   const slots = new Map<number, number>(); // worker id -> slot (a replacement takes over its slot's audit trail)
   const forkOne = (slot: number) =>
     new Promise<void>((resolve) => {
-      const w = cluster.fork({ XKS_WORKER_SLOT: String(slot) });
+      const w = cluster.fork({ XKS_WORKER_SLOT: String(slot), XKS_WORKERS: String(count) });
       slots.set(w.id, slot);
       w.once('listening', () => {
         served.add(w.id);

@@ -26,6 +26,11 @@ export interface XksHandlerOptions {
   audit?: ((entry: AuditEntry) => void) | undefined;
   /** No request is held longer than this (KMS's budget is 250 ms): past it, DependencyTimeoutException. */
   requestTimeoutMs?: number;
+  /**
+   * This process's share of each key store's rate limit: 1 / the number of worker processes, so that the key store as
+   * a whole gets the configured rate and burst (connections are spread evenly over the workers).
+   */
+  rateShare?: number;
   /** Called once per request with its log line (metrics). */
   observe?: ((log: Readonly<RequestLog>) => void) | undefined;
   now?: () => number;
@@ -133,7 +138,8 @@ function parse<T>(schema: ZodType<T>, value: unknown): T {
 export function createXksHandler(opts: XksHandlerOptions) {
   const now = opts.now ?? Date.now;
   let prefixes = new Map(opts.prefixes.map((p) => [p.path, p]));
-  let buckets = bucketsFor(opts.prefixes, new Map(), now());
+  const share = opts.rateShare ?? 1;
+  let buckets = bucketsFor(opts.prefixes, new Map(), now(), share);
   const deadlines = new Deadlines(performance.now.bind(performance));
   const budget = opts.requestTimeoutMs ?? 240;
 
@@ -288,19 +294,21 @@ export function createXksHandler(opts: XksHandlerOptions) {
     /** Swap prefixes and credentials (hot reload); requests in flight keep the ones they started with. */
     setPrefixes(next: ResolvedPrefix[]) {
       prefixes = new Map(next.map((p) => [p.path, p]));
-      buckets = bucketsFor(next, buckets, now());
+      buckets = bucketsFor(next, buckets, now(), share);
     },
   });
 }
 
 /** One token bucket per rate-limited prefix; a reload keeps a bucket whose rate did not change (and its tokens). */
-function bucketsFor(prefixes: ResolvedPrefix[], old: Map<string, TokenBucket>, now: number): Map<string, TokenBucket> {
+function bucketsFor(prefixes: ResolvedPrefix[], old: Map<string, TokenBucket>, now: number, share: number): Map<string, TokenBucket> {
   const next = new Map<string, TokenBucket>();
   for (const p of prefixes) {
     if (!p.rateLimit) continue;
+    const rate = p.rateLimit.requestsPerSecond * share;
+    const burst = Math.max(1, p.rateLimit.burst * share);
     const before = old.get(p.path);
-    const same = before && before.ratePerSecond === p.rateLimit.requestsPerSecond && before.burst === p.rateLimit.burst;
-    next.set(p.path, same ? before : new TokenBucket(p.rateLimit.requestsPerSecond, p.rateLimit.burst, now));
+    const same = before && before.ratePerSecond === rate && before.burst === burst;
+    next.set(p.path, same ? before : new TokenBucket(rate, burst, now));
   }
   return next;
 }
