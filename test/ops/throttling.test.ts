@@ -2,6 +2,7 @@
 // and refills; a full HSM queue answers 429 at once (never a 5xx, never a wait); a stalled HSM answers 503
 // DependencyTimeoutException within the request budget, and the server recovers once the HSM answers again.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseMetrics, total } from '../helpers/ops-metrics.js';
 import { stallThreadPool } from '../helpers/ops-stall.js';
 import { ACCESS_KEY_ID, REGION, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
@@ -138,11 +139,58 @@ describe('a full HSM queue (sessionPoolSize 1, maxQueue 0)', () => {
     expect(after.refused - before.refused).toBe(counts[429]);
     expect(after.waited - before.waited).toBe(0);
     expect(after.open).toBeLessThanOrEqual(1);
+    // The metric operators alarm on says the same.
+    const m = parseMetrics(await t.proxy.metrics.registry.metrics());
+    expect(total(m, 'xks_hsm_session_waits_total', { result: 'refused' })).toBe(after.refused);
+    expect(total(m, 'xks_hsm_session_waits_total', { result: 'waited' })).toBe(after.waited);
+    expect(total(m, 'xks_requests_total', { operation: 'Encrypt', error: 'ThrottlingException' })).toBe(after.refused);
   });
 });
 
-/** Waits until an encrypt succeeds again, then checks that 20 concurrent ones all do. */
-async function expectRecovered(t: TestProxy, prefix = 'example/uri/path/prefix') {
+describe('a stalled HSM with one session and a queue (sessionPoolSize 1, acquireTimeoutMs 50)', () => {
+  let t: TestProxy;
+  beforeAll(async () => {
+    t = await start({
+      hsm: { sessionPoolSize: 1, maxQueue: 100, acquireTimeoutMs: 50, operationTimeoutMs: 300 },
+      limits: { requestTimeoutMs: 1_000, bodyBytes: 32 * 1024 },
+    });
+    expect((await encrypt(t, 'example/uri/path/prefix')).status).toBe(200);
+  });
+  afterAll(async () => t?.stop());
+
+  it('requests that would wait past acquireTimeoutMs get 429 soon after it, not 503 at the budget; the holder gets 503', async () => {
+    const stall = stallThreadPool(token.dir);
+    try {
+      await sleep(50);
+      const holder = encrypt(t, 'example/uri/path/prefix');
+      // The holder has the only session (its HSM call is stuck behind the blocked pool).
+      for (let i = 0; i < 100 && t.proxy.hsm.sessionStats.idle > 0; i++) await sleep(10);
+      expect(t.proxy.hsm.sessionStats).toMatchObject({ open: 1, idle: 0 });
+      const waiters = await Promise.all(Array.from({ length: 6 }, () => encrypt(t, 'example/uri/path/prefix')));
+      for (const r of waiters) {
+        expect(r.status, r.text).toBe(429);
+        expect(r.json.errorName).toBe('ThrottlingException');
+        const log = logOf(t, r.id);
+        expect(log.hsmError).toBe('PoolExhausted');
+        expect(log.ms).toBeGreaterThanOrEqual(45);
+        expect(log.ms).toBeLessThan(300); // well before the 1000 ms budget and the 300 ms HSM timeout
+      }
+      const h = await holder;
+      expect(h.status, h.text).toBe(503);
+      expect(h.json.errorName).toBe('DependencyTimeoutException');
+      // While the stalled call still holds the only session, new requests are refused quickly too.
+      const during = await encrypt(t, 'example/uri/path/prefix');
+      expect(during.status).toBe(429);
+      expect(logOf(t, during.id).ms).toBeLessThan(300);
+    } finally {
+      await stall.release();
+    }
+    await expectRecovered(t, 3);
+  });
+});
+
+/** Waits until an encrypt succeeds again, then checks that `concurrency` concurrent ones all do. */
+async function expectRecovered(t: TestProxy, concurrency = 20, prefix = 'example/uri/path/prefix') {
   const until = Date.now() + 5_000;
   let r = await encrypt(t, prefix);
   while (r.status !== 200 && Date.now() < until) {
@@ -150,8 +198,8 @@ async function expectRecovered(t: TestProxy, prefix = 'example/uri/path/prefix')
     r = await encrypt(t, prefix);
   }
   expect(r.status, r.text).toBe(200);
-  const rs = await Promise.all(Array.from({ length: 20 }, () => encrypt(t, prefix)));
-  expect(statuses(rs)).toEqual({ 200: 20 });
+  const rs = await Promise.all(Array.from({ length: concurrency }, () => encrypt(t, prefix)));
+  expect(statuses(rs)).toEqual({ 200: concurrency });
   const s = t.proxy.hsm.sessionStats;
   expect(s.open).toBeLessThanOrEqual(s.size);
   expect(s.waiting).toBe(0);
