@@ -133,7 +133,15 @@ export class AuditTrail {
           // A finished file ends with a checkpoint: each rotated file is sealed on its own.
           if (this.bytes >= this.opts.maxFileBytes && !this.closed) this.rotate();
         },
-        (err: Error) => this.opts.onError?.(err),
+        (err: Error) => {
+          this.opts.onError?.(err);
+          // Not sealed (the HSM was busy or away): try again after another interval, or an idle trail would stay
+          // unsealed until checkpointEvery more lines arrive.
+          if (!this.closed) {
+            this.timer = setTimeout(() => void this.checkpoint(), this.opts.checkpointIntervalMs);
+            this.timer.unref();
+          }
+        },
       )
       .finally(() => {
         this.sealing = undefined;

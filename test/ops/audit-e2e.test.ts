@@ -11,6 +11,7 @@ import { trailFileName } from '../../src/audit/audit-trail.js';
 import { ADMIN_ACCESS_KEY_ID, ADMIN_SECRET, adminClient, adminConfig } from '../helpers/admin-client.js';
 import { ensureBuilt } from '../helpers/built-cli.js';
 import { runXks } from '../helpers/ops-process.js';
+import { stallThreadPool } from '../helpers/ops-stall.js';
 import { ACCESS_KEY_ID, SECOND_SECRET, SECRET, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/softhsm.js';
@@ -320,5 +321,51 @@ describe('a restarted proxy, sealing by time', () => {
     } finally {
       await again.stop();
     }
+  });
+});
+
+describe('a checkpoint that fails (the HSM busy at that moment)', () => {
+  it('is tried again later: an idle trail does not stay unsealed', async () => {
+    const dir = join(token.dir, 'audit-busy');
+    const busy = await startProxyOnToken({
+      token,
+      cleanupToken: false,
+      // One session and no queue: while a stalled call holds it, the checkpoint's MAC cannot get a session.
+      config: {
+        audit: { dir, checkpointEvery: 1000, checkpointSeconds: 1 },
+        hsm: { sessionPoolSize: 1, maxQueue: 0, operationTimeoutMs: 5_000 },
+        limits: { requestTimeoutMs: 300, bodyBytes: 32 * 1024 },
+      },
+    });
+    const file = join(dir, trailFileName('main'));
+    const lastType = () => JSON.parse(readFileSync(file, 'utf8').split('\n').filter(Boolean).at(-1)!).type;
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    try {
+      const xks = xksClient(busy.httpUrl);
+      expect((await xks.encrypt('foo', Buffer.from('warm up'))).status).toBe(200);
+      for (let i = 0; i < 40 && lastType() !== 'checkpoint'; i++) await sleep(100);
+      expect(lastType()).toBe('checkpoint');
+
+      const stall = stallThreadPool(token.dir);
+      try {
+        await sleep(50);
+        // Answered 503 at the request budget; its HSM call keeps the only session until the pool frees up.
+        const stuck = await xks.encrypt('foo', Buffer.from('stuck'));
+        expect(stuck.status, stuck.text).toBe(503);
+        // The time-based checkpoint comes 1 s after that line, and cannot get a session.
+        for (let i = 0; i < 40 && !busy.logs.some((l) => l.includes('audit trail write failed')); i++) await sleep(100);
+        expect(busy.logs.some((l) => l.includes('audit trail write failed'))).toBe(true);
+        expect(lastType()).toBe('event');
+      } finally {
+        await stall.release();
+      }
+      // No more requests: the trail must still be sealed within a few checkpoint intervals.
+      for (let i = 0; i < 50 && lastType() !== 'checkpoint'; i++) await sleep(100);
+      expect(lastType()).toBe('checkpoint');
+    } finally {
+      await busy.stop();
+    }
+    const r = await runXks(token, busy.configFile, ['audit', 'verify', file]);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
   });
 });
