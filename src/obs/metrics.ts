@@ -148,22 +148,27 @@ export class Metrics {
       labelNames: ['listener'],
       registers: [registry],
       collect() {
-        const https = self.sources?.config().config.listeners.https;
         this.reset();
-        if (!https) return;
-        try {
-          const cert = new X509Certificate(readFileSync(https.certFile));
-          this.set({ listener: 'https' }, (Date.parse(cert.validTo) - Date.now()) / 86_400_000);
-        } catch {
-          // unreadable now: the listener keeps the certificate it started with; no figure rather than a wrong one
-        }
+        if (self.servedCertValidTo !== undefined) this.set({ listener: 'https' }, (self.servedCertValidTo - Date.now()) / 86_400_000);
       },
     });
   }
 
+  /**
+   * When the HTTPS listener's certificate expires: read once, as the listener reads it at start-up. The listener keeps
+   * that certificate until a restart, so a file replaced since must not hide its expiry (KMS sees the one served).
+   */
+  private servedCertValidTo: number | undefined;
+
   /** What the scrape-time gauges read. */
   bind(sources: MetricsSources): void {
     this.sources = sources;
+    const https = sources.config().config.listeners.https;
+    try {
+      this.servedCertValidTo = https ? Date.parse(new X509Certificate(readFileSync(https.certFile)).validTo) : undefined;
+    } catch {
+      this.servedCertValidTo = undefined; // the listener cannot start with it either
+    }
   }
 
   observeRequest(r: { operation: string | undefined; outcome: string | undefined; errorName: string | undefined; prefix: string | undefined; ms: number | undefined }): void {

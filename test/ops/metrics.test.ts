@@ -2,6 +2,8 @@
 // series and they move with requests, key state changes and the HSM's health; /health is the deep check (200 ACTIVE,
 // 503 when the HSM stalls, 200 again after); /ping; the SigV4 credential age and the certificate's days left.
 import { X509Certificate } from 'node:crypto';
+import { once } from 'node:events';
+import tls from 'node:tls';
 import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -240,5 +242,29 @@ describe('what KMS alarms on', () => {
     // The test PKI's server certificate is valid for 2 days.
     expect(days).toBeGreaterThan(1.9);
     expect(days).toBeLessThanOrEqual(2.01);
+  });
+
+  it('the days left on the certificate the listener presents, even when the file was replaced without a restart', async () => {
+    const served = async () => {
+      const socket = tls.connect({ host: '127.0.0.1', port: t.proxy.listening.https!.port, rejectUnauthorized: false });
+      await once(socket, 'secureConnect');
+      const cert = socket.getPeerCertificate();
+      socket.destroy();
+      return { days: (Date.parse(cert.valid_to) - Date.now()) / 86_400_000, fingerprint: cert.fingerprint256 };
+    };
+    const before = await served();
+    expect(Math.abs(value(await scrape(ops), 'xks_tls_certificate_expiry_days', { listener: 'https' }) - before.days)).toBeLessThan(0.01);
+    // A renewed (here: an expired) certificate written over the file: listener settings need a restart, so the
+    // listener still presents the old one, and that is the one KMS sees expire.
+    const original = readFileSync(pki.server.cert);
+    writeFileSync(pki.server.cert, readFileSync(pki.expired.cert));
+    try {
+      const now = await served();
+      expect(now.fingerprint).toBe(before.fingerprint);
+      const days = value(await scrape(ops), 'xks_tls_certificate_expiry_days', { listener: 'https' });
+      expect(Math.abs(days - now.days), `gauge ${days} days, the listener presents a certificate with ${now.days} days left`).toBeLessThan(0.01);
+    } finally {
+      writeFileSync(pki.server.cert, original);
+    }
   });
 });
