@@ -155,7 +155,12 @@ beforeAll(async () => {
   const port = await freePort();
   url = `http://127.0.0.1:${port}`;
   auditDir = join(token.dir, 'audit');
-  file = writeTestConfig(token, { audit: { dir: auditDir } });
+  // Budgets far above KMS's: the pumps must not see a 503 on a loaded CI machine (this file is about reloads).
+  file = writeTestConfig(token, {
+    audit: { dir: auditDir },
+    hsm: { acquireTimeoutMs: 2_000, operationTimeoutMs: 2_000 },
+    limits: { requestTimeoutMs: 5_000, bodyBytes: 32 * 1024 },
+  });
   config = parse(readFileSync(file, 'utf8'));
   config.listeners.http.port = port;
   config.prefixes[0].credentials = [FIRST];
@@ -304,15 +309,16 @@ describe('hot reload under continuous load', () => {
       expect(r.status, r.text).toBe(403);
       expect(r.json.errorName).toBe('AccessDeniedException');
     }
-    // Burst 2 at 1/s: a quick run of 12 is mostly refused (the bound allows a bucket per worker: see workers-rate-limit).
+    // Burst 2 at 1/s for the key store (shared by the two workers): a quick run of 12 is mostly refused.
     const started = Date.now();
     const burst = [];
     for (let i = 0; i < 12; i++) burst.push(await limited());
     const seconds = (Date.now() - started) / 1000;
     const ok = burst.filter((r) => r.status === 200).length;
     expect(burst.filter((r) => r.status !== 200).every((r) => r.status === 429 && r.json.errorName === 'ThrottlingException')).toBe(true);
-    expect(ok).toBeGreaterThanOrEqual(2);
-    expect(ok).toBeLessThanOrEqual(4 + 2 * Math.ceil(seconds));
+    expect(ok).toBeGreaterThanOrEqual(1);
+    expect(ok).toBeLessThanOrEqual(2 + Math.ceil(seconds) + 1);
+    expect(burst.length - ok).toBeGreaterThanOrEqual(8);
     const others = pumpSecond!.since(written);
     expect(summary(others)).toEqual({ 200: others.length });
   }, 30_000);

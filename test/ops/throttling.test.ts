@@ -133,7 +133,7 @@ describe('a full HSM queue (sessionPoolSize 1, maxQueue 0)', () => {
       const log = logOf(t, r.id);
       expect(log).toMatchObject({ status: 429, hsmError: 'PoolExhausted' });
       // Refused at once, not after waiting for a session (acquireTimeoutMs is 1000 ms).
-      expect(log.ms, r.id).toBeLessThan(acquireTimeoutMs / 10);
+      expect(log.ms, r.id).toBeLessThan(acquireTimeoutMs / 4);
     }
     const after = t.proxy.hsm.sessionStats;
     expect(after.refused - before.refused).toBe(counts[429]);
@@ -224,8 +224,8 @@ describe('a stalled HSM, default budgets (operationTimeoutMs 200, requestTimeout
         // KMS gives up at 250 ms: the proxy answered by then (its own measure), the client soon after.
         const log = logOf(t, r.id);
         expect(log.ms).toBeGreaterThanOrEqual(150);
-        expect(log.ms).toBeLessThanOrEqual(240 + 60);
-        expect(r.ms).toBeLessThan(240 + 400);
+        expect(log.ms).toBeLessThanOrEqual(240 + 100);
+        expect(r.ms).toBeLessThan(240 + 500);
       }
       // The event loop is free: liveness answers while the HSM is stuck.
       const ping = await signedRequest(t.httpUrl, '/ping', '', { method: 'GET', unsigned: true });
@@ -257,8 +257,8 @@ describe('a stalled HSM with an HSM budget beyond the request budget (operationT
         expect(r.headers.connection).toBe('close');
         const log = logOf(t, r.id);
         expect(log.ms).toBeGreaterThanOrEqual(235);
-        expect(log.ms).toBeLessThanOrEqual(240 + 60);
-        expect(r.ms).toBeLessThan(240 + 400);
+        expect(log.ms).toBeLessThanOrEqual(240 + 100);
+        expect(r.ms).toBeLessThan(240 + 500);
       }
     } finally {
       await stall.release();

@@ -75,7 +75,13 @@ beforeAll(async () => {
   const [httpPort, opsPort, adminPort] = [await freePort(), await freePort(), await freePort()];
   url = `http://127.0.0.1:${httpPort}`;
   ops = `http://127.0.0.1:${opsPort}`;
-  file = writeTestConfig(token, { admin: adminConfig(), audit: { dir: auditDir, checkpointEvery: 100 } });
+  // Budgets far above KMS's: this file is about workers agreeing, and must not fail on a loaded CI machine.
+  file = writeTestConfig(token, {
+    admin: adminConfig(),
+    audit: { dir: auditDir, checkpointEvery: 100 },
+    hsm: { acquireTimeoutMs: 2_000, operationTimeoutMs: 2_000 },
+    limits: { requestTimeoutMs: 5_000, bodyBytes: 32 * 1024 },
+  });
   const config = parse(readFileSync(file, 'utf8'));
   config.listeners.http.port = httpPort;
   config.listeners.ops = { host: '127.0.0.1', port: opsPort };
@@ -212,6 +218,8 @@ describe('xks serve --workers 2', () => {
     expect(exit, serve.output().slice(-2000)).toEqual({ code: 0, signal: null });
     expect(Date.now() - started).toBeLessThan(15_000);
     for (const pid of workerPids) expect(() => process.kill(pid, 0), `worker ${pid} still running`).toThrow();
+    // Each worker drained and stopped on its own (then sealed its trail and called C_Finalize).
+    expect(serve.logLines().filter((l) => l.msg === 'shutting down' && l.signal === 'SIGTERM')).toHaveLength(2);
     for (const slot of [1, 2]) {
       const lines = readFileSync(trail(slot), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
       expect(lines.at(-1).type, `worker ${slot}`).toBe('checkpoint');
