@@ -70,10 +70,8 @@ async function serveOne(loaded: LoadedConfig, logger: Logger): Promise<void> {
     }
   };
   process.on('SIGHUP', () => reload('SIGHUP'));
-  // Polling the file's stat follows symlinks, so a Kubernetes ConfigMap update (an atomic symlink swap) is seen too.
-  watchFile(loaded.file, { interval: 2_000, persistent: false }, (now, before) => {
-    if (now.mtimeMs !== before.mtimeMs || now.size !== before.size || now.ino !== before.ino) reload('file changed');
-  });
+  // Under --workers the primary watches the file and signals every worker at once, so they never disagree for long.
+  if (!cluster.isWorker) watchConfig(loaded.file, () => reload('file changed'));
   const { http, https } = proxy.listening;
   logger.info(
     {
@@ -152,8 +150,13 @@ async function superviseWorkers(count: number, loaded: LoadedConfig, logger: Log
   }
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGHUP', () => {
+  const signalWorkers = () => {
     for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP');
+  };
+  process.on('SIGHUP', signalWorkers);
+  watchConfig(loaded.file, () => {
+    logger.info({ file: loaded.file }, 'configuration file changed: reloading every worker');
+    signalWorkers();
   });
   void start();
   // The operations listener lives here: /metrics aggregates the workers' registries, /health asks every worker.
@@ -170,6 +173,13 @@ async function superviseWorkers(count: number, loaded: LoadedConfig, logger: Log
     );
     logger.info({ ops: `${listening.http!.address}:${listening.http!.port}`, workers: count }, 'operations listener (/metrics, /health, /ping)');
   }
+}
+
+/** Polling the file's stat follows symlinks, so a Kubernetes ConfigMap update (an atomic symlink swap) is seen too. */
+function watchConfig(file: string, changed: () => void): void {
+  watchFile(file, { interval: 2_000, persistent: false }, (now, before) => {
+    if (now.mtimeMs !== before.mtimeMs || now.size !== before.size || now.ino !== before.ino) changed();
+  });
 }
 
 interface HealthAnswer {
