@@ -2,6 +2,7 @@
 // where an edit, a deletion, a reordering, an insertion or a truncation happened. Reading is pure; only the MAC check
 // goes to the HSM (through `checkMac`).
 import { readFileSync } from 'node:fs';
+import { basename } from 'node:path';
 import { AuditLineSchema, GENESIS, checkpointMessage, lineHash, type AuditLine } from './audit-record.js';
 
 export type MacCheck = (keyLabel: string, message: Buffer, mac: Buffer) => Promise<boolean>;
@@ -57,7 +58,37 @@ function parseFile(file: string): ParsedFile {
  * Verify the files of one or more trails. Files are put in chain order by their links (a file continues the one whose
  * last line's hash is its first line's `prev`), so a shell glob in any order works.
  */
-export async function verifyTrail(files: string[], checkMac: MacCheck, opts: { allowUnsealedTail?: boolean } = {}): Promise<VerifyResult> {
+/** A checkpoint as the writing process logged it ("audit checkpoint": file, seq, hash): a copy outside the trail. */
+export interface Anchor {
+  file: string;
+  seq: number;
+  hash: string;
+}
+
+/** The "audit checkpoint" lines of process logs (pino JSON; other lines are skipped). */
+export function readAnchors(logFiles: string[]): Anchor[] {
+  const anchors: Anchor[] = [];
+  for (const f of logFiles) {
+    for (const line of readFileSync(f, 'utf8').split('\n')) {
+      if (!line.includes('"audit checkpoint"')) continue;
+      try {
+        const o = JSON.parse(line) as { msg?: unknown; file?: unknown; seq?: unknown; hash?: unknown };
+        if (o.msg === 'audit checkpoint' && typeof o.file === 'string' && typeof o.seq === 'number' && typeof o.hash === 'string') {
+          anchors.push({ file: o.file, seq: o.seq, hash: o.hash });
+        }
+      } catch {
+        // not JSON: not ours
+      }
+    }
+  }
+  return anchors;
+}
+
+export async function verifyTrail(
+  files: string[],
+  checkMac: MacCheck,
+  opts: { allowUnsealedTail?: boolean; anchors?: Anchor[] } = {},
+): Promise<VerifyResult> {
   const parsed = files.map(parseFile);
   // Link files into chains.
   const lastHash = new Map<string, ParsedFile>();
@@ -77,6 +108,26 @@ export async function verifyTrail(files: string[], checkMac: MacCheck, opts: { a
     const r = await verifyChain(chain, checkMac, opts.allowUnsealedTail === true);
     if (r.problem) return { ok: false, chains, problem: r.problem };
     chains.push(r.summary);
+  }
+  // A trail cut right after a checkpoint (or missing its newest file) still verifies on its own; the checkpoints the
+  // process logged elsewhere must all be in it.
+  if (opts.anchors?.length) {
+    const present = new Set(parsed.flatMap((p) => p.raw.map((l) => lineHash(l))));
+    for (const a of [...opts.anchors].sort((x, y) => x.seq - y.seq)) {
+      if (present.has(a.hash)) continue;
+      const base = basename(a.file);
+      const same = parsed.filter((p) => basename(p.file).startsWith(base.replace(/\.jsonl$/, '')));
+      const last = same[same.length - 1];
+      return {
+        ok: false,
+        chains,
+        problem: {
+          file: last?.file ?? a.file,
+          line: last ? last.raw.length : 0,
+          reason: `the checkpoint seq ${a.seq} that the process logged (hash ${a.hash.slice(0, 16)}...) is not in the trail: it was cut after this line, or a file is missing`,
+        },
+      };
+    }
   }
   return { ok: true, chains };
 }

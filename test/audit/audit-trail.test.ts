@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { auditMacChecker, auditSigner, DEFAULT_AUDIT_KEY_LABEL, findAuditKeys } from '../../src/audit/audit-key.js';
 import { lineHash } from '../../src/audit/audit-record.js';
 import { AuditTrail } from '../../src/audit/audit-trail.js';
-import { verifyTrail, type MacCheck } from '../../src/audit/audit-verify.js';
+import { readAnchors, verifyTrail, type MacCheck } from '../../src/audit/audit-verify.js';
 import { HsmConnection } from '../../src/hsm/hsm-connection.js';
 import { loadProfile } from '../../src/hsm/profile.js';
 import { createTestToken, SOFTHSM_MODULE, type TestToken } from '../helpers/softhsm.js';
@@ -18,6 +18,8 @@ let check: MacCheck;
 let dir: string;
 /** The trail's files, oldest first, and the lines of the current file. */
 let files: string[];
+/** The "audit checkpoint" log lines the writers emitted, as a process log holds them. */
+let logFile: string;
 
 const entry = (i: number) => ({
   source: 'xks' as const,
@@ -47,17 +49,21 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'xks-audit-'));
   const file = join(dir, 'audit-test.jsonl');
   const signer = await auditSigner(hsm);
+  const logged: string[] = [];
+  const onCheckpoint = (c: { file: string; seq: number; hash: string }) => logged.push(JSON.stringify({ level: 30, ...c, msg: 'audit checkpoint' }));
   // Small checkpoint interval and file size: the trail gets several checkpoints and one rotation.
-  const trail = AuditTrail.open({ file, signer, checkpointEvery: 10, checkpointIntervalMs: 60_000, maxFileBytes: 8_000 });
+  const trail = AuditTrail.open({ file, signer, checkpointEvery: 10, checkpointIntervalMs: 60_000, maxFileBytes: 8_000, onCheckpoint });
   for (let i = 0; i < 45; i++) {
     trail.append(entry(i));
     if (i % 7 === 0) await new Promise((r) => setTimeout(r, 1));
   }
   await trail.close();
   // A restart continues the same chain in the same file.
-  const again = AuditTrail.open({ file, signer, checkpointEvery: 10, checkpointIntervalMs: 60_000, maxFileBytes: 1_000_000 });
+  const again = AuditTrail.open({ file, signer, checkpointEvery: 10, checkpointIntervalMs: 60_000, maxFileBytes: 1_000_000, onCheckpoint });
   for (let i = 45; i < 52; i++) again.append(entry(i));
   await again.close();
+  logFile = join(dir, 'proxy.log');
+  writeFileSync(logFile, ['{"level":30,"msg":"xks request"}', ...logged, 'not json'].join('\n') + '\n');
   files = readdirSync(dir)
     .filter((f) => f.endsWith('.jsonl'))
     .sort((a, b) => (a === 'audit-test.jsonl' ? 1 : b === 'audit-test.jsonl' ? -1 : a.localeCompare(b)))
@@ -191,6 +197,22 @@ describe('tampering is caught at the first line it touches', () => {
     expect(r.problem!.reason).toMatch(/MAC does not verify/);
     const firstCheckpointAfter = lastFileLines().findIndex((x, i) => i >= 2 && JSON.parse(x).type === 'checkpoint');
     expect(r.problem!.line).toBe(firstCheckpointAfter + 2); // one line inserted before it, 1-based
+  });
+
+  it('a cut right after a checkpoint: caught only against the checkpoints the process logged', async () => {
+    const lines = lastFileLines();
+    // The last checkpoint before the final one: everything after it removed, so the trail still ends sealed.
+    const checkpoints = lines.map((l, i) => (JSON.parse(l).type === 'checkpoint' ? i : -1)).filter((i) => i >= 0);
+    const cutAt = checkpoints[checkpoints.length - 2]!;
+    const copy = tampered((l) => l.slice(0, cutAt + 1));
+    expect((await verifyTrail(copy, check)).ok).toBe(true);
+    const anchors = readAnchors([logFile]);
+    expect(anchors.length).toBeGreaterThanOrEqual(5);
+    expect((await verifyTrail(files, check, { anchors })).ok).toBe(true);
+    const r = await verifyTrail(copy, check, { anchors });
+    expect(r.ok).toBe(false);
+    expect(r.problem!.reason).toMatch(/not in the trail: it was cut after this line/);
+    expect(r.problem!.line).toBe(cutAt + 1);
   });
 
   it('a missing middle file', async () => {
