@@ -56,6 +56,8 @@ interface AdminLog {
   errorName: string | undefined;
   reason: string | undefined;
   hsmError: string | undefined;
+  /** The key version the operation made or left current (a rotation's new version, an import's version). */
+  keyVersion: number | undefined;
   ms: number | undefined;
 }
 
@@ -131,6 +133,15 @@ const OPERATIONS: Handlers = {
   DeleteImportedKeyMaterial: async ({ imports }, r) => imports.deleteImportedKeyMaterial(r.KeyId),
   SweepImports: async ({ imports }) => imports.sweep(),
 };
+
+/** The version an answer names: RotateKeyOnDemand's Version, an import's KeyMaterialVersion, else the key's CurrentVersion. */
+function versionIn(result: object): number | undefined {
+  const r = result as { Version?: unknown; KeyMaterialVersion?: unknown; KeyMetadata?: { CurrentVersion?: unknown } };
+  if (typeof r.Version === 'number' && r.Version > 0) return r.Version;
+  if (typeof r.KeyMaterialVersion === 'number') return r.KeyMaterialVersion;
+  const v = r.KeyMetadata?.CurrentVersion;
+  return typeof v === 'number' ? v : undefined;
+}
 
 function send(res: ServerResponse, status: number, requestId: string, body: unknown, close = false): void {
   const text = JSON.stringify(body);
@@ -209,6 +220,7 @@ export function createAdminHandler(opts: AdminHandlerOptions) {
       requestId: log.requestId,
       operation: log.operation,
       ...(log.keyId ? { keyId: log.keyId } : {}),
+      ...(log.keyVersion !== undefined ? { keyVersion: log.keyVersion } : {}),
       outcome: log.outcome ?? 'error',
       ...(log.errorName ? { errorName: log.errorName } : {}),
     });
@@ -286,6 +298,7 @@ export function createAdminHandler(opts: AdminHandlerOptions) {
     if (typeof keyId === 'string' && EXTERNAL_KEY_ID.test(keyId)) log.keyId = keyId;
 
     const result = await run(name, json);
+    log.keyVersion = versionIn(result);
     send(res, 200, log.requestId, result);
   }
 
@@ -306,6 +319,7 @@ export function createAdminHandler(opts: AdminHandlerOptions) {
       errorName: undefined,
       reason: undefined,
       hsmError: undefined,
+      keyVersion: undefined,
       ms: undefined,
     };
     handle(req, res, log).then(

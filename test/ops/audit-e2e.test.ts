@@ -131,7 +131,7 @@ describe('what the proxy writes', () => {
   it('one line per admin request, with the admin access key and the outcome', () => {
     const admin = lines.filter((l) => l.source === 'admin');
     expect(admin).toHaveLength(2);
-    expect(admin[0]).toMatchObject({ type: 'event', who: ADMIN_ACCESS_KEY_ID, operation: 'RotateKeyOnDemand', keyId: 'foo', outcome: 'ok' });
+    expect(admin[0]).toMatchObject({ type: 'event', who: ADMIN_ACCESS_KEY_ID, operation: 'RotateKeyOnDemand', keyId: 'foo', keyVersion: 2, outcome: 'ok' });
     expect(admin[1]).toMatchObject({ who: ADMIN_ACCESS_KEY_ID, operation: 'DisableKey', keyId: 'missing-key', outcome: 'error', errorName: 'NotFoundException' });
     for (const a of admin) expect(a.requestId).toMatch(/^[0-9a-f-]{36}$/);
     // In the order they happened: the rotation between the two encrypts.
