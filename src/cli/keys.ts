@@ -110,6 +110,8 @@ export function keysCommand(): Command {
     withConfigOption(new Command('describe'))
       .description('show a key, its state, versions and the evidence that it never left the HSM')
       .argument('<externalKeyId>')
+      // Always JSON; the flag is accepted so that scripts can pass --json to every keys command alike.
+      .option('--json', 'print JSON (the default for describe)')
       .action((id: string, _opts, cmd: Command) =>
         withHsm(cmd, async (hsm, loaded) => {
           const key = await openLifecycle(hsm, openCatalogue(hsm, loaded), loaded).get(id);

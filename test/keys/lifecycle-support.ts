@@ -37,7 +37,7 @@ export function runCli(token: TestToken, configFile: string, args: string[], tim
 
 /** `xks keys describe <id>` (a separate process reading the token), parsed. */
 export async function describeViaCli(token: TestToken, configFile: string, id: string): Promise<any> {
-  const r = await runCli(token, configFile, ['keys', 'describe', id]);
+  const r = await runCli(token, configFile, ['keys', 'describe', id, '--json']);
   expect(r.code, r.stderr).toBe(0);
   return JSON.parse(r.stdout);
 }
