@@ -1,6 +1,7 @@
 // The catalogue: external key id -> token objects. C_FindObjects is linear on SoftHSM (12 ms at 500 keys), so it is
 // never run per request: entries are cached, refreshed in the background when older than the TTL, re-resolved on a
 // miss or a stale handle. The token stays the only store: the cache holds nothing that is not re-read from it.
+import { HsmError } from '../hsm/errors.js';
 import type { Handle, HsmConnection, KeyObject } from '../hsm/hsm-connection.js';
 import { P } from '../hsm/module.js';
 import { aesObjectRole, recordJson } from './key-objects.js';
@@ -24,7 +25,9 @@ export interface KeyVersion {
 export interface Candidate {
   object: Handle;
   version: number;
+  /** When its rotation started, and its nonce: racing rotations go oldest first (lifecycle.ts). */
   startedMs: number;
+  nonce: string;
 }
 
 export interface ExternalKey {
@@ -144,14 +147,14 @@ export class KeyCatalogue {
   }
 
   private async read(id: string): Promise<ExternalKey | undefined> {
-    const key = assemble(id, await this.hsm.findSecretKeys({ label: id }));
+    const key = assemble(id, await searchKeyObjects(this.hsm, { label: id }));
     for (const v of key?.versions.values() ?? []) v.handle = await this.hsm.cryptoHandle(v.object);
     return key;
   }
 
   /** Every key in the token, grouped by label (labels in `reserved` included, so operators see them). */
   async list(): Promise<ExternalKey[]> {
-    const objects = await this.hsm.findSecretKeys({});
+    const objects = await searchKeyObjects(this.hsm, {});
     const byLabel = new Map<string, KeyObject[]>();
     for (const o of objects) {
       if (!o.label) continue;
@@ -163,6 +166,23 @@ export class KeyCatalogue {
       .map(([label, objs]) => assemble(label, objs))
       .filter((k): k is ExternalKey => k !== undefined)
       .sort((a, b) => a.id.localeCompare(b.id));
+  }
+}
+
+const SEARCH_ATTEMPTS = 5;
+
+/**
+ * The token's secret keys matching `match`. Another process may destroy an object between C_FindObjects and the read of
+ * its attributes (a rotation withdrawing its candidate does so all the time): that read fails with a stale handle,
+ * which here only means the search is out of date, so search again rather than fail a KMS request.
+ */
+export async function searchKeyObjects(hsm: HsmConnection, match: { label?: string; keyType?: number }): Promise<KeyObject[]> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await hsm.findSecretKeys(match);
+    } catch (e) {
+      if (!(e instanceof HsmError) || e.kind !== 'ObjectHandleInvalid' || attempt >= SEARCH_ATTEMPTS) throw e;
+    }
   }
 }
 
@@ -181,7 +201,7 @@ export function assemble(id: string, objects: KeyObject[]): ExternalKey | undefi
     if (o.keyType !== P.CKK_AES) continue;
     const role = aesObjectRole(o.id);
     if (role.role === 'candidate') {
-      candidates.push({ object: o.handle, version: role.version, startedMs: role.startedMs });
+      candidates.push({ object: o.handle, version: role.version, startedMs: role.startedMs, nonce: role.nonce });
       continue;
     }
     if (role.role !== 'version') continue;
