@@ -3,10 +3,10 @@
 // number of processes on one token agree. Rotation races are settled in the token too (docs/key-model.md).
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { HsmConnection, KeyObject } from '../hsm/hsm-connection.js';
+import type { Handle, HsmConnection, KeyObject } from '../hsm/hsm-connection.js';
 import { P } from '../hsm/module.js';
 import { aes256KeyTemplate, recordObjectTemplate, type AesKeySpec } from '../hsm/templates.js';
-import { usageOf, type ExternalKey, type KeyCatalogue, type Usage } from './catalogue.js';
+import { searchKeyObjects, usageOf, type ExternalKey, type KeyCatalogue, type Usage } from './catalogue.js';
 import { KeyError } from './errors.js';
 import { aesObjectRole, candidateId, EXTERNAL_KEY_ID, recordId, versionId } from './key-objects.js';
 import { encodeRecord, PENDING_WINDOW_DAYS, ROTATION_DAYS, type KeyRecord, type KeyState, type Origin } from './key-record.js';
@@ -14,7 +14,19 @@ import { encodeRecord, PENDING_WINDOW_DAYS, ROTATION_DAYS, type KeyRecord, type 
 const DAY_MS = 86_400_000;
 /** A candidate older than this belongs to a rotation that died midway (rotations take milliseconds): clear it. */
 const CANDIDATE_STALE_MS = 60_000;
-const ROTATION_ATTEMPTS = 25;
+/** How long one call keeps trying before ConflictException: well inside CANDIDATE_STALE_MS, so its candidate never looks dead. */
+const ROTATION_BUDGET_MS = 10_000;
+
+/** A rotation's place in line: its start time, then its nonce. */
+interface Claim {
+  startedMs: number;
+  nonce: string;
+}
+
+/** Whether claim `c` started before `me` (and so goes first). */
+function isAhead(c: Claim, me: Claim): boolean {
+  return c.startedMs < me.startedMs || (c.startedMs === me.startedMs && c.nonce < me.nonce);
+}
 
 export interface CreateOptions {
   usage: Usage;
@@ -194,10 +206,15 @@ export class KeyLifecycle {
    * Add the next version of a key: rotation (material generated in the HSM) or imported material (`make` unwraps).
    *
    * PKCS#11 has no compare-and-swap, so the new object is first a candidate claiming version N, then the key is
-   * read again: if any other candidate or a committed version at or past N exists, the candidate is destroyed and
-   * the attempt retried. Of two racing writers at most one sees no rival (whoever created second sees the first),
-   * so no version is ever claimed twice; only the winner commits, by renaming its candidate's CKA_ID in one call.
-   * Versions are only ever added, never replaced, so no ciphertext loses its key.
+   * read again: a committed version at or past N, or an older rotation's candidate, and this one withdraws and
+   * retries; it commits only once a read shows no other candidate at all. Of two racing writers at most one sees no
+   * rival (whoever created second sees the first), so no version is ever claimed twice; only the winner commits, by
+   * renaming its candidate's CKA_ID in one call. Versions are only ever added, never replaced, so no ciphertext loses
+   * its key. A call keeps its start time and nonce across attempts and yields only to older ones, so racing writers
+   * go oldest first and none is overtaken again and again by newer ones (which withdraw when they see it).
+   * This assumes a search sees every object created before it. Across processes, SoftHSM 2.6's file store breaks that:
+   * a process's own create or destroy hides from it what others created since its last search, until another process
+   * writes (test/keys/rotation-race.test.ts reproduces the duplicate version that follows).
    */
   async addVersion(
     id: string,
@@ -210,39 +227,31 @@ export class KeyLifecycle {
       recordAfter?: (key: ExternalKey, version: number) => KeyRecord;
     },
   ): Promise<RotationResult> {
-    for (let attempt = 0; attempt < ROTATION_ATTEMPTS; attempt++) {
+    const me: Claim = { startedMs: this.now().getTime(), nonce: randomBytes(8).toString('hex') };
+    for (let attempt = 0; ; attempt++) {
+      if (attempt > 0) {
+        if (this.now().getTime() - me.startedMs > ROTATION_BUDGET_MS) break;
+        await backoff(attempt);
+      }
       const key = await this.get(id);
       if (o.check(key) === 'skip') return { KeyId: id, Rotated: false, Version: key.current?.version ?? 0 };
       const nowMs = this.now().getTime();
-      let rivals = false;
+      let older = false;
       for (const c of key.candidates) {
         // A candidate from a writer that died: never committed, so never used; clear it.
         if (Math.abs(nowMs - c.startedMs) > CANDIDATE_STALE_MS) await this.hsm.destroyObject(c.object).catch(() => undefined);
-        else rivals = true;
+        else if (isAhead(c, me)) older = true;
       }
-      if (rivals) {
-        await backoff(attempt);
-        continue;
-      }
+      if (older) continue;
       const next = Math.max(0, ...key.versions.keys(), ...key.duplicateVersions) + 1;
       const record = this.recordOf(key);
       const mine = await o.make({
         label: id,
-        id: candidateId(next, nowMs, randomBytes(8).toString('hex')),
+        id: candidateId(next, me.startedMs, me.nonce),
         ...usageOf(key),
         exportable: record.exportable,
       });
-      const seen = await this.hsm.findSecretKeys({ label: id, keyType: P.CKK_AES });
-      const rival = seen.some((obj) => {
-        if (obj.handle.equals(mine.handle)) return false;
-        const role = aesObjectRole(obj.id);
-        return role.role === 'candidate' || (role.role === 'version' && role.version >= next);
-      });
-      if (rival) {
-        await this.hsm.destroyObject(mine.handle);
-        await backoff(attempt);
-        continue;
-      }
+      if (!(await this.mayCommit(id, mine.handle, next, me))) continue;
       await this.hsm.setAttributes(mine.handle, [{ type: P.CKA_ID, value: versionId(next, this.now()) }]);
       const after = o.recordAfter?.(key, next) ?? record;
       // An adopted key gets its record on first rotation, so its origin and dates are kept from now on.
@@ -251,6 +260,35 @@ export class KeyLifecycle {
       return { KeyId: id, Rotated: true, Version: next };
     }
     throw new KeyError('ConflictException', `key "${id}" is being changed by another process; try again`);
+  }
+
+  /**
+   * Read the key's AES objects until the candidate `mine` (claiming `next`) may commit: true once a read shows no other
+   * candidate and no version at or past `next`. Younger candidates withdraw when they see this one, so they are
+   * waited for; an older candidate or a newer version means this one withdraws (destroyed here) and false.
+   */
+  private async mayCommit(id: string, mine: Handle, next: number, me: Claim): Promise<boolean> {
+    for (;;) {
+      let lost = false;
+      let younger = false;
+      for (const obj of await searchKeyObjects(this.hsm, { label: id, keyType: P.CKK_AES })) {
+        if (obj.handle.equals(mine)) continue;
+        const role = aesObjectRole(obj.id);
+        if (role.role === 'version' && role.version >= next) lost = true;
+        else if (role.role === 'candidate') {
+          // A dead writer's candidate is cleared by the next attempt's first read (above), not waited for.
+          if (isAhead(role, me) || Math.abs(this.now().getTime() - role.startedMs) > CANDIDATE_STALE_MS) lost = true;
+          else younger = true;
+        }
+      }
+      if (!lost && !younger) return true;
+      // Past the budget, a younger candidate that does not go away is a writer that died: give way rather than wait.
+      if (lost || this.now().getTime() - me.startedMs > ROTATION_BUDGET_MS) {
+        await this.hsm.destroyObject(mine).catch(() => undefined);
+        return false;
+      }
+      await sleep(5 + Math.random() * 10);
+    }
   }
 
   private async generateVersion(id: string, version: number, record: KeyRecord, at: Date): Promise<void> {
