@@ -351,7 +351,7 @@ export class ImportService {
     for (const v of importedVersions(bk)) {
       const obj = key.versions.get(v);
       if (!obj) continue;
-      await this.hsm.destroyObject(obj.object);
+      for (const o of [obj, ...obj.alternates]) await this.hsm.destroyObject(o.object);
       deleted.push(v);
     }
     this.catalogue.invalidate(key.id);
@@ -409,9 +409,11 @@ export class ImportService {
         const obj = key.versions.get(v);
         const entry = bk.versions[String(v)];
         if (!obj || !entry || (entry.gone === undefined && !expired.includes(v))) continue;
-        await this.hsm.destroyObject(obj.object).catch((e: unknown) => {
-          if (isInfrastructure(e)) throw e;
-        });
+        for (const o of [obj, ...obj.alternates]) {
+          await this.hsm.destroyObject(o.object).catch((e: unknown) => {
+            if (isInfrastructure(e)) throw e;
+          });
+        }
         out.push({ KeyId: key.id, Version: v, Reason: entry.gone ?? 'Expired' });
       }
       this.catalogue.invalidate(key.id);

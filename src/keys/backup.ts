@@ -128,6 +128,10 @@ export async function exportKey(deps: BackupDeps, id: string, kekLabel: string, 
   };
   const out = [];
   for (const v of versions) {
+    // Two objects committed as one version (catalogue.ts) would restore as two indistinguishable objects.
+    if (v.alternates.length > 0) {
+      throw new KeyError('KMSInvalidStateException', `version ${v.version} of key "${id}" has ${1 + v.alternates.length} objects (two rotations raced): it cannot be exported`);
+    }
     out.push({
       version: v.version,
       createdAt: v.createdAt ? v.createdAt.toISOString() : null,

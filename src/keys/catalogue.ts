@@ -19,6 +19,11 @@ export interface KeyVersion {
   createdAt?: Date | undefined;
   /** Evidence that the material never left the HSM: CKA_LOCAL, CKA_NEVER_EXTRACTABLE, CKA_SENSITIVE, CKA_EXTRACTABLE. */
   attrs: Record<string, boolean>;
+  /**
+   * Other objects committed as this same version by writers that could not see each other (see assemble()); decrypt
+   * tries them after this one. Empty almost always.
+   */
+  alternates: KeyVersion[];
 }
 
 /** A rotation in progress (or one that crashed): an AES object not yet committed as a version. */
@@ -106,7 +111,7 @@ export class KeyCatalogue {
   /** Forget a key (after a stale handle); the next resolve reads the token again. */
   invalidate(id: string, failedHandle?: Handle): void {
     const e = this.entries.get(id);
-    const versions = [...(e?.key?.versions.values() ?? [])];
+    const versions = allObjects(e?.key);
     // A request that failed on a handle another request already replaced must not throw away the new one.
     if (failedHandle && !versions.some((v) => v.handle.equals(failedHandle))) return;
     for (const v of versions) this.hsm.dropCryptoHandle(v.object);
@@ -121,8 +126,9 @@ export class KeyCatalogue {
       (key) => {
         // Session copies of versions that are gone from the token must not outlive them.
         const before = this.entries.get(id)?.key;
-        for (const v of before?.versions.values() ?? []) {
-          if (![...(key?.versions.values() ?? [])].some((n) => n.object.equals(v.object))) this.hsm.dropCryptoHandle(v.object);
+        const now = allObjects(key);
+        for (const v of allObjects(before)) {
+          if (!now.some((n) => n.object.equals(v.object))) this.hsm.dropCryptoHandle(v.object);
         }
         this.store(id, { key, fetchedAt: this.now(), generation });
         return key;
@@ -148,7 +154,9 @@ export class KeyCatalogue {
 
   private async read(id: string): Promise<ExternalKey | undefined> {
     const key = assemble(id, await searchKeyObjects(this.hsm, { label: id }));
-    for (const v of key?.versions.values() ?? []) v.handle = await this.hsm.cryptoHandle(v.object);
+    for (const v of key?.versions.values() ?? []) {
+      for (const x of [v, ...v.alternates]) x.handle = await this.hsm.cryptoHandle(x.object);
+    }
     return key;
   }
 
@@ -186,12 +194,18 @@ export async function searchKeyObjects(hsm: HsmConnection, match: { label?: stri
   }
 }
 
+/** Every version object of a key, alternates included. */
+export function allObjects(key: ExternalKey | undefined): KeyVersion[] {
+  return [...(key?.versions.values() ?? [])].flatMap((v) => [v, ...v.alternates]);
+}
+
 /** One key from the token objects carrying its label; undefined when none of them is ours or an AES key. */
 export function assemble(id: string, objects: KeyObject[]): ExternalKey | undefined {
   const versions = new Map<number, KeyVersion>();
   const duplicateVersions = new Set<number>();
   const candidates: Candidate[] = [];
   const records: { object: Handle; json: string }[] = [];
+  const byVersion = new Map<number, { o: KeyObject; createdAt: Date | undefined }[]>();
   for (const o of objects) {
     if (o.keyType === P.CKK_GENERIC_SECRET) {
       const json = recordJson(o.id);
@@ -205,21 +219,32 @@ export function assemble(id: string, objects: KeyObject[]): ExternalKey | undefi
       continue;
     }
     if (role.role !== 'version') continue;
-    // Two objects claiming one version (say, two `pkcs11-tool --keygen` with one label): the order C_FindObjects
-    // returns them in differs between processes, so neither is used (operations refuse the version).
-    if (versions.has(role.version)) {
-      duplicateVersions.add(role.version);
-      continue;
+    const group = byVersion.get(role.version) ?? [];
+    group.push({ o, createdAt: role.createdAt });
+    byVersion.set(role.version, group);
+  }
+  for (const [version, group] of byVersion) {
+    // Several objects committed as one version. Writers in separate processes can both commit one version when the
+    // token hides from one the other's object (SoftHSM's file store does, after a process's own create). Each may
+    // already have encrypted under its own, so none is dropped: every process encrypts with the same one (the lowest
+    // CKA_ID, which carries the writer's nonce) and decrypt tries the others. Objects with the same CKA_ID (two
+    // `pkcs11-tool --keygen` with one label) cannot be told apart the same way in every process: refused.
+    group.sort((a, b) => Buffer.compare(a.o.id, b.o.id));
+    if (group.some((g, i) => i > 0 && g.o.id.equals(group[i - 1]!.o.id))) {
+      duplicateVersions.add(version);
     }
-    versions.set(role.version, {
-      version: role.version,
+    const [first, ...rest] = group.map(({ o, createdAt }): KeyVersion => ({
+      version,
       handle: o.handle,
       object: o.handle,
       encrypt: o.attrs.encrypt === true,
       decrypt: o.attrs.decrypt === true,
-      createdAt: role.createdAt,
+      createdAt,
       attrs: o.attrs,
-    });
+      alternates: [],
+    }));
+    first!.alternates = rest;
+    versions.set(version, first!);
   }
   if (versions.size === 0 && records.length === 0) return undefined;
   const problems: string[] = [];

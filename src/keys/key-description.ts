@@ -33,6 +33,8 @@ export function describeKey(k: ExternalKey) {
       .sort((a, b) => a.version - b.version)
       .map((v) => ({
         Version: v.version,
+        // Objects committed as this version by writers that could not see each other: all kept, all decrypt.
+        ...(v.alternates.length > 0 ? { Objects: 1 + v.alternates.length } : {}),
         ...(v.createdAt ? { CreationDate: v.createdAt.toISOString() } : {}),
         Encrypt: v.encrypt,
         Decrypt: v.decrypt,

@@ -167,7 +167,7 @@ export class KeyLifecycle {
     for (const key of await this.list()) {
       if (key.state !== 'PendingDeletion' || !key.record?.deletionDate) continue;
       if (Date.parse(key.record.deletionDate) > now) continue;
-      for (const v of key.versions.values()) await this.hsm.destroyObject(v.object);
+      for (const v of key.versions.values()) for (const o of [v, ...v.alternates]) await this.hsm.destroyObject(o.object);
       for (const c of key.candidates) await this.hsm.destroyObject(c.object);
       // A crash before this line leaves a record still pending deletion: the next purge finishes the job.
       if (key.recordObject) await this.hsm.destroyObject(key.recordObject);
@@ -252,7 +252,7 @@ export class KeyLifecycle {
         exportable: record.exportable,
       });
       if (!(await this.mayCommit(id, mine.handle, next, me))) continue;
-      await this.hsm.setAttributes(mine.handle, [{ type: P.CKA_ID, value: versionId(next, this.now()) }]);
+      await this.hsm.setAttributes(mine.handle, [{ type: P.CKA_ID, value: versionId(next, this.now(), me.nonce) }]);
       const after = o.recordAfter?.(key, next) ?? record;
       // An adopted key gets its record on first rotation, so its origin and dates are kept from now on.
       if (!key.record || after !== record) await this.writeRecord(key, after);

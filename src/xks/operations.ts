@@ -140,7 +140,20 @@ export async function decrypt(deps: XksDeps, keyId: string, req: DecryptRequest)
   const gcmAad = buildGcmAad(req.additionalAuthenticatedData, req.ciphertextMetadata);
   const plaintext = await withVersion(deps, keyId, (k) => k.versions.get(version), bad, async (v) => {
     if (!v.decrypt) throw new XksError('InvalidKeyUsageException', `external key ${keyId} may not decrypt`);
-    return deps.hsm.decryptGcm(v.handle, req.initializationVector, req.ciphertext, req.authenticationTag, gcmAad);
+    try {
+      return await deps.hsm.decryptGcm(v.handle, req.initializationVector, req.ciphertext, req.authenticationTag, gcmAad);
+    } catch (e) {
+      // Other objects committed as the same version (catalogue.ts): the GCM tag says which one encrypted.
+      if (!(e instanceof HsmError) || e.kind !== 'DataInvalid' || v.alternates.length === 0) throw e;
+      for (const alt of v.alternates) {
+        try {
+          return await deps.hsm.decryptGcm(alt.handle, req.initializationVector, req.ciphertext, req.authenticationTag, gcmAad);
+        } catch (again) {
+          if (!(again instanceof HsmError) || again.kind !== 'DataInvalid') throw again;
+        }
+      }
+      throw e;
+    }
   });
   return { body: { plaintext: plaintext.toString('base64') }, keyVersion: version };
 }
