@@ -238,6 +238,7 @@ export class ImportService {
 
   private async commitNew(id: string, source: MaterialSource, kcv: string, expiration: Expiration, now: Date): Promise<number> {
     const result = await this.lifecycle.addVersion(id, {
+      plainId: true,
       check: (k) => {
         // The key may have changed since the checks above (another import, a deletion): check again on a fresh read.
         this.checkImportable(k);

@@ -225,6 +225,11 @@ export class KeyLifecycle {
       make: (spec: AesKeySpec) => Promise<KeyObject>;
       /** The record to store once the version is committed (default: unchanged; an adopted key gets one). */
       recordAfter?: (key: ExternalKey, version: number) => KeyRecord;
+      /**
+       * Leave the writer's nonce out of the committed CKA_ID: imported material is restored later under exactly the
+       * id it had (docs/byok.md), which the bookkeeping rebuilds from the version and its date.
+       */
+      plainId?: boolean;
     },
   ): Promise<RotationResult> {
     const me: Claim = { startedMs: this.now().getTime(), nonce: randomBytes(8).toString('hex') };
@@ -252,7 +257,7 @@ export class KeyLifecycle {
         exportable: record.exportable,
       });
       if (!(await this.mayCommit(id, mine.handle, next, me))) continue;
-      await this.hsm.setAttributes(mine.handle, [{ type: P.CKA_ID, value: versionId(next, this.now(), me.nonce) }]);
+      await this.hsm.setAttributes(mine.handle, [{ type: P.CKA_ID, value: versionId(next, this.now(), o.plainId ? undefined : me.nonce) }]);
       const after = o.recordAfter?.(key, next) ?? record;
       // An adopted key gets its record on first rotation, so its origin and dates are kept from now on.
       if (!key.record || after !== record) await this.writeRecord(key, after);
