@@ -156,7 +156,12 @@ export function keysCommand(): Command {
       .option('--json', 'print JSON')
       .action((opts: { json?: boolean }, cmd: Command) =>
         run(cmd, false, async (keys) => {
-          const done = (await keys.rotateDue()).filter((r) => r.Rotated);
+          const all = await keys.rotateDue();
+          const done = all.filter((r) => r.Rotated);
+          const failed = all.filter((r) => r.Error);
+          // A key that could not be rotated this time: said on stderr and in the exit status; the next run retries it.
+          for (const f of failed) process.stderr.write(`xks: ${f.KeyId} was not rotated: ${f.Error}\n`);
+          if (failed.length) process.exitCode = 1;
           if (opts.json) return JSON.stringify(done);
           return done.length ? done.map((r) => `rotated ${r.KeyId}: version ${r.Version} is current`).join('\n') : 'no key is due for rotation';
         }),

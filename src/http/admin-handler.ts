@@ -125,7 +125,10 @@ const OPERATIONS: Handlers = {
     return { KeyId: d.KeyId, KeyState: d.KeyState };
   },
   RotateDueKeys: async ({ lifecycle: lc }) => ({
-    Rotations: (await lc.rotateDue()).filter((x) => x.Rotated).map((x) => ({ KeyId: x.KeyId, Version: x.Version })),
+    ...(await lc.rotateDue().then((all) => ({
+      Rotations: all.filter((x) => x.Rotated).map((x) => ({ KeyId: x.KeyId, Version: x.Version })),
+      ...(all.some((x) => x.Error) ? { Failures: all.filter((x) => x.Error).map((x) => ({ KeyId: x.KeyId, Error: x.Error })) } : {}),
+    }))),
   }),
   PurgeDueKeys: async ({ lifecycle: lc }) => ({ DeletedKeyIds: await lc.purgeDue() }),
   GetParametersForImport: async ({ imports }, r) => getParametersForImportResponse(await imports.getParametersForImport(r)),

@@ -47,6 +47,8 @@ export interface RotationResult {
   KeyId: string;
   Rotated: boolean;
   Version: number;
+  /** rotate-due only: why this key could not be rotated this time (the run goes on with the other keys). */
+  Error?: string;
 }
 
 export class KeyLifecycle {
@@ -155,7 +157,13 @@ export class KeyLifecycle {
     const results: RotationResult[] = [];
     for (const key of await this.list()) {
       if (!this.isDue(key)) continue;
-      results.push(await this.rotateIf(key.id, (k) => this.isDue(k)));
+      try {
+        results.push(await this.rotateIf(key.id, (k) => this.isDue(k)));
+      } catch (e) {
+        // One key that cannot be rotated now (a conflict, a state changed meanwhile) must not hold back the others.
+        const name = e instanceof KeyError ? e.code : 'Error';
+        results.push({ KeyId: key.id, Rotated: false, Version: key.current?.version ?? 0, Error: `${name}: ${(e as Error).message}` });
+      }
     }
     return results;
   }

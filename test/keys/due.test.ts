@@ -4,9 +4,11 @@
 // catalogue, so what XKS answers afterwards is checked on the real server.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
-import { aes256KeyTemplate } from '../../src/hsm/templates.js';
+import { aes256KeyTemplate, recordObjectTemplate } from '../../src/hsm/templates.js';
 import { KeyError } from '../../src/keys/errors.js';
-import { candidateId } from '../../src/keys/key-objects.js';
+import { P } from '../../src/hsm/module.js';
+import { candidateId, recordId, versionId } from '../../src/keys/key-objects.js';
+import { encodeRecord } from '../../src/keys/key-record.js';
 import type { KeyLifecycle } from '../../src/keys/lifecycle.js';
 import { openLifecycle } from '../../src/proxy.js';
 import { ensureBuilt } from '../helpers/built-cli.js';
@@ -210,5 +212,22 @@ describe('with a fake clock', () => {
     const purge = await runCli(token, configFile, ['keys', 'purge-due']);
     expect(purge.code, purge.stderr).toBe(0);
     expect(purge.stdout.trim()).toBe('no key is due for deletion');
+  });
+});
+
+describe('one key that cannot be rotated does not hold back the others', () => {
+  it('rotate-due reports the failure for that key and rotates the rest', async () => {
+    const now = new Date();
+    const lifecycle = openLifecycle(t!.proxy.hsm, t!.proxy.catalogue, loadConfig(t!.configFile), () => new Date(now.getTime() + 100 * DAY_MS));
+    // A key whose record claims a rotation period but whose material is imported: rotating it is refused.
+    await t!.proxy.hsm.generateKey(aes256KeyTemplate({ label: 'stuck', id: versionId(1, now), encrypt: true, decrypt: true }));
+    const record = { f: 1 as const, state: 'Enabled' as const, usage: ['ENCRYPT' as const, 'DECRYPT' as const], origin: 'EXTERNAL' as const, created: now.toISOString(), exportable: false, rotationDays: 90 };
+    await t!.proxy.hsm.generateKey(recordObjectTemplate('stuck', recordId(encodeRecord(record))), P.CKM_GENERIC_SECRET_KEY_GEN);
+    await t!.proxy.lifecycle.create('zz-due', { usage: { encrypt: true, decrypt: true }, rotationPeriodDays: 90 });
+    const results = await lifecycle.rotateDue();
+    const stuck = results.find((r) => r.KeyId === 'stuck');
+    expect(stuck).toMatchObject({ Rotated: false, Version: 1 });
+    expect(stuck!.Error).toMatch(/^UnsupportedOperationException: /);
+    expect(results.find((r) => r.KeyId === 'zz-due')).toMatchObject({ Rotated: true, Version: 2 });
   });
 });
