@@ -13,6 +13,13 @@ import { openAuditTrail, openHsm } from '../proxy.js';
 /** Commands that only read (list, describe, report, status, verify, serve) are not audited here. */
 const READ_ONLY = new Set(['list', 'describe', 'status', 'verify', 'serve', 'report', 'help']);
 
+let keyVersion: number | undefined;
+
+/** The key version a command made or left current (a rotation's new version), for its audit line. */
+export function noteAuditVersion(version: number | undefined): void {
+  keyVersion = version;
+}
+
 export interface CliCall {
   operation: string;
   keyId?: string | undefined;
@@ -53,6 +60,7 @@ export async function auditCliCall(call: CliCall, outcome: 'ok' | 'error', error
     who: operator(),
     operation: call.operation,
     ...(call.keyId ? { keyId: call.keyId } : {}),
+    ...(keyVersion !== undefined && call.keyId ? { keyVersion } : {}),
     outcome,
     ...(errorName ? { errorName } : {}),
   };

@@ -7,6 +7,7 @@ import { PENDING_WINDOW_DAYS } from '../keys/key-record.js';
 import type { KeyLifecycle } from '../keys/lifecycle.js';
 import { openCatalogue, openLifecycle } from '../proxy.js';
 import { exportCommand, importWrappedCommand } from './backup.js';
+import { noteAuditVersion } from './cli-audit.js';
 import { withConfigOption, withHsm } from './context.js';
 
 function parseUsage(value: string): { encrypt: boolean; decrypt: boolean } {
@@ -34,7 +35,10 @@ function run(cmd: Command, json: boolean | undefined, fn: (keys: KeyLifecycle) =
   return withHsm(cmd, async (hsm, loaded) => {
     const out = await fn(openLifecycle(hsm, openCatalogue(hsm, loaded), loaded));
     if (typeof out === 'string') console.log(out);
-    else console.log(json ? JSON.stringify(describeKey(out)) : summary(out));
+    else {
+      noteAuditVersion(out.current?.version);
+      console.log(json ? JSON.stringify(describeKey(out)) : summary(out));
+    }
   });
 }
 
@@ -76,6 +80,7 @@ export function keysCommand(): Command {
               rotationPeriodDays: opts.rotationPeriodDays,
               exportable: opts.exportable === true,
             });
+            noteAuditVersion(made.current?.version);
             return opts.json ? made : `created ${summary(made)}`;
           }),
       ),
@@ -132,6 +137,7 @@ export function keysCommand(): Command {
       .action((id: string, opts: { json?: boolean }, cmd: Command) =>
         run(cmd, false, async (keys) => {
           const r = await keys.rotate(id);
+          noteAuditVersion(r.Version);
           return opts.json ? JSON.stringify(r) : `rotated ${id}: version ${r.Version} is current`;
         }),
       ),
