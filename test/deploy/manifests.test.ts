@@ -1,0 +1,50 @@
+// deploy/ stays deployable: every Kubernetes manifest parses, the ConfigMap's config passes the proxy's own schema,
+// the Deployment's probes point at ports and paths the config serves, and the systemd units run commands that exist.
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse, parseAllDocuments } from 'yaml';
+import { expect, it } from 'vitest';
+import { parseConfig } from '../../src/config/load.js';
+import { ROOT } from '../helpers/built-cli.js';
+
+const K8S = join(ROOT, 'deploy/kubernetes');
+const docs = readdirSync(K8S).flatMap((f) => parseAllDocuments(readFileSync(join(K8S, f), 'utf8')).map((d) => ({ file: f, d })));
+
+it('every manifest parses, and kustomization lists every other file', () => {
+  for (const { file, d } of docs) expect(d.errors, file).toEqual([]);
+  const kustomization = parse(readFileSync(join(K8S, 'kustomization.yaml'), 'utf8'));
+  const others = readdirSync(K8S).filter((f) => f !== 'kustomization.yaml').sort();
+  expect([...kustomization.resources].sort()).toEqual(others);
+});
+
+it('the ConfigMap holds a valid configuration whose listeners the Deployment probes', () => {
+  const cm = docs.map((x) => x.d.toJSON()).find((j) => j?.kind === 'ConfigMap');
+  const config = parseConfig(cm.data['config.yaml'], 'deploy/kubernetes/configmap.yaml');
+  const deployment = docs.map((x) => x.d.toJSON()).find((j) => j?.kind === 'Deployment');
+  const spec = deployment.spec;
+  expect(spec.replicas).toBeGreaterThanOrEqual(2);
+  const container = spec.template.spec.containers[0];
+  const ports = Object.fromEntries(container.ports.map((p: { name: string; containerPort: number }) => [p.name, p.containerPort]));
+  expect(ports.xks).toBe(config.listeners.http!.port);
+  expect(ports.ops).toBe(config.listeners.ops!.port);
+  expect(container.readinessProbe.httpGet).toEqual({ path: '/health', port: 'ops' });
+  expect(container.livenessProbe.httpGet).toEqual({ path: '/ping', port: 'xks' });
+  expect(spec.template.spec.securityContext.runAsNonRoot).toBe(true);
+  // Secrets come from the Secret, never the ConfigMap.
+  const secret = docs.map((x) => x.d.toJSON()).find((j) => j?.kind === 'Secret');
+  const envNames = [config.hsm.pin, ...config.prefixes.flatMap((p) => p.credentials.map((c) => c.secret))].map((r) => ('env' in r ? r.env : r.file));
+  for (const name of envNames) expect(Object.keys(secret.stringData)).toContain(name);
+});
+
+it('the CronJobs and the systemd timer run the key maintenance commands', () => {
+  const jobs = docs.map((x) => x.d.toJSON()).filter((j) => j?.kind === 'CronJob');
+  const commands = jobs.map((j) => JSON.stringify(j.spec.jobTemplate.spec.template.spec.containers[0]));
+  expect(commands.join(' ')).toMatch(/rotate-due/);
+  expect(commands.join(' ')).toMatch(/purge-due/);
+  expect(commands.join(' ')).toMatch(/import sweep/);
+  const unit = readFileSync(join(ROOT, 'deploy/systemd/xks-keys-maintenance.service'), 'utf8');
+  expect(unit).toMatch(/keys rotate-due/);
+  expect(unit).toMatch(/keys purge-due/);
+  expect(unit).toMatch(/import sweep/);
+  expect(readFileSync(join(ROOT, 'deploy/systemd/xks-proxy.service'), 'utf8')).toMatch(/ExecReload=\/bin\/kill -HUP \$MAINPID/);
+});
