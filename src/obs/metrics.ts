@@ -10,6 +10,7 @@ import type { LoadedConfig } from '../config/load.js';
 import type { HsmConnection } from '../hsm/hsm-connection.js';
 import type { KeyCatalogue } from '../keys/catalogue.js';
 import type { HealthChecker } from '../xks/health.js';
+import { FastCounter, FastHistogram } from './fast-metrics.js';
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
 
@@ -22,37 +23,27 @@ export interface MetricsSources {
 
 export class Metrics {
   readonly registry: client.Registry;
-  private readonly requests: client.Counter<'operation' | 'outcome' | 'error' | 'prefix'>;
-  private readonly latency: client.Histogram<'operation'>;
-  private readonly hsmLatency: client.Histogram<'call'>;
+  private readonly requests: FastCounter;
+  private readonly latency: FastHistogram;
+  private readonly hsmLatency: FastHistogram;
   private sources: MetricsSources | undefined;
-  private readonly requestChildren = new Map<string, client.Counter.Internal>();
-  private readonly latencyChildren = new Map<string, client.Histogram.Internal<'operation'>>();
-  private readonly hsmChildren = new Map<string, client.Histogram.Internal<'call'>>();
 
   constructor(registry: client.Registry = client.register) {
     this.registry = registry;
     client.collectDefaultMetrics({ register: registry, prefix: 'xks_process_' });
-    this.requests = new client.Counter({
-      name: 'xks_requests_total',
-      help: 'XKS requests by operation, outcome and error name',
-      labelNames: ['operation', 'outcome', 'error', 'prefix'],
-      registers: [registry],
-    });
-    this.latency = new client.Histogram({
-      name: 'xks_request_duration_seconds',
-      help: 'XKS request latency, from the first byte read to the response written',
-      labelNames: ['operation'],
-      buckets: LATENCY_BUCKETS,
-      registers: [registry],
-    });
-    this.hsmLatency = new client.Histogram({
-      name: 'xks_hsm_call_duration_seconds',
-      help: 'PKCS#11 AES-GCM call latency of successful calls (Init to result, session already borrowed)',
-      labelNames: ['call'],
-      buckets: LATENCY_BUCKETS,
-      registers: [registry],
-    });
+    this.requests = new FastCounter('xks_requests_total', 'XKS requests by operation, outcome and error name', registry);
+    this.latency = new FastHistogram(
+      'xks_request_duration_seconds',
+      'XKS request latency, from the first byte read to the response written',
+      LATENCY_BUCKETS,
+      registry,
+    );
+    this.hsmLatency = new FastHistogram(
+      'xks_hsm_call_duration_seconds',
+      'PKCS#11 AES-GCM call latency of successful calls (Init to result, session already borrowed)',
+      LATENCY_BUCKETS,
+      registry,
+    );
     const self = this;
     new client.Gauge({
       name: 'xks_hsm_sessions',
@@ -176,30 +167,13 @@ export class Metrics {
     const outcome = r.outcome ?? 'error';
     const error = r.errorName ?? '';
     const prefix = r.prefix ?? '';
-    // Children per label set, cached: prom-client hashes a labels object on every call otherwise (hot path).
-    const key = `${operation}\u0000${outcome}\u0000${error}\u0000${prefix}`;
-    let counter = this.requestChildren.get(key);
-    if (!counter) {
-      counter = this.requests.labels({ operation, outcome, error, prefix });
-      if (this.requestChildren.size < 10_000) this.requestChildren.set(key, counter);
-    }
-    counter.inc();
-    if (r.ms === undefined) return;
-    let hist = this.latencyChildren.get(operation);
-    if (!hist) {
-      hist = this.latency.labels({ operation });
-      this.latencyChildren.set(operation, hist);
-    }
-    hist.observe(r.ms / 1000);
+    // Label values are bounded: operations and error names are fixed sets, prefixes come from the config.
+    this.requests.inc(`${operation}\u0000${outcome}\u0000${error}\u0000${prefix}`, () => ({ operation, outcome, error, prefix }));
+    if (r.ms !== undefined) this.latency.observe(this.latency.child(operation, { operation }), r.ms / 1000);
   }
 
   observeHsmCall(call: string, seconds: number): void {
-    let hist = this.hsmChildren.get(call);
-    if (!hist) {
-      hist = this.hsmLatency.labels({ call });
-      this.hsmChildren.set(call, hist);
-    }
-    hist.observe(seconds);
+    this.hsmLatency.observe(this.hsmLatency.child(call, { call }), seconds);
   }
 }
 
