@@ -118,12 +118,19 @@ function freePort() {
   });
 }
 
-/** CPU seconds (user + system) a process has used so far, from /proc (Linux); undefined elsewhere. */
+/**
+ * CPU seconds (user + system) a process and its children (`--workers`) have used so far, from /proc (Linux);
+ * undefined elsewhere.
+ */
 function cpuSeconds(pid) {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100 on Linux)
+    let total = (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100 on Linux)
+    for (const child of readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ').filter(Boolean)) {
+      total += cpuSeconds(Number(child)) ?? 0;
+    }
+    return total;
   } catch {
     return undefined;
   }
