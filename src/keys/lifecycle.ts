@@ -21,10 +21,12 @@ const ROTATION_BUDGET_MS = 10_000;
 interface Claim {
   startedMs: number;
   nonce: string;
+  /** performance.now() at the start: the budget runs on the real clock even when the lifecycle's clock is a fake. */
+  began: number;
 }
 
 /** Whether claim `c` started before `me` (and so goes first). */
-function isAhead(c: Claim, me: Claim): boolean {
+function isAhead(c: Pick<Claim, 'startedMs' | 'nonce'>, me: Claim): boolean {
   return c.startedMs < me.startedMs || (c.startedMs === me.startedMs && c.nonce < me.nonce);
 }
 
@@ -240,10 +242,10 @@ export class KeyLifecycle {
       plainId?: boolean;
     },
   ): Promise<RotationResult> {
-    const me: Claim = { startedMs: this.now().getTime(), nonce: randomBytes(8).toString('hex') };
+    const me: Claim = { startedMs: this.now().getTime(), nonce: randomBytes(8).toString('hex'), began: performance.now() };
     for (let attempt = 0; ; attempt++) {
       if (attempt > 0) {
-        if (this.now().getTime() - me.startedMs > ROTATION_BUDGET_MS) break;
+        if (performance.now() - me.began > ROTATION_BUDGET_MS) break;
         await backoff(attempt);
       }
       const key = await this.get(id);
@@ -296,7 +298,7 @@ export class KeyLifecycle {
       }
       if (!lost && !younger) return true;
       // Past the budget, a younger candidate that does not go away is a writer that died: give way rather than wait.
-      if (lost || this.now().getTime() - me.startedMs > ROTATION_BUDGET_MS) {
+      if (lost || performance.now() - me.began > ROTATION_BUDGET_MS) {
         await this.hsm.destroyObject(mine).catch(() => undefined);
         return false;
       }
