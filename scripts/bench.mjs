@@ -433,9 +433,10 @@ async function main() {
   // The servers, each in its own process.
   const prof = (who) => (PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${join(tmp, `prof-${who}`)}`] : []);
   const extra = (process.env.BENCH_PROXY_ARGS || '').split(' ').filter(Boolean); // e.g. --trace-gc
-  // What `xks serve` gives its workers (src/cli/serve.ts); passed here so that --workers 1 stays one process to profile.
-  if (!extra.some((a) => a.startsWith('--max-semi-space-size'))) extra.push('--max-semi-space-size=32');
-  const proxyArgs = [...prof('proxy'), ...extra, CLI, 'serve', '--config', config, '--workers', String(WORKERS)];
+  const heap = extra.some((a) => a.startsWith('--max-semi-space-size')) ? [] : ['--max-semi-space-size=32'];
+  // The young generation `xks serve` gives its workers (src/cli/serve.ts), passed here so that --workers 1 stays one
+  // process (to profile).
+  const proxyArgs = [...prof('proxy'), ...heap, ...extra, CLI, 'serve', '--config', config, '--workers', String(WORKERS)];
   // The request log goes to a file (or /dev/null), as in production, not through a pipe this load generator must read.
   const proxyLog = extra.length ? join(dirname(OUT), 'bench-proxy.log') : '/dev/null';
   const proxyOut = openSync(proxyLog, 'w');
