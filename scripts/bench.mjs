@@ -433,8 +433,8 @@ async function main() {
   // The servers, each in its own process.
   const prof = (who) => (PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${join(tmp, `prof-${who}`)}`] : []);
   const extra = (process.env.BENCH_PROXY_ARGS || '').split(' ').filter(Boolean); // e.g. --trace-gc
-  const heap = extra.some((a) => a.startsWith('--max-semi-space-size')) ? [] : ['--max-semi-space-size=32'];
-  // The young generation `xks serve` gives its workers (src/cli/serve.ts), passed here so that --workers 1 stays one
+  const heap = extra.some((a) => a.startsWith('--max-semi-space-size')) ? [] : ['--max-semi-space-size=32', '--no-allocation-site-pretenuring'];
+  // The V8 heap flags `xks serve` gives its workers (src/cli/serve.ts), passed here so that --workers 1 stays one
   // process (to profile).
   const proxyArgs = [...prof('proxy'), ...heap, ...extra, CLI, 'serve', '--config', config, '--workers', String(WORKERS)];
   // The request log goes to a file (or /dev/null), as in production, not through a pipe this load generator must read.
