@@ -98,6 +98,29 @@ export function poisonsSession(kind: HsmErrorKind): boolean {
   return kind !== 'KeyFunctionNotPermitted' && kind !== 'DataInvalid' && kind !== 'ObjectHandleInvalid';
 }
 
+/**
+ * What a failure means to a caller that must answer now, whatever its protocol: `busy` (retry soon: no session came
+ * free), `timeout` (the HSM did not answer in time), `unavailable` (the HSM or its login is gone), or `other`.
+ */
+export function availabilityOf(kind: HsmErrorKind): 'busy' | 'timeout' | 'unavailable' | 'other' {
+  switch (kind) {
+    case 'PoolExhausted':
+      return 'busy';
+    case 'Timeout':
+      return 'timeout';
+    case 'SessionInvalid':
+    case 'NotLoggedIn':
+    case 'DeviceError':
+    case 'Closed':
+    case 'PinIncorrect':
+    case 'PinLocked':
+    case 'TokenNotFound':
+      return 'unavailable';
+    default:
+      return 'other';
+  }
+}
+
 /** Kinds after which the whole module should be recovered (reopen sessions, log in again, or re-initialise). */
 export function needsRecovery(kind: HsmErrorKind): boolean {
   return kind === 'SessionInvalid' || kind === 'NotLoggedIn' || kind === 'DeviceError';

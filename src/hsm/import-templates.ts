@@ -3,14 +3,7 @@
 // and the ephemeral AES key of an RSA-AES blob) are sensitive and non-extractable from their first instant.
 import type pkcs11js from 'pkcs11js';
 import { P, type Mechanism, type Template } from './module.js';
-import { aes256KeyTemplate, type AesKeySpec } from './templates.js';
-
-/** CKA_ALLOWED_MECHANISMS: a Buffer of CK_ULONGs in the platform's order (8 bytes, little-endian on x86-64 and arm64). */
-export function allowedMechanisms(...mechanisms: number[]): Buffer {
-  const b = Buffer.alloc(8 * mechanisms.length);
-  mechanisms.forEach((m, i) => b.writeBigUInt64LE(BigInt(m), i * 8));
-  return b;
-}
+import { aes256KeyTemplate, allowedMechanisms, hmacKeyTemplate, type AesKeySpec } from './templates.js';
 
 /** How the wrapping private key is used: unwrap by CKM_RSA_PKCS_OAEP in the HSM, or raw RSA decrypt (CKM_RSA_X_509). */
 export type WrappingKeyUse = 'oaep-unwrap' | 'raw-decrypt';
@@ -69,28 +62,9 @@ export function wrappingPrivateKeyTemplate(spec: WrappingKeyPairSpec): Template 
   ];
 }
 
-/** The key that authenticates import tokens: HMAC-SHA256 sign and verify only, generated in the HSM, never readable. */
+/** The key that authenticates import tokens: an HMAC key generated in the HSM, never readable (templates.ts). */
 export function importTokenKeyTemplate(label: string, id: Buffer): Template {
-  return [
-    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_GENERIC_SECRET },
-    { type: P.CKA_VALUE_LEN, value: 32 },
-    { type: P.CKA_TOKEN, value: true },
-    { type: P.CKA_PRIVATE, value: true },
-    { type: P.CKA_SENSITIVE, value: true },
-    { type: P.CKA_EXTRACTABLE, value: false },
-    { type: P.CKA_MODIFIABLE, value: false },
-    { type: P.CKA_SIGN, value: true },
-    { type: P.CKA_VERIFY, value: true },
-    { type: P.CKA_ENCRYPT, value: false },
-    { type: P.CKA_DECRYPT, value: false },
-    { type: P.CKA_WRAP, value: false },
-    { type: P.CKA_UNWRAP, value: false },
-    { type: P.CKA_DERIVE, value: false },
-    { type: P.CKA_ALLOWED_MECHANISMS, value: allowedMechanisms(P.CKM_SHA256_HMAC) },
-    { type: P.CKA_LABEL, value: label },
-    { type: P.CKA_ID, value: id },
-  ];
+  return hmacKeyTemplate(label, id);
 }
 
 function sessionSecret(keyType: number, usage: { sign?: boolean; unwrap?: boolean }, mechanism: number): Template {

@@ -66,8 +66,15 @@ export function recordObjectTemplate(label: string, id: Buffer): Template {
   ];
 }
 
+/** CKA_ALLOWED_MECHANISMS: a Buffer of CK_ULONGs in the platform's order (8 bytes, little-endian on x86-64 and arm64). */
+export function allowedMechanisms(...mechanisms: number[]): Buffer {
+  const b = Buffer.alloc(8 * mechanisms.length);
+  mechanisms.forEach((m, i) => b.writeBigUInt64LE(BigInt(m), i * 8));
+  return b;
+}
+
 /** A MAC key that never leaves the HSM: 32-byte generic secret for CKM_SHA256_HMAC, sign and verify only. */
-export function hmacKeyTemplate(label: string): Template {
+export function hmacKeyTemplate(label: string, id?: Buffer): Template {
   return [
     { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
     { type: P.CKA_KEY_TYPE, value: P.CKK_GENERIC_SECRET },
@@ -84,6 +91,8 @@ export function hmacKeyTemplate(label: string): Template {
     { type: P.CKA_SIGN, value: true },
     { type: P.CKA_VERIFY, value: true },
     { type: P.CKA_DERIVE, value: false },
+    { type: P.CKA_ALLOWED_MECHANISMS, value: allowedMechanisms(P.CKM_SHA256_HMAC) },
     { type: P.CKA_LABEL, value: label },
+    ...(id ? [{ type: P.CKA_ID, value: id }] : []),
   ];
 }

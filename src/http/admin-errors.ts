@@ -1,6 +1,6 @@
 // Admin API error names and their HTTP status, in one place. Names are KMS's where KMS has one (its JSON protocol:
 // `{"__type": name, "message": ...}`, client errors 400), so AWS SDKs and people who know KMS read them as they expect.
-import { HsmError } from '../hsm/errors.js';
+import { availabilityOf, HsmError } from '../hsm/errors.js';
 import { ImportError } from '../import/errors.js';
 import { KeyError, type KeyErrorName } from '../keys/errors.js';
 
@@ -54,18 +54,12 @@ export function toAdminError(err: unknown): AdminError {
   if (err instanceof KeyError) return new AdminError(err.code, err.message);
   if (err instanceof ImportError) return new AdminError(err.code as AdminErrorName, err.message);
   if (err instanceof HsmError) {
-    switch (err.kind) {
-      case 'PoolExhausted':
+    switch (availabilityOf(err.kind)) {
+      case 'busy':
         return new AdminError('ThrottlingException', 'the proxy is at its HSM capacity; retry');
-      case 'Timeout':
+      case 'timeout':
         return new AdminError('DependencyTimeoutException', 'the HSM did not answer in time; retry');
-      case 'SessionInvalid':
-      case 'NotLoggedIn':
-      case 'DeviceError':
-      case 'Closed':
-      case 'PinIncorrect':
-      case 'PinLocked':
-      case 'TokenNotFound':
+      case 'unavailable':
         return new AdminError('DependencyTimeoutException', `the HSM is unavailable (${err.kind}); retry`);
       default:
         return new AdminError('KMSInternalException', `HSM operation failed (${err.ckr ?? err.kind})`);

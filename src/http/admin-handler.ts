@@ -16,6 +16,7 @@ import type { KeyLifecycle } from '../keys/lifecycle.js';
 import type { AuditEntry } from '../audit/audit-record.js';
 import type { Logger } from '../obs/logger.js';
 import { AdminError, toAdminError } from './admin-errors.js';
+import { readBody } from './read-body.js';
 import {
   ADMIN_SCHEMAS,
   ADMIN_SERVICE,
@@ -157,31 +158,6 @@ function send(res: ServerResponse, status: number, requestId: string, body: unkn
   res.end(text);
 }
 
-/** Reads the body up to `limit` bytes; past it, answers early and stops reading. */
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
-  const tooLarge = () => new AdminError('RequestEntityTooLargeException', `the request body is larger than ${limit} bytes`);
-  return new Promise((resolve, reject) => {
-    if (Number(req.headers['content-length'] ?? 0) > limit) {
-      reject(tooLarge());
-      return;
-    }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (c: Buffer) => {
-      size += c.length;
-      if (size > limit) {
-        req.removeAllListeners('data');
-        req.pause();
-        reject(tooLarge());
-        return;
-      }
-      chunks.push(c);
-    });
-    req.on('end', () => resolve(Buffer.concat(chunks, size)));
-    req.on('error', reject);
-  });
-}
-
 /** One header's values (Node joins repeated ones for most names, but not for every name: count them raw). */
 function headerValues(rawHeaders: string[], name: string): string[] {
   const out: string[] = [];
@@ -241,7 +217,7 @@ export function createAdminHandler(opts: AdminHandlerOptions) {
       res.setHeader('allow', 'POST');
       throw new AdminError('MethodNotAllowedException', 'the admin API takes POST only');
     }
-    const body = await readBody(req, bodyLimit);
+    const body = await readBody(req, bodyLimit, () => new AdminError('RequestEntityTooLargeException', `the request body is larger than ${bodyLimit} bytes`));
 
     // Authentication. The caller is told what to fix when it is not secret (unsigned, malformed, wrong scope); a wrong
     // or unknown key, an expired or mismatched signature all read the same, with the detail in the log.

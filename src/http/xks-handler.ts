@@ -12,6 +12,7 @@ import type { HealthChecker } from '../xks/health.js';
 import { decrypt, encrypt, getKeyMetadata, type XksDeps } from '../xks/operations.js';
 import { DecryptRequestSchema, EncryptRequestSchema, HealthRequestSchema, KeyMetadataRequestSchema } from '../xks/schemas.js';
 import { Deadlines } from './deadlines.js';
+import { readBody } from './read-body.js';
 import { TokenBucket } from './rate-limit.js';
 import { matchRoute, type XksRoute } from './routes.js';
 import { XKS_SERVICE, verifySigV4 } from './sigv4.js';
@@ -97,31 +98,6 @@ function send(res: ServerResponse, status: number, body: unknown, close = false)
   res.end(text);
 }
 
-/** Reads the body up to `limit` bytes; past it, answers early and stops reading. */
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const declared = Number(req.headers['content-length'] ?? 0);
-    if (declared > limit) {
-      reject(new XksError('UnsupportedOperationException', `request body is larger than ${limit} bytes`));
-      return;
-    }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (c: Buffer) => {
-      size += c.length;
-      if (size > limit) {
-        req.removeAllListeners('data');
-        req.pause();
-        reject(new XksError('UnsupportedOperationException', `request body is larger than ${limit} bytes`));
-        return;
-      }
-      chunks.push(c);
-    });
-    req.on('end', () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)));
-    req.on('error', reject);
-  });
-}
-
 function parse<T>(schema: ZodType<T>, value: unknown): T {
   const r = schema.safeParse(value);
   if (r.success) return r.data;
@@ -158,7 +134,7 @@ export function createXksHandler(opts: XksHandlerOptions) {
       throw new XksError('ValidationException', 'XKS operations use POST', 405);
     }
 
-    const body = await readBody(req, opts.bodyLimit);
+    const body = await readBody(req, opts.bodyLimit, () => new XksError('UnsupportedOperationException', `request body is larger than ${opts.bodyLimit} bytes`));
     const auth = verifySigV4(
       { method: 'POST', path, query: q < 0 ? '' : url.slice(q + 1), rawHeaders: req.rawHeaders, body },
       { region: prefix.region, service: XKS_SERVICE, secretFor: (id) => prefix.credentials.get(id), now: now() },

@@ -92,6 +92,8 @@ export async function openMaterialSource(o: OpenSourceOptions): Promise<Material
     }
     return {
       knownLength: material.length,
+      // Only with the operator's opt-in (import.allowInProcessMaterial), logged: the material is written into the HSM,
+      // never read from it, and wiped from memory by dispose().
       materialize: (t) => hsm.createObject([...t, { type: P.CKA_VALUE, value: material }]),
       dispose: async () => {
         material.fill(0);

@@ -1,5 +1,5 @@
 // XKS error names and their HTTP status, in one place (spec "Errors"). Domain errors become XksErrors here.
-import { HsmError } from '../hsm/errors.js';
+import { availabilityOf, HsmError } from '../hsm/errors.js';
 
 export const XKS_ERRORS = {
   ValidationException: 400,
@@ -36,22 +36,14 @@ export class XksError extends Error {
 export function toXksError(err: unknown): XksError {
   if (err instanceof XksError) return err;
   if (err instanceof HsmError) {
-    switch (err.kind) {
-      case 'KeyFunctionNotPermitted':
-        return new XksError('InvalidKeyUsageException', 'the key may not perform this operation');
-      case 'DataInvalid':
-        return new XksError('InvalidCiphertextException', 'the ciphertext, IV, tag, AAD or metadata do not authenticate');
-      case 'PoolExhausted':
+    if (err.kind === 'KeyFunctionNotPermitted') return new XksError('InvalidKeyUsageException', 'the key may not perform this operation');
+    if (err.kind === 'DataInvalid') return new XksError('InvalidCiphertextException', 'the ciphertext, IV, tag, AAD or metadata do not authenticate');
+    switch (availabilityOf(err.kind)) {
+      case 'busy':
         return new XksError('ThrottlingException', 'the proxy is at its HSM capacity; retry');
-      case 'Timeout':
+      case 'timeout':
         return new XksError('DependencyTimeoutException', 'the HSM did not answer in time');
-      case 'SessionInvalid':
-      case 'NotLoggedIn':
-      case 'DeviceError':
-      case 'Closed':
-      case 'PinIncorrect':
-      case 'PinLocked':
-      case 'TokenNotFound':
+      case 'unavailable':
         return new XksError('DependencyTimeoutException', `the HSM is unavailable (${err.kind})`);
       default:
         return new XksError('InternalException', `HSM operation failed (${err.ckr ?? err.kind})`);

@@ -57,9 +57,11 @@ async function withVersion<T>(
   pick: Pick,
   missing: () => XksError,
   op: (v: KeyVersion) => Promise<T>,
+  /** The key when the caller has already resolved and checked it (decrypt does, for the spec's order of checks). */
+  resolved?: ExternalKey,
 ): Promise<T> {
-  let key = await resolveKey(deps, keyId);
-  checkEnabled(keyId, key);
+  let key = resolved ?? (await resolveKey(deps, keyId));
+  if (!resolved) checkEnabled(keyId, key);
   let v = pick(key);
   if (!v) {
     key = (await deps.catalogue.refresh(keyId)) ?? key;
@@ -138,7 +140,10 @@ export async function decrypt(deps: XksDeps, keyId: string, req: DecryptRequest)
   const version = req.ciphertextMetadata === undefined ? 1 : decodeCiphertextMetadata(req.ciphertextMetadata);
   if (version === undefined) throw bad();
   const gcmAad = buildGcmAad(req.additionalAuthenticatedData, req.ciphertextMetadata);
-  const plaintext = await withVersion(deps, keyId, (k) => k.versions.get(version), bad, async (v) => {
+  const plaintext = await withVersion(deps, keyId, (k) => k.versions.get(version), bad, decryptWith, key);
+  return { body: { plaintext: plaintext.toString('base64') }, keyVersion: version };
+
+  async function decryptWith(v: KeyVersion): Promise<Buffer> {
     if (!v.decrypt) throw new XksError('InvalidKeyUsageException', `external key ${keyId} may not decrypt`);
     try {
       return await deps.hsm.decryptGcm(v.handle, req.initializationVector, req.ciphertext, req.authenticationTag, gcmAad);
@@ -154,6 +159,5 @@ export async function decrypt(deps: XksDeps, keyId: string, req: DecryptRequest)
       }
       throw e;
     }
-  });
-  return { body: { plaintext: plaintext.toString('base64') }, keyVersion: version };
+  }
 }
