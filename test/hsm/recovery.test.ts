@@ -141,6 +141,15 @@ function suite(label: string, hsm: Record<string, unknown>) {
       const recoveriesBefore = recoveries();
       for (let round = 0; round < 6; round++) {
         const { mod, slot } = t.proxy.hsm.moduleForTests; // the login session may have been replaced by a recovery
+        // Every round starts broken (nothing runs yet, so it is safe), so that its first requests must recover; the
+        // breaker below adds more while they run, as often as the gaps between HSM calls allow.
+        try {
+          if (round % 2 === 0) mod.C_CloseAllSessions(slot);
+          else mod.C_Logout(t.proxy.hsm.moduleForTests.loginSession);
+          breaks++;
+        } catch {
+          // already logged out or closed: the break is in place anyway
+        }
         const inFlight = Array.from({ length: 40 }, async (_, i) => {
           const pt = randomBytes(16 + i);
           const key = i % 2 ? 'foo' : 'bar';
