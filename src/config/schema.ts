@@ -1,7 +1,7 @@
 // The configuration file's shape: the single source of truth for its types. Secrets are references (env or file),
 // never values, so a config file can be committed or shown without leaking a PIN or a SigV4 secret.
 import { z } from 'zod';
-import { IvModeSchema } from '../hsm/profile.js';
+import { CallModeSchema, IvModeSchema } from '../hsm/profile.js';
 import { KeyPolicySchema, PolicyStatementSchema } from '../keys/policy.js';
 
 export const SecretRefSchema = z.union(
@@ -92,7 +92,7 @@ export const ConfigSchema = z
       /** Requests waiting for a session beyond this answer ThrottlingException at once instead of queueing. */
       maxQueue: z.number().int().min(0).max(100_000).default(256),
       ivMode: IvModeSchema.optional(),
-      callMode: z.enum(['sync', 'async']).optional(),
+      callMode: CallModeSchema.optional(),
       healthKeyLabel: z.string().min(1).max(128).default('xks-proxy-health-check'),
       /**
        * A cached key older than this is re-read from the token in the background; one older than twice this is

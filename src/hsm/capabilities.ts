@@ -1,6 +1,6 @@
 // What the token can do, read once at start-up and merged with the HSM profile.
 import { P, type Handle, type Pkcs11 } from './module.js';
-import type { HsmProfile, IvMode } from './profile.js';
+import type { CallMode, HsmProfile, IvMode } from './profile.js';
 
 export interface Capabilities {
   mechanisms: string[];
@@ -11,7 +11,7 @@ export interface Capabilities {
   rsaX509: boolean;
   hmacSha256: boolean;
   ivMode: IvMode;
-  callMode: 'sync' | 'async';
+  callMode: CallMode;
   sessionKeyCopies: boolean;
   /** Import of key material (src/import): RSA wrapping key pairs, OAEP unwrap, AES-CMAC and HMAC key checks. */
   rsaKeyPairGen: boolean;
@@ -34,7 +34,7 @@ export function readCapabilities(
   mod: Pkcs11,
   slot: Handle,
   profile: HsmProfile,
-  overrides: { ivMode?: IvMode | undefined; callMode?: 'sync' | 'async' | undefined },
+  overrides: { ivMode?: IvMode | undefined; callMode?: CallMode | undefined },
 ): Capabilities {
   const list = new Set(mod.C_GetMechanismList(slot));
   const can = (m: number, flag: number): boolean => {

@@ -5,7 +5,8 @@ import { CKF_OS_LOCKING_OK, findSlot, loadModule, P, readBool, type Handle, type
 export type { Handle } from './module.js';
 import { SessionPool, type PooledSession } from './session-pool.js';
 import { readCapabilities, type Capabilities } from './capabilities.js';
-import type { HsmProfile, IvMode } from './profile.js';
+import { CallThread } from './call-thread.js';
+import type { CallMode, HsmProfile, IvMode } from './profile.js';
 
 export interface HsmOptions {
   modulePath: string;
@@ -20,7 +21,7 @@ export interface HsmOptions {
   /** Budget for one async call; past it the caller gets Timeout and the session is thrown away when it returns. */
   operationTimeoutMs: number;
   ivMode?: IvMode | undefined;
-  callMode?: 'sync' | 'async' | undefined;
+  callMode?: CallMode | undefined;
   onEvent?: (event: string, detail: Record<string, unknown>) => void;
   /** Called after each AES-GCM call that succeeded, with its duration (metrics; failures count in request metrics). */
   observeCall?: ((call: 'encrypt' | 'decrypt', seconds: number) => void) | undefined;
@@ -80,6 +81,8 @@ export class HsmConnection {
   private readonly copying = new Map<string, Promise<Handle>>();
   /** Calls running on the thread pool. C_Finalize or C_CloseAllSessions under one crashes SoftHSM: wait for them. */
   private inFlight = 0;
+  /** callMode thread: where AES-GCM calls run (made on first use). */
+  private thread: CallThread | undefined;
   private ivPool: Buffer = Buffer.alloc(0);
   private ivOffset = 0;
   private closed = false;
@@ -169,12 +172,10 @@ export class HsmConnection {
       const t0 = this.opts.observeCall ? performance.now() : 0;
       const mode = this.capabilities.ivMode;
       const iv = mode === 'caller-random' ? this.nextIv(s) : Buffer.alloc(IV_BYTES);
-      const param = { type: P.CK_PARAMS_AES_GCM_v240, iv, ivBits: IV_BYTES * 8, aad, tagBits: TAG_BYTES * 8 };
-      this.mod.C_EncryptInit(s, { mechanism: P.CKM_AES_GCM, parameter: param }, key);
       const extra = mode === 'hsm-appends' ? IV_BYTES : 0;
-      const out = await this.call(() => this.mod.C_Encrypt(s, plaintext, Buffer.allocUnsafe(plaintext.length + TAG_BYTES + extra)),
-        () => this.mod.C_EncryptAsync(s, plaintext, Buffer.allocUnsafe(plaintext.length + TAG_BYTES + extra)));
-      if (out.length !== plaintext.length + TAG_BYTES + extra) throw new HsmError('Unknown', 'AES-GCM returned an unexpected length');
+      const outBytes = plaintext.length + TAG_BYTES + extra;
+      const out = await this.gcm('encrypt', s, key, iv, aad, plaintext, outBytes);
+      if (out.length !== outBytes) throw new HsmError('Unknown', 'AES-GCM returned an unexpected length');
       const n = plaintext.length;
       // `out` is a fresh buffer per call, so views into it are safe to hand on.
       const result: GcmResult = {
@@ -193,16 +194,31 @@ export class HsmConnection {
 
   decryptGcm(key: Handle, iv: Buffer, ciphertext: Buffer, tag: Buffer, aad: Buffer): Promise<Buffer> {
     return this.run('decrypt', async (s) => {
-      const param = { type: P.CK_PARAMS_AES_GCM_v240, iv, ivBits: iv.length * 8, aad, tagBits: TAG_BYTES * 8 };
-      this.mod.C_DecryptInit(s, { mechanism: P.CKM_AES_GCM, parameter: param }, key);
       const input = Buffer.concat([ciphertext, tag]);
       const t0 = this.opts.observeCall ? performance.now() : 0;
       // The output buffer must hold ciphertext + tag: a smaller one leaves the operation active on the session.
-      const out = await this.call(() => this.mod.C_Decrypt(s, input, Buffer.allocUnsafe(input.length)),
-        () => this.mod.C_DecryptAsync(s, input, Buffer.allocUnsafe(input.length)));
+      const out = await this.gcm('decrypt', s, key, iv, aad, input, input.length);
       this.opts.observeCall?.('decrypt', (performance.now() - t0) / 1000);
       return out;
     });
+  }
+
+  /** One AES-GCM Init + single-part call, where the call mode says: the call thread, libuv's pool, or right here. */
+  private gcm(op: 'encrypt' | 'decrypt', s: Handle, key: Handle, iv: Buffer, aad: Buffer, data: Buffer, outBytes: number): Promise<Buffer> {
+    const tagBits = TAG_BYTES * 8;
+    if (this.capabilities.callMode === 'thread') {
+      this.thread ??= new CallThread(this.opts.modulePath, this.opts.operationTimeoutMs);
+      return this.thread[op](s, key, iv, aad, data, outBytes, tagBits);
+    }
+    const mechanism = { mechanism: P.CKM_AES_GCM, parameter: { type: P.CK_PARAMS_AES_GCM_v240, iv, ivBits: iv.length * 8, aad, tagBits } };
+    if (op === 'encrypt') {
+      this.mod.C_EncryptInit(s, mechanism, key);
+      return this.call(() => this.mod.C_Encrypt(s, data, Buffer.allocUnsafe(outBytes)),
+        () => this.mod.C_EncryptAsync(s, data, Buffer.allocUnsafe(outBytes)));
+    }
+    this.mod.C_DecryptInit(s, mechanism, key);
+    return this.call(() => this.mod.C_Decrypt(s, data, Buffer.allocUnsafe(outBytes)),
+      () => this.mod.C_DecryptAsync(s, data, Buffer.allocUnsafe(outBytes)));
   }
 
   /**
@@ -569,19 +585,21 @@ export class HsmConnection {
     return this.isLoggedIn();
   }
 
+  /** Calls running off the event loop (libuv's pool or the call thread), including ones already timed out. */
   get asyncCallsInFlight(): number {
-    return this.inFlight;
+    return this.inFlight + (this.thread?.pending ?? 0);
   }
 
-  /** Wait (at most `maxMs`) until no call runs on the thread pool. */
+  /** Wait (at most `maxMs`) until no call runs off the event loop. */
   async drain(maxMs: number): Promise<void> {
     const until = Date.now() + maxMs;
-    while (this.inFlight > 0 && Date.now() < until) await sleep(2);
+    while (this.asyncCallsInFlight > 0 && Date.now() < until) await sleep(2);
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.thread?.close();
     this.pool?.close();
     try {
       this.mod.C_CloseAllSessions(this.slot);

@@ -8,6 +8,14 @@ import { z } from 'zod';
 export const IvModeSchema = z.enum(['caller-random', 'hsm-writes-param', 'hsm-appends']);
 export type IvMode = z.infer<typeof IvModeSchema>;
 
+/**
+ * Where AES-GCM calls run. sync: on the event loop. async: on libuv's thread pool (network HSMs take milliseconds;
+ * calls overlap). thread: on one dedicated thread, in batches (in-process software tokens: a call takes ~15 us of CPU,
+ * too little to pay a thread-pool dispatch for and too much to spend on the event loop; calls run one at a time).
+ */
+export const CallModeSchema = z.enum(['sync', 'async', 'thread']);
+export type CallMode = z.infer<typeof CallModeSchema>;
+
 export const ProfileSchema = z.strictObject({
   name: z.string(),
   vendor: z.string(),
@@ -20,9 +28,7 @@ export const ProfileSchema = z.strictObject({
    * hsm-appends: the HSM generates the IV and appends it to the ciphertext output (Luna).
    */
   ivMode: IvModeSchema,
-  /** sync: the call runs on the event loop (in-process software tokens answer in microseconds);
-   *  async: the call runs on libuv's thread pool (network HSMs take milliseconds). */
-  callMode: z.enum(['sync', 'async']),
+  callMode: CallModeSchema,
   /**
    * Run AES-GCM on a session copy of each token key (C_CopyObject with CKA_TOKEN=false, still sensitive and
    * non-extractable, gone when the process ends). SoftHSM re-checks its object files on every C_*Init of a token key;

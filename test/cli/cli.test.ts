@@ -131,7 +131,7 @@ describe('xks hsm status', () => {
     const s = JSON.parse(r.stdout);
     expect(s.token).toMatchObject({ label: 'cli-token', serial: token.serial });
     expect(s.loggedIn).toBe(true);
-    expect(s.capabilities).toMatchObject({ aesGcm: true, ivMode: 'caller-random', callMode: 'async', sessionKeyCopies: true });
+    expect(s.capabilities).toMatchObject({ aesGcm: true, ivMode: 'caller-random', callMode: 'thread', sessionKeyCopies: true });
     expect(s.capabilities.mechanisms).toContain('CKM_AES_GCM');
     expectNoSecrets(r);
   });

@@ -1,9 +1,14 @@
 // A stalled HSM without touching the HSM: every thread of libuv's pool in this process (where the test proxy runs)
-// is blocked opening a FIFO that nobody writes (in the kernel, no CPU used), so the PKCS#11 calls the softhsm2 profile
-// runs on that pool (pkcs11js's *Async forms) queue behind them and do not answer.
+// is blocked opening a FIFO that nobody writes (in the kernel, no CPU used), so the PKCS#11 calls made on that pool
+// (callMode async: pkcs11js's *Async forms) queue behind them and do not answer. A proxy under test puts
+// STALLABLE_HSM in its hsm config (the SoftHSM profile's own default, callMode thread, does not use that pool; the
+// call thread's timeouts are tested in test/hsm/call-thread.test.ts).
 import { execFileSync } from 'node:child_process';
 import { closeSync, openSync, readFile } from 'node:fs';
 import { join } from 'node:path';
+
+/** hsm config that sends AES-GCM calls to libuv's pool, where stallThreadPool() can hold them. */
+export const STALLABLE_HSM = { callMode: 'async' } as const;
 
 let fifos = 0;
 

@@ -74,9 +74,9 @@ afterAll(() => {
   token?.cleanup();
 });
 
-describe.each(['sync', 'async'] as const)('AES-256-GCM on SoftHSM (%s calls)', (callMode) => {
+describe.each(['sync', 'async', 'thread'] as const)('AES-256-GCM on SoftHSM (%s calls)', (callMode) => {
   beforeAll(() => {
-    // The profile chooses sync or async calls; exercise both code paths on the same connection.
+    // The profile chooses where calls run; exercise every code path on the same connection.
     hsm.capabilities.callMode = callMode;
   });
 

@@ -205,4 +205,5 @@ function suite(label: string, hsm: Record<string, unknown>) {
 }
 
 suite('sync HSM calls on the event loop', { callMode: 'sync' });
-suite('async HSM calls on the thread pool (the SoftHSM profile default)', { sessionPoolSize: 4, operationTimeoutMs: 2_000 });
+suite('async HSM calls on the thread pool', { callMode: 'async', sessionPoolSize: 4, operationTimeoutMs: 2_000 });
+suite('HSM calls on the call thread (the SoftHSM profile default)', { sessionPoolSize: 4, operationTimeoutMs: 2_000 });

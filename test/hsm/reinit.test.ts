@@ -12,7 +12,7 @@ beforeAll(async () => {
 });
 afterAll(async () => t?.stop());
 
-it.each(['sync', 'async'] as const)('re-initialises the PKCS#11 library and serves again (%s calls)', async (mode) => {
+it.each(['sync', 'async', 'thread'] as const)('re-initialises the PKCS#11 library and serves again (%s calls)', async (mode) => {
   t.proxy.hsm.capabilities.callMode = mode;
   const xks = xksClient(t.httpUrl);
   const before = await xks.encrypt('foo', Buffer.from('made before the failure'));

@@ -11,7 +11,7 @@ import { trailFileName } from '../../src/audit/audit-trail.js';
 import { ADMIN_ACCESS_KEY_ID, ADMIN_SECRET, adminClient, adminConfig } from '../helpers/admin-client.js';
 import { ensureBuilt } from '../helpers/built-cli.js';
 import { runXks } from '../helpers/ops-process.js';
-import { stallThreadPool } from '../helpers/ops-stall.js';
+import { STALLABLE_HSM, stallThreadPool } from '../helpers/ops-stall.js';
 import { ACCESS_KEY_ID, SECOND_SECRET, SECRET, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/softhsm.js';
@@ -335,7 +335,7 @@ describe('a checkpoint that fails (the HSM busy at that moment)', () => {
       // One session and no queue: while a stalled call holds it, the checkpoint's MAC cannot get a session.
       config: {
         audit: { dir, checkpointEvery: 1000, checkpointSeconds: 1 },
-        hsm: { sessionPoolSize: 1, maxQueue: 0, operationTimeoutMs: 5_000 },
+        hsm: { ...STALLABLE_HSM, sessionPoolSize: 1, maxQueue: 0, operationTimeoutMs: 5_000 },
         limits: { requestTimeoutMs: 300, bodyBytes: 32 * 1024 },
       },
     });

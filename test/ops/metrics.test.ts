@@ -8,7 +8,7 @@ import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { find, httpGet, parseMetrics, scrape, total, type Sample } from '../helpers/ops-metrics.js';
-import { stallThreadPool } from '../helpers/ops-stall.js';
+import { STALLABLE_HSM, stallThreadPool } from '../helpers/ops-stall.js';
 import { createTestPki, type TestPki } from '../helpers/pki.js';
 import { ACCESS_KEY_ID, PREFIX, REGION, SECOND_ACCESS_KEY_ID, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
@@ -42,6 +42,7 @@ beforeAll(async () => {
       },
       // Every /health runs a fresh deep check, so a stalled HSM shows at once.
       health: { maxAgeMs: 0 },
+      hsm: STALLABLE_HSM,
       prefixes: [
         {
           path: PREFIX,

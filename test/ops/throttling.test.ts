@@ -3,7 +3,7 @@
 // DependencyTimeoutException within the request budget, and the server recovers once the HSM answers again.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseMetrics, total } from '../helpers/ops-metrics.js';
-import { stallThreadPool } from '../helpers/ops-stall.js';
+import { STALLABLE_HSM, stallThreadPool } from '../helpers/ops-stall.js';
 import { ACCESS_KEY_ID, REGION, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/softhsm.js';
@@ -151,7 +151,7 @@ describe('a stalled HSM with one session and a queue (sessionPoolSize 1, acquire
   let t: TestProxy;
   beforeAll(async () => {
     t = await start({
-      hsm: { sessionPoolSize: 1, maxQueue: 100, acquireTimeoutMs: 50, operationTimeoutMs: 300 },
+      hsm: { ...STALLABLE_HSM, sessionPoolSize: 1, maxQueue: 100, acquireTimeoutMs: 50, operationTimeoutMs: 300 },
       limits: { requestTimeoutMs: 1_000, bodyBytes: 32 * 1024 },
     });
     expect((await encrypt(t, 'example/uri/path/prefix')).status).toBe(200);
@@ -208,7 +208,7 @@ async function expectRecovered(t: TestProxy, concurrency = 20, prefix = 'example
 describe('a stalled HSM, default budgets (operationTimeoutMs 200, requestTimeoutMs 240)', () => {
   let t: TestProxy;
   beforeAll(async () => {
-    t = await start();
+    t = await start({ hsm: STALLABLE_HSM });
     expect((await encrypt(t, 'example/uri/path/prefix')).status).toBe(200);
   });
   afterAll(async () => t?.stop());
@@ -240,7 +240,7 @@ describe('a stalled HSM, default budgets (operationTimeoutMs 200, requestTimeout
 describe('a stalled HSM with an HSM budget beyond the request budget (operationTimeoutMs 2000, requestTimeoutMs 240)', () => {
   let t: TestProxy;
   beforeAll(async () => {
-    t = await start({ hsm: { operationTimeoutMs: 2_000 } });
+    t = await start({ hsm: { ...STALLABLE_HSM, operationTimeoutMs: 2_000 } });
     expect((await encrypt(t, 'example/uri/path/prefix')).status).toBe(200);
   });
   afterAll(async () => t?.stop());
