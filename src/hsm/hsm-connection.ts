@@ -22,6 +22,11 @@ export interface HsmOptions {
   operationTimeoutMs: number;
   ivMode?: IvMode | undefined;
   callMode?: CallMode | undefined;
+  /**
+   * callMode thread: the event-loop utilisation above which AES-GCM calls go to the call thread; below it they run on
+   * the event loop (0: always to the thread). Default 0.8.
+   */
+  callThreadBusyAt?: number | undefined;
   onEvent?: (event: string, detail: Record<string, unknown>) => void;
   /** Called after each AES-GCM call that succeeded, with its duration (metrics; failures count in request metrics). */
   observeCall?: ((call: 'encrypt' | 'decrypt', seconds: number) => void) | undefined;
@@ -206,19 +211,20 @@ export class HsmConnection {
   /** One AES-GCM Init + single-part call, where the call mode says: the call thread, libuv's pool, or right here. */
   private gcm(op: 'encrypt' | 'decrypt', s: Handle, key: Handle, iv: Buffer, aad: Buffer, data: Buffer, outBytes: number): Promise<Buffer> {
     const tagBits = TAG_BYTES * 8;
-    if (this.capabilities.callMode === 'thread') {
-      this.thread ??= new CallThread(this.opts.modulePath, this.opts.operationTimeoutMs);
-      return this.thread[op](s, key, iv, aad, data, outBytes, tagBits);
+    const mode = this.capabilities.callMode;
+    if (mode === 'thread') {
+      this.thread ??= new CallThread(this.opts.modulePath, this.opts.operationTimeoutMs, this.opts.callThreadBusyAt ?? 0.8);
+      // A busy event loop hands the call over; an idle one makes it itself: sooner, and cheaper than the hop.
+      if (this.thread.busy) return this.thread[op](s, key, iv, aad, data, outBytes, tagBits);
     }
     const mechanism = { mechanism: P.CKM_AES_GCM, parameter: { type: P.CK_PARAMS_AES_GCM_v240, iv, ivBits: iv.length * 8, aad, tagBits } };
+    const out = Buffer.allocUnsafe(outBytes);
     if (op === 'encrypt') {
       this.mod.C_EncryptInit(s, mechanism, key);
-      return this.call(() => this.mod.C_Encrypt(s, data, Buffer.allocUnsafe(outBytes)),
-        () => this.mod.C_EncryptAsync(s, data, Buffer.allocUnsafe(outBytes)));
+      return mode === 'async' ? this.withBudget(this.mod.C_EncryptAsync(s, data, out)) : Promise.resolve(this.mod.C_Encrypt(s, data, out));
     }
     this.mod.C_DecryptInit(s, mechanism, key);
-    return this.call(() => this.mod.C_Decrypt(s, data, Buffer.allocUnsafe(outBytes)),
-      () => this.mod.C_DecryptAsync(s, data, Buffer.allocUnsafe(outBytes)));
+    return mode === 'async' ? this.withBudget(this.mod.C_DecryptAsync(s, data, out)) : Promise.resolve(this.mod.C_Decrypt(s, data, out));
   }
 
   /**
@@ -450,12 +456,11 @@ export class HsmConnection {
     return iv;
   }
 
-  /** One single-part call, on the event loop or on the thread pool as the capabilities say. */
-  private async call(sync: () => Buffer, async: () => Promise<Buffer>): Promise<Buffer> {
-    if (this.capabilities.callMode === 'sync') return sync();
+  /** A call running on libuv's thread pool, counted for drain() and held to the operation budget. */
+  private async withBudget(call: Promise<Buffer>): Promise<Buffer> {
     let timer: NodeJS.Timeout | undefined;
     this.inFlight++;
-    const pending = async().finally(() => this.inFlight--);
+    const pending = call.finally(() => this.inFlight--);
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
         const err = new HsmError('Timeout', `the HSM did not answer within ${this.opts.operationTimeoutMs} ms`);

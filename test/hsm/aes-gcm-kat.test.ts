@@ -64,6 +64,7 @@ beforeAll(async () => {
     poolSize: 4,
     acquireTimeoutMs: 1000,
     operationTimeoutMs: 5000,
+    callThreadBusyAt: 0, // callMode thread: every call goes to the thread, however idle the loop
   });
   key = createKnownKey(KEY, { encrypt: true, decrypt: true });
   encryptOnly = createKnownKey(KEY, { encrypt: true, decrypt: false });

@@ -31,6 +31,7 @@ beforeAll(async () => {
     poolSize: 32,
     acquireTimeoutMs: 5_000,
     operationTimeoutMs: 5_000,
+    callThreadBusyAt: 0, // every call goes to the thread, however idle the loop
   });
   expect(hsm.capabilities.callMode).toBe('thread');
   const { mod, loginSession } = hsm.moduleForTests;

@@ -1,0 +1,69 @@
+// callMode thread with its default threshold: an idle event loop makes an AES-GCM call itself (sooner and cheaper than
+// a hop to the thread and back); a busy one hands its calls to the call thread. Its own file: one PKCS#11 library per
+// process, and this connection needs the default threshold.
+import { createCipheriv, randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { HsmConnection, type GcmResult, type Handle } from '../../src/hsm/hsm-connection.js';
+import { P } from '../../src/hsm/module.js';
+import { loadProfile } from '../../src/hsm/profile.js';
+import { createTestToken, SOFTHSM_MODULE, type TestToken } from '../helpers/softhsm.js';
+
+const KEY = randomBytes(32);
+let token: TestToken;
+let hsm: HsmConnection;
+let key: Handle;
+
+beforeAll(async () => {
+  token = createTestToken('placement');
+  hsm = await HsmConnection.open({
+    modulePath: SOFTHSM_MODULE,
+    profile: loadProfile('softhsm2'),
+    tokenLabel: token.label,
+    pin: token.userPin,
+    poolSize: 4,
+    acquireTimeoutMs: 5_000,
+    operationTimeoutMs: 5_000,
+  });
+  expect(hsm.capabilities.callMode).toBe('thread');
+  const { mod, loginSession } = hsm.moduleForTests;
+  key = mod.C_CreateObject(loginSession, [
+    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
+    { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
+    { type: P.CKA_VALUE, value: KEY },
+    { type: P.CKA_TOKEN, value: false },
+    { type: P.CKA_SENSITIVE, value: false },
+    { type: P.CKA_ENCRYPT, value: true },
+  ]);
+});
+
+afterAll(() => {
+  hsm?.close();
+  token?.cleanup();
+});
+
+async function expectExact(p: Promise<GcmResult>, pt: Buffer) {
+  const out = await p;
+  const c = createCipheriv('aes-256-gcm', KEY, out.iv);
+  expect(Buffer.concat([out.ciphertext, out.tag])).toEqual(Buffer.concat([c.update(pt), c.final(), c.getAuthTag()]));
+}
+
+it('an idle event loop makes the call itself; a busy one hands calls to the thread', async () => {
+  const idle = hsm.encryptGcm(key, Buffer.from('idle'), Buffer.alloc(0));
+  expect(hsm.asyncCallsInFlight, 'idle: made in place').toBe(0);
+  await expectExact(idle, Buffer.from('idle'));
+
+  const end = Date.now() + 350;
+  while (Date.now() < end) {
+    // the event loop is fully busy for a few sampling periods
+  }
+  await new Promise((r) => setTimeout(r, 0)); // the sampler's tick, due during the spin, runs first
+  const busy = hsm.encryptGcm(key, Buffer.from('busy'), Buffer.alloc(0));
+  expect(hsm.asyncCallsInFlight, 'busy: out on the thread').toBe(1);
+  await expectExact(busy, Buffer.from('busy'));
+
+  // Idle again: back in place after a sampling period or two.
+  await new Promise((r) => setTimeout(r, 250));
+  const again = hsm.encryptGcm(key, Buffer.from('again'), Buffer.alloc(0));
+  expect(hsm.asyncCallsInFlight, 'idle again: made in place').toBe(0);
+  await expectExact(again, Buffer.from('again'));
+});
