@@ -39,6 +39,7 @@ export async function openHsm(
     operationTimeoutMs: h.operationTimeoutMs,
     ivMode: h.ivMode,
     callMode: h.callMode,
+    callThreadBusyAt: h.callThreadBusyAt,
     onEvent: (event, detail) => logger?.warn(detail, event),
     observeCall,
   });

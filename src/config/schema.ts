@@ -87,12 +87,14 @@ export const ConfigSchema = z
       sessionPoolSize: z.number().int().min(1).max(256).default(8),
       /** Wait for a free session at most this long, then answer ThrottlingException (KMS's budget is 250 ms). */
       acquireTimeoutMs: z.number().int().min(1).max(10_000).default(100),
-      /** Budget for one HSM call in async mode, then DependencyTimeoutException. */
+      /** Budget for one HSM call in async and thread modes, then DependencyTimeoutException. */
       operationTimeoutMs: z.number().int().min(1).max(60_000).default(200),
       /** Requests waiting for a session beyond this answer ThrottlingException at once instead of queueing. */
       maxQueue: z.number().int().min(0).max(100_000).default(256),
       ivMode: IvModeSchema.optional(),
       callMode: CallModeSchema.optional(),
+      /** callMode thread: event-loop utilisation (0..1) from which AES-GCM calls go to the call thread; 0: always. */
+      callThreadBusyAt: z.number().min(0).max(1).default(0.8),
       healthKeyLabel: z.string().min(1).max(128).default('xks-proxy-health-check'),
       /**
        * A cached key older than this is re-read from the token in the background; one older than twice this is

@@ -98,6 +98,9 @@ export class CallThread {
     return this.enqueue(DECRYPT, session, key, iv, aad, input, outBytes, tagBits);
   }
 
+  /** Calls sent to the thread, and the messages they went in. */
+  readonly stats = { calls: 0, batches: 0 };
+
   /** Calls queued or out on the thread. */
   get pending(): number {
     return this.queued.length + this.sent.size;
@@ -156,6 +159,8 @@ export class CallThread {
       }
       this.sent.set(id, c);
     }
+    this.stats.calls += calls.length;
+    this.stats.batches++;
     // The inputs are copied into one buffer that is moved to the thread: a Buffer cloned as is would carry its whole
     // 8 KiB pool slab with it.
     worker.postMessage({ meta, bytes }, [bytes]);

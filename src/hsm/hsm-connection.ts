@@ -590,6 +590,11 @@ export class HsmConnection {
     return this.isLoggedIn();
   }
 
+  /** callMode thread: the AES-GCM calls sent to the call thread so far, and in how many messages. */
+  get callThreadStats(): { calls: number; batches: number } {
+    return { ...(this.thread?.stats ?? { calls: 0, batches: 0 }) };
+  }
+
   /** Calls running off the event loop (libuv's pool or the call thread), including ones already timed out. */
   get asyncCallsInFlight(): number {
     return this.inFlight + (this.thread?.pending ?? 0);

@@ -95,6 +95,28 @@ async function sampled<T>(t: TestProxy, fn: () => Promise<T>) {
   }
 }
 
+describe('400 concurrent round trips with every AES-GCM call on the call thread (callMode thread, callThreadBusyAt 0)', () => {
+  let t: TestProxy;
+  beforeAll(async () => {
+    t = await startTestProxy({ hsm: { callMode: 'thread', callThreadBusyAt: 0 }, keys: { foo: { encrypt: true, decrypt: true } } });
+  });
+  afterAll(async () => t?.stop());
+
+  it('batches calls to the thread, never answers 5xx, and every round trip is exact with a distinct IV', async () => {
+    const { result } = await sampled(t, () => roundTrips(t, ROUND_TRIPS));
+    const failed = result.outcomes.filter((o) => o.encStatus !== 200 || o.decStatus !== 200);
+    expect(failed.map((o) => [o.encStatus, o.decStatus, ...o.errorNames]), 'failed round trips').toEqual([]);
+    expect(result.outcomes.every((o) => o.exact)).toBe(true);
+    expect(new Set(result.outcomes.map((o) => o.iv)).size).toBe(ROUND_TRIPS);
+    expect(t.proxy.hsm.asyncCallsInFlight).toBe(0);
+    const s = t.proxy.hsm.sessionStats;
+    expect(s.idle).toBe(s.open);
+    const { calls, batches } = t.proxy.hsm.callThreadStats;
+    expect(calls, 'every encrypt and decrypt went to the thread').toBeGreaterThanOrEqual(2 * ROUND_TRIPS);
+    expect(batches, 'calls made in the same loop iteration share a message').toBeLessThan(calls);
+  });
+});
+
 describe('400 concurrent round trips through 2 sessions with async HSM calls (default acquire budget)', () => {
   let t: TestProxy;
   beforeAll(async () => {

@@ -111,9 +111,10 @@ describe('a full HSM queue (sessionPoolSize 1, maxQueue 0)', () => {
   let t: TestProxy;
   const acquireTimeoutMs = 1_000;
   beforeAll(async () => {
-    // Budgets far above what a refusal should take: a request that queued would show.
+    // Budgets far above what a refusal should take: a request that queued would show. Async calls hold their session
+    // across turns of the event loop, so concurrent requests contend for it (a call made in place never waits).
     t = await start({
-      hsm: { sessionPoolSize: 1, maxQueue: 0, acquireTimeoutMs, operationTimeoutMs: 1_500 },
+      hsm: { callMode: 'async', sessionPoolSize: 1, maxQueue: 0, acquireTimeoutMs, operationTimeoutMs: 1_500 },
       limits: { requestTimeoutMs: 2_000, bodyBytes: 32 * 1024 },
     });
     expect((await encrypt(t, 'example/uri/path/prefix')).status).toBe(200); // the key's session copy exists
