@@ -24,7 +24,9 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
       base: { service: 'xks-proxy' },
       timestamp: isoTimeCached,
     },
-    // Asynchronous stdout: one line per request must not cost a blocking write per request. pino flushes it at exit.
-    destination ?? pino.destination({ dest: 1, sync: false }),
+    // Asynchronous, buffered stdout: one line per request must cost neither a blocking write nor a thread-pool write
+    // of its own (~15 us each at 1,800 requests/s). Lines go out once 4 KiB are waiting, and at least every 100 ms;
+    // pino flushes the rest at exit.
+    destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096, periodicFlush: 100 }),
   );
 }
