@@ -68,6 +68,9 @@ export class CallThread {
       this.sampler = setInterval(this.sample, 100);
       this.sampler.unref();
     }
+    // Started now, while the loop is idle: starting a thread takes tens of milliseconds, which the first calls of a
+    // busy spell would otherwise wait for.
+    this.start();
   }
 
   /**
@@ -188,23 +191,28 @@ export class CallThread {
   };
 
   private ensureWorker(): Worker {
-    if (!this.worker) {
-      // Resolved next to this file: src/hsm under vitest, dist/hsm when built (tsc copies the .cjs through).
-      const worker = new Worker(new URL('./call-thread-worker.cjs', import.meta.url), {
-        workerData: { modulePath: this.modulePath },
-        // Its own small heap: it allocates one output buffer per batch and nothing else.
-        resourceLimits: { maxOldGenerationSizeMb: 32, maxYoungGenerationSizeMb: 8 },
-      });
-      worker.on('message', this.onReply);
-      worker.on('error', (e) => this.fail(worker, e));
-      worker.on('exit', (code) => this.fail(worker, new Error(`exited with code ${code}`)));
-      this.worker = worker;
-      this.sweeper = setInterval(this.sweep, Math.max(5, Math.min(50, this.timeoutMs / 4)));
-      this.sweeper.unref();
-    }
+    const worker = this.worker ?? this.start();
     // Referenced only while calls are out, so that a CLI command's process can end once its work is done.
-    this.worker.ref();
-    return this.worker;
+    worker.ref();
+    return worker;
+  }
+
+  /** Start the thread (unreferenced). */
+  private start(): Worker {
+    // Resolved next to this file: src/hsm under vitest, dist/hsm when built (tsc copies the .cjs through).
+    const worker = new Worker(new URL('./call-thread-worker.cjs', import.meta.url), {
+      workerData: { modulePath: this.modulePath },
+      // Its own small heap: it allocates one output buffer per batch and nothing else.
+      resourceLimits: { maxOldGenerationSizeMb: 32, maxYoungGenerationSizeMb: 8 },
+    });
+    worker.on('message', this.onReply);
+    worker.on('error', (e) => this.fail(worker, e));
+    worker.on('exit', (code) => this.fail(worker, new Error(`exited with code ${code}`)));
+    this.worker = worker;
+    this.sweeper = setInterval(this.sweep, Math.max(5, Math.min(50, this.timeoutMs / 4)));
+    this.sweeper.unref();
+    worker.unref();
+    return worker;
   }
 
   /** The thread stopped: every call out fails as a device error (the connection recovers), a new thread serves the next. */
