@@ -2,8 +2,9 @@
 //
 // Why: on an in-process token (SoftHSM) a C_EncryptInit + C_Encrypt pair costs ~15 us of CPU. On the event loop that
 // is time no request is parsed or answered; on libuv's pool each call also costs a dispatch and a wake-up (~20 us of
-// event-loop time each, measured). Here the calls a loop iteration produces go over in one message, as one buffer
-// that is moved, not copied, and come back the same way: ~5 us of event-loop time per call.
+// event-loop time each, measured). Here the calls a loop iteration produces go over in one message: their inputs are
+// copied into one buffer that is moved (not cloned) to the thread, and the outputs come back the same way: ~5 us of
+// event-loop time per call. An idle event loop makes its calls itself (see `busy`).
 //
 // The thread only calls C_*Init + C_Encrypt/C_Decrypt on sessions and keys the main thread owns (call-thread-worker.cjs);
 // the main thread never uses a session while its call is out (the session pool lends it to one call at a time), and
@@ -28,7 +29,7 @@ interface Call {
   tagBits: number;
   resolve: (out: Buffer) => void;
   reject: (err: Error) => void;
-  /** performance.now() when queued: the sweep times calls out. */
+  /** performance.now() when queued: the sweep times calls out from then. */
   at: number;
   /** Set when the call timed out: resolved once the thread has finished with the session. */
   settle?: () => void;
