@@ -73,6 +73,28 @@ export class Metrics {
         this.inc({ result: 'refused' }, s.refused);
       },
     });
+    new client.Counter({
+      name: 'xks_hsm_call_thread_calls_total',
+      help: 'AES-GCM calls sent to the PKCS#11 call thread (callMode thread, while the event loop is busy); the rest ran in place',
+      registers: [registry],
+      collect() {
+        const s = self.sources?.hsm.callThreadStats;
+        if (!s) return;
+        this.reset();
+        this.inc(s.calls);
+      },
+    });
+    new client.Counter({
+      name: 'xks_hsm_call_thread_messages_total',
+      help: 'Messages that carried those calls to the call thread (calls made in the same event-loop turn share one)',
+      registers: [registry],
+      collect() {
+        const s = self.sources?.hsm.callThreadStats;
+        if (!s) return;
+        this.reset();
+        this.inc(s.batches);
+      },
+    });
     new client.Gauge({
       name: 'xks_hsm_up',
       aggregator: 'min', // across workers (AggregatorRegistry)

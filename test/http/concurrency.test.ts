@@ -4,6 +4,7 @@ import http from 'node:http';
 import type https from 'node:https';
 import { randomBytes, randomInt } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseMetrics, total } from '../helpers/ops-metrics.js';
 import { startTestProxy, type TestProxy } from '../helpers/proxy.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
 
@@ -114,6 +115,10 @@ describe('400 concurrent round trips with every AES-GCM call on the call thread 
     const { calls, batches } = t.proxy.hsm.callThreadStats;
     expect(calls, 'every encrypt and decrypt went to the thread').toBeGreaterThanOrEqual(2 * ROUND_TRIPS);
     expect(batches, 'calls made in the same loop iteration share a message').toBeLessThan(calls);
+    // Operators see the same in the metrics.
+    const m = parseMetrics(await t.proxy.metrics.registry.metrics());
+    expect(total(m, 'xks_hsm_call_thread_calls_total')).toBe(calls);
+    expect(total(m, 'xks_hsm_call_thread_messages_total')).toBe(batches);
   });
 });
 

@@ -113,6 +113,8 @@ describe('the operations listener', () => {
       ['xks_hsm_call_duration_seconds', 'histogram'],
       ['xks_hsm_sessions', 'gauge'],
       ['xks_hsm_session_waits_total', 'counter'],
+      ['xks_hsm_call_thread_calls_total', 'counter'],
+      ['xks_hsm_call_thread_messages_total', 'counter'],
       ['xks_hsm_up', 'gauge'],
       ['xks_health_check_age_seconds', 'gauge'],
       ['xks_keys', 'gauge'],
