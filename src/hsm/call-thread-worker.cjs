@@ -72,3 +72,4 @@ function run(batch) {
 }
 
 port.on('message', run);
+port.postMessage('ready'); // the library loaded: calls can come

@@ -57,12 +57,17 @@ export class CallThread {
   private loopBusy: boolean;
   private elu = performance.eventLoopUtilization();
   private readonly sampler: NodeJS.Timeout | undefined;
+  private ready = false;
+  /** Why the thread could not start, if it could not: calls are then made in place. */
+  unusable: string | undefined;
 
   constructor(
     private readonly modulePath: string,
     private readonly timeoutMs: number,
     /** Event-loop utilisation (0..1) above which `busy` says yes; 0: always. */
     private readonly busyAt = 0.8,
+    /** Told once if the thread cannot start. */
+    private readonly onUnusable?: (reason: string) => void,
   ) {
     this.loopBusy = busyAt <= 0;
     if (busyAt > 0) {
@@ -82,7 +87,7 @@ export class CallThread {
    * does not flap.
    */
   get busy(): boolean {
-    return this.loopBusy;
+    return this.loopBusy && this.unusable === undefined;
   }
 
   private readonly sample = (): void => {
@@ -170,7 +175,11 @@ export class CallThread {
     worker.postMessage({ meta, bytes }, [bytes]);
   };
 
-  private readonly onReply = (reply: Reply): void => {
+  private readonly onReply = (reply: Reply | 'ready'): void => {
+    if (reply === 'ready') {
+      this.ready = true;
+      return;
+    }
     const { results, errors, out } = reply;
     let offset = 0;
     for (let i = 0; i < results.length; i += 2) {
@@ -216,10 +225,20 @@ export class CallThread {
     return worker;
   }
 
-  /** The thread stopped: every call out fails as a device error (the connection recovers), a new thread serves the next. */
+  /**
+   * The thread stopped: every call out fails as a device error (the connection recovers and retries it), and a new
+   * thread serves the next calls, unless this one never started.
+   */
   private fail(worker: Worker, cause: Error): void {
     if (this.worker !== worker) return;
     this.worker = undefined;
+    if (!this.ready && this.unusable === undefined) {
+      // It never loaded the library (a broken install, not a failing HSM): make calls in place from now on rather
+      // than fail them under load.
+      this.unusable = cause.message;
+      this.onUnusable?.(cause.message);
+    }
+    this.ready = false;
     clearInterval(this.sweeper);
     this.sweeper = undefined;
     const err = new HsmError('DeviceError', `the PKCS#11 call thread stopped (${cause.message})`);

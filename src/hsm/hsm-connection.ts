@@ -213,7 +213,9 @@ export class HsmConnection {
     const tagBits = TAG_BYTES * 8;
     const mode = this.capabilities.callMode;
     if (mode === 'thread') {
-      this.thread ??= new CallThread(this.opts.modulePath, this.opts.operationTimeoutMs, this.opts.callThreadBusyAt ?? 0.8);
+      this.thread ??= new CallThread(this.opts.modulePath, this.opts.operationTimeoutMs, this.opts.callThreadBusyAt ?? 0.8, (reason) =>
+        this.opts.onEvent?.('hsm.call-thread-unusable', { reason, fallback: 'calls are made on the event loop' }),
+      );
       // A busy event loop hands the call over; an idle one makes it itself: sooner, and cheaper than the hop.
       if (this.thread.busy) return this.thread[op](s, key, iv, aad, data, outBytes, tagBits);
     }

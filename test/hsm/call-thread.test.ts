@@ -152,3 +152,24 @@ describe('a thread that dies', () => {
     expect(hsm.asyncCallsInFlight).toBe(0);
   });
 });
+
+describe('a thread that cannot start (a broken install)', () => {
+  it('fails the calls it was sent as a device error, says why once, and sends no more calls there', async () => {
+    const reasons: string[] = [];
+    const thread = new CallThread('/nonexistent/libpkcs11.so', 1_000, 0, (r) => reasons.push(r));
+    try {
+      expect(thread.busy, 'busyAt 0: every call goes to the thread while it may start').toBe(true);
+      const call = thread.encrypt(Buffer.alloc(8), Buffer.alloc(8), randomBytes(12), Buffer.alloc(0), Buffer.from('x'), 17, 128);
+      const e = await call.then(() => undefined, (x: unknown) => x);
+      expect(e).toBeInstanceOf(HsmError);
+      expect((e as HsmError).kind).toBe('DeviceError');
+      const until = Date.now() + 5_000;
+      while (thread.unusable === undefined && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+      expect(thread.unusable).toMatch(/nonexistent/);
+      expect(reasons).toEqual([thread.unusable]);
+      expect(thread.busy, 'calls are made in place from now on').toBe(false);
+    } finally {
+      thread.close();
+    }
+  });
+});
