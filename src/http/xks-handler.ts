@@ -6,7 +6,7 @@ import type { ZodType } from 'zod';
 import type { ResolvedPrefix } from '../config/load.js';
 import { HsmError } from '../hsm/errors.js';
 import type { AuditEntry } from '../audit/audit-record.js';
-import type { Logger } from '../obs/logger.js';
+import { REQUEST_LINE, type Logger } from '../obs/logger.js';
 import { XksError, toXksError, type XksErrorName } from '../xks/errors.js';
 import type { HealthChecker } from '../xks/health.js';
 import { decrypt, encrypt, getKeyMetadata, type XksDeps } from '../xks/operations.js';
@@ -239,7 +239,7 @@ export function createXksHandler(opts: XksHandlerOptions) {
       finished = true;
       deadlines.remove(deadline);
       log.ms = round(performance.now() - started);
-      opts.logger.info(log, 'xks request');
+      opts.logger.info(log, REQUEST_LINE);
       opts.observe?.(log);
       // Requests to no XKS path at all (scanners) are not calls on the key store: log only.
       if (log.operation) opts.audit?.(auditEntry(log));

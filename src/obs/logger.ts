@@ -17,16 +17,27 @@ function isoTimeCached(): string {
   return lastTime;
 }
 
+/** The message of the one line per XKS request: the only line that may wait in the buffer. */
+export const REQUEST_LINE = 'xks request';
+
 export function createLogger(level: string, destination?: DestinationStream): Logger {
   return pino(
     {
       level,
       base: { service: 'xks-proxy' },
       timestamp: isoTimeCached,
+      hooks: {
+        // Events (start-up, reloads, recoveries, warnings) go out at once, in order with the request lines before
+        // them; only request lines wait for the buffer.
+        logMethod(args, method) {
+          method.apply(this, args);
+          if (args[args.length - 1] !== REQUEST_LINE) this.flush();
+        },
+      },
     },
     // Asynchronous, buffered stdout: one line per request must cost neither a blocking write nor a thread-pool write
-    // of its own (~15 us each at 1,800 requests/s). Lines go out once 4 KiB are waiting, and at least every 100 ms;
-    // pino flushes the rest at exit.
+    // of its own (~15 us each at 1,800 requests/s). Request lines go out once 4 KiB are waiting, and at least every
+    // 100 ms; pino flushes the rest at exit.
     destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096, periodicFlush: 100 }),
   );
 }
