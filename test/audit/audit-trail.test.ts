@@ -8,9 +8,9 @@ import { auditMacChecker, auditSigner, DEFAULT_AUDIT_KEY_LABEL, findAuditKeys } 
 import { lineHash } from '../../src/audit/audit-record.js';
 import { AuditTrail } from '../../src/audit/audit-trail.js';
 import { readAnchors, verifyTrail, type MacCheck } from '../../src/audit/audit-verify.js';
-import { HsmConnection } from '../../src/hsm/hsm-connection.js';
-import { loadProfile } from '../../src/hsm/profile.js';
-import { createTestToken, SOFTHSM_MODULE, type TestToken } from '../helpers/softhsm.js';
+import type { HsmConnection } from '../../src/hsm/hsm-connection.js';
+import { createTestToken, type TestToken } from '../helpers/softhsm.js';
+import { openTestHsm } from '../helpers/test-hsm.js';
 
 let token: TestToken;
 let hsm: HsmConnection;
@@ -36,15 +36,7 @@ const entry = (i: number) => ({
 
 beforeAll(async () => {
   token = createTestToken('audit-token');
-  hsm = await HsmConnection.open({
-    modulePath: SOFTHSM_MODULE,
-    profile: loadProfile('softhsm2'),
-    tokenLabel: token.label,
-    pin: token.userPin,
-    poolSize: 4,
-    acquireTimeoutMs: 1000,
-    operationTimeoutMs: 5000,
-  });
+  hsm = await openTestHsm(token);
   check = auditMacChecker(hsm);
   dir = mkdtempSync(join(tmpdir(), 'xks-audit-'));
   const file = join(dir, 'audit-test.jsonl');

@@ -3,10 +3,10 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HsmError } from '../../src/hsm/errors.js';
-import { HsmConnection, type Handle } from '../../src/hsm/hsm-connection.js';
+import type { HsmConnection, Handle } from '../../src/hsm/hsm-connection.js';
 import { P } from '../../src/hsm/module.js';
-import { loadProfile } from '../../src/hsm/profile.js';
-import { createTestToken, SOFTHSM_MODULE, type TestToken } from '../helpers/softhsm.js';
+import { createTestToken, type TestToken } from '../helpers/softhsm.js';
+import { createKnownAesKey, openTestHsm } from '../helpers/test-hsm.js';
 
 const KEY = Buffer.from('000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f', 'hex');
 
@@ -30,19 +30,7 @@ function nodeDecrypt(k: Buffer, iv: Buffer, ct: Buffer, tag: Buffer, aad: Buffer
 }
 
 function createKnownKey(value: Buffer, usage: { encrypt: boolean; decrypt: boolean }): Handle {
-  const { mod, loginSession } = hsm.moduleForTests;
-  return mod.C_CreateObject(loginSession, [
-    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
-    { type: P.CKA_VALUE, value },
-    { type: P.CKA_TOKEN, value: false },
-    { type: P.CKA_PRIVATE, value: true },
-    { type: P.CKA_SENSITIVE, value: false },
-    { type: P.CKA_EXTRACTABLE, value: true },
-    { type: P.CKA_ENCRYPT, value: usage.encrypt },
-    { type: P.CKA_DECRYPT, value: usage.decrypt },
-    { type: P.CKA_LABEL, value: 'kat-test-key' },
-  ]);
+  return createKnownAesKey(hsm, value, { ...usage, label: 'kat-test-key' });
 }
 
 async function expectHsmError(p: Promise<unknown>, kind: string) {
@@ -56,16 +44,8 @@ async function expectHsmError(p: Promise<unknown>, kind: string) {
 
 beforeAll(async () => {
   token = createTestToken('kat');
-  hsm = await HsmConnection.open({
-    modulePath: SOFTHSM_MODULE,
-    profile: loadProfile('softhsm2'),
-    tokenLabel: token.label,
-    pin: token.userPin,
-    poolSize: 4,
-    acquireTimeoutMs: 1000,
-    operationTimeoutMs: 5000,
-    callThreadBusyAt: 0, // callMode thread: every call goes to the thread, however idle the loop
-  });
+  // callThreadBusyAt 0: in callMode thread every call goes to the thread, however idle the loop.
+  hsm = await openTestHsm(token, { callThreadBusyAt: 0 });
   key = createKnownKey(KEY, { encrypt: true, decrypt: true });
   encryptOnly = createKnownKey(KEY, { encrypt: true, decrypt: false });
 });

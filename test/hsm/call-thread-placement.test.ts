@@ -3,10 +3,9 @@
 // process, and this connection needs the default threshold.
 import { createCipheriv, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { HsmConnection, type GcmResult, type Handle } from '../../src/hsm/hsm-connection.js';
-import { P } from '../../src/hsm/module.js';
-import { loadProfile } from '../../src/hsm/profile.js';
-import { createTestToken, SOFTHSM_MODULE, type TestToken } from '../helpers/softhsm.js';
+import type { GcmResult, Handle, HsmConnection } from '../../src/hsm/hsm-connection.js';
+import { createTestToken, type TestToken } from '../helpers/softhsm.js';
+import { createKnownAesKey, openTestHsm } from '../helpers/test-hsm.js';
 
 const KEY = randomBytes(32);
 let token: TestToken;
@@ -15,25 +14,9 @@ let key: Handle;
 
 beforeAll(async () => {
   token = createTestToken('placement');
-  hsm = await HsmConnection.open({
-    modulePath: SOFTHSM_MODULE,
-    profile: loadProfile('softhsm2'),
-    tokenLabel: token.label,
-    pin: token.userPin,
-    poolSize: 4,
-    acquireTimeoutMs: 5_000,
-    operationTimeoutMs: 5_000,
-  });
+  hsm = await openTestHsm(token, { acquireTimeoutMs: 5_000 });
   expect(hsm.capabilities.callMode).toBe('thread');
-  const { mod, loginSession } = hsm.moduleForTests;
-  key = mod.C_CreateObject(loginSession, [
-    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
-    { type: P.CKA_VALUE, value: KEY },
-    { type: P.CKA_TOKEN, value: false },
-    { type: P.CKA_SENSITIVE, value: false },
-    { type: P.CKA_ENCRYPT, value: true },
-  ]);
+  key = createKnownAesKey(hsm, KEY);
 });
 
 afterAll(() => {

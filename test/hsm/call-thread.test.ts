@@ -5,10 +5,10 @@ import { createCipheriv, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CallThread } from '../../src/hsm/call-thread.js';
 import { HsmError, toHsmError } from '../../src/hsm/errors.js';
-import { HsmConnection, type Handle } from '../../src/hsm/hsm-connection.js';
+import type { HsmConnection, Handle } from '../../src/hsm/hsm-connection.js';
 import { P } from '../../src/hsm/module.js';
-import { loadProfile } from '../../src/hsm/profile.js';
 import { createTestToken, SOFTHSM_MODULE, type TestToken } from '../helpers/softhsm.js';
+import { createKnownAesKey, openTestHsm } from '../helpers/test-hsm.js';
 
 const KEY = randomBytes(32);
 let token: TestToken;
@@ -23,31 +23,11 @@ function nodeEncrypt(iv: Buffer, pt: Buffer, aad: Buffer): Buffer {
 
 beforeAll(async () => {
   token = createTestToken('callthread');
-  hsm = await HsmConnection.open({
-    modulePath: SOFTHSM_MODULE,
-    profile: loadProfile('softhsm2'),
-    tokenLabel: token.label,
-    pin: token.userPin,
-    poolSize: 32,
-    acquireTimeoutMs: 5_000,
-    operationTimeoutMs: 5_000,
-    callThreadBusyAt: 0, // every call goes to the thread, however idle the loop
-  });
+  // callThreadBusyAt 0: every call goes to the thread, however idle the loop.
+  hsm = await openTestHsm(token, { poolSize: 32, acquireTimeoutMs: 5_000, callThreadBusyAt: 0 });
   expect(hsm.capabilities.callMode).toBe('thread');
-  const { mod, loginSession } = hsm.moduleForTests;
-  // A key whose value the test knows, so every output can be checked against node:crypto; a token object, so that
-  // it outlives a re-initialisation of the library.
-  key = mod.C_CreateObject(loginSession, [
-    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
-    { type: P.CKA_VALUE, value: KEY },
-    { type: P.CKA_TOKEN, value: true },
-    { type: P.CKA_PRIVATE, value: true },
-    { type: P.CKA_SENSITIVE, value: false },
-    { type: P.CKA_ENCRYPT, value: true },
-    { type: P.CKA_DECRYPT, value: true },
-    { type: P.CKA_LABEL, value: 'call-thread-test' },
-  ]);
+  // A token object, so that it outlives a re-initialisation of the library.
+  key = createKnownAesKey(hsm, KEY, { token: true, label: 'call-thread-test' });
 });
 
 afterAll(() => {
