@@ -6,7 +6,7 @@ import { auditSigner } from './audit/audit-key.js';
 import { AuditTrail, trailFileName } from './audit/audit-trail.js';
 import type { LoadedConfig } from './config/load.js';
 import { HsmConnection } from './hsm/hsm-connection.js';
-import { loadProfile, resolveModulePath } from './hsm/profile.js';
+import { loadProfile, resolveLibrary } from './hsm/profile.js';
 import { createAdminHandler } from './http/admin-handler.js';
 import { createOpsHandler } from './http/ops-handler.js';
 import { createXksHandler } from './http/xks-handler.js';
@@ -28,7 +28,7 @@ export async function openHsm(
   const h = loaded.config.hsm;
   const profile = loadProfile(h.profile);
   return HsmConnection.open({
-    modulePath: resolveModulePath(profile, h.module),
+    ...resolveLibrary(profile, h),
     profile,
     tokenLabel: h.tokenLabel,
     tokenSerial: h.tokenSerial,

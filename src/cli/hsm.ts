@@ -1,6 +1,6 @@
 // `xks hsm`: the token, its mechanisms and the capabilities the proxy chose; token initialisation for SoftHSM.
 import { Command } from 'commander';
-import { loadProfile, resolveModulePath } from '../hsm/profile.js';
+import { loadProfile, resolveLibrary } from '../hsm/profile.js';
 import { initToken } from '../hsm/token-init.js';
 import { loadFor, withConfigOption, withHsm } from './context.js';
 
@@ -46,7 +46,7 @@ export function hsmCommand(): Command {
         const soPin = process.env.XKS_HSM_SO_PIN;
         if (!soPin) throw new Error('set XKS_HSM_SO_PIN to the security officer PIN for the new token');
         const profile = loadProfile(loaded.config.hsm.profile);
-        const r = initToken({ modulePath: resolveModulePath(profile, loaded.config.hsm.module), label, soPin, userPin: loaded.pin });
+        const r = initToken({ ...resolveLibrary(profile, loaded.config.hsm), label, soPin, userPin: loaded.pin });
         console.log(r.created ? `initialised token ${label} (serial ${r.serial})` : `token ${label} already exists (serial ${r.serial})`);
       }),
   );

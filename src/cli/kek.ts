@@ -3,7 +3,8 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { Command } from 'commander';
 import type { LoadedConfig } from '../config/load.js';
-import { loadProfile, resolveModulePath } from '../hsm/profile.js';
+import { ckrMeanings } from '../hsm/errors.js';
+import { loadProfile, resolveLibrary } from '../hsm/profile.js';
 import { createKek, createTransportKey, listKeks, receiveKek, sendKek, type CeremonyAccess } from '../keys/kek.js';
 import { loadFor, withConfigOption, withHsm } from './context.js';
 
@@ -12,8 +13,10 @@ export function ceremonyAccess(loaded: LoadedConfig): CeremonyAccess {
   const soPin = process.env.XKS_HSM_SO_PIN;
   if (!soPin) throw new Error('set XKS_HSM_SO_PIN to the security officer PIN: this step needs the security officer');
   const h = loaded.config.hsm;
+  const profile = loadProfile(h.profile);
   return {
-    modulePath: resolveModulePath(loadProfile(h.profile), h.module),
+    ...resolveLibrary(profile, h),
+    meanings: ckrMeanings(profile),
     tokenLabel: h.tokenLabel,
     tokenSerial: h.tokenSerial,
     userPin: loaded.pin,

@@ -81,6 +81,8 @@ export const ConfigSchema = z
     hsm: z.strictObject({
       profile: z.string().default('softhsm2'),
       module: z.string().optional(),
+      /** Passed to every C_Initialize (NSS softoken: configdir='sql:DIR' ...); overrides the profile's. */
+      libraryParameters: z.string().min(1).optional(),
       tokenLabel: z.string().min(1).optional(),
       tokenSerial: z.string().min(1).optional(),
       pin: SecretRefSchema,

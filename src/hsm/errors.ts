@@ -17,6 +17,8 @@ export type HsmErrorKind =
   | 'BufferTooSmall'
   | 'ArgumentsBad'
   | 'AttributeReadOnly'
+  | 'TemplateRefused' // the token refused a template (an attribute it does not support, or an inconsistent one)
+  | 'Busy' // the device answered "throttled" (a profile's busy codes, with the device still answering a probe)
   | 'PoolExhausted' // no session became free within the wait budget
   | 'Timeout' // the HSM did not answer within the operation budget
   | 'Closed' // the HSM layer is shutting down
@@ -63,7 +65,28 @@ const CKR_KIND: Record<string, HsmErrorKind> = {
   CKR_BUFFER_TOO_SMALL: 'BufferTooSmall',
   CKR_ARGUMENTS_BAD: 'ArgumentsBad',
   CKR_ATTRIBUTE_READ_ONLY: 'AttributeReadOnly',
+  CKR_ATTRIBUTE_TYPE_INVALID: 'TemplateRefused',
+  CKR_ATTRIBUTE_VALUE_INVALID: 'TemplateRefused',
+  CKR_TEMPLATE_INCOMPLETE: 'TemplateRefused',
+  CKR_TEMPLATE_INCONSISTENT: 'TemplateRefused',
+  CKR_KEY_SIZE_RANGE: 'TemplateRefused',
 };
+
+/**
+ * What a token's codes mean where PKCS#11 leaves it open (HSM profile `errors`): which codes a failed tag check
+ * answers, and which mean "busy" while the device still answers.
+ */
+export interface CkrMeanings {
+  badTag: ReadonlySet<string>;
+  busy: ReadonlySet<string>;
+}
+
+/** The standard's meanings only: for code that runs before a profile is known (token init). */
+export const STANDARD_MEANINGS: CkrMeanings = { badTag: new Set(), busy: new Set() };
+
+export function ckrMeanings(profile: { errors: { badTag: string[]; busy: string[] } }): CkrMeanings {
+  return { badTag: new Set(profile.errors.badTag), busy: new Set(profile.errors.busy) };
+}
 
 /** The CKR name of a pkcs11js error; C_CreateObject and friends carry it only in the message. */
 export function ckrName(err: unknown): string | undefined {
@@ -80,13 +103,14 @@ export function ckrName(err: unknown): string | undefined {
 }
 
 /**
- * Wraps whatever a pkcs11js call threw. `context` says what we were doing, so that
- * SoftHSM 2.6.1's CKR_GENERAL_ERROR on a failed GCM tag check reads as DataInvalid.
+ * Wraps whatever a pkcs11js call threw. `context` says what we were doing, so that a profile's bad-tag codes on a
+ * decrypt or an unwrap of outside data (SoftHSM 2.6.1: CKR_GENERAL_ERROR; nShield: CKR_FUNCTION_FAILED) read as
+ * DataInvalid, never as a device failure to recover from.
  */
-export function toHsmError(err: unknown, context: 'decrypt' | 'other' = 'other'): HsmError {
+export function toHsmError(err: unknown, context: 'decrypt' | 'other' = 'other', meanings: CkrMeanings = STANDARD_MEANINGS): HsmError {
   if (err instanceof HsmError) return err;
   const ckr = ckrName(err);
-  if (ckr === 'CKR_GENERAL_ERROR' && context === 'decrypt') {
+  if (ckr !== undefined && context === 'decrypt' && meanings.badTag.has(ckr)) {
     return new HsmError('DataInvalid', 'the ciphertext did not authenticate', ckr);
   }
   const kind: HsmErrorKind = (ckr !== undefined ? CKR_KIND[ckr] : undefined) ?? (ckr === 'CKR_GENERAL_ERROR' ? 'DeviceError' : 'Unknown');
@@ -95,7 +119,7 @@ export function toHsmError(err: unknown, context: 'decrypt' | 'other' = 'other')
 
 /** Kinds after which the session must not go back to the pool. */
 export function poisonsSession(kind: HsmErrorKind): boolean {
-  return kind !== 'KeyFunctionNotPermitted' && kind !== 'DataInvalid' && kind !== 'ObjectHandleInvalid';
+  return kind !== 'KeyFunctionNotPermitted' && kind !== 'DataInvalid' && kind !== 'ObjectHandleInvalid' && kind !== 'TemplateRefused';
 }
 
 /**
@@ -105,6 +129,7 @@ export function poisonsSession(kind: HsmErrorKind): boolean {
 export function availabilityOf(kind: HsmErrorKind): 'busy' | 'timeout' | 'unavailable' | 'other' {
   switch (kind) {
     case 'PoolExhausted':
+    case 'Busy':
       return 'busy';
     case 'Timeout':
       return 'timeout';

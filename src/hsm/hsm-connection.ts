@@ -1,15 +1,15 @@
 // One process's connection to one token: module, login, session pool, AES-GCM, key objects, and recovery.
+import { timingSafeEqual } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { HsmError, needsRecovery, poisonsSession, toHsmError } from './errors.js';
-import { CKF_OS_LOCKING_OK, findSlot, loadModule, P, readBool, type Handle, type Mechanism, type Pkcs11, type Template } from './module.js';
+import { ckrMeanings, HsmError, needsRecovery, poisonsSession, toHsmError, type CkrMeanings } from './errors.js';
+import { findSlot, infoText, initializeArgs, loadModule, P, readBool, type Handle, type LibrarySpec, type Mechanism, type Pkcs11, type Template } from './module.js';
 export type { Handle } from './module.js';
 import { SessionPool, type PooledSession } from './session-pool.js';
 import { readCapabilities, type Capabilities } from './capabilities.js';
 import { CallThread } from './call-thread.js';
 import type { CallMode, HsmProfile, IvMode } from './profile.js';
 
-export interface HsmOptions {
-  modulePath: string;
+export interface HsmOptions extends LibrarySpec {
   profile: HsmProfile;
   tokenLabel?: string | undefined;
   tokenSerial?: string | undefined;
@@ -75,6 +75,21 @@ const BOOL_ATTRS = {
   wrapWithTrusted: P.CKA_WRAP_WITH_TRUSTED,
 } as const;
 
+/** Attributes read back after an object is made, when the template set them (confirmTemplate). */
+const CONFIRMED_ATTRS = new Map<number, string>([
+  [P.CKA_TOKEN, 'CKA_TOKEN'],
+  [P.CKA_PRIVATE, 'CKA_PRIVATE'],
+  [P.CKA_SENSITIVE, 'CKA_SENSITIVE'],
+  [P.CKA_EXTRACTABLE, 'CKA_EXTRACTABLE'],
+  [P.CKA_ENCRYPT, 'CKA_ENCRYPT'],
+  [P.CKA_DECRYPT, 'CKA_DECRYPT'],
+  [P.CKA_WRAP, 'CKA_WRAP'],
+  [P.CKA_UNWRAP, 'CKA_UNWRAP'],
+  [P.CKA_SIGN, 'CKA_SIGN'],
+  [P.CKA_VERIFY, 'CKA_VERIFY'],
+  [P.CKA_DERIVE, 'CKA_DERIVE'],
+]);
+
 export class HsmConnection {
   private mod!: Pkcs11;
   private slot!: Handle;
@@ -89,6 +104,8 @@ export class HsmConnection {
   /** callMode thread: where AES-GCM calls run (made on first use). */
   private thread: CallThread | undefined;
   private ivPool: Buffer = Buffer.alloc(0);
+  /** Attribute types this token does not keep (CKR_ATTRIBUTE_TYPE_INVALID when read): left out of reads. */
+  private readonly lackedAttributes = new Set<number>();
   private ivOffset = 0;
   private closed = false;
   /** Incremented by every recovery that reopens sessions; key handles cached before it may be stale. */
@@ -98,11 +115,16 @@ export class HsmConnection {
   info!: TokenInfo;
   capabilities!: Capabilities;
 
-  private constructor(private readonly opts: HsmOptions) {}
+  /** What this token's return codes mean (its profile's `errors`). */
+  private readonly meanings: CkrMeanings;
+
+  private constructor(private readonly opts: HsmOptions) {
+    this.meanings = ckrMeanings(opts.profile);
+  }
 
   static async open(opts: HsmOptions): Promise<HsmConnection> {
     const c = new HsmConnection(opts);
-    c.mod = loadModule(opts.modulePath);
+    c.mod = loadModule(opts);
     try {
       await c.attach();
     } catch (e) {
@@ -134,11 +156,11 @@ export class HsmConnection {
     const lib = this.mod.C_GetInfo();
     this.info = {
       slot: this.slot.toString('hex'),
-      label: t.label.trim(),
-      serial: t.serialNumber.trim(),
-      manufacturer: t.manufacturerID.trim(),
-      model: t.model.trim(),
-      libraryDescription: lib.libraryDescription.trim(),
+      label: infoText(t.label),
+      serial: infoText(t.serialNumber),
+      manufacturer: infoText(t.manufacturerID),
+      model: infoText(t.model),
+      libraryDescription: infoText(lib.libraryDescription),
       libraryVersion: `${lib.libraryVersion.major}.${lib.libraryVersion.minor}`,
     };
     this.capabilities = readCapabilities(this.mod, this.slot, this.opts.profile, this.opts);
@@ -242,10 +264,17 @@ export class HsmConnection {
     const inFlight = this.copying.get(id);
     if (inFlight) return inFlight;
     const generation = this.generation;
-    const making = this.run('other', () =>
-      // Only CKA_TOKEN may change: the copy inherits CKA_SENSITIVE, CKA_EXTRACTABLE and the usage (read-only here).
-      this.mod.C_CopyObject(this.loginSession, key, [{ type: P.CKA_TOKEN, value: false }]),
-    )
+    const making = this.run('other', (s) => {
+      // Only CKA_TOKEN may change: the copy inherits CKA_SENSITIVE, CKA_EXTRACTABLE and the usage; read them back.
+      const [sensitive, extractable] = this.readAttributes(s, key, [P.CKA_SENSITIVE, P.CKA_EXTRACTABLE]);
+      const copy = this.mod.C_CopyObject(this.loginSession, key, [{ type: P.CKA_TOKEN, value: false }]);
+      this.confirmTemplate(s, copy, [
+        { type: P.CKA_TOKEN, value: false },
+        { type: P.CKA_SENSITIVE, value: readBool(sensitive) },
+        { type: P.CKA_EXTRACTABLE, value: readBool(extractable) },
+      ], 'a session copy');
+      return copy;
+    })
       .then((copy) => {
         this.copies.set(id, { copy, generation });
         return copy;
@@ -302,27 +331,89 @@ export class HsmConnection {
 
   private describe(s: Handle, handle: Handle): KeyObject {
     const names = Object.keys(BOOL_ATTRS) as (keyof typeof BOOL_ATTRS)[];
-    const got = this.mod.C_GetAttributeValue(s, handle, [
-      { type: P.CKA_LABEL },
-      { type: P.CKA_ID },
-      { type: P.CKA_KEY_TYPE },
-      ...names.map((n) => ({ type: BOOL_ATTRS[n] })),
-    ]);
+    const got = this.readAttributes(s, handle, [P.CKA_LABEL, P.CKA_ID, P.CKA_KEY_TYPE, ...names.map((n) => BOOL_ATTRS[n])]);
     const attrs: Record<string, boolean> = {};
-    names.forEach((n, i) => (attrs[n] = readBool(got[i + 3]?.value as Buffer | undefined)));
-    const keyType = got[2]?.value as Buffer | undefined;
+    names.forEach((n, i) => {
+      const v = got[i + 3];
+      // An attribute the token does not keep is absent, never read as false.
+      if (v !== undefined) attrs[n] = readBool(v);
+    });
+    const keyType = got[2];
     return {
       handle,
-      label: ((got[0]?.value as Buffer | undefined) ?? Buffer.alloc(0)).toString('utf8'),
-      id: (got[1]?.value as Buffer | undefined) ?? Buffer.alloc(0),
+      label: (got[0] ?? Buffer.alloc(0)).toString('utf8'),
+      id: got[1] ?? Buffer.alloc(0),
       keyType: keyType && keyType.length >= 4 ? keyType.readUInt32LE(0) : -1,
       attrs,
     };
   }
 
+  /**
+   * Attribute values, undefined where the object does not keep one. One C_GetAttributeValue asking for an attribute
+   * the token lacks fails whole on NSS (CKR_ATTRIBUTE_TYPE_INVALID, CKA_WRAP_WITH_TRUSTED): then each is read alone,
+   * and the ones the token lacks are left out of later reads.
+   */
+  private readAttributes(s: Handle, handle: Handle, types: number[]): (Buffer | undefined)[] {
+    const asked = types.filter((t) => !this.lackedAttributes.has(t));
+    try {
+      const got = this.mod.C_GetAttributeValue(s, handle, asked.map((type) => ({ type })));
+      const byType = new Map(asked.map((t, i) => [t, got[i]?.value as Buffer | undefined]));
+      return types.map((t) => byType.get(t));
+    } catch (e) {
+      const ckr = toHsmError(e).ckr;
+      if (ckr !== 'CKR_ATTRIBUTE_TYPE_INVALID' && ckr !== 'CKR_ATTRIBUTE_SENSITIVE') throw e;
+    }
+    return types.map((type) => {
+      if (this.lackedAttributes.has(type)) return undefined;
+      try {
+        return this.mod.C_GetAttributeValue(s, handle, [{ type }])[0]?.value as Buffer | undefined;
+      } catch (e) {
+        const ckr = toHsmError(e).ckr;
+        if (ckr === 'CKR_ATTRIBUTE_TYPE_INVALID') this.lackedAttributes.add(type);
+        else if (ckr !== 'CKR_ATTRIBUTE_SENSITIVE') throw e;
+        return undefined;
+      }
+    });
+  }
+
+  /**
+   * A token's word is not proof (openCryptoki's C_UnwrapKey ignores CKA_SENSITIVE and CKA_EXTRACTABLE): after every
+   * create, generate, unwrap and copy, read back the security and usage attributes that were asked for. An object that
+   * differs is destroyed and the call fails.
+   */
+  private confirmTemplate(s: Handle, handle: Handle, template: Template, what: string): void {
+    const asked = template.filter((a) => CONFIRMED_ATTRS.has(a.type) && typeof a.value === 'boolean');
+    if (asked.length === 0) return;
+    const got = this.readAttributes(s, handle, asked.map((a) => a.type));
+    const wrong = asked.filter((a, i) => {
+      const v = got[i];
+      // Security attributes must be readable; usage flags the token does not keep are left to its own enforcement.
+      if (v === undefined) return a.type === P.CKA_SENSITIVE || a.type === P.CKA_EXTRACTABLE;
+      return readBool(v) !== a.value;
+    });
+    if (wrong.length === 0) return;
+    try {
+      this.mod.C_DestroyObject(s, handle);
+    } catch {
+      // nothing more can be done; the error below says what happened
+    }
+    const names = wrong.map((a) => `${CONFIRMED_ATTRS.get(a.type)}=${String(a.value)}`).join(', ');
+    throw new HsmError('TemplateRefused', `the token did not honour ${names} for ${what}; the object was destroyed`);
+  }
+
+  /** The template as this token takes it: without CKA_ALLOWED_MECHANISMS where its objects cannot hold it (NSS). */
+  private fit(template: Template): Template {
+    if (this.opts.profile.attributes.allowedMechanisms) return template;
+    return template.filter((a) => a.type !== P.CKA_ALLOWED_MECHANISMS);
+  }
+
   /** Generate a secret key (CKM_AES_KEY_GEN unless told otherwise) from a fully spelled-out template. */
   generateKey(template: Template, mechanism: number = P.CKM_AES_KEY_GEN): Promise<KeyObject> {
-    return this.run('other', (s) => this.describe(s, this.mod.C_GenerateKey(s, { mechanism }, template)));
+    return this.run('other', (s) => {
+      const handle = this.mod.C_GenerateKey(s, { mechanism }, this.fit(template));
+      this.confirmTemplate(s, handle, template, 'a generated key');
+      return this.describe(s, handle);
+    });
   }
 
   /** Change attributes of an object in place (CKA_ID, CKA_ENCRYPT, ...): one call, atomic for that object. */
@@ -346,7 +437,11 @@ export class HsmConnection {
 
   /** C_UnwrapKey into a new object described by `template` (every security attribute spelled out by the caller). */
   unwrapKey(mechanism: Mechanism, unwrappingKey: Handle, wrapped: Buffer, template: Template): Promise<KeyObject> {
-    return this.run('other', (s) => this.describe(s, this.mod.C_UnwrapKey(s, mechanism, unwrappingKey, wrapped, template)));
+    return this.run('other', (s) => {
+      const handle = this.mod.C_UnwrapKey(s, mechanism, unwrappingKey, wrapped, this.fit(template));
+      this.confirmTemplate(s, handle, template, 'an unwrapped key');
+      return this.describe(s, handle);
+    });
   }
 
   /** HMAC (or CMAC) inside the HSM. */
@@ -357,18 +452,14 @@ export class HsmConnection {
     });
   }
 
-  /** True when `signature` verifies; false on CKR_SIGNATURE_INVALID / CKR_SIGNATURE_LEN_RANGE. */
-  verify(mechanism: Mechanism, key: Handle, data: Buffer, signature: Buffer): Promise<boolean> {
-    return this.run('other', (s) => {
-      this.mod.C_VerifyInit(s, mechanism, key);
-      try {
-        return this.mod.C_Verify(s, data, signature);
-      } catch (e) {
-        const ckr = toHsmError(e).ckr;
-        if (ckr === 'CKR_SIGNATURE_INVALID' || ckr === 'CKR_SIGNATURE_LEN_RANGE') return false;
-        throw e;
-      }
-    });
+  /**
+   * True when `mac` is the MAC of `data` under `key`: computed by C_Sign and compared in constant time. C_Verify's
+   * answer to a wrong MAC is not portable (NSS answers CKR_DEVICE_ERROR or CKR_ARGUMENTS_BAD, which would read as a
+   * device failure), so it is not used.
+   */
+  async verify(mechanism: Mechanism, key: Handle, data: Buffer, mac: Buffer): Promise<boolean> {
+    const expected = await this.sign(mechanism, key, data);
+    return expected.length === mac.length && timingSafeEqual(expected, mac);
   }
 
   /** HMAC-SHA256 inside the HSM (audit checkpoints, import tokens), with a generic secret made by hmacKeyTemplate. */
@@ -382,14 +473,16 @@ export class HsmConnection {
 
   /** Create an object from a template (public keys received for a KEK transfer). */
   createObject(template: Template): Promise<Handle> {
-    return this.run('other', (s) => this.mod.C_CreateObject(s, template));
+    return this.run('other', (s) => {
+      const handle = this.mod.C_CreateObject(s, this.fit(template));
+      this.confirmTemplate(s, handle, template, 'a created object');
+      return handle;
+    });
   }
 
   /** Attributes read raw, for the few callers that need more than describe() gives (RSA modulus and exponent). */
   getAttributes(handle: Handle, types: number[]): Promise<(Buffer | undefined)[]> {
-    return this.run('other', (s) =>
-      this.mod.C_GetAttributeValue(s, handle, types.map((type) => ({ type }))).map((a) => a.value as Buffer | undefined),
-    );
+    return this.run('other', (s) => this.readAttributes(s, handle, types));
   }
 
   // -- import of customer key material (src/import) --
@@ -401,22 +494,27 @@ export class HsmConnection {
   /** C_GenerateKeyPair from fully spelled-out templates (RSA wrapping key pairs). */
   generateKeyPair(mechanism: Mechanism, publicTemplate: Template, privateTemplate: Template): Promise<{ publicKey: Handle; privateKey: Handle }> {
     return this.run('other', async (s) => {
+      const [pub, priv] = [this.fit(publicTemplate), this.fit(privateTemplate)];
       const pair = await this.callUnbounded(
-        () => this.mod.C_GenerateKeyPair(s, mechanism, publicTemplate, privateTemplate),
-        () => this.mod.C_GenerateKeyPairAsync(s, mechanism, publicTemplate, privateTemplate),
+        () => this.mod.C_GenerateKeyPair(s, mechanism, pub, priv),
+        () => this.mod.C_GenerateKeyPairAsync(s, mechanism, pub, priv),
       );
+      this.confirmTemplate(s, pair.privateKey, privateTemplate, 'a generated private key');
       return { publicKey: pair.publicKey, privateKey: pair.privateKey };
     });
   }
 
   /** C_UnwrapKey of a blob from outside into a new object; a blob that does not unwrap is DataInvalid. */
   unwrapUntrusted(mechanism: Mechanism, unwrappingKey: Handle, wrapped: Buffer, template: Template): Promise<Handle> {
-    return this.run('decrypt', (s) =>
-      this.callUnbounded(
-        () => this.mod.C_UnwrapKey(s, mechanism, unwrappingKey, wrapped, template),
-        () => this.mod.C_UnwrapKeyAsync(s, mechanism, unwrappingKey, wrapped, template),
-      ),
-    );
+    return this.run('decrypt', async (s) => {
+      const fitted = this.fit(template);
+      const handle = await this.callUnbounded(
+        () => this.mod.C_UnwrapKey(s, mechanism, unwrappingKey, wrapped, fitted),
+        () => this.mod.C_UnwrapKeyAsync(s, mechanism, unwrappingKey, wrapped, fitted),
+      );
+      this.confirmTemplate(s, handle, template, 'an unwrapped key');
+      return handle;
+    });
   }
 
   /** Single-part C_Decrypt of data from outside (raw RSA of an import blob) into a buffer of `outBytes`. */
@@ -501,13 +599,21 @@ export class HsmConnection {
         this.pool.release(session);
         return result;
       } catch (e) {
-        err = toHsmError(e, context);
+        err = toHsmError(e, context, this.meanings);
       }
       if (err.kind === 'Timeout') {
         // The call is still running on the thread pool: close its session once it returns, never reuse it.
         const settled = (err as HsmError & { settled?: Promise<unknown> }).settled ?? Promise.resolve();
         void settled.then(() => this.pool.discard(session));
         throw err;
+      }
+      // A code from the module that reads as a device failure re-initialises the library only when a cheap probe
+      // confirms the device is gone: CloudHSM answers CKR_DEVICE_ERROR while it throttles, NSS for a wrong MAC.
+      if (err.kind === 'DeviceError' && err.ckr !== undefined && this.deviceAnswers()) {
+        const busy = this.meanings.busy.has(err.ckr);
+        if (busy) this.pool.release(session);
+        else this.pool.discard(session);
+        throw busy ? new HsmError('Busy', `the HSM is busy (${err.ckr}); retry`, err.ckr) : new HsmError('DeviceError', `${err.message}; the device still answers, so it was not re-initialised`, err.ckr);
       }
       if (poisonsSession(err.kind)) this.pool.discard(session);
       else this.pool.release(session);
@@ -516,6 +622,16 @@ export class HsmConnection {
       // A session from before the latest recovery failed late: that recovery already happened, just retry.
       if (session.generation === this.generation) await this.recover(err);
     }
+  }
+
+  /** A cheap probe after a device-level code: the token answers and the login session is alive and logged in. */
+  private deviceAnswers(): boolean {
+    try {
+      this.mod.C_GetTokenInfo(this.slot);
+    } catch {
+      return false;
+    }
+    return this.isLoggedIn();
   }
 
   private isLoggedIn(): boolean {
@@ -583,7 +699,7 @@ export class HsmConnection {
       // already gone
     }
     this.epoch++;
-    this.mod.C_Initialize({ flags: CKF_OS_LOCKING_OK });
+    this.mod.C_Initialize(initializeArgs(this.opts));
     await this.attach();
   }
 

@@ -11,11 +11,31 @@ export type Mechanism = pkcs11js.Mechanism;
 /** CKF_OS_LOCKING_OK: without it SoftHSM turns its locking off and concurrent calls crash the process. */
 export const CKF_OS_LOCKING_OK = 2;
 
-export function loadModule(path: string): Pkcs11 {
+/** Which PKCS#11 library to load, and the parameters its C_Initialize needs (NSS softoken cannot start without them). */
+export interface LibrarySpec {
+  modulePath: string;
+  /**
+   * Passed to every C_Initialize (first start, re-initialisation, ceremonies, token init) in pReserved, as NSS reads
+   * them (pkcs11js's `libraryParameters`). Most libraries take none.
+   */
+  libraryParameters?: string | undefined;
+}
+
+/** The C_Initialize arguments for a library; the same for the first initialisation and every re-initialisation. */
+export function initializeArgs(spec: LibrarySpec): pkcs11js.InitializationOptions {
+  return spec.libraryParameters ? { flags: CKF_OS_LOCKING_OK, libraryParameters: spec.libraryParameters } : { flags: CKF_OS_LOCKING_OK };
+}
+
+export function loadModule(spec: LibrarySpec): Pkcs11 {
   const mod = new pkcs11js.PKCS11();
-  mod.load(path);
-  mod.C_Initialize({ flags: CKF_OS_LOCKING_OK });
+  mod.load(spec.modulePath);
+  mod.C_Initialize(initializeArgs(spec));
   return mod;
+}
+
+/** A fixed-width PKCS#11 info string without its padding: spaces, and NUL bytes on some tokens (tpm2-pkcs11). */
+export function infoText(s: string): string {
+  return s.replace(/^[\s\0]+|[\s\0]+$/g, '');
 }
 
 export interface SlotChoice {
@@ -28,8 +48,8 @@ export function findSlot(mod: Pkcs11, choice: SlotChoice): Handle {
   const seen: string[] = [];
   for (const slot of mod.C_GetSlotList(true)) {
     const info = mod.C_GetTokenInfo(slot);
-    const label = info.label.trim();
-    const serial = info.serialNumber.trim();
+    const label = infoText(info.label);
+    const serial = infoText(info.serialNumber);
     seen.push(`"${label}" (serial ${serial})`);
     if (choice.tokenSerial !== undefined && serial !== choice.tokenSerial) continue;
     if (choice.tokenLabel !== undefined && label !== choice.tokenLabel) continue;

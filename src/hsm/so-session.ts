@@ -9,11 +9,12 @@
 // - C_Logout invalidates the handles of private objects (CKR_KEY_HANDLE_INVALID afterwards): find them again after
 //   every change of login. Public session objects survive the logout and are visible to the next login.
 // - Closing the last session of a token releases token object handles too: one session lives for the whole ceremony.
-import { HsmError, toHsmError } from './errors.js';
-import { findSlot, loadModule, P, type Handle, type Mechanism, type Pkcs11, type Template } from './module.js';
+import { HsmError, STANDARD_MEANINGS, toHsmError, type CkrMeanings } from './errors.js';
+import { findSlot, loadModule, P, type Handle, type LibrarySpec, type Mechanism, type Pkcs11, type Template } from './module.js';
 
-export interface CeremonyOptions {
-  modulePath: string;
+export interface CeremonyOptions extends LibrarySpec {
+  /** The profile's meaning of return codes (a bad tag on an unwrap of outside data); the standard's by default. */
+  meanings?: CkrMeanings | undefined;
   tokenLabel?: string | undefined;
   tokenSerial?: string | undefined;
 }
@@ -27,14 +28,15 @@ export class CeremonySession {
   private constructor(
     private readonly mod: Pkcs11,
     private readonly session: Handle,
+    private readonly meanings: CkrMeanings,
   ) {}
 
   /** Load the module, C_Initialize, find the token by label or serial and open one R/W session. */
   static open(opts: CeremonyOptions): CeremonySession {
-    const mod = loadModule(opts.modulePath);
+    const mod = loadModule(opts);
     try {
       const slot = findSlot(mod, { tokenLabel: opts.tokenLabel, tokenSerial: opts.tokenSerial });
-      return new CeremonySession(mod, mod.C_OpenSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION));
+      return new CeremonySession(mod, mod.C_OpenSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION), opts.meanings ?? STANDARD_MEANINGS);
     } catch (e) {
       try {
         mod.C_Finalize();
@@ -146,7 +148,7 @@ export class CeremonySession {
     try {
       return fn();
     } catch (e) {
-      throw toHsmError(e, context);
+      throw toHsmError(e, context, this.meanings);
     }
   }
 }

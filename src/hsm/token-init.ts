@@ -1,10 +1,9 @@
 // Initialising a token through PKCS#11 (development and tests on SoftHSM): the PINs come from the caller's memory,
 // never from a command line where `ps` would show them, as `softhsm2-util --init-token --pin` would.
 import { toHsmError } from './errors.js';
-import { findSlot, loadModule, P } from './module.js';
+import { findSlot, infoText, loadModule, P, type LibrarySpec } from './module.js';
 
-export interface TokenInitOptions {
-  modulePath: string;
+export interface TokenInitOptions extends LibrarySpec {
   label: string;
   soPin: string;
   userPin: string;
@@ -12,11 +11,11 @@ export interface TokenInitOptions {
 
 /** Initialises the first uninitialised slot as `label`; does nothing when a token with that label exists. */
 export function initToken(opts: TokenInitOptions): { created: boolean; serial: string } {
-  const mod = loadModule(opts.modulePath);
+  const mod = loadModule(opts);
   try {
     try {
       const slot = findSlot(mod, { tokenLabel: opts.label });
-      return { created: false, serial: mod.C_GetTokenInfo(slot).serialNumber.trim() };
+      return { created: false, serial: infoText(mod.C_GetTokenInfo(slot).serialNumber) };
     } catch {
       // not there yet
     }
@@ -30,7 +29,7 @@ export function initToken(opts: TokenInitOptions): { created: boolean; serial: s
     mod.C_InitPIN(session, opts.userPin);
     mod.C_Logout(session);
     mod.C_CloseSession(session);
-    return { created: true, serial: mod.C_GetTokenInfo(slot).serialNumber.trim() };
+    return { created: true, serial: infoText(mod.C_GetTokenInfo(slot).serialNumber) };
   } catch (e) {
     throw e instanceof Error && /CKR_/.test(e.message) ? toHsmError(e) : e;
   } finally {

@@ -154,7 +154,10 @@ export function backupMacKeyTemplate(): Template {
   ];
 }
 
-/** The MAC key unwrapped on restore: verify only, session object, never extractable again. */
+/**
+ * The MAC key unwrapped on restore: a session object, never extractable again. It signs because MACs are checked by
+ * C_Sign and a constant-time compare (a wrong MAC in C_Verify answers CKR_DEVICE_ERROR on NSS).
+ */
 export function backupMacVerifyTemplate(): Template {
   return [
     { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
@@ -163,8 +166,8 @@ export function backupMacVerifyTemplate(): Template {
     { type: P.CKA_PRIVATE, value: true },
     { type: P.CKA_SENSITIVE, value: true },
     { type: P.CKA_EXTRACTABLE, value: false },
-    { type: P.CKA_SIGN, value: false },
-    { type: P.CKA_VERIFY, value: true },
+    { type: P.CKA_SIGN, value: true },
+    { type: P.CKA_VERIFY, value: false },
     { type: P.CKA_ENCRYPT, value: false },
     { type: P.CKA_DECRYPT, value: false },
     { type: P.CKA_DERIVE, value: false },
