@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the proxy needs on Debian/Ubuntu and builds it. Safe to run any number of times.
-#   apt:  softhsm2 (the PKCS#11 token for dev/CI), opensc (pkcs11-tool), openssl (demo TLS certificate), curl
+#   apt:  softhsm2 (the PKCS#11 token for dev/CI), opensc (pkcs11-tool), openssl (demo TLS certificate), curl,
+#         libnss3-tools (certutil: makes the NSS softoken databases of the tests' second token kind; brings libnss3)
 #   npm:  the dependencies in package-lock.json (pkcs11js compiles with node-gyp: python3, make, g++)
+#   gcc (brought by g++) builds the PKCS#11 HSM emulator used by the tests (scripts/build-emulator.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || need_apt+=(softhsm2)
 command -v pkcs11-tool >/dev/null || need_apt+=(opensc)
+command -v certutil >/dev/null || need_apt+=(libnss3-tools)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v make >/dev/null || need_apt+=(make)
@@ -36,6 +39,8 @@ if [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ] || [ ! -e node_module
   echo "setup: installing npm dependencies"
   npm ci --no-audit --no-fund --loglevel=error
 fi
+
+bash scripts/build-emulator.sh
 
 echo "setup: building"
 npm run --silent build

@@ -1,8 +1,47 @@
 #!/usr/bin/env bash
-# Installs the prerequisites (as scripts/setup.sh) and runs the whole test suite against real SoftHSMv2 tokens
-# that the tests create under the system temp directory. Safe to run any number of times.
+# Installs the prerequisites (as scripts/setup.sh) and runs the test suite against real PKCS#11 tokens that the tests
+# create under the system temp directory, once per token kind (XKS_TEST_TOKEN, read by test/helpers/test-token.ts):
+#   softhsm  SoftHSMv2: the whole suite.
+#   nss      NSS softoken (libsoftokn3, a database made with certutil): every test file that uses a token, i.e. all
+#            but the token-free ones in NSS_EXCLUDE below (they already ran in the SoftHSM run).
+#            Inside those files, tests that cannot apply to NSS skip themselves and say why (it.skipIf/describe.skipIf
+#            on TOKEN_FACTS in test/helpers/test-token.ts):
+#              test/keys/backup.test.ts, test/cli/kek.test.ts: a trusted KEK needs a security officer login; NSS has
+#                none (C_Login(CKU_SO) answers CKR_USER_TYPE_INVALID), so the whole of both files skips.
+#              test/cli/report.test.ts (the readable-key violation): NSS makes every private token key sensitive.
+#              test/keys/rotation-race.test.ts (the first block): a SoftHSM file-object-store visibility fact.
+#              test/hsm/reinit.test.ts (session leak count): counts SoftHSM's small session handle numbers.
+# Both runs always run; the script fails if either failed, after saying which. Arguments go to both vitest runs
+# (e.g. a file filter: scripts/test.sh test/cli). Safe to run any number of times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 npx tsc -p tsconfig.test.json
-npx vitest run "$@"
+
+# Token-free tests (parsing, pure functions, manifests, profiles) and the emulator's own test (it forwards to SoftHSM
+# whatever the kind): the same on every token kind, run once in the SoftHSM run.
+NSS_EXCLUDE=(
+  'test/config/**' 'test/deploy/**' 'test/xks/**' 'test/emulator/**'
+  test/hsm/profiles.test.ts test/http/sigv4.test.ts
+  test/import/expiry.test.ts test/import/import-token.test.ts test/import/oaep.test.ts test/import/schemas.test.ts
+)
+nss_args=(--passWithNoTests)
+for glob in "${NSS_EXCLUDE[@]}"; do nss_args+=(--exclude "$glob"); done
+
+failed=0
+summary=()
+run() {
+  local kind=$1 start=$SECONDS outcome
+  shift
+  echo
+  echo "=== test: token kind ${kind} (XKS_TEST_TOKEN=${kind}) ==="
+  if XKS_TEST_TOKEN="$kind" npx vitest run "$@"; then outcome=passed; else outcome=FAILED; failed=1; fi
+  summary+=("test: ${kind}: ${outcome} in $((SECONDS - start)) s")
+}
+
+run softhsm "$@"
+run nss "${nss_args[@]}" "$@"
+
+echo
+printf '%s\n' "${summary[@]}"
+exit "$failed"

@@ -1,5 +1,8 @@
-// `xks hsm`: the token, its mechanisms and the capabilities the proxy chose; token initialisation for SoftHSM.
+// `xks hsm`: the token, its mechanisms and the capabilities the proxy chose; a pre-deployment check of everything the
+// proxy needs from a token; token initialisation for SoftHSM.
 import { Command } from 'commander';
+import type { LoadedConfig } from '../config/load.js';
+import { checkHsm, type CheckReport } from '../hsm/check.js';
 import { loadProfile, resolveLibrary } from '../hsm/profile.js';
 import { initToken } from '../hsm/token-init.js';
 import { loadFor, withConfigOption, withHsm } from './context.js';
@@ -30,9 +33,21 @@ export function hsmCommand(): Command {
           console.log(`library    ${conn.info.libraryDescription} ${conn.info.libraryVersion} (profile ${loaded.config.hsm.profile})`);
           console.log(`login      ${status.loggedIn ? 'ok' : 'NOT logged in'}; session pool size ${conn.sessionStats.size}`);
           console.log(`aes-gcm    ${c.aesGcm ? 'yes' : 'no'}; iv mode ${c.ivMode}; calls ${c.callMode}`);
-          console.log(`key gen    ${c.aesKeyGen ? 'yes' : 'no'}; AES key wrap pad ${c.aesKeyWrapPad ? 'yes' : 'no'}; RSA-OAEP ${c.rsaOaep ? 'yes' : 'no'}; HMAC-SHA256 ${c.hmacSha256 ? 'yes' : 'no'}`);
+          console.log(`key gen    ${c.aesKeyGen ? 'yes' : 'no'}; RFC 5649 key wrap ${c.keyWrap ? `${c.keyWrap.name}${c.keyWrap.confirmed ? '' : ' (unconfirmed)'}` : 'no'}; RSA-OAEP ${c.rsaOaep ? 'yes' : 'no'}; HMAC-SHA256 ${c.hmacSha256 ? 'yes' : 'no'}`);
           console.log(`mechanisms ${c.mechanisms.join(' ')}`);
         });
+      }),
+  );
+
+  hsm.addCommand(
+    withConfigOption(new Command('check'))
+      .description('probe everything the proxy needs on throwaway objects; exit 1 with the reason if it cannot serve')
+      .option('--json', 'print the rows as JSON')
+      .action(async (opts: { json?: boolean }, cmd: Command) => {
+        const report = await runHsmCheck(loadFor(cmd));
+        console.log(opts.json ? JSON.stringify(report) : formatCheck(report));
+        // One sentence on stderr and exit 1 (main.ts), after the table.
+        if (!report.canServe) throw new Error(report.reason ?? 'the token cannot serve');
       }),
   );
 
@@ -51,4 +66,26 @@ export function hsmCommand(): Command {
       }),
   );
   return hsm;
+}
+
+/** `xks hsm check` on the configured token; opens and finalises the library itself (no HsmConnection). */
+export function runHsmCheck(loaded: LoadedConfig): Promise<CheckReport> {
+  const h = loaded.config.hsm;
+  const profile = loadProfile(h.profile);
+  return checkHsm({ library: resolveLibrary(profile, h), profile, tokenLabel: h.tokenLabel, tokenSerial: h.tokenSerial, pin: loaded.pin, ivMode: h.ivMode });
+}
+
+const MARK = { ok: 'ok', warn: 'WARN', fail: 'FAIL', info: 'info' } as const;
+
+/** The check as a table: probe, status, needed, what was found; under it, what the proxy will do. */
+export function formatCheck(report: CheckReport): string {
+  const width = Math.max(5, ...report.rows.map((r) => r.name.length));
+  const lines = [`${'PROBE'.padEnd(width)}  STATUS  NEEDED    FOUND / WHAT THE PROXY DOES`];
+  for (const r of report.rows) {
+    lines.push(`${r.name.padEnd(width)}  ${MARK[r.status].padEnd(6)}  ${r.needed.padEnd(8)}  ${r.result}`);
+    if (r.consequence) lines.push(`${' '.repeat(width + 20)}-> ${r.consequence}`);
+  }
+  lines.push('');
+  lines.push(report.canServe ? 'verdict: the proxy can serve on this token' : `verdict: ${report.reason ?? 'the token cannot serve'}`);
+  return lines.join('\n');
 }

@@ -10,6 +10,7 @@ import { createLogger, type Logger } from '../obs/logger.js';
 import { startProxy, type RunningProxy } from '../proxy.js';
 import { loadConfig, type LoadedConfig } from '../config/load.js';
 import { loadFor, withConfigOption } from './context.js';
+import { runHsmCheck } from './hsm.js';
 
 function parseWorkers(v: string): number {
   const n = Number(v);
@@ -39,6 +40,8 @@ export function serveCommand(): Command {
 
 async function serveOne(loaded: LoadedConfig, logger: Logger): Promise<void> {
   const slot = process.env.XKS_WORKER_SLOT;
+  // The first process to open the HSM checks the token first (`xks hsm check`) and logs what it found.
+  if (!cluster.isWorker || slot === '1') await logHsmCheck(loaded, logger);
   const proxy = await startProxy(
     loaded,
     logger,
@@ -100,6 +103,33 @@ async function serveOne(loaded: LoadedConfig, logger: Logger): Promise<void> {
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+}
+
+/**
+ * `xks hsm check` once at start-up, before the HsmConnection opens: one `hsm check` line with every probe's status, and
+ * a warning per probe that is not ok. The check loads, uses and finalises the library; the HsmConnection initialises it
+ * again (checked on SoftHSM and NSS). A failed login stops here: trying the wrong PIN again could lock the token.
+ */
+async function logHsmCheck(loaded: LoadedConfig, logger: Logger): Promise<void> {
+  let report;
+  try {
+    report = await runHsmCheck(loaded);
+  } catch (e) {
+    logger.warn({ reason: (e as Error).message }, 'hsm check could not run');
+    return;
+  }
+  if (report.stoppedAt === 'login') throw new Error(report.reason);
+  // No library or no token: opening the HSM says so next, in its own words.
+  if (report.stoppedAt) return;
+  logger.info(
+    { token: report.token?.label, canServe: report.canServe, reason: report.reason, probes: Object.fromEntries(report.rows.map((r) => [r.name, r.status])) },
+    'hsm check',
+  );
+  for (const r of report.rows) {
+    if (r.status === 'warn' || r.status === 'fail') {
+      logger.warn({ probe: r.name, status: r.status, needed: r.needed, result: r.result, consequence: r.consequence }, 'hsm check finding');
+    }
+  }
 }
 
 /**

@@ -1,4 +1,5 @@
 // What the token can do, read once at start-up and merged with the HSM profile.
+import { chooseKeyWrap, CKM_AES_KEY_WRAP_KWP, type KeyWrap } from './key-wrap.js';
 import { P, type Handle, type Pkcs11 } from './module.js';
 import type { CallMode, HsmProfile, IvMode } from './profile.js';
 
@@ -6,7 +7,8 @@ export interface Capabilities {
   mechanisms: string[];
   aesGcm: boolean;
   aesKeyGen: boolean;
-  aesKeyWrapPad: boolean;
+  /** RFC 5649 key wrap under the number this token gives it (key-wrap.ts); undefined when it has none. */
+  keyWrap: KeyWrap | undefined;
   rsaOaep: boolean;
   rsaX509: boolean;
   hmacSha256: boolean;
@@ -25,6 +27,7 @@ for (const [name, value] of Object.entries(P)) {
   if (name.startsWith('CKM_') && typeof value === 'number' && !NAMES.has(value)) NAMES.set(value, name);
 }
 NAMES.set(0x1054, 'CKM_RSA_AES_KEY_WRAP'); // pkcs11js has no constant for it
+NAMES.set(CKM_AES_KEY_WRAP_KWP, 'CKM_AES_KEY_WRAP_KWP'); // PKCS#11 v3.0; pkcs11js has none
 
 export function mechanismName(m: number): string {
   return NAMES.get(m) ?? `0x${m.toString(16)}`;
@@ -33,6 +36,8 @@ export function mechanismName(m: number): string {
 export function readCapabilities(
   mod: Pkcs11,
   slot: Handle,
+  /** A logged-in session for the key wrap's known-answer test (session objects, destroyed). */
+  session: Handle,
   profile: HsmProfile,
   overrides: { ivMode?: IvMode | undefined; callMode?: CallMode | undefined },
 ): Capabilities {
@@ -49,7 +54,7 @@ export function readCapabilities(
     mechanisms: [...list].map(mechanismName).sort(),
     aesGcm: can(P.CKM_AES_GCM, P.CKF_ENCRYPT) && can(P.CKM_AES_GCM, P.CKF_DECRYPT),
     aesKeyGen: can(P.CKM_AES_KEY_GEN, P.CKF_GENERATE),
-    aesKeyWrapPad: can(P.CKM_AES_KEY_WRAP_PAD, P.CKF_UNWRAP),
+    keyWrap: chooseKeyWrap(mod, session, new Set([...list].filter((m) => can(m, P.CKF_WRAP) && can(m, P.CKF_UNWRAP)))),
     rsaOaep: can(P.CKM_RSA_PKCS_OAEP, P.CKF_UNWRAP) || can(P.CKM_RSA_PKCS_OAEP, P.CKF_DECRYPT),
     rsaX509: can(P.CKM_RSA_X_509, P.CKF_DECRYPT),
     hmacSha256: can(P.CKM_SHA256_HMAC, P.CKF_SIGN),

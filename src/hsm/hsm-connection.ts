@@ -163,7 +163,7 @@ export class HsmConnection {
       libraryDescription: infoText(lib.libraryDescription),
       libraryVersion: `${lib.libraryVersion.major}.${lib.libraryVersion.minor}`,
     };
-    this.capabilities = readCapabilities(this.mod, this.slot, this.opts.profile, this.opts);
+    this.capabilities = readCapabilities(this.mod, this.slot, this.loginSession, this.opts.profile, this.opts);
     if (!this.capabilities.aesGcm) throw new HsmError('MechanismUnsupported', 'the token does not offer CKM_AES_GCM encrypt and decrypt');
   }
 
@@ -181,6 +181,11 @@ export class HsmConnection {
         await sleep(50 * 2 ** attempt + Math.random() * 50);
       }
     }
+  }
+
+  /** CKA_LOCAL / CKA_NEVER_EXTRACTABLE are reported faithfully by this token (its profile), so they prove a key's origin. */
+  get localIsEvidence(): boolean {
+    return this.opts.profile.attributes.localIsEvidence;
   }
 
   get sessionStats() {
@@ -416,7 +421,10 @@ export class HsmConnection {
     });
   }
 
-  /** Change attributes of an object in place (CKA_ID, CKA_ENCRYPT, ...): one call, atomic for that object. */
+  /**
+   * Change attributes of an object in place. The key model never does (CloudHSM cannot change CKA_ID, and what may
+   * change differs by vendor); tests use it to show what a token refuses.
+   */
   setAttributes(handle: Handle, template: Template): Promise<void> {
     return this.run('other', (s) => this.mod.C_SetAttributeValue(s, handle, template));
   }
@@ -428,6 +436,13 @@ export class HsmConnection {
 
   destroyObject(handle: Handle): Promise<void> {
     return this.run('other', (s) => this.mod.C_DestroyObject(s, handle));
+  }
+
+  /** This token's RFC 5649 key wrap (capabilities.keyWrap): backups, KEK check values, RSA-AES imports. */
+  keyWrap(): Mechanism {
+    const kw = this.capabilities.keyWrap;
+    if (!kw) throw new HsmError('MechanismUnsupported', 'this token has no RFC 5649 AES key wrap (CKM_AES_KEY_WRAP_KWP)');
+    return { mechanism: kw.mechanism };
   }
 
   /** C_WrapKey into a buffer large enough for any AES or generic secret under KWP or RSA-OAEP. */

@@ -89,9 +89,12 @@ function sessionSecret(keyType: number, usage: { sign?: boolean; unwrap?: boolea
   ];
 }
 
-/** The ephemeral AES key of an RSA-AES blob, as a session object: it may only unwrap with AES-KWP (RFC 5649). */
-export function ephemeralAesKeyTemplate(): Template {
-  return sessionSecret(P.CKK_AES, { unwrap: true }, P.CKM_AES_KEY_WRAP_PAD);
+/**
+ * The ephemeral AES key of an RSA-AES blob, as a session object: it may only unwrap with RFC 5649, under the number
+ * the token gives it (`kwp`, capabilities.keyWrap).
+ */
+export function ephemeralAesKeyTemplate(kwp: number): Template {
+  return sessionSecret(P.CKK_AES, { unwrap: true }, kwp);
 }
 
 /**

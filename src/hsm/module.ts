@@ -23,7 +23,10 @@ export interface LibrarySpec {
 
 /** The C_Initialize arguments for a library; the same for the first initialisation and every re-initialisation. */
 export function initializeArgs(spec: LibrarySpec): pkcs11js.InitializationOptions {
-  return spec.libraryParameters ? { flags: CKF_OS_LOCKING_OK, libraryParameters: spec.libraryParameters } : { flags: CKF_OS_LOCKING_OK };
+  if (!spec.libraryParameters) return { flags: CKF_OS_LOCKING_OK };
+  // pkcs11js 2.1.7 copies the string into a buffer one byte short and drops its last character
+  // (src/pkcs11.cpp, C_Initialize: napi_get_value_string_utf8 into `new CK_CHAR[length]`): a trailing space absorbs it.
+  return { flags: CKF_OS_LOCKING_OK, libraryParameters: `${spec.libraryParameters} ` };
 }
 
 export function loadModule(spec: LibrarySpec): Pkcs11 {

@@ -10,6 +10,7 @@
 //   every change of login. Public session objects survive the logout and are visible to the next login.
 // - Closing the last session of a token releases token object handles too: one session lives for the whole ceremony.
 import { HsmError, STANDARD_MEANINGS, toHsmError, type CkrMeanings } from './errors.js';
+import { chooseKeyWrap, type KeyWrap } from './key-wrap.js';
 import { findSlot, loadModule, P, type Handle, type LibrarySpec, type Mechanism, type Pkcs11, type Template } from './module.js';
 
 export interface CeremonyOptions extends LibrarySpec {
@@ -24,11 +25,13 @@ export type CeremonyRole = 'so' | 'user';
 export class CeremonySession {
   private role: CeremonyRole | undefined;
   private closed = false;
+  private kwp: KeyWrap | null | undefined;
 
   private constructor(
     private readonly mod: Pkcs11,
     private readonly session: Handle,
     private readonly meanings: CkrMeanings,
+    private readonly slot: Handle,
   ) {}
 
   /** Load the module, C_Initialize, find the token by label or serial and open one R/W session. */
@@ -36,7 +39,7 @@ export class CeremonySession {
     const mod = loadModule(opts);
     try {
       const slot = findSlot(mod, { tokenLabel: opts.tokenLabel, tokenSerial: opts.tokenSerial });
-      return new CeremonySession(mod, mod.C_OpenSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION), opts.meanings ?? STANDARD_MEANINGS);
+      return new CeremonySession(mod, mod.C_OpenSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION), opts.meanings ?? STANDARD_MEANINGS, slot);
     } catch (e) {
       try {
         mod.C_Finalize();
@@ -71,6 +74,13 @@ export class CeremonySession {
       // not logged in any more
     }
     this.role = undefined;
+  }
+
+  /** This token's RFC 5649 key wrap (key-wrap.ts), found once per ceremony. */
+  keyWrap(): Mechanism {
+    this.kwp ??= this.call(() => chooseKeyWrap(this.mod, this.session, new Set(this.mod.C_GetMechanismList(this.slot))) ?? null);
+    if (!this.kwp) throw new HsmError('MechanismUnsupported', 'this token has no RFC 5649 AES key wrap (CKM_AES_KEY_WRAP_KWP)');
+    return { mechanism: this.kwp.mechanism };
   }
 
   /** Objects (token and session) matching the template. */

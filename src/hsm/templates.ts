@@ -41,10 +41,11 @@ export function aes256KeyTemplate(spec: AesKeySpec): Template {
 }
 
 /**
- * A key's record holder: a small generic secret that can do nothing (every usage false, sensitive, non-extractable);
- * only its label and CKA_ID matter. Generated rather than created so that no value passes through the process.
+ * A key's record or a version's commit marker: a small generic secret that can do nothing (every usage false,
+ * sensitive, non-extractable); only its label and CKA_ID matter. Generated rather than created so that no value passes
+ * through the process.
  */
-export function recordObjectTemplate(label: string, id: Buffer): Template {
+export function inertSecretTemplate(label: string, id: Buffer): Template {
   return [
     { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
     { type: P.CKA_KEY_TYPE, value: P.CKK_GENERIC_SECRET },

@@ -4,13 +4,7 @@ import type pkcs11js from 'pkcs11js';
 import { P, type Mechanism, type Template } from './module.js';
 import { aes256KeyTemplate, type AesKeySpec } from './templates.js';
 
-/** CKA_ID of a KEK; "xks:" ids the catalogue does not know are never taken for external keys. */
-export const KEK_ID = Buffer.from('xks:kek', 'ascii');
-/** CKA_ID of both halves of a transport key pair (receiving side of a KEK transfer). */
-export const TRANSPORT_KEY_ID = Buffer.from('xks:kek-transport', 'ascii');
 
-/** RFC 5649 AES key wrap with padding: backup of versions and of the MAC key, the KEK check value. */
-export const KWP: Mechanism = { mechanism: P.CKM_AES_KEY_WRAP_PAD };
 /** RSA-OAEP as SoftHSM 2.6.1 has it: SHA-1 and MGF1-SHA1 only (any other hash answers CKR_ARGUMENTS_BAD). */
 // source 1 = CKZ_DATA_SPECIFIED (pkcs11js does not export it), with no label.
 const OAEP_SHA1_PARAMS: pkcs11js.RsaOAEP = { type: P.CK_PARAMS_RSA_OAEP, hashAlg: P.CKM_SHA_1, mgf: P.CKG_MGF1_SHA1, source: 1 };
@@ -24,7 +18,7 @@ export const TRANSPORT_KEY_BITS = 3072;
  * (sealedKekCopy). Extractable only under another trusted key, for a transfer to a second HSM. Modifiable, because
  * SoftHSM refuses to copy a non-modifiable object with a changed CKA_PRIVATE.
  */
-export function kekTemplate(label: string, op: 'generate' | 'unwrap'): Template {
+export function kekTemplate(label: string, id: Buffer, op: 'generate' | 'unwrap'): Template {
   const t: Template = [
     { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
     { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
@@ -43,7 +37,7 @@ export function kekTemplate(label: string, op: 'generate' | 'unwrap'): Template 
     { type: P.CKA_VERIFY, value: false },
     { type: P.CKA_DERIVE, value: false },
     { type: P.CKA_LABEL, value: label },
-    { type: P.CKA_ID, value: KEK_ID },
+    { type: P.CKA_ID, value: id },
   ];
   // C_UnwrapKey takes the length from the blob: CKA_VALUE_LEN in its template answers CKR_ATTRIBUTE_READ_ONLY.
   if (op === 'generate') t.push({ type: P.CKA_VALUE_LEN, value: 32 });
@@ -63,7 +57,7 @@ export const SEALED_KEK_COPY: Template = [
  * The receiving side's transport key pair, made by the SO (so public objects): the private half can only unwrap, is
  * sensitive and never extractable; the public half does nothing in this token (its modulus is exported).
  */
-export function transportKeyPairTemplates(label: string): { publicKey: Template; privateKey: Template } {
+export function transportKeyPairTemplates(label: string, id: Buffer): { publicKey: Template; privateKey: Template } {
   return {
     publicKey: [
       { type: P.CKA_CLASS, value: P.CKO_PUBLIC_KEY },
@@ -76,7 +70,7 @@ export function transportKeyPairTemplates(label: string): { publicKey: Template;
       { type: P.CKA_ENCRYPT, value: false },
       { type: P.CKA_VERIFY, value: false },
       { type: P.CKA_LABEL, value: label },
-      { type: P.CKA_ID, value: TRANSPORT_KEY_ID },
+      { type: P.CKA_ID, value: id },
     ],
     privateKey: [
       { type: P.CKA_CLASS, value: P.CKO_PRIVATE_KEY },
@@ -90,7 +84,7 @@ export function transportKeyPairTemplates(label: string): { publicKey: Template;
       { type: P.CKA_SIGN, value: false },
       { type: P.CKA_DERIVE, value: false },
       { type: P.CKA_LABEL, value: label },
-      { type: P.CKA_ID, value: TRANSPORT_KEY_ID },
+      { type: P.CKA_ID, value: id },
     ],
   };
 }

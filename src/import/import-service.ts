@@ -8,15 +8,16 @@ import { HsmError } from '../hsm/errors.js';
 import type { Handle, HsmConnection } from '../hsm/hsm-connection.js';
 import { importedAesKeyTemplate, importTokenKeyTemplate, wrappingPrivateKeyTemplate, wrappingPublicKeyTemplate, type WrappingKeyUse } from '../hsm/import-templates.js';
 import { P } from '../hsm/module.js';
-import { usageOf, type ExternalKey, type KeyCatalogue } from '../keys/catalogue.js';
+import { inertSecretTemplate } from '../hsm/templates.js';
+import { assemble, searchKeyObjects, usageOf, type ExternalKey, type KeyCatalogue } from '../keys/catalogue.js';
 import { KeyError } from '../keys/errors.js';
-import { aesObjectRole, candidateId, versionId } from '../keys/key-objects.js';
+import { commitId, materialId, newNonce } from '../keys/key-objects.js';
 import type { KeyLifecycle } from '../keys/lifecycle.js';
 import type { Logger } from '../obs/logger.js';
 import { ImportError, invalidToken } from './errors.js';
 import { expiredVersions, markMaterialGone, materialExpired } from './expiry.js';
 import { importedVersions, latestImported, readImport, withImport, type ImportBookkeeping, type ImportedVersion } from './import-record.js';
-import { parseWrappingKeyId, TOKEN_KEY_ID, TOKEN_KEY_LABEL, WRAPPING_KEY_LABEL, wrappingKeyId } from './import-objects.js';
+import { isTokenKeyId, parseWrappingKeyId, TOKEN_KEY_LABEL, tokenKeyId, WRAPPING_KEY_LABEL, wrappingKeyId } from './import-objects.js';
 import { encodeTokenBody, openToken, sealToken, WRAPPING_NONCE_BYTES } from './import-token.js';
 import { MAX_VALID_TO_DAYS, MODULUS_BITS, type ExpirationModel, type GetParametersForImportRequest, type ImportType, type WrappingAlgorithm } from './schemas.js';
 import { algorithmParts, checkMaterial, isInfrastructure, nativeOaepSha256, openMaterialSource, publicKeyDer, type MaterialSource } from './unwrap.js';
@@ -117,7 +118,7 @@ export class ImportService {
       !c.hmacSha256 && 'CKM_SHA256_HMAC',
       !c.genericSecretKeyGen && 'CKM_GENERIC_SECRET_KEY_GEN',
       !c.aesCmac && 'CKM_AES_CMAC',
-      kind === 'rsa-aes' && !c.aesKeyWrapPad && 'CKM_AES_KEY_WRAP_PAD',
+      kind === 'rsa-aes' && !c.keyWrap && 'RFC 5649 AES key wrap (CKM_AES_KEY_WRAP_KWP)',
     ].filter((m): m is string => typeof m === 'string');
     if (missing.length) throw new ImportError('UnsupportedOperationException', `this HSM cannot import key material: it lacks ${missing.join(', ')}`);
     const native = hash === 'sha1' ? c.rsaOaepUnwrap : await nativeOaepSha256(this.hsm);
@@ -238,7 +239,6 @@ export class ImportService {
 
   private async commitNew(id: string, source: MaterialSource, kcv: string, expiration: Expiration, now: Date): Promise<number> {
     const result = await this.lifecycle.addVersion(id, {
-      plainId: true,
       check: (k) => {
         // The key may have changed since the checks above (another import, a deletion): check again on a fresh read.
         this.checkImportable(k);
@@ -266,7 +266,7 @@ export class ImportService {
 
   /**
    * The same material again, for `version`: its object is made anew when the material was deleted or expired, with the
-   * version's own number and CKA_ID date, so ciphertexts naming that version decrypt again. Safe because the HSM proved
+   * version's own number and date (in its commit marker), so ciphertexts naming that version decrypt again. Safe because the HSM proved
    * the material is the one this version held (the fingerprint), and a version number is never given to other
    * material: new material always takes a number above every imported version (checkNew refuses while the newest is
    * gone, so the highest object is the highest imported version). Re-importing present material changes its expiry.
@@ -312,21 +312,18 @@ export class ImportService {
         continue;
       }
       const record = this.lifecycle.recordOf(key);
+      const nonce = newNonce();
       const mine = await source.materialize(
-        importedAesKeyTemplate({ label: key.id, id: candidateId(version, nowMs, randomBytes(8).toString('hex')), ...usageOf(key), exportable: record.exportable }),
+        importedAesKeyTemplate({ label: key.id, id: materialId(version, nowMs, nonce), ...usageOf(key), exportable: record.exportable }),
       );
-      const seen = await this.hsm.findSecretKeys({ label: key.id, keyType: P.CKK_AES });
-      const rival = seen.some((o) => {
-        if (o.handle.equals(mine)) return false;
-        const role = aesObjectRole(o.id);
-        return role.role !== 'foreign' && role.version === version;
-      });
+      const seen = assemble(key.id, await searchKeyObjects(this.hsm, { label: key.id }));
+      const rival = seen?.versions.has(version) || seen?.candidates.some((c) => !c.object.equals(mine) && c.version === version);
       if (rival) {
         await this.destroyQuietly(mine);
         await backoff(attempt);
         continue;
       }
-      await this.hsm.setAttributes(mine, [{ type: P.CKA_ID, value: versionId(version, created) }]);
+      await this.hsm.generateKey(inertSecretTemplate(key.id, commitId(version, created, nonce)), P.CKM_GENERIC_SECRET_KEY_GEN);
       this.catalogue.invalidate(key.id);
       return;
     }
@@ -352,7 +349,10 @@ export class ImportService {
     for (const v of importedVersions(bk)) {
       const obj = key.versions.get(v);
       if (!obj) continue;
-      for (const o of [obj, ...obj.alternates]) await this.hsm.destroyObject(o.object);
+      for (const o of [obj, ...obj.alternates]) {
+        await this.hsm.destroyObject(o.object);
+        if (o.marker) await this.hsm.destroyObject(o.marker).catch(() => undefined);
+      }
       deleted.push(v);
     }
     this.catalogue.invalidate(key.id);
@@ -411,9 +411,11 @@ export class ImportService {
         const entry = bk.versions[String(v)];
         if (!obj || !entry || (entry.gone === undefined && !expired.includes(v))) continue;
         for (const o of [obj, ...obj.alternates]) {
-          await this.hsm.destroyObject(o.object).catch((e: unknown) => {
-            if (isInfrastructure(e)) throw e;
-          });
+          for (const h of [o.object, ...(o.marker ? [o.marker] : [])]) {
+            await this.hsm.destroyObject(h).catch((e: unknown) => {
+              if (isInfrastructure(e)) throw e;
+            });
+          }
         }
         out.push({ KeyId: key.id, Version: v, Reason: entry.gone ?? 'Expired' });
       }
@@ -431,20 +433,23 @@ export class ImportService {
 
   /**
    * The HMAC key of import tokens, made in the HSM on first use. Two processes making it at once leave two: tokens are
-   * verified against each of them, so either works. Only keys generated in the HSM and never extractable count.
+   * verified against each of them, so either works, and every process signs with the same one (the lowest CKA_ID).
+   * Only keys that are sensitive and never extractable count, and generated in the HSM where the token reports
+   * CKA_LOCAL faithfully (NSS reports it false for generated keys: its profile says so).
    */
   private async tokenKeys(): Promise<Handle[]> {
     const found = await this.hsm.findSecretKeys({ label: TOKEN_KEY_LABEL, keyType: P.CKK_GENERIC_SECRET });
+    const localProves = this.hsm.localIsEvidence;
     return found
-      .filter((o) => o.id.equals(TOKEN_KEY_ID) && o.attrs.local && o.attrs.neverExtractable && o.attrs.sensitive && !o.attrs.extractable)
-      .map((o) => o.handle)
-      .sort(Buffer.compare);
+      .filter((o) => isTokenKeyId(o.id) && (!localProves || (o.attrs.local && o.attrs.neverExtractable)) && o.attrs.sensitive && !o.attrs.extractable)
+      .sort((a, b) => Buffer.compare(a.id, b.id))
+      .map((o) => o.handle);
   }
 
   private async tokenKey(): Promise<Handle> {
     const existing = await this.tokenKeys();
     if (existing[0]) return existing[0];
-    const made = await this.hsm.generateKey(importTokenKeyTemplate(TOKEN_KEY_LABEL, TOKEN_KEY_ID), P.CKM_GENERIC_SECRET_KEY_GEN);
+    const made = await this.hsm.generateKey(importTokenKeyTemplate(TOKEN_KEY_LABEL, tokenKeyId(newNonce())), P.CKM_GENERIC_SECRET_KEY_GEN);
     return made.handle;
   }
 

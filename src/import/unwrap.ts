@@ -32,14 +32,13 @@ export function algorithmParts(a: WrappingAlgorithm): AlgorithmParts {
   };
 }
 
-const KWP: Mechanism = { mechanism: P.CKM_AES_KEY_WRAP_PAD };
 /** RFC 5649: 32 bytes of material wrap into 40. */
 const KWP_OF_MATERIAL_BYTES = 8 + KEY_MATERIAL_BYTES;
 
 /** Errors that say the HSM is unavailable or busy, not that the blob is bad: passed on, so the caller may retry. */
 export function isInfrastructure(e: unknown): boolean {
   if (!(e instanceof HsmError)) return false;
-  return ['SessionInvalid', 'NotLoggedIn', 'DeviceError', 'PoolExhausted', 'Timeout', 'Closed', 'PinIncorrect', 'PinLocked', 'TokenNotFound'].includes(e.kind);
+  return ['SessionInvalid', 'NotLoggedIn', 'DeviceError', 'Busy', 'PoolExhausted', 'Timeout', 'Closed', 'PinIncorrect', 'PinLocked', 'TokenNotFound'].includes(e.kind);
 }
 
 /** Any other failure of a step on the blob becomes the one InvalidCiphertextException. */
@@ -105,10 +104,11 @@ export async function openMaterialSource(o: OpenSourceOptions): Promise<Material
   if (blob.length < k + 16 || (blob.length - k) % 8 !== 0) throw notUnwrappable();
   const wrappedKey = blob.subarray(0, k);
   const wrappedMaterial = blob.subarray(k);
+  const kwp = hsm.keyWrap();
   let ephemeral: Handle;
   let decodedBadly = false;
   if (o.use === 'oaep-unwrap') {
-    ephemeral = await orNotUnwrappable(() => hsm.unwrapUntrusted(oaepMechanism(hash), privateKey, wrappedKey, ephemeralAesKeyTemplate()));
+    ephemeral = await orNotUnwrappable(() => hsm.unwrapUntrusted(oaepMechanism(hash), privateKey, wrappedKey, ephemeralAesKeyTemplate(kwp.mechanism)));
   } else {
     const em = await orNotUnwrappable(() => hsm.decryptUntrusted({ mechanism: P.CKM_RSA_X_509 }, privateKey, wrappedKey, k));
     let aesKey: Buffer;
@@ -124,7 +124,7 @@ export async function openMaterialSource(o: OpenSourceOptions): Promise<Material
       em.fill(0);
     }
     try {
-      ephemeral = await hsm.createObject([...ephemeralAesKeyTemplate(), { type: P.CKA_VALUE, value: aesKey }]);
+      ephemeral = await hsm.createObject([...ephemeralAesKeyTemplate(kwp.mechanism), { type: P.CKA_VALUE, value: aesKey }]);
     } finally {
       aesKey.fill(0);
     }
@@ -132,7 +132,7 @@ export async function openMaterialSource(o: OpenSourceOptions): Promise<Material
   return {
     kwpLengthFits: wrappedMaterial.length === KWP_OF_MATERIAL_BYTES,
     materialize: async (t) => {
-      const h = await orNotUnwrappable(() => hsm.unwrapUntrusted(KWP, ephemeral, wrappedMaterial, t));
+      const h = await orNotUnwrappable(() => hsm.unwrapUntrusted(kwp, ephemeral, wrappedMaterial, t));
       if (decodedBadly) {
         // 2^-64 (the KWP integrity check): a random key that unwrapped anyway is still not the customer's key.
         await hsm.destroyObject(h).catch(() => undefined);

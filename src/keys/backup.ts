@@ -1,4 +1,4 @@
-// Backup by wrapping: every version of an exportable key, wrapped under a trusted KEK (CKM_AES_KEY_WRAP_PAD), with the
+// Backup by wrapping: every version of an exportable key, wrapped under a trusted KEK (RFC 5649 key wrap), with the
 // key's record, authenticated by an HMAC computed in the HSM (docs/backup.md). The material is never in clear outside
 // an HSM: wrapping and unwrapping happen inside the token, and the HMAC key travels wrapped under the KEK too.
 //
@@ -14,12 +14,12 @@ import { z } from 'zod';
 import type { Handle, HsmConnection } from '../hsm/hsm-connection.js';
 import { HsmError } from '../hsm/errors.js';
 import { P } from '../hsm/module.js';
-import { recordObjectTemplate } from '../hsm/templates.js';
-import { backupMacKeyTemplate, backupMacVerifyTemplate, HMAC_SHA256, KWP, restoredAesKeyTemplate } from '../hsm/wrap-templates.js';
-import type { ExternalKey } from './catalogue.js';
+import { inertSecretTemplate } from '../hsm/templates.js';
+import { backupMacKeyTemplate, backupMacVerifyTemplate, HMAC_SHA256, restoredAesKeyTemplate } from '../hsm/wrap-templates.js';
+import { assemble, searchKeyObjects, uncommitted, type ExternalKey } from './catalogue.js';
 import { KeyError } from './errors.js';
 import { findKek, kekCheckValue, type KekInfo } from './kek.js';
-import { aesObjectRole, candidateId, EXTERNAL_KEY_ID, recordId, recordJson, versionId } from './key-objects.js';
+import { commitId, EXTERNAL_KEY_ID, materialId, newNonce, recordId } from './key-objects.js';
 import { encodeRecord, KeyRecordSchema, KeyUsageSchema, type KeyRecord } from './key-record.js';
 import type { KeyLifecycle } from './lifecycle.js';
 
@@ -29,7 +29,7 @@ const STALE_STAGE_MS = 60_000;
 
 const BackupVersionSchema = z.strictObject({
   version: z.number().int().min(1).max(999_999_999),
-  /** From the version's CKA_ID (to the second); null for versions made before dates were kept. */
+  /** The version's date (to the second); null for versions made before dates were kept. */
   createdAt: z.iso.datetime().nullable(),
   usage: z.array(KeyUsageSchema),
   wrapped: z.base64(),
@@ -41,7 +41,12 @@ export const BackupFileSchema = z.strictObject({
   exportedAt: z.iso.datetime(),
   source: z.strictObject({ tokenLabel: z.string(), tokenSerial: z.string() }),
   kek: z.strictObject({ label: z.string(), checkValue: z.string().regex(/^[0-9a-f]{32}$/) }),
-  wrappingAlgorithm: z.literal('CKM_AES_KEY_WRAP_PAD'),
+  /**
+   * RFC5649: AES key wrap with padding, whatever number the exporting token gives it (wrappingMechanism, for the
+   * record). CKM_AES_KEY_WRAP_PAD: a file of an earlier release, which ran on SoftHSM only, where 0x210A is RFC 5649.
+   */
+  wrappingAlgorithm: z.enum(['RFC5649', 'CKM_AES_KEY_WRAP_PAD']),
+  wrappingMechanism: z.enum(['CKM_AES_KEY_WRAP_KWP', 'CKM_AES_KEY_WRAP_PAD']).optional(),
   record: KeyRecordSchema,
   versions: z.array(BackupVersionSchema).min(1),
   mac: z.strictObject({ algorithm: z.literal('CKM_SHA256_HMAC'), wrappedKey: z.base64(), value: z.base64() }),
@@ -118,7 +123,7 @@ export async function exportKey(deps: BackupDeps, id: string, kekLabel: string, 
   requireTrusted(kek);
   const wrap = async (h: Handle, what: string): Promise<Buffer> => {
     try {
-      return await hsm.wrapKey(KWP, kek.handle, h);
+      return await hsm.wrapKey(hsm.keyWrap(), kek.handle, h);
     } catch (e) {
       // The HSM's own refusal, should the attribute read above be wrong: CKA_WRAP_WITH_TRUSTED needs CKA_TRUSTED.
       if (ckrOf(e) === 'CKR_KEY_NOT_WRAPPABLE') requireTrusted({ ...kek, trusted: false });
@@ -147,7 +152,8 @@ export async function exportKey(deps: BackupDeps, id: string, kekLabel: string, 
       exportedAt: now.toISOString(),
       source: { tokenLabel: hsm.info.label, tokenSerial: hsm.info.serial },
       kek: { label: kek.label, checkValue: await kekCheckValue(hsm, kek.handle) },
-      wrappingAlgorithm: 'CKM_AES_KEY_WRAP_PAD',
+      wrappingAlgorithm: 'RFC5649',
+      wrappingMechanism: hsm.capabilities.keyWrap?.name,
       record,
       versions: out,
       mac: { algorithm: 'CKM_SHA256_HMAC', wrappedKey: (await wrap(macKey.handle, 'the MAC key')).toString('base64') },
@@ -173,7 +179,7 @@ async function verifiedBackup(hsm: HsmConnection, contents: string, kek: KekInfo
   const file = parsed.data;
   let macKey: Handle;
   try {
-    macKey = await hsm.unwrapUntrusted(KWP, kek.handle, Buffer.from(file.mac.wrappedKey, 'base64'), backupMacVerifyTemplate());
+    macKey = await hsm.unwrapUntrusted(hsm.keyWrap(), kek.handle, Buffer.from(file.mac.wrappedKey, 'base64'), backupMacVerifyTemplate());
   } catch (e) {
     if (!(e instanceof HsmError) || e.kind !== 'DataInvalid') throw e;
     // Another KEK than the one the file was made under: say so, rather than "altered".
@@ -217,19 +223,18 @@ export async function importWrapped(deps: BackupDeps, contents: string, kekLabel
   }
   const nowMs = Date.now();
   // Candidates left by a restore that died midway (the key has no version or record, so nobody else cleans them).
-  for (const o of await hsm.findSecretKeys({ label: id, keyType: P.CKK_AES })) {
-    const role = aesObjectRole(o.id);
-    if (role.role === 'candidate' && Math.abs(nowMs - role.startedMs) > STALE_STAGE_MS) await hsm.destroyObject(o.handle).catch(() => undefined);
+  for (const c of uncommitted(await searchKeyObjects(hsm, { label: id }))) {
+    if (Math.abs(nowMs - c.startedMs) > STALE_STAGE_MS) await hsm.destroyObject(c.object).catch(() => undefined);
   }
 
   const made: Handle[] = [];
   try {
-    const staged: { version: number; createdAt: string | null; handle: Handle }[] = [];
+    const staged: { version: number; createdAt: string | null; handle: Handle; nonce: string }[] = [];
     for (const v of versions) {
-      const nonce = randomBytes(8).toString('hex');
+      const nonce = newNonce();
       const template = restoredAesKeyTemplate({
         label: id,
-        id: candidateId(v.version, nowMs, nonce),
+        id: materialId(v.version, nowMs, nonce),
         encrypt: v.usage.includes('ENCRYPT'),
         decrypt: v.usage.includes('DECRYPT'),
       });
@@ -241,28 +246,32 @@ export async function importWrapped(deps: BackupDeps, contents: string, kekLabel
       }
       let handle: Handle;
       try {
-        handle = await hsm.unwrapUntrusted(KWP, kek.handle, wrapped, template);
+        handle = await hsm.unwrapUntrusted(hsm.keyWrap(), kek.handle, wrapped, template);
       } catch (e) {
         if (e instanceof HsmError && e.kind === 'DataInvalid') throw altered();
         throw e;
       }
       made.push(handle);
-      staged.push({ version: v.version, createdAt: v.createdAt, handle });
+      staged.push({ version: v.version, createdAt: v.createdAt, handle, nonce });
     }
     const record: KeyRecord = { ...file.record, exportable: true };
-    const recordObject = await hsm.generateKey(recordObjectTemplate(id, recordId(encodeRecord(record))), P.CKM_GENERIC_SECRET_KEY_GEN);
+    const recordObject = await hsm.generateKey(inertSecretTemplate(id, recordId(1, encodeRecord(record))), P.CKM_GENERIC_SECRET_KEY_GEN);
     made.push(recordObject.handle);
     // Another restore (or create) of the same id that raced this one: whoever sees a rival backs off.
     const mine = new Set(made.map((h) => h.toString('hex')));
-    const rivals = (await hsm.findSecretKeys({ label: id })).filter((o) => {
-      if (mine.has(o.handle.toString('hex'))) return false;
-      if (o.keyType === P.CKK_GENERIC_SECRET) return recordJson(o.id) !== undefined;
-      const role = aesObjectRole(o.id);
-      return o.keyType === P.CKK_AES && role.role !== 'foreign';
-    });
-    if (rivals.length > 0) throw new KeyError('ConflictException', `key "${id}" was created in this token while it was being restored; nothing was restored`);
+    const objects = await searchKeyObjects(hsm, { label: id });
+    const seen = assemble(id, objects.filter((o) => !mine.has(o.handle.toString('hex'))));
+    const rivalCandidates = uncommitted(objects).filter((c) => !mine.has(c.object.toString('hex')));
+    if (seen || rivalCandidates.length > 0) {
+      throw new KeyError('ConflictException', `key "${id}" was created in this token while it was being restored; nothing was restored`);
+    }
+    // Commit each version: its marker is one create; a failure here destroys markers and material alike (below).
     for (const s of staged) {
-      await hsm.setAttributes(s.handle, [{ type: P.CKA_ID, value: versionId(s.version, s.createdAt ? new Date(s.createdAt) : undefined) }]);
+      const marker = await hsm.generateKey(
+        inertSecretTemplate(id, commitId(s.version, s.createdAt ? new Date(s.createdAt) : undefined, s.nonce)),
+        P.CKM_GENERIC_SECRET_KEY_GEN,
+      );
+      made.push(marker.handle);
     }
   } catch (e) {
     for (const h of made.reverse()) await hsm.destroyObject(h).catch(() => undefined);

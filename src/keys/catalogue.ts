@@ -4,7 +4,7 @@
 import { HsmError } from '../hsm/errors.js';
 import type { Handle, HsmConnection, KeyObject } from '../hsm/hsm-connection.js';
 import { P } from '../hsm/module.js';
-import { aesObjectRole, recordJson } from './key-objects.js';
+import { aesObjectRole, secretObjectRole } from './key-objects.js';
 import { decodeRecord, type KeyRecord, type KeyState, type Origin } from './key-record.js';
 
 export interface KeyVersion {
@@ -13,9 +13,11 @@ export interface KeyVersion {
   handle: Handle;
   /** The token object itself. */
   object: Handle;
+  /** The commit marker that made the object a version (layout 2); absent for layout 1 and adopted versions. */
+  marker?: Handle | undefined;
   encrypt: boolean;
   decrypt: boolean;
-  /** When the version was made (from its CKA_ID); unknown for adopted keys and versions made before dates were kept. */
+  /** When the version was made (its commit marker's date, or its layout 1 CKA_ID); unknown for adopted keys. */
   createdAt?: Date | undefined;
   /** Evidence that the material never left the HSM: CKA_LOCAL, CKA_NEVER_EXTRACTABLE, CKA_SENSITIVE, CKA_EXTRACTABLE. */
   attrs: Record<string, boolean>;
@@ -40,6 +42,16 @@ export interface ExternalKey {
   /** The stored record; undefined for an adopted key that no operation has touched yet. */
   record: KeyRecord | undefined;
   recordObject: Handle | undefined;
+  /** The record's revision: the next write makes revision + 1 (layout 1 records are revision 0). */
+  recordRevision: number;
+  /** Records superseded by a higher revision (a writer stopped before destroying them): the next record write does. */
+  leftovers: readonly Handle[];
+  /**
+   * Commit markers whose material is gone (a purge or a deletion of material that stopped midway). They commit nothing
+   * and are destroyed only with the key: on SoftHSM's file store a search may miss material another process just
+   * made, so a marker that looks alone is not proof that it is.
+   */
+  strayMarkers: readonly Handle[];
   state: KeyState;
   origin: Origin;
   /** The version new encrypts use: the highest committed one. Undefined while a key has no material. */
@@ -199,30 +211,66 @@ export function allObjects(key: ExternalKey | undefined): KeyVersion[] {
   return [...(key?.versions.values() ?? [])].flatMap((v) => [v, ...v.alternates]);
 }
 
+/** The candidates among a label's objects (material without a commit marker), even when the key has nothing else. */
+export function uncommitted(objects: KeyObject[]): Candidate[] {
+  return classify(objects).candidates;
+}
+
+interface Classified {
+  byVersion: Map<number, { o: KeyObject; createdAt: Date | undefined; marker?: Handle | undefined }[]>;
+  candidates: Candidate[];
+  records: { object: Handle; revision: number; id: Buffer; json: string }[];
+  strayMarkers: Handle[];
+}
+
+/** What each of a label's objects is: version material (with its marker), a candidate, a record, a stray marker. */
+function classify(objects: KeyObject[]): Classified {
+  const out: Classified = { byVersion: new Map(), candidates: [], records: [], strayMarkers: [] };
+  const markers = new Map<string, { object: Handle; version: number; createdAt: Date | undefined }[]>();
+  const addVersion = (version: number, entry: { o: KeyObject; createdAt: Date | undefined; marker?: Handle | undefined }) => {
+    const group = out.byVersion.get(version) ?? [];
+    group.push(entry);
+    out.byVersion.set(version, group);
+  };
+  for (const o of objects) {
+    if (o.keyType !== P.CKK_GENERIC_SECRET) continue;
+    const role = secretObjectRole(o.id);
+    if (role.role === 'record') out.records.push({ object: o.handle, revision: role.revision, id: o.id, json: role.json });
+    if (role.role === 'commit') {
+      const list = markers.get(role.nonce) ?? [];
+      list.push({ object: o.handle, version: role.version, createdAt: role.createdAt });
+      markers.set(role.nonce, list);
+    }
+  }
+  const usedMarkers = new Set<Handle>();
+  for (const o of objects) {
+    if (o.keyType !== P.CKK_AES) continue;
+    const role = aesObjectRole(o.id);
+    if (role.role === 'material') {
+      const marker = markers.get(role.nonce)?.find((m) => m.version === role.version);
+      if (marker) {
+        usedMarkers.add(marker.object);
+        addVersion(role.version, { o, createdAt: marker.createdAt, marker: marker.object });
+      } else {
+        out.candidates.push({ object: o.handle, version: role.version, startedMs: role.startedMs, nonce: role.nonce });
+      }
+    } else if (role.role === 'candidate') {
+      out.candidates.push({ object: o.handle, version: role.version, startedMs: role.startedMs, nonce: role.nonce });
+    } else if (role.role === 'version') {
+      addVersion(role.version, { o, createdAt: role.createdAt });
+    }
+  }
+  // A marker whose material is gone (a purge or a deletion of material that stopped midway) commits nothing.
+  for (const list of markers.values()) for (const m of list) if (!usedMarkers.has(m.object)) out.strayMarkers.push(m.object);
+  return out;
+}
+
 /** One key from the token objects carrying its label; undefined when none of them is ours or an AES key. */
 export function assemble(id: string, objects: KeyObject[]): ExternalKey | undefined {
   const versions = new Map<number, KeyVersion>();
   const duplicateVersions = new Set<number>();
-  const candidates: Candidate[] = [];
-  const records: { object: Handle; json: string }[] = [];
-  const byVersion = new Map<number, { o: KeyObject; createdAt: Date | undefined }[]>();
-  for (const o of objects) {
-    if (o.keyType === P.CKK_GENERIC_SECRET) {
-      const json = recordJson(o.id);
-      if (json !== undefined) records.push({ object: o.handle, json });
-      continue;
-    }
-    if (o.keyType !== P.CKK_AES) continue;
-    const role = aesObjectRole(o.id);
-    if (role.role === 'candidate') {
-      candidates.push({ object: o.handle, version: role.version, startedMs: role.startedMs, nonce: role.nonce });
-      continue;
-    }
-    if (role.role !== 'version') continue;
-    const group = byVersion.get(role.version) ?? [];
-    group.push({ o, createdAt: role.createdAt });
-    byVersion.set(role.version, group);
-  }
+  const { byVersion, candidates, records, strayMarkers } = classify(objects);
+  const leftovers: Handle[] = [];
   for (const [version, group] of byVersion) {
     // Several objects committed as one version. Writers in separate processes can both commit one version when the
     // token hides from one the other's object (SoftHSM's file store does, after a process's own create). Each may
@@ -233,10 +281,11 @@ export function assemble(id: string, objects: KeyObject[]): ExternalKey | undefi
     if (group.some((g, i) => i > 0 && g.o.id.equals(group[i - 1]!.o.id))) {
       duplicateVersions.add(version);
     }
-    const [first, ...rest] = group.map(({ o, createdAt }): KeyVersion => ({
+    const [first, ...rest] = group.map(({ o, createdAt, marker }): KeyVersion => ({
       version,
       handle: o.handle,
       object: o.handle,
+      marker,
       encrypt: o.attrs.encrypt === true,
       decrypt: o.attrs.decrypt === true,
       createdAt,
@@ -248,10 +297,14 @@ export function assemble(id: string, objects: KeyObject[]): ExternalKey | undefi
   }
   if (versions.size === 0 && records.length === 0) return undefined;
   const problems: string[] = [];
-  // Two records (two processes adopting one key at once): take the same one in every process, report the other.
-  records.sort((a, b) => (a.json < b.json ? -1 : a.json > b.json ? 1 : 0));
-  if (records.length > 1) problems.push(`${records.length} key records carry this label`);
+  // The highest revision is the record; at one revision (two writers at once) the highest CKA_ID, in every process.
+  // Lower revisions are leftovers of a writer that stopped before destroying them. Two layout 1 records (two processes
+  // adopting one key at once, before revisions existed) are reported.
+  records.sort((a, b) => b.revision - a.revision || Buffer.compare(b.id, a.id));
+  const legacy = records.filter((r) => r.revision === 0);
+  if (legacy.length > 1 && records[0]!.revision === 0) problems.push(`${legacy.length} key records carry this label`);
   const chosen = records[0];
+  for (const r of records.slice(1)) leftovers.push(r.object);
   const record = chosen ? decodeRecord(chosen.json) : undefined;
   if (chosen && !record) problems.push('the key record cannot be read');
   const current = versions.size ? versions.get(Math.max(...versions.keys())) : undefined;
@@ -259,6 +312,9 @@ export function assemble(id: string, objects: KeyObject[]): ExternalKey | undefi
     id,
     record,
     recordObject: chosen?.object,
+    recordRevision: chosen?.revision ?? 0,
+    leftovers,
+    strayMarkers,
     // A damaged record keeps the key out of use rather than guessing that it is enabled.
     state: record?.state ?? (chosen ? 'Disabled' : 'Enabled'),
     origin: record?.origin ?? 'ADOPTED',

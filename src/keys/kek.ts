@@ -17,23 +17,23 @@ import { P, readBool, type Handle, type Mechanism, type Template } from '../hsm/
 import { withCeremony, type CeremonyOptions, type CeremonySession } from '../hsm/so-session.js';
 import {
   checkValueKeyTemplate,
-  KEK_ID,
   kekTemplate,
-  KWP,
   RSA_OAEP_SHA1,
   SEALED_KEK_COPY,
   TRANSPORT_KEY_BITS,
-  TRANSPORT_KEY_ID,
   transportKeyPairTemplates,
   trustedPublicKeyTemplate,
 } from '../hsm/wrap-templates.js';
 import { KeyError } from './errors.js';
+import { newNonce } from './key-objects.js';
 
 /** The few calls a check value needs; both HsmConnection and CeremonySession have them. */
 export interface WrapOps {
   createObject(template: Template): Handle | Promise<Handle>;
   wrapKey(mechanism: Mechanism, wrappingKey: Handle, key: Handle): Buffer | Promise<Buffer>;
   destroyObject(handle: Handle): void | Promise<void>;
+  /** The token's RFC 5649 key wrap, whatever number it gives it. */
+  keyWrap(): Mechanism;
 }
 
 /** Where a ceremony runs and who may do it: the user PIN from the config, the SO PIN from XKS_HSM_SO_PIN. */
@@ -63,7 +63,7 @@ export const LABEL = /^[\x20-\x7e]{1,64}$/;
 export async function kekCheckValue(ops: WrapOps, kek: Handle): Promise<string> {
   const zero = await ops.createObject(checkValueKeyTemplate());
   try {
-    const wrapped = await ops.wrapKey(KWP, kek, zero);
+    const wrapped = await ops.wrapKey(ops.keyWrap(), kek, zero);
     return createHash('sha256').update('xks-kek-check-value\n').update(wrapped).digest().subarray(0, 16).toString('hex');
   } finally {
     await ops.destroyObject(zero);
@@ -106,12 +106,28 @@ export function parseTransportPublicKey(der: Buffer): { modulus: Buffer; exponen
 
 // ---- KEKs through the proxy's connection (user) ---------------------------------------------------------------
 
+// CKA_IDs: "xks:kek;n=<nonce>" for a KEK, "xks:kek-transport;n=<nonce>" for both halves of a transport pair (earlier
+// releases: "xks:kek" and "xks:kek-transport"). Unique, because NSS takes a new key with an existing CKA_CLASS and
+// CKA_ID for the same object; "xks:" ids the catalogue does not know are never taken for external keys.
+const KEK_ID = /^xks:kek(?:;n=[0-9a-f]{24})?$/;
+const TRANSPORT_ID = /^xks:kek-transport(?:;n=[0-9a-f]{24})?$/;
+const kekId = (): Buffer => Buffer.from(`xks:kek;n=${newNonce()}`, 'ascii');
+const transportId = (): Buffer => Buffer.from(`xks:kek-transport;n=${newNonce()}`, 'ascii');
+const isKekId = (id: Buffer | undefined): boolean => id !== undefined && KEK_ID.test(id.toString('latin1'));
+const isTransportId = (id: Buffer | undefined): boolean => id !== undefined && TRANSPORT_ID.test(id.toString('latin1'));
+
 const KEK_MATCH = (label?: string): Template => [
   { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
   { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
-  { type: P.CKA_ID, value: KEK_ID },
   ...(label !== undefined ? [{ type: P.CKA_LABEL, value: label }] : []),
 ];
+
+/** Of `handles`, the ones whose CKA_ID `matches`. */
+async function withId(read: (h: Handle) => (Buffer | undefined)[] | Promise<(Buffer | undefined)[]>, handles: Handle[], matches: (id: Buffer | undefined) => boolean): Promise<Handle[]> {
+  const out: Handle[] = [];
+  for (const h of handles) if (matches((await read(h))[0])) out.push(h);
+  return out;
+}
 
 async function kekInfo(hsm: HsmConnection, handle: Handle, label: string): Promise<KekInfo> {
   const [trusted, priv, wrap, unwrap] = await hsm.getAttributes(handle, [P.CKA_TRUSTED, P.CKA_PRIVATE, P.CKA_WRAP, P.CKA_UNWRAP]);
@@ -120,13 +136,13 @@ async function kekInfo(hsm: HsmConnection, handle: Handle, label: string): Promi
 
 /** The KEK with this label: NotFoundException when there is none, KMSInvalidStateException when two claim it. */
 export async function findKek(hsm: HsmConnection, label: string): Promise<KekInfo> {
-  const handles = await hsm.findObjects(KEK_MATCH(label));
+  const handles = await withId((h) => hsm.getAttributes(h, [P.CKA_ID]), await hsm.findObjects(KEK_MATCH(label)), isKekId);
   if (handles.length === 0) {
     const other = (await hsm.findSecretKeys({ label })).length > 0;
     throw new KeyError(
       'NotFoundException',
       other
-        ? `"${label}" is not a KEK made by \`xks kek create\` or \`xks kek receive\` (its CKA_ID is not xks:kek)`
+        ? `"${label}" is not a KEK made by \`xks kek create\` or \`xks kek receive\` (its CKA_ID is not a KEK's)`
         : `no KEK "${label}" in this token (\`xks kek list\` shows the KEKs; \`xks kek create\` makes one)`,
     );
   }
@@ -143,13 +159,14 @@ export interface KekListing {
 export async function listKeks(hsm: HsmConnection): Promise<KekListing> {
   const keks: KekListing['keks'] = [];
   for (const o of await hsm.findSecretKeys({ keyType: P.CKK_AES })) {
-    if (!o.id.equals(KEK_ID)) continue;
+    if (!isKekId(o.id)) continue;
     const { handle, ...info } = await kekInfo(hsm, o.handle, o.label);
     const checkValue = info.wrap ? await kekCheckValue(hsm, handle).catch(() => undefined) : undefined;
     keks.push({ ...info, checkValue });
   }
   const transportKeys: KekListing['transportKeys'] = [];
-  for (const h of await hsm.findObjects([{ type: P.CKA_CLASS, value: P.CKO_PUBLIC_KEY }, { type: P.CKA_ID, value: TRANSPORT_KEY_ID }])) {
+  const publics = await hsm.findObjects([{ type: P.CKA_CLASS, value: P.CKO_PUBLIC_KEY }]);
+  for (const h of await withId((x) => hsm.getAttributes(x, [P.CKA_ID]), publics, isTransportId)) {
     const [label, modulus, exponent] = await hsm.getAttributes(h, [P.CKA_LABEL, P.CKA_MODULUS, P.CKA_PUBLIC_EXPONENT]);
     transportKeys.push({ label: (label ?? Buffer.alloc(0)).toString('utf8'), fingerprint: publicKeyFingerprint(rsaSpki(modulus!, exponent!)) });
   }
@@ -165,16 +182,17 @@ function checkLabel(label: string): void {
 }
 
 function kekObjects(s: CeremonySession, label: string, extra: Template = []): Handle[] {
-  return s.find([{ type: P.CKA_TOKEN, value: true }, ...KEK_MATCH(label), ...extra]);
+  return s.find([{ type: P.CKA_TOKEN, value: true }, ...KEK_MATCH(label), ...extra]).filter((h) => isKekId(s.getAttributes(h, [P.CKA_ID])[0]));
 }
 
 function transportObjects(s: CeremonySession, label: string, cls: number): Handle[] {
-  return s.find([
-    { type: P.CKA_TOKEN, value: true },
-    { type: P.CKA_CLASS, value: cls },
-    { type: P.CKA_ID, value: TRANSPORT_KEY_ID },
-    { type: P.CKA_LABEL, value: label },
-  ]);
+  return s
+    .find([
+      { type: P.CKA_TOKEN, value: true },
+      { type: P.CKA_CLASS, value: cls },
+      { type: P.CKA_LABEL, value: label },
+    ])
+    .filter((h) => isTransportId(s.getAttributes(h, [P.CKA_ID])[0]));
 }
 
 /** As the user (checks the user PIN before the SO does anything): refuse when the token already has this KEK. */
@@ -194,6 +212,7 @@ function sealKek(s: CeremonySession, label: string): Handle {
   const pub = publics[0]!;
   let sealed: Handle | undefined;
   try {
+    // The copy keeps the public KEK's CKA_ID (SoftHSM refuses a new one in a copy template); the public one goes next.
     sealed = s.copyObject(pub, SEALED_KEK_COPY);
     const [trusted, priv] = s.getAttributes(sealed, [P.CKA_TRUSTED, P.CKA_PRIVATE]);
     if (!readBool(trusted) || !readBool(priv)) {
@@ -222,7 +241,7 @@ export async function createKek(access: CeremonyAccess, label: string): Promise<
   return withCeremony(access, async (s) => {
     refuseExistingKek(s, access, label);
     s.login('so', access.soPin);
-    s.generateKey(kekTemplate(label, 'generate'), P.CKM_AES_KEY_GEN);
+    s.generateKey(kekTemplate(label, kekId(), 'generate'), P.CKM_AES_KEY_GEN);
     s.login('user', access.userPin);
     const kek = sealKek(s, label);
     return { label, checkValue: await kekCheckValue(s, kek) };
@@ -244,7 +263,7 @@ export async function createTransportKey(
       throw new KeyError('AlreadyExistsException', `a transport key for "${label}" already exists in this token (--replace makes a new one)`);
     }
     for (const h of existing) s.destroyObject(h);
-    const t = transportKeyPairTemplates(label);
+    const t = transportKeyPairTemplates(label, transportId());
     const pair = s.generateKeyPair(P.CKM_RSA_PKCS_KEY_PAIR_GEN, t.publicKey, t.privateKey);
     const [modulus, exponent] = s.getAttributes(pair.publicKey, [P.CKA_MODULUS, P.CKA_PUBLIC_EXPONENT]);
     const publicKeyDer = rsaSpki(modulus!, exponent!);
@@ -350,7 +369,7 @@ export async function receiveKek(access: CeremonyAccess, label: string, contents
     }
     let kek: Handle;
     try {
-      kek = s.unwrapKey(RSA_OAEP_SHA1, privs[0]!, Buffer.from(transfer.wrapped, 'base64'), kekTemplate(label, 'unwrap'));
+      kek = s.unwrapKey(RSA_OAEP_SHA1, privs[0]!, Buffer.from(transfer.wrapped, 'base64'), kekTemplate(label, kekId(), 'unwrap'));
     } catch (e) {
       throw new KeyError('InvalidCiphertextException', `the KEK in the file does not unwrap under the transport key for "${label}" (${(e as Error).message})`);
     }

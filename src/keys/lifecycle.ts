@@ -1,14 +1,13 @@
 // The life of an external key: create, enable/disable, rotate, automatic rotation, scheduled deletion and purge.
 // Every state lives in the token (key-objects.ts, key-record.ts); this module holds no state between calls, so any
 // number of processes on one token agree. Rotation races are settled in the token too (docs/key-model.md).
-import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Handle, HsmConnection, KeyObject } from '../hsm/hsm-connection.js';
 import { P } from '../hsm/module.js';
-import { aes256KeyTemplate, recordObjectTemplate, type AesKeySpec } from '../hsm/templates.js';
-import { searchKeyObjects, usageOf, type ExternalKey, type KeyCatalogue, type Usage } from './catalogue.js';
+import { aes256KeyTemplate, inertSecretTemplate, type AesKeySpec } from '../hsm/templates.js';
+import { assemble, searchKeyObjects, usageOf, type ExternalKey, type KeyCatalogue, type Usage } from './catalogue.js';
 import { KeyError } from './errors.js';
-import { aesObjectRole, candidateId, EXTERNAL_KEY_ID, recordId, versionId } from './key-objects.js';
+import { commitId, EXTERNAL_KEY_ID, materialId, newNonce, recordId } from './key-objects.js';
 import { encodeRecord, PENDING_WINDOW_DAYS, ROTATION_DAYS, type KeyRecord, type KeyState, type Origin } from './key-record.js';
 
 const DAY_MS = 86_400_000;
@@ -20,6 +19,7 @@ const ROTATION_BUDGET_MS = 10_000;
 /** A rotation's place in line: its start time, then its nonce. */
 interface Claim {
   startedMs: number;
+  /** The current attempt's nonce, carried by its candidate's CKA_ID. */
   nonce: string;
   /** performance.now() at the start: the budget runs on the real clock even when the lifecycle's clock is a fake. */
   began: number;
@@ -95,7 +95,7 @@ export class KeyLifecycle {
       exportable: o.exportable === true,
       ...(o.rotationPeriodDays !== undefined ? { rotationDays: o.rotationPeriodDays } : {}),
     };
-    await this.hsm.generateKey(recordObjectTemplate(id, recordId(encodeRecord(record))), P.CKM_GENERIC_SECRET_KEY_GEN);
+    await this.hsm.generateKey(inertSecretTemplate(id, recordId(1, encodeRecord(record))), P.CKM_GENERIC_SECRET_KEY_GEN);
     if (!external) await this.generateVersion(id, 1, record, now);
     return this.get(id);
   }
@@ -177,8 +177,14 @@ export class KeyLifecycle {
     for (const key of await this.list()) {
       if (key.state !== 'PendingDeletion' || !key.record?.deletionDate) continue;
       if (Date.parse(key.record.deletionDate) > now) continue;
-      for (const v of key.versions.values()) for (const o of [v, ...v.alternates]) await this.hsm.destroyObject(o.object);
+      for (const v of key.versions.values()) {
+        for (const o of [v, ...v.alternates]) {
+          await this.hsm.destroyObject(o.object);
+          if (o.marker) await this.hsm.destroyObject(o.marker);
+        }
+      }
       for (const c of key.candidates) await this.hsm.destroyObject(c.object);
+      for (const h of [...key.strayMarkers, ...key.leftovers]) await this.hsm.destroyObject(h);
       // A crash before this line leaves a record still pending deletion: the next purge finishes the job.
       if (key.recordObject) await this.hsm.destroyObject(key.recordObject);
       this.catalogue.invalidate(key.id);
@@ -219,7 +225,8 @@ export class KeyLifecycle {
    * read again: a committed version at or past N, or an older rotation's candidate, and this one withdraws and
    * retries; it commits only once a read shows no other candidate at all. Of two racing writers at most one sees no
    * rival (whoever created second sees the first), so no version is ever claimed twice; only the winner commits, by
-   * renaming its candidate's CKA_ID in one call. Versions are only ever added, never replaced, so no ciphertext loses
+   * creating a commit marker carrying its nonce (one create: no attribute is ever rewritten, which CloudHSM forbids for
+   * CKA_ID). Versions are only ever added, never replaced, so no ciphertext loses
    * its key. A call keeps its start time and nonce across attempts and yields only to older ones, so racing writers
    * go oldest first and none is overtaken again and again by newer ones (which withdraw when they see it).
    * This assumes a search sees every object created before it. Across processes, SoftHSM 2.6's file store breaks that:
@@ -235,14 +242,9 @@ export class KeyLifecycle {
       make: (spec: AesKeySpec) => Promise<KeyObject>;
       /** The record to store once the version is committed (default: unchanged; an adopted key gets one). */
       recordAfter?: (key: ExternalKey, version: number) => KeyRecord;
-      /**
-       * Leave the writer's nonce out of the committed CKA_ID: imported material is restored later under exactly the
-       * id it had (docs/byok.md), which the bookkeeping rebuilds from the version and its date.
-       */
-      plainId?: boolean;
     },
   ): Promise<RotationResult> {
-    const me: Claim = { startedMs: this.now().getTime(), nonce: randomBytes(8).toString('hex'), began: performance.now() };
+    const me: Claim = { startedMs: this.now().getTime(), nonce: newNonce(), began: performance.now() };
     for (let attempt = 0; ; attempt++) {
       if (attempt > 0) {
         if (performance.now() - me.began > ROTATION_BUDGET_MS) break;
@@ -260,14 +262,18 @@ export class KeyLifecycle {
       if (older) continue;
       const next = Math.max(0, ...key.versions.keys(), ...key.duplicateVersions) + 1;
       const record = this.recordOf(key);
+      // A fresh nonce per attempt: the CKA_ID of a withdrawn candidate is never used again. The start time, which
+      // decides the place in line, stays.
+      if (attempt > 0) me.nonce = newNonce();
+      const nonce = me.nonce;
       const mine = await o.make({
         label: id,
-        id: candidateId(next, me.startedMs, me.nonce),
+        id: materialId(next, me.startedMs, nonce),
         ...usageOf(key),
         exportable: record.exportable,
       });
       if (!(await this.mayCommit(id, mine.handle, next, me))) continue;
-      await this.hsm.setAttributes(mine.handle, [{ type: P.CKA_ID, value: versionId(next, this.now(), o.plainId ? undefined : me.nonce) }]);
+      await this.hsm.generateKey(inertSecretTemplate(id, commitId(next, this.now(), nonce)), P.CKM_GENERIC_SECRET_KEY_GEN);
       const after = o.recordAfter?.(key, next) ?? record;
       // An adopted key gets its record on first rotation, so its origin and dates are kept from now on.
       if (!key.record || after !== record) await this.writeRecord(key, after);
@@ -286,15 +292,13 @@ export class KeyLifecycle {
     for (;;) {
       let lost = false;
       let younger = false;
-      for (const obj of await searchKeyObjects(this.hsm, { label: id, keyType: P.CKK_AES })) {
-        if (obj.handle.equals(mine)) continue;
-        const role = aesObjectRole(obj.id);
-        if (role.role === 'version' && role.version >= next) lost = true;
-        else if (role.role === 'candidate') {
-          // A dead writer's candidate is cleared by the next attempt's first read (above), not waited for.
-          if (isAhead(role, me) || Math.abs(this.now().getTime() - role.startedMs) > CANDIDATE_STALE_MS) lost = true;
-          else younger = true;
-        }
+      const key = assemble(id, await searchKeyObjects(this.hsm, { label: id }));
+      if ([...(key?.versions.keys() ?? []), ...(key?.duplicateVersions ?? [])].some((v) => v >= next)) lost = true;
+      for (const c of key?.candidates ?? []) {
+        if (c.object.equals(mine)) continue;
+        // A dead writer's candidate is cleared by the next attempt's first read (above), not waited for.
+        if (isAhead(c, me) || Math.abs(this.now().getTime() - c.startedMs) > CANDIDATE_STALE_MS) lost = true;
+        else younger = true;
       }
       if (!lost && !younger) return true;
       // Past the budget, a younger candidate that does not go away is a writer that died: give way rather than wait.
@@ -306,16 +310,19 @@ export class KeyLifecycle {
     }
   }
 
+  /** Version 1 of a new key: no rival can claim it (creation refuses an existing key), so material, then its marker. */
   private async generateVersion(id: string, version: number, record: KeyRecord, at: Date): Promise<void> {
+    const nonce = newNonce();
     await this.hsm.generateKey(
       aes256KeyTemplate({
         label: id,
-        id: versionId(version, at),
+        id: materialId(version, at.getTime(), nonce),
         encrypt: record.usage.includes('ENCRYPT'),
         decrypt: record.usage.includes('DECRYPT'),
         exportable: record.exportable,
       }),
     );
+    await this.hsm.generateKey(inertSecretTemplate(id, commitId(version, at, nonce)), P.CKM_GENERIC_SECRET_KEY_GEN);
     this.catalogue.invalidate(id);
   }
 
@@ -336,12 +343,20 @@ export class KeyLifecycle {
     return { f: 1, state: key.state, usage: usageList(usageOf(key)), origin, created: this.now().toISOString(), exportable: false };
   }
 
-  /** Rewrite the record in place (one C_SetAttributeValue), or make it for an adopted key. Last writer wins. */
+  /**
+   * Store a new revision of the record: a new record object first, then the ones it supersedes destroyed. A writer that
+   * stops in between leaves an older revision that every reader ignores and the next write destroys. Two writers at
+   * once both write revision + 1: every reader takes the same one (the highest CKA_ID), so the last writer wins, as in
+   * KMS. A layout 1 record (rewritten in place by earlier releases) is replaced by a layout 2 one on its first change.
+   */
   async writeRecord(key: ExternalKey, record: KeyRecord): Promise<void> {
-    const id = recordId(encodeRecord(record));
-    if (key.recordObject) await this.hsm.setAttributes(key.recordObject, [{ type: P.CKA_ID, value: id }]);
-    else await this.hsm.generateKey(recordObjectTemplate(key.id, id), P.CKM_GENERIC_SECRET_KEY_GEN);
+    const id = recordId(key.recordRevision + 1, encodeRecord(record));
+    await this.hsm.generateKey(inertSecretTemplate(key.id, id), P.CKM_GENERIC_SECRET_KEY_GEN);
     this.catalogue.invalidate(key.id);
+    for (const old of [...(key.recordObject ? [key.recordObject] : []), ...key.leftovers]) {
+      // Another writer may have destroyed it already.
+      await this.hsm.destroyObject(old).catch(() => undefined);
+    }
   }
 }
 

@@ -1,4 +1,4 @@
-// The audit trail against a real SoftHSM token: a real trail is written (with checkpoints MACed in the HSM and a file
+// The audit trail against a real token: a real trail is written (with checkpoints MACed in the HSM and a file
 // rotation), then copies are edited, cut, reordered, forged; `verifyTrail` must catch each and name the line.
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -9,7 +9,7 @@ import { lineHash } from '../../src/audit/audit-record.js';
 import { AuditTrail } from '../../src/audit/audit-trail.js';
 import { readAnchors, verifyTrail, type MacCheck } from '../../src/audit/audit-verify.js';
 import type { HsmConnection } from '../../src/hsm/hsm-connection.js';
-import { createTestToken, type TestToken } from '../helpers/softhsm.js';
+import { createTestToken, type TestToken } from '../helpers/test-token.js';
 import { openTestHsm } from '../helpers/test-hsm.js';
 
 let token: TestToken;

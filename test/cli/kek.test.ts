@@ -1,16 +1,18 @@
-// The backup ceremony with the built CLI, end to end, on two SoftHSM tokens A and B in one token directory: a KEK made
+// The backup ceremony with the built CLI, end to end, on two tokens A and B that one process can use together: a KEK made
 // on A moves to B (transport key, send, receive, checked by fingerprint and check value read "out of band" from the
 // other side's output), an exportable key with two versions is exported from A and restored into B.
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { initToken } from '../../src/hsm/token-init.js';
 import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
-import { createTestToken, SOFTHSM_MODULE, type TestToken } from '../helpers/softhsm.js';
+import { createTestTokens, TOKEN_FACTS, tokenSecrets, type TestToken } from '../helpers/test-token.js';
+
+// Every step from `xks kek create` on needs the security officer (a trusted KEK). NSS softoken has no SO:
+// C_Login(CKU_SO) answers CKR_USER_TYPE_INVALID once the database has a password (checked on NSS 3.87).
+const NO_SO = !TOKEN_FACTS.soLogin;
 
 interface Run {
   code: number;
@@ -28,7 +30,7 @@ async function xks(side: 'A' | 'B', args: string[], env: Record<string, string |
   try {
     const r = await promisify(execFile)('node', [MAIN, ...args], {
       cwd: ROOT,
-      env: { ...process.env, SOFTHSM2_CONF: A.conf, XKS_CONFIG: config[side], XKS_HSM_SO_PIN: t.soPin, XKS_PIN_A: A.userPin, XKS_PIN_B: B.userPin, ...env },
+      env: { ...process.env, ...A.env, XKS_CONFIG: config[side], XKS_HSM_SO_PIN: t.soPin ?? '', XKS_PIN_A: A.userPin, XKS_PIN_B: B.userPin, ...env },
       timeout: 30_000,
     });
     return { code: 0, stdout: r.stdout, stderr: r.stderr };
@@ -42,7 +44,7 @@ async function xks(side: 'A' | 'B', args: string[], env: Record<string, string |
 function ok(r: Run): string {
   expect(r.stderr, r.stderr).toBe('');
   expect(r.code).toBe(0);
-  for (const pin of [A.userPin, A.soPin, B.userPin, B.soPin]) expect(r.stdout).not.toContain(pin);
+  for (const pin of [...tokenSecrets(A), ...tokenSecrets(B)]) expect(r.stdout).not.toContain(pin);
   return r.stdout.trim();
 }
 
@@ -50,16 +52,13 @@ function failed(r: Run, message: RegExp): void {
   expect(r.code, r.stdout).toBe(1);
   expect(r.stderr).toMatch(message);
   expect(r.stderr).not.toMatch(/\n\s+at /); // no stack trace
-  for (const pin of [A.userPin, A.soPin, B.userPin, B.soPin]) expect(r.stderr).not.toContain(pin);
+  for (const pin of [...tokenSecrets(A), ...tokenSecrets(B)]) expect(r.stderr).not.toContain(pin);
 }
 
 beforeAll(() => {
   ensureBuilt();
-  A = createTestToken('cli-a');
-  const userPin = randomBytes(8).toString('hex');
-  const soPin = randomBytes(8).toString('hex');
-  const { serial } = initToken({ modulePath: SOFTHSM_MODULE, label: 'cli-b', soPin, userPin });
-  B = { ...A, label: 'cli-b', userPin, soPin, serial, cleanup: () => undefined };
+  if (NO_SO) return;
+  [A, B] = createTestTokens(['cli-a', 'cli-b']) as [TestToken, TestToken];
   // One conf directory for both: each config names its own PIN variable.
   config.A = writeTestConfig(A, { hsm: { pin: { env: 'XKS_PIN_A' } } }, 'a.yaml');
   config.B = writeTestConfig(B, { hsm: { pin: { env: 'XKS_PIN_B' } } }, 'b.yaml');
@@ -67,7 +66,7 @@ beforeAll(() => {
 
 afterAll(() => A?.cleanup());
 
-describe('xks kek and xks keys export / import-wrapped', () => {
+describe.skipIf(NO_SO)('xks kek and xks keys export / import-wrapped', () => {
   let checkValue = '';
   let fingerprint = '';
 

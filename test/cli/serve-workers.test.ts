@@ -9,7 +9,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
 import { SECOND_ACCESS_KEY_ID, SECOND_SECRET } from '../helpers/proxy.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
-import { createTestToken, type TestToken } from '../helpers/softhsm.js';
+import { createTestToken, type TestToken } from '../helpers/test-token.js';
 import { decryptFields, signedRequest, xksClient } from '../helpers/xks-client.js';
 
 let token: TestToken;
@@ -37,7 +37,7 @@ beforeAll(async () => {
   writeFileSync(file, stringify(config));
   server = spawn('node', [MAIN, 'serve', '--config', file, '--workers', '2'], {
     cwd: ROOT,
-    env: { ...process.env, SOFTHSM2_CONF: token.conf },
+    env: { ...process.env, ...token.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   server.stdout!.on('data', (c) => (out += c));
@@ -46,7 +46,7 @@ beforeAll(async () => {
   for (let i = 0; i < 200 && (out.match(/xks proxy listening/g) ?? []).length < 2; i++) await new Promise((r) => setTimeout(r, 100));
   expect((out.match(/xks proxy listening/g) ?? []).length, out).toBe(2);
   // A key made while the workers run, by another process: both see it.
-  const created = spawn('node', [MAIN, 'keys', 'create', 'shared', '--config', file], { cwd: ROOT, env: { ...process.env, SOFTHSM2_CONF: token.conf } });
+  const created = spawn('node', [MAIN, 'keys', 'create', 'shared', '--config', file], { cwd: ROOT, env: { ...process.env, ...token.env } });
   await new Promise((r) => created.once('exit', r));
 });
 
@@ -115,7 +115,7 @@ it('stops instead of retrying when workers cannot log in (a wrong PIN must not b
   const file = writeTestConfig(token, { hsm: { pin: { env: 'XKS_TEST_WRONG_PIN' } } }, 'wrong-pin.yaml');
   const child = spawn('node', [MAIN, 'serve', '--config', file, '--workers', '2'], {
     cwd: ROOT,
-    env: { ...process.env, SOFTHSM2_CONF: token.conf, XKS_TEST_WRONG_PIN: 'not-the-pin' },
+    env: { ...process.env, ...token.env, XKS_TEST_WRONG_PIN: 'not-the-pin' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let text = '';

@@ -4,7 +4,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { promisify } from 'node:util';
 import { MAIN, ROOT } from './built-cli.js';
-import type { TestToken } from './softhsm.js';
+import type { TestToken } from './test-token.js';
 
 export interface CliRun {
   code: number;
@@ -12,12 +12,12 @@ export interface CliRun {
   stderr: string;
 }
 
-/** Runs `xks <args>` against `token` (SOFTHSM2_CONF) with `configFile` (XKS_CONFIG); never throws on a non-zero exit. */
+/** Runs `xks <args>` against `token` (its env) with `configFile` (XKS_CONFIG); never throws on a non-zero exit. */
 export async function runXks(token: TestToken, configFile: string, args: string[], env: Record<string, string> = {}): Promise<CliRun> {
   try {
     const r = await promisify(execFile)('node', [MAIN, ...args], {
       cwd: ROOT,
-      env: { ...process.env, SOFTHSM2_CONF: token.conf, XKS_CONFIG: configFile, ...env },
+      env: { ...process.env, ...token.env, XKS_CONFIG: configFile, ...env },
       timeout: 30_000,
     });
     return { code: 0, stdout: r.stdout, stderr: r.stderr };
@@ -54,7 +54,7 @@ export interface ServeProcess {
 export function spawnServe(token: TestToken, configFile: string, args: string[] = [], env: Record<string, string> = {}): ServeProcess {
   const child = spawn('node', [MAIN, 'serve', '--config', configFile, ...args], {
     cwd: ROOT,
-    env: { ...process.env, SOFTHSM2_CONF: token.conf, ...env },
+    env: { ...process.env, ...token.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';

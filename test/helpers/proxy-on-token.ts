@@ -8,10 +8,10 @@ import { loadConfig } from '../../src/config/load.js';
 import { createLogger } from '../../src/obs/logger.js';
 import { startProxy } from '../../src/proxy.js';
 import { ACCESS_KEY_ID, PREFIX, REGION, SECOND_ACCESS_KEY_ID, SECOND_SECRET, SECRET, type TestProxy } from './proxy.js';
-import { createTestToken, type TestToken } from './softhsm.js';
+import { createTestToken, type TestToken } from './test-token.js';
 
 export interface ProxyOnTokenOptions {
-  /** An existing token (its SOFTHSM2_CONF must be this process's); a new one when absent. */
+  /** An existing token (made in this process by createTestToken: SoftHSM's SOFTHSM2_CONF is this process's); a new one when absent. */
   token?: TestToken;
   /** Removes the token on stop() (default: true). */
   cleanupToken?: boolean;
@@ -30,7 +30,7 @@ export function writeTestConfig(token: TestToken, overrides: ProxyOnTokenOptions
   process.env.XKS_TEST_SECOND_SECRET = SECOND_SECRET;
   const { hsm, ...rest } = overrides;
   const config = {
-    hsm: { profile: 'softhsm2', tokenLabel: token.label, pin: { file: 'pin' }, ...hsm },
+    hsm: { ...token.hsmConfig(), pin: { file: 'pin' }, ...hsm },
     listeners: { http: { host: '127.0.0.1', port: 0 } },
     prefixes: [
       {

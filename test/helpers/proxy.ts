@@ -1,6 +1,6 @@
-// Starts the real proxy (real listeners on loopback ports, real SoftHSM token) inside the test process.
+// Starts the real proxy (real listeners on loopback ports, a real token of the kind under test) inside the test process.
 import type { RunningProxy } from '../../src/proxy.js';
-import type { TestToken } from './softhsm.js';
+import type { TestToken } from './test-token.js';
 
 export const ACCESS_KEY_ID = 'BETWEEN2TENAND3TENCHARACTERS';
 export const SECRET = 'PleaseReplaceThisWithSomeSecretOfLength43To64';

@@ -1,14 +1,14 @@
-// An HsmConnection on a test token with the SoftHSM profile, and AES keys whose value the test knows (so that the
+// An HsmConnection on a test token with its kind's profile, and AES keys whose value the test knows (so that the
 // HSM's output can be checked against node:crypto). Test-only: keys the proxy makes are never extractable.
 import { HsmConnection, type Handle, type HsmOptions } from '../../src/hsm/hsm-connection.js';
 import { P } from '../../src/hsm/module.js';
 import { loadProfile } from '../../src/hsm/profile.js';
-import { SOFTHSM_MODULE, type TestToken } from './softhsm.js';
+import type { TestToken } from './test-token.js';
 
 export function openTestHsm(token: TestToken, options: Partial<HsmOptions> = {}): Promise<HsmConnection> {
   return HsmConnection.open({
-    modulePath: SOFTHSM_MODULE,
-    profile: loadProfile('softhsm2'),
+    ...token.library,
+    profile: loadProfile(token.profile),
     tokenLabel: token.label,
     pin: token.userPin,
     poolSize: 4,

@@ -1,11 +1,11 @@
-// AES-GCM through the real SoftHSM token must be byte-for-byte AES-256-GCM: a known-answer test against node:crypto
+// AES-GCM through the real token must be byte-for-byte AES-256-GCM: a known-answer test against node:crypto
 // with a test-only key whose value we know (created with C_CreateObject, a session object, extractable).
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HsmError } from '../../src/hsm/errors.js';
 import type { HsmConnection, Handle } from '../../src/hsm/hsm-connection.js';
 import { P } from '../../src/hsm/module.js';
-import { createTestToken, type TestToken } from '../helpers/softhsm.js';
+import { createTestToken, TOKEN_FACTS, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
 import { createKnownAesKey, openTestHsm } from '../helpers/test-hsm.js';
 
 const KEY = Buffer.from('000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f', 'hex');
@@ -55,7 +55,7 @@ afterAll(() => {
   token?.cleanup();
 });
 
-describe.each(['sync', 'async', 'thread'] as const)('AES-256-GCM on SoftHSM (%s calls)', (callMode) => {
+describe.each(['sync', 'async', 'thread'] as const)(`AES-256-GCM on ${TOKEN_KIND} (%s calls)`, (callMode) => {
   beforeAll(() => {
     // The profile chooses where calls run; exercise every code path on the same connection.
     hsm.capabilities.callMode = callMode;
@@ -158,7 +158,9 @@ describe.each(['sync', 'async', 'thread'] as const)('AES-256-GCM on SoftHSM (%s 
 });
 
 describe('a call that leaves an operation active', () => {
-  it('an empty plaintext fails (CKR_ARGUMENTS_BAD), its session is thrown away, and the next encrypts work', async () => {
+  // SoftHSM refuses an empty GCM plaintext and leaves the operation open; NSS encrypts it (the empty plaintext is
+  // legal in GCM), so there is no failed call to recover from.
+  it.skipIf(!TOKEN_FACTS.softhsm)('an empty plaintext fails (CKR_ARGUMENTS_BAD), its session is thrown away, and the next encrypts work', async () => {
     hsm.capabilities.callMode = 'sync';
     await expectHsmError(hsm.encryptGcm(key, Buffer.alloc(0), Buffer.alloc(0)), 'ArgumentsBad');
     // SoftHSM leaves the operation open on that session: reusing it would answer CKR_OPERATION_ACTIVE.

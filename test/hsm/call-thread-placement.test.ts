@@ -4,7 +4,7 @@
 import { createCipheriv, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { GcmResult, Handle, HsmConnection } from '../../src/hsm/hsm-connection.js';
-import { createTestToken, type TestToken } from '../helpers/softhsm.js';
+import { createTestToken, type TestToken } from '../helpers/test-token.js';
 import { createKnownAesKey, openTestHsm } from '../helpers/test-hsm.js';
 
 const KEY = randomBytes(32);

@@ -8,11 +8,11 @@ import { ckrMeanings, HsmError, toHsmError } from '../../src/hsm/errors.js';
 import { loadProfile } from '../../src/hsm/profile.js';
 import type { HsmConnection, Handle } from '../../src/hsm/hsm-connection.js';
 import { P } from '../../src/hsm/module.js';
-import { createTestToken, SOFTHSM_MODULE, type TestToken } from '../helpers/softhsm.js';
+import { createTestToken, type TestToken } from '../helpers/test-token.js';
 import { createKnownAesKey, openTestHsm } from '../helpers/test-hsm.js';
 
-/** SoftHSM 2.6 answers a failed tag check with CKR_GENERAL_ERROR: its profile says so. */
-const SOFTHSM_MEANINGS = ckrMeanings(loadProfile('softhsm2'));
+/** What the token's codes mean (SoftHSM 2.6 answers a failed tag check with CKR_GENERAL_ERROR): its profile says so. */
+let MEANINGS: ReturnType<typeof ckrMeanings>;
 
 const KEY = randomBytes(32);
 let token: TestToken;
@@ -27,6 +27,7 @@ function nodeEncrypt(iv: Buffer, pt: Buffer, aad: Buffer): Buffer {
 
 beforeAll(async () => {
   token = createTestToken('callthread');
+  MEANINGS = ckrMeanings(loadProfile(token.profile));
   // callThreadBusyAt 0: every call goes to the thread, however idle the loop.
   hsm = await openTestHsm(token, { poolSize: 32, acquireTimeoutMs: 5_000, callThreadBusyAt: 0 });
   expect(hsm.capabilities.callMode).toBe('thread');
@@ -43,7 +44,7 @@ describe('one batch', () => {
   let thread: CallThread;
   let sessions: Handle[];
   beforeAll(() => {
-    thread = new CallThread(SOFTHSM_MODULE, 5_000);
+    thread = new CallThread(token.modulePath, 5_000);
     const { mod, slot } = hsm.moduleForTests;
     sessions = Array.from({ length: 24 }, () => mod.C_OpenSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION));
   });
@@ -68,7 +69,7 @@ describe('one batch', () => {
     for (const c of cases) {
       const got = await c.p.then(
         (b) => b,
-        (e: unknown) => toHsmError(e, 'decrypt', SOFTHSM_MEANINGS),
+        (e: unknown) => toHsmError(e, 'decrypt', MEANINGS),
       );
       if (c.want) expect(got, `${c.kind} answers the right bytes`).toEqual(c.want);
       else expect(got instanceof HsmError && got.kind).toBe('DataInvalid');
@@ -85,7 +86,7 @@ describe('one batch', () => {
 
 describe('timeouts', () => {
   it('calls past the budget fail with Timeout at once; each one says when the thread is done with its session', async () => {
-    const thread = new CallThread(SOFTHSM_MODULE, 20);
+    const thread = new CallThread(token.modulePath, 20);
     const { mod, slot } = hsm.moduleForTests;
     const session = mod.C_OpenSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION);
     try {
@@ -102,7 +103,7 @@ describe('timeouts', () => {
       // Every call either succeeded or timed out; nothing else.
       for (const o of outcomes) if (o !== undefined) expect((o as HsmError).kind).toBe('Timeout');
       const iv = randomBytes(12);
-      const fresh = new CallThread(SOFTHSM_MODULE, 5_000);
+      const fresh = new CallThread(token.modulePath, 5_000);
       const out = await fresh.encrypt(session, key, iv, Buffer.alloc(0), pt, pt.length + 16, 128);
       fresh.close();
       expect(out, 'the session is clean after the timed-out calls').toEqual(nodeEncrypt(iv, pt, Buffer.alloc(0)));

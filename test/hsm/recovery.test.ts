@@ -8,7 +8,7 @@ import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { decryptFields, xksClient, type XksResponse } from '../helpers/xks-client.js';
 import { XKS_ERRORS } from '../../src/xks/errors.js';
 import { aes256KeyTemplate } from '../../src/hsm/templates.js';
-import { versionId } from '../../src/keys/key-objects.js';
+import { legacyVersionId as versionId } from '../helpers/legacy-layout.js';
 
 const CKU_USER = 1;
 // Short enough to expire within a test, long enough that the other tests run on fresh cache entries.

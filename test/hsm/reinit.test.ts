@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { startTestProxy, type TestProxy } from '../helpers/proxy.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
+import { TOKEN_FACTS } from '../helpers/test-token.js';
 
 let t: TestProxy;
 
@@ -34,7 +35,9 @@ it.each(['sync', 'async', 'thread'] as const)('re-initialises the PKCS#11 librar
   expect(t.logs.some((l) => l.includes('hsm.recover') && l.includes('DeviceError'))).toBe(true);
 });
 
-it('leaks no sessions across repeated lost logins', async () => {
+// Counts sessions by probing handles 1..511, which only SoftHSM hands out (NSS's carry the slot in the top byte, so the
+// count would be 0 and prove nothing).
+it.skipIf(!TOKEN_FACTS.softhsm)('leaks no sessions across repeated lost logins', async () => {
   t.proxy.hsm.capabilities.callMode = 'async';
   const xks = xksClient(t.httpUrl);
   const { mod } = t.proxy.hsm.moduleForTests;

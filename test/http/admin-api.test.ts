@@ -14,7 +14,7 @@ import { openLifecycle } from '../../src/proxy.js';
 import { ADMIN_ACCESS_KEY_ID, ADMIN_REGION, ADMIN_SECRET, adminClient, adminConfig, adminRequest } from '../helpers/admin-client.js';
 import { ACCESS_KEY_ID, SECOND_SECRET, SECRET, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
-import { createTestToken, type TestToken } from '../helpers/softhsm.js';
+import { createTestToken, tokenSecrets, type TestToken } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
 
 const DAY_MS = 86_400_000;
@@ -534,7 +534,7 @@ describe('with the admin API configured', () => {
     it('never holds a secret: admin, key store or PIN', () => {
       const all = t.logs.join('\n');
       expect(t.logs.filter((l) => l.includes('"admin request"')).length).toBeGreaterThan(50);
-      for (const secret of [ADMIN_SECRET, SECRET, SECOND_SECRET, token.userPin, token.soPin, 'not-the-admin-secret-0123456789abcdefghij', 'rotated-admin-secret-0123456789-abcdefghijklmnop']) {
+      for (const secret of [ADMIN_SECRET, SECRET, SECOND_SECRET, ...tokenSecrets(token), 'not-the-admin-secret-0123456789abcdefghij', 'rotated-admin-secret-0123456789-abcdefghijklmnop']) {
         expect(all).not.toContain(secret);
       }
     });

@@ -2,7 +2,7 @@
 // and the version in ciphertextMetadata is authenticated.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { aes256KeyTemplate } from '../../src/hsm/templates.js';
-import { versionId } from '../../src/keys/key-objects.js';
+import { legacyVersionId as versionId } from '../helpers/legacy-layout.js';
 import { buildGcmAad } from '../../src/xks/aad.js';
 import { encodeCiphertextMetadata } from '../../src/xks/ciphertext-metadata.js';
 import { startTestProxy, type TestProxy } from '../helpers/proxy.js';

@@ -1,4 +1,4 @@
-// Malformed bodies against every XKS operation, over HTTP against the real server and SoftHSM token.
+// Malformed bodies against every XKS operation, over HTTP against the real server and a real token.
 // Each must get a 4xx (or 501 for sizes) compact JSON error that names the problem, and the server keeps serving.
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';

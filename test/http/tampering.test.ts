@@ -3,7 +3,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { aes256KeyTemplate } from '../../src/hsm/templates.js';
-import { versionId } from '../../src/keys/key-objects.js';
+import { legacyVersionId as versionId } from '../helpers/legacy-layout.js';
 import { DEMO_KEYS, startTestProxy, type TestProxy } from '../helpers/proxy.js';
 import { decryptFields, metadata, xksClient } from '../helpers/xks-client.js';
 

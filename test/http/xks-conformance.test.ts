@@ -1,8 +1,9 @@
-// The conformance cases of xks-api.md, over HTTP against the real server on a real SoftHSM token.
+// The conformance cases of xks-api.md, over HTTP against the real server on a real token.
 import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEMO_KEYS, PREFIX, SECOND_ACCESS_KEY_ID, SECOND_SECRET, startTestProxy, type TestProxy } from '../helpers/proxy.js';
 import { decryptFields, metadata, signedRequest, xksClient, xksPath } from '../helpers/xks-client.js';
+import { TOKEN_FACTS } from '../helpers/test-token.js';
 
 let t: TestProxy;
 let xks: ReturnType<typeof xksClient>;
@@ -18,7 +19,7 @@ describe('GetHealthStatus', () => {
     const r = await xks.health();
     expect(r.status).toBe(200);
     expect(r.text).not.toContain('\n');
-    expect(r.json).toMatchObject({ xksProxyFleetSize: 1, ekmVendor: 'SoftHSM project' });
+    expect(r.json).toMatchObject({ xksProxyFleetSize: 1, ekmVendor: TOKEN_FACTS.manufacturer });
     expect(typeof r.json.xksProxyVendor).toBe('string');
     expect(typeof r.json.xksProxyModel).toBe('string');
     expect(r.json.ekmFleetDetails).toHaveLength(1);

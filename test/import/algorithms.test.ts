@@ -39,7 +39,7 @@ async function importAndCheck(service: ImportService, algorithm: (typeof ALGORIT
   });
   expect(r).toMatchObject({ KeyId: id, KeyMaterialVersion: 1, ImportType: 'NEW_KEY_MATERIAL', KeyState: 'Enabled' });
   await expectProxyUses(t.httpUrl, id, material);
-  const objects = (await t.proxy.hsm.findSecretKeys({ label: id })).filter((o) => o.id.toString().startsWith('xks:v'));
+  const objects = (await t.proxy.hsm.findSecretKeys({ label: id })).filter((o) => o.id.toString().startsWith('xks:k2;'));
   expect(objects).toHaveLength(1);
   expect(objects[0]!.attrs).toMatchObject({ sensitive: true, extractable: false, local: false, encrypt: true, decrypt: true });
 }
@@ -110,6 +110,6 @@ it('keeps the key usage of the key: a decrypt-only key gets a decrypt-only versi
     EncryptedKeyMaterial: wrapMaterial('RSA_AES_KEY_WRAP_SHA_256', params.PublicKey, randomBytes(32)),
     ExpirationModel: 'KEY_MATERIAL_DOES_NOT_EXPIRE',
   });
-  const [v] = (await t.proxy.hsm.findSecretKeys({ label: 'byok-decrypt-only' })).filter((o) => o.id.toString().startsWith('xks:v'));
+  const [v] = (await t.proxy.hsm.findSecretKeys({ label: 'byok-decrypt-only' })).filter((o) => o.id.toString().startsWith('xks:k2;'));
   expect(v!.attrs).toMatchObject({ encrypt: false, decrypt: true, sensitive: true, extractable: false });
 });

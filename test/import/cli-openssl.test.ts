@@ -11,7 +11,7 @@ import { P } from '../../src/hsm/module.js';
 import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
-import { createTestToken, type TestToken } from '../helpers/softhsm.js';
+import { createTestToken, type TestToken } from '../helpers/test-token.js';
 import { expectProxyUses, wrapMaterial } from './byok.js';
 
 let token: TestToken;
@@ -37,7 +37,7 @@ async function bash(cwd: string, script: string): Promise<Run> {
   try {
     const r = await promisify(execFile)('bash', ['-euo', 'pipefail', '-c', script], {
       cwd,
-      env: { ...process.env, PATH: `${bin}:${process.env.PATH}`, SOFTHSM2_CONF: token.conf, XKS_CONFIG: configFile },
+      env: { ...process.env, PATH: `${bin}:${process.env.PATH}`, ...token.env, XKS_CONFIG: configFile },
       timeout: 60_000,
     });
     return { code: 0, stdout: r.stdout, stderr: r.stderr };

@@ -92,7 +92,7 @@ describe('expiry', () => {
 });
 
 describe('delete and re-import', () => {
-  it('delete destroys the material; the same material returns as the same version with the same CKA_ID', async () => {
+  it('delete destroys the material; the same material returns as the same version with the same date, under a new CKA_ID', async () => {
     const id = 'deleted';
     await t.proxy.lifecycle.create(id, { usage: { encrypt: true, decrypt: true }, origin: 'EXTERNAL' });
     const material = randomBytes(32);
@@ -100,6 +100,8 @@ describe('delete and re-import', () => {
     const objects = await aesObjects(id);
     expect(objects).toHaveLength(1);
     const before = await expectProxyUses(t.httpUrl, id, material);
+    const madeAt = (await t.proxy.lifecycle.get(id)).versions.get(1)!.createdAt;
+    expect(madeAt).toBeInstanceOf(Date);
 
     const d = await svc.deleteImportedKeyMaterial(id);
     expect(d).toEqual({ KeyId: id, KeyState: 'PendingImport', DeletedVersions: [1] });
@@ -110,7 +112,12 @@ describe('delete and re-import', () => {
     expect(await svc.deleteImportedKeyMaterial(id)).toEqual({ KeyId: id, KeyState: 'PendingImport', DeletedVersions: [] });
 
     await importInto(id, material);
-    expect(await aesObjects(id)).toEqual(objects);
+    const again = await aesObjects(id);
+    expect(again).toHaveLength(1);
+    // A CKA_ID is never used twice (NSS would take the new object for the destroyed one); the version and its date are.
+    expect(again).not.toEqual(objects);
+    const restored = (await t.proxy.lifecycle.get(id)).versions.get(1)!;
+    expect(restored.createdAt).toEqual(madeAt);
     const [obj] = await t.proxy.hsm.findSecretKeys({ label: id, keyType: P.CKK_AES });
     expect(obj!.attrs).toMatchObject({ sensitive: true, extractable: false, local: false });
     expect((await xks.decrypt(id, decryptFields(before, before.aad))).status).toBe(200);

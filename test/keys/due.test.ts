@@ -4,17 +4,17 @@
 // catalogue, so what XKS answers afterwards is checked on the real server.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
-import { aes256KeyTemplate, recordObjectTemplate } from '../../src/hsm/templates.js';
+import { aes256KeyTemplate, inertSecretTemplate as recordObjectTemplate } from '../../src/hsm/templates.js';
 import { KeyError } from '../../src/keys/errors.js';
 import { P } from '../../src/hsm/module.js';
-import { candidateId, recordId, versionId } from '../../src/keys/key-objects.js';
+import { legacyCandidateId as candidateId, legacyRecordId as recordId, legacyVersionId as versionId } from '../helpers/legacy-layout.js';
 import { encodeRecord } from '../../src/keys/key-record.js';
 import type { KeyLifecycle } from '../../src/keys/lifecycle.js';
 import { openLifecycle } from '../../src/proxy.js';
 import { ensureBuilt } from '../helpers/built-cli.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
-import { createTestToken, type TestToken } from '../helpers/softhsm.js';
+import { createTestToken, type TestToken } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
 import { describeViaCli, expectCleanVersions, runCli, tokenObjects, versionOf } from './lifecycle-support.js';
 
@@ -155,12 +155,14 @@ describe('with a fake clock', () => {
     await clock.scheduleDeletion('stays', 30);
     // A leftover candidate of a rotation that died: purged with the key.
     await t!.proxy.hsm.generateKey(aes256KeyTemplate({ label: 'gone', id: candidateId(3, now - 120_000, 'ee'), encrypt: true, decrypt: true }));
-    expect((await tokenObjects(t!.proxy.hsm, 'gone')).all).toHaveLength(4);
+    // Two versions with their commit markers, the record, the candidate.
+    expect((await tokenObjects(t!.proxy.hsm, 'gone')).all).toHaveLength(6);
     const staysBefore = (await tokenObjects(t!.proxy.hsm, 'stays')).all.length;
 
     fake = new Date(now + 7 * DAY_MS - 1_000);
     expect(await clock.purgeDue()).toEqual([]);
-    expect((await tokenObjects(t!.proxy.hsm, 'gone')).all).toHaveLength(4);
+    // Two versions with their commit markers, the record, the candidate.
+    expect((await tokenObjects(t!.proxy.hsm, 'gone')).all).toHaveLength(6);
 
     fake = new Date(now + 7 * DAY_MS + 1_000);
     expect(await clock.purgeDue()).toEqual(['gone']);
@@ -192,7 +194,7 @@ describe('with a fake clock', () => {
     await clock.create('half', { usage: { encrypt: true, decrypt: true } });
     await clock.scheduleDeletion('half', 7);
     // As if a purge died after the versions: only the record, still pending deletion, is left.
-    for (const o of (await tokenObjects(t!.proxy.hsm, 'half')).all) if (o.id.toString().startsWith('xks:v')) await t!.proxy.hsm.destroyObject(o.handle);
+    for (const o of (await tokenObjects(t!.proxy.hsm, 'half')).all) if (/^xks:[km]2;/.test(o.id.toString())) await t!.proxy.hsm.destroyObject(o.handle);
     expect((await tokenObjects(t!.proxy.hsm, 'half')).all).toHaveLength(1);
 
     fake = new Date(now + 365 * DAY_MS);

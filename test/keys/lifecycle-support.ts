@@ -4,10 +4,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { expect } from 'vitest';
 import type { HsmConnection } from '../../src/hsm/hsm-connection.js';
 import { P } from '../../src/hsm/module.js';
-import { aesObjectRole } from '../../src/keys/key-objects.js';
+import { assemble } from '../../src/keys/catalogue.js';
+import { secretObjectRole } from '../../src/keys/key-objects.js';
 import { decodeCiphertextMetadata } from '../../src/xks/ciphertext-metadata.js';
 import { MAIN, ROOT } from '../helpers/built-cli.js';
-import type { TestToken } from '../helpers/softhsm.js';
+import type { TestToken } from '../helpers/test-token.js';
 
 export interface CliRun {
   code: number;
@@ -25,7 +26,7 @@ export function runCli(token: TestToken, configFile: string, args: string[], tim
     execFile(
       'node',
       [MAIN, ...args],
-      { cwd: ROOT, env: { ...process.env, SOFTHSM2_CONF: token.conf, XKS_CONFIG: configFile }, timeout: timeoutMs },
+      { cwd: ROOT, env: { ...process.env, ...token.env, XKS_CONFIG: configFile }, timeout: timeoutMs },
       (err, stdout, stderr) => {
         const e = err as (Error & { code?: number | string; killed?: boolean }) | null;
         if (e?.killed) return reject(new Error(`xks ${args.join(' ')} timed out: ${stderr}`));
@@ -67,18 +68,11 @@ export function versionOf(encryptBody: { ciphertextMetadata: string }): number |
  */
 export async function tokenObjects(hsm: HsmConnection, id: string) {
   const objs = await hsm.findSecretKeys({ label: id });
-  const versions = new Map<number, number>();
-  const candidates: number[] = [];
-  let records = 0;
-  for (const o of objs) {
-    if (o.keyType === P.CKK_GENERIC_SECRET) {
-      records++;
-      continue;
-    }
-    const role = aesObjectRole(o.id);
-    if (role.role === 'version') versions.set(role.version, (versions.get(role.version) ?? 0) + 1);
-    else if (role.role === 'candidate') candidates.push(role.version);
-  }
+  // The catalogue's own reading of the objects: material with its commit marker is a version, without one a candidate.
+  const key = assemble(id, objs);
+  const versions = new Map<number, number>([...(key?.versions.values() ?? [])].map((v) => [v.version, 1 + v.alternates.length]));
+  const candidates = (key?.candidates ?? []).map((c) => c.version);
+  const records = objs.filter((o) => o.keyType === P.CKK_GENERIC_SECRET && secretObjectRole(o.id).role === 'record').length;
   return { all: objs, versions, candidates, records };
 }
 
@@ -94,7 +88,7 @@ export async function expectCleanVersions(hsm: HsmConnection, id: string, n: num
 export async function spawnServe(token: TestToken, configFile: string) {
   const child = spawn('node', [MAIN, 'serve', '--config', configFile], {
     cwd: ROOT,
-    env: { ...process.env, SOFTHSM2_CONF: token.conf },
+    env: { ...process.env, ...token.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';

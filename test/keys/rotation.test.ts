@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { aes256KeyTemplate } from '../../src/hsm/templates.js';
 import { KeyError } from '../../src/keys/errors.js';
-import { candidateId } from '../../src/keys/key-objects.js';
+import { materialId } from '../../src/keys/key-objects.js';
 import { buildGcmAad } from '../../src/xks/aad.js';
 import { encodeCiphertextMetadata } from '../../src/xks/ciphertext-metadata.js';
 import { ensureBuilt } from '../helpers/built-cli.js';
@@ -98,7 +98,7 @@ describe('a rotated key', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toEqual({ KeyId: 'rot', Rotated: true, Version: 5 });
     // A ciphertext made under version 5 outside this process: this server has not read version 5 yet, and must.
-    const v5 = (await t.proxy.hsm.findSecretKeys({ label: 'rot' })).find((o) => o.id.toString().startsWith('xks:v5'));
+    const v5 = (await t.proxy.hsm.findSecretKeys({ label: 'rot' })).find((o) => o.id.toString().startsWith('xks:k2;v=5;'));
     expect(v5).toBeDefined();
     const metadata = encodeCiphertextMetadata(5);
     const out = await t.proxy.hsm.encryptGcm(v5!.handle, pt('under version 5'), buildGcmAad(undefined, metadata));
@@ -165,7 +165,7 @@ describe('leftover candidates', () => {
     const before = await xks.encrypt('stale', pt('before'));
     // A rotation that died two minutes ago after making its candidate for version 2.
     const dead = await t.proxy.hsm.generateKey(
-      aes256KeyTemplate({ label: 'stale', id: candidateId(2, Date.now() - 120_000, 'ab'), encrypt: true, decrypt: true }),
+      aes256KeyTemplate({ label: 'stale', id: materialId(2, Date.now() - 120_000, 'ab'.repeat(12)), encrypt: true, decrypt: true }),
     );
     // Something encrypted under the candidate's material, labelled version 2: must never decrypt.
     const metadata = encodeCiphertextMetadata(2);
@@ -197,7 +197,7 @@ describe('leftover candidates', () => {
   it('a fresh candidate of another writer makes rotate back off and fail with ConflictException, changing nothing', async () => {
     await t.proxy.lifecycle.create('busy', { usage: { encrypt: true, decrypt: true } });
     const rival = await t.proxy.hsm.generateKey(
-      aes256KeyTemplate({ label: 'busy', id: candidateId(2, Date.now(), 'cd'), encrypt: true, decrypt: true }),
+      aes256KeyTemplate({ label: 'busy', id: materialId(2, Date.now(), 'cd'.repeat(12)), encrypt: true, decrypt: true }),
     );
     const started = Date.now();
     const err = await t.proxy.lifecycle.rotate('busy').then(
@@ -216,7 +216,7 @@ describe('leftover candidates', () => {
   });
 
   it('a rotation waiting on a fresh candidate goes ahead once that candidate is gone, with its own material', async () => {
-    const rival = (await tokenObjects(t.proxy.hsm, 'busy')).all.find((o) => o.id.toString().startsWith('xks:c2'))!;
+    const rival = (await tokenObjects(t.proxy.hsm, 'busy')).all.find((o) => o.id.toString().startsWith('xks:k2;v=2;'))!;
     const before = await xks.encrypt('busy', pt('before'));
     const rotating = t.proxy.lifecycle.rotate('busy');
     await sleep(150);

@@ -1,16 +1,14 @@
 // Key states as KMS sees them through XKS: a key that is not Enabled reads as DISABLED in GetKeyMetadata and refuses
 // Encrypt and Decrypt with InvalidStateException; scheduled deletion, cancel and enable move between states as in KMS,
 // and a transition KMS refuses changes nothing. Keys imported later (PendingImport) and keys made by other tools
-// (adopted) follow the same rules. Real SoftHSM token, real server over a socket, the built CLI as its own process.
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
+// (adopted) follow the same rules. Real token (XKS_TEST_TOKEN), real server over a socket, the built CLI as its own process.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { aes256KeyTemplate } from '../../src/hsm/templates.js';
 import { KeyError, type KeyErrorName } from '../../src/keys/errors.js';
 import { ensureBuilt } from '../helpers/built-cli.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
-import { SOFTHSM_MODULE } from '../helpers/softhsm.js';
+import { makeForeignAesKey } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
 import { describeViaCli, pollUntil, runCli, tokenObjects, versionOf } from './lifecycle-support.js';
 
@@ -224,11 +222,7 @@ describe('a key waiting for imported material (origin EXTERNAL)', () => {
 
 describe('adopted keys (made by other tools, no record)', () => {
   it('a pkcs11-tool key is served, can be disabled and enabled, and gets a record with Origin ADOPTED', async () => {
-    await promisify(execFile)(
-      'pkcs11-tool',
-      ['--module', SOFTHSM_MODULE, '--token-label', t.token.label, '--login', '--pin', t.token.userPin, '--keygen', '--key-type', 'aes:32', '--label', 'p11key'],
-      { env: { ...process.env, SOFTHSM2_CONF: t.token.conf } },
-    );
+    makeForeignAesKey(t.token, 'p11key'); // as pkcs11-tool --keygen --key-type aes:32 makes it
     const first = await describeViaCli(t.token, t.configFile, 'p11key');
     expect(first).toMatchObject({ KeyId: 'p11key', KeyState: 'Enabled', Origin: 'ADOPTED', CurrentVersion: 1 });
     expect(first.CreationDate).toBeUndefined(); // no record yet

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PREFIX, SECOND_ACCESS_KEY_ID, SECOND_SECRET, SECRET, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { decryptFields, metadata, xksClient, type XksResponse } from '../helpers/xks-client.js';
+import { tokenSecrets } from '../helpers/test-token.js';
 
 let t: TestProxy;
 let xks: ReturnType<typeof xksClient>;
@@ -155,7 +156,7 @@ describe('secrets in the logs', () => {
   });
 
   it('never logs a SigV4 secret, the user PIN or the SO PIN', () => {
-    for (const s of [SECRET, SECOND_SECRET, WRONG_SECRET, t.token.userPin, t.token.soPin]) {
+    for (const s of [SECRET, SECOND_SECRET, WRONG_SECRET, ...tokenSecrets(t.token)]) {
       for (const line of t.logs) expect(line.includes(s), `log line contains a secret: ${line}`).toBe(false);
     }
   });

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ensureBuilt } from '../helpers/built-cli.js';
 import { freePort, runXks, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
-import { createTestToken, type TestToken } from '../helpers/softhsm.js';
+import { createTestToken, type TestToken } from '../helpers/test-token.js';
 import { metadata, xksClient } from '../helpers/xks-client.js';
 
 let token: TestToken;

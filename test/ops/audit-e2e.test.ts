@@ -1,4 +1,4 @@
-// The audit trail end to end: a real proxy (XKS and admin listeners, SoftHSM token) with an audit section; signed
+// The audit trail end to end: a real proxy (XKS and admin listeners, a real token) with an audit section; signed
 // requests leave one line each with who, what and the outcome, and nothing secret; after stop() the trail is sealed by
 // an HSM checkpoint; the built `xks audit verify` accepts it and names the line of every kind of tampering on a copy;
 // operator commands (`xks keys ...`) append to the CLI trail as `os:<user>`.
@@ -14,7 +14,7 @@ import { runXks } from '../helpers/ops-process.js';
 import { STALLABLE_HSM, stallThreadPool } from '../helpers/ops-stall.js';
 import { ACCESS_KEY_ID, SECOND_SECRET, SECRET, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
-import { createTestToken, type TestToken } from '../helpers/softhsm.js';
+import { createTestToken, tokenSecrets, type TestToken } from '../helpers/test-token.js';
 import { decryptFields, metadata, xksClient } from '../helpers/xks-client.js';
 
 const PLAINTEXT = Buffer.from('RECOGNISABLE-PLAINTEXT:the-merger-closes-on-friday-7f3c9d', 'utf8');
@@ -285,7 +285,7 @@ describe('operator commands (xks keys ...)', () => {
     expect(events[3].errorName).toMatch(/AlreadyExistsException/);
     expect(cliLines.at(-1).type).toBe('checkpoint');
     const cliText = readFileSync(cliTrail, 'utf8');
-    for (const s of [token.userPin, token.soPin, SECRET, SECOND_SECRET, ADMIN_SECRET]) expect(cliText).not.toContain(s);
+    for (const s of [...tokenSecrets(token), SECRET, SECOND_SECRET, ADMIN_SECRET]) expect(cliText).not.toContain(s);
 
     const r = await runXks(token, configFile, ['audit', 'verify', cliTrail, trail]);
     expect(r.code, r.stdout + r.stderr).toBe(0);

@@ -1,4 +1,4 @@
-// The operations listener of a real proxy (HTTP and HTTPS listeners, SoftHSM token): /metrics exposes the named
+// The operations listener of a real proxy (HTTP and HTTPS listeners, a real token): /metrics exposes the named
 // series and they move with requests, key state changes and the HSM's health; /health is the deep check (200 ACTIVE,
 // 503 when the HSM stalls, 200 again after); /ping; the SigV4 credential age and the certificate's days left.
 import { X509Certificate } from 'node:crypto';
@@ -12,7 +12,7 @@ import { STALLABLE_HSM, stallThreadPool } from '../helpers/ops-stall.js';
 import { createTestPki, type TestPki } from '../helpers/pki.js';
 import { ACCESS_KEY_ID, PREFIX, REGION, SECOND_ACCESS_KEY_ID, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
-import { createTestToken, type TestToken } from '../helpers/softhsm.js';
+import { createTestToken, type TestToken } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
 
 const THIRD_ACCESS_KEY_ID = 'THIRDCREDENTIALFROMAFILE23';

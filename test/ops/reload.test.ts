@@ -15,7 +15,7 @@ import { ensureBuilt } from '../helpers/built-cli.js';
 import { freePort, runXks, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
 import { ACCESS_KEY_ID, SECOND_ACCESS_KEY_ID, SECOND_SECRET, SECRET } from '../helpers/proxy.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
-import { createTestToken, type TestToken } from '../helpers/softhsm.js';
+import { createTestToken, type TestToken } from '../helpers/test-token.js';
 import { metadata, xksClient } from '../helpers/xks-client.js';
 
 const THIRD_ACCESS_KEY_ID = 'THIRDCREDENTIALNEVERLOADED';

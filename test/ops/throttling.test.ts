@@ -6,7 +6,7 @@ import { parseMetrics, total } from '../helpers/ops-metrics.js';
 import { STALLABLE_HSM, stallThreadPool } from '../helpers/ops-stall.js';
 import { ACCESS_KEY_ID, REGION, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
-import { createTestToken, type TestToken } from '../helpers/softhsm.js';
+import { createTestToken, type TestToken } from '../helpers/test-token.js';
 import { metadata, signedRequest, xksClient, type XksResponse } from '../helpers/xks-client.js';
 
 const credentials = [{ accessKeyId: ACCESS_KEY_ID, secret: { file: 'secret1' } }];

@@ -19,7 +19,7 @@ import { httpGet, scrape, total } from '../helpers/ops-metrics.js';
 import { freePort, runXks, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
 import { SECRET } from '../helpers/proxy.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
-import { createTestToken, type TestToken } from '../helpers/softhsm.js';
+import { createTestToken, type TestToken } from '../helpers/test-token.js';
 import { decryptFields, metadata, xksClient, type SendOptions } from '../helpers/xks-client.js';
 
 const LOAD = 300;
