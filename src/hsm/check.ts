@@ -770,12 +770,13 @@ class Probe {
     if (key.ok) this.destroy(s, key.value);
     const padIs5649 = rfc5649.includes(CKM_AES_KEY_WRAP_PAD);
     const kwpIs5649 = rfc5649.includes(CKM_AES_KEY_WRAP_KWP);
-    const consequence = padIs5649
-      ? 'RSA_AES_KEY_WRAP imports and backups use 0x210A (CKM_AES_KEY_WRAP_PAD), which is RFC 5649 here'
-      : kwpIs5649
-        ? 'RFC 5649 is 0x210B here, but the proxy uses 0x210A: RSA_AES_KEY_WRAP imports and backups will not work on this token'
+    // The proxy's own choice (key-wrap.ts chooseKeyWrap): the standard number first, each confirmed the same way.
+    const consequence = kwpIs5649
+      ? 'RSA_AES_KEY_WRAP imports, backups and KEK check values use 0x210B (CKM_AES_KEY_WRAP_KWP)'
+      : padIs5649
+        ? 'RSA_AES_KEY_WRAP imports, backups and KEK check values use 0x210A, which is RFC 5649 on this token'
         : 'no RFC 5649 key wrap: RSA_AES_KEY_WRAP imports and backups are unavailable';
-    this.add({ name: 'aes-kwp', status: padIs5649 ? 'ok' : 'warn', result: found.join('; '), needed: 'optional', consequence });
+    this.add({ name: 'aes-kwp', status: kwpIs5649 || padIs5649 ? 'ok' : 'warn', result: found.join('; '), needed: 'optional', consequence });
   }
 
   /** An RSA-2048 session key pair; OAEP with SHA-1 and SHA-256 (decrypt and unwrap), raw RSA decrypt. */

@@ -75,6 +75,9 @@ const BOOL_ATTRS = {
   wrapWithTrusted: P.CKA_WRAP_WITH_TRUSTED,
 } as const;
 
+/** Attributes that prove where a key came from, kept only where the profile says the token reports them faithfully. */
+const ORIGIN_EVIDENCE: ReadonlySet<string> = new Set(['local', 'neverExtractable']);
+
 /** Attributes read back after an object is made, when the template set them (confirmTemplate). */
 const CONFIRMED_ATTRS = new Map<number, string>([
   [P.CKA_TOKEN, 'CKA_TOKEN'],
@@ -183,8 +186,13 @@ export class HsmConnection {
     }
   }
 
+  /** What this token's objects can hold and prove (its profile's `attributes`). */
+  get tokenAttributes(): HsmProfile['attributes'] {
+    return this.opts.profile.attributes;
+  }
+
   /** CKA_LOCAL / CKA_NEVER_EXTRACTABLE are reported faithfully by this token (its profile), so they prove a key's origin. */
-  get localIsEvidence(): boolean {
+  private get localIsEvidence(): boolean {
     return this.opts.profile.attributes.localIsEvidence;
   }
 
@@ -270,13 +278,14 @@ export class HsmConnection {
     if (inFlight) return inFlight;
     const generation = this.generation;
     const making = this.run('other', (s) => {
-      // Only CKA_TOKEN may change: the copy inherits CKA_SENSITIVE, CKA_EXTRACTABLE and the usage; read them back.
+      // Only CKA_TOKEN may change: the copy inherits CKA_SENSITIVE, CKA_EXTRACTABLE and the usage. Read back that it
+      // is at least as protected as the key (NSS makes a copy of a non-sensitive key sensitive: more, never less).
       const [sensitive, extractable] = this.readAttributes(s, key, [P.CKA_SENSITIVE, P.CKA_EXTRACTABLE]);
       const copy = this.mod.C_CopyObject(this.loginSession, key, [{ type: P.CKA_TOKEN, value: false }]);
       this.confirmTemplate(s, copy, [
         { type: P.CKA_TOKEN, value: false },
-        { type: P.CKA_SENSITIVE, value: readBool(sensitive) },
-        { type: P.CKA_EXTRACTABLE, value: readBool(extractable) },
+        ...(readBool(sensitive) ? [{ type: P.CKA_SENSITIVE, value: true }] : []),
+        ...(readBool(extractable) ? [] : [{ type: P.CKA_EXTRACTABLE, value: false }]),
       ], 'a session copy');
       return copy;
     })
@@ -340,8 +349,9 @@ export class HsmConnection {
     const attrs: Record<string, boolean> = {};
     names.forEach((n, i) => {
       const v = got[i + 3];
-      // An attribute the token does not keep is absent, never read as false.
-      if (v !== undefined) attrs[n] = readBool(v);
+      // An attribute the token does not keep is absent, never read as false; so is evidence the token does not give
+      // faithfully (its profile: NSS reports CKA_LOCAL false for keys it generated).
+      if (v !== undefined && (this.localIsEvidence || !ORIGIN_EVIDENCE.has(n))) attrs[n] = readBool(v);
     });
     const keyType = got[2];
     return {
@@ -624,9 +634,10 @@ export class HsmConnection {
       }
       // A code from the module that reads as a device failure re-initialises the library only when a cheap probe
       // confirms the device is gone: CloudHSM answers CKR_DEVICE_ERROR while it throttles, NSS for a wrong MAC.
-      if (err.kind === 'DeviceError' && err.ckr !== undefined && this.deviceAnswers()) {
+      if (err.ckr !== undefined && (err.kind === 'DeviceError' || this.meanings.busy.has(err.ckr)) && this.deviceAnswers()) {
         const busy = this.meanings.busy.has(err.ckr);
-        if (busy) this.pool.release(session);
+        // A refused call leaves the session clean; an operation left active (CKR_OPERATION_ACTIVE) does not.
+        if (busy && err.kind === 'DeviceError') this.pool.release(session);
         else this.pool.discard(session);
         throw busy ? new HsmError('Busy', `the HSM is busy (${err.ckr}); retry`, err.ckr) : new HsmError('DeviceError', `${err.message}; the device still answers, so it was not re-initialised`, err.ckr);
       }
@@ -695,15 +706,18 @@ export class HsmConnection {
     this.pool.drainIdle();
     if (cause.kind !== 'DeviceError') {
       try {
-        this.mod.C_GetSessionInfo(this.loginSession);
-      } catch {
-        this.loginSession = this.mod.C_OpenSession(this.slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION);
-      }
-      try {
+        try {
+          this.mod.C_GetSessionInfo(this.loginSession);
+        } catch {
+          this.loginSession = this.mod.C_OpenSession(this.slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION);
+        }
         await this.login();
         return;
       } catch (e) {
-        if (toHsmError(e).kind !== 'DeviceError') throw e;
+        const kind = toHsmError(e).kind;
+        if (kind === 'PinIncorrect' || kind === 'PinLocked') throw e;
+        // Anything else (NSS answers a finalised library with CKR_SESSION_HANDLE_INVALID or CKR_ARGUMENTS_BAD, not
+        // CKR_CRYPTOKI_NOT_INITIALIZED): the library itself must start again.
       }
     }
     // Re-initialise the library: every handle from before is void. Calls still running on other threads first.
@@ -714,8 +728,17 @@ export class HsmConnection {
       // already gone
     }
     this.epoch++;
-    this.mod.C_Initialize(initializeArgs(this.opts));
-    await this.attach();
+    try {
+      this.mod.C_Initialize(initializeArgs(this.opts));
+      await this.attach();
+    } catch (e) {
+      // The HSM is not back (token removed, library refusing to start): a named unavailability, tried again by the
+      // next call, never a bare internal error.
+      const err = toHsmError(e);
+      throw err.kind === 'PinIncorrect' || err.kind === 'PinLocked' || err.kind === 'MechanismUnsupported'
+        ? err
+        : new HsmError(err.kind === 'Unknown' ? 'TokenNotFound' : 'DeviceError', `the HSM could not be re-initialised: ${(e as Error).message}`, err.ckr);
+    }
   }
 
   /** Whether the login session is healthy; used by health checks. */

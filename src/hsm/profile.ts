@@ -69,8 +69,14 @@ export const ProfileSchema = z.strictObject({
        * keys: on a token not known to, reports say "unknown" instead.
        */
       localIsEvidence: z.boolean().default(false),
+      /**
+       * The token keeps and enforces CKA_WRAP_WITH_TRUSTED: an exportable key can be wrapped only under a key the
+       * security officer marked CKA_TRUSTED. NSS softoken keeps neither (nor has a security officer): there, an
+       * exportable key could be wrapped out under any key of the user, so the proxy makes none.
+       */
+      wrapWithTrusted: z.boolean().default(true),
     })
-    .default({ allowedMechanisms: true, localIsEvidence: false }),
+    .default({ allowedMechanisms: true, localIsEvidence: false, wrapWithTrusted: true }),
   notes: z.array(z.string()).default([]),
 });
 export type HsmProfile = z.infer<typeof ProfileSchema>;

@@ -439,7 +439,7 @@ export class ImportService {
    */
   private async tokenKeys(): Promise<Handle[]> {
     const found = await this.hsm.findSecretKeys({ label: TOKEN_KEY_LABEL, keyType: P.CKK_GENERIC_SECRET });
-    const localProves = this.hsm.localIsEvidence;
+    const localProves = this.hsm.tokenAttributes.localIsEvidence;
     return found
       .filter((o) => isTokenKeyId(o.id) && (!localProves || (o.attrs.local && o.attrs.neverExtractable)) && o.attrs.sensitive && !o.attrs.extractable)
       .sort((a, b) => Buffer.compare(a.id, b.id))

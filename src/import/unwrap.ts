@@ -47,6 +47,9 @@ async function orNotUnwrappable<T>(step: () => Promise<T>): Promise<T> {
     return await step();
   } catch (e) {
     if (isInfrastructure(e)) throw e;
+    // The blob unwrapped (its integrity check passed) into material of a size the key type cannot take (NSS checks an
+    // AES key's length at unwrap): the material is not an AES-256 key.
+    if (e instanceof HsmError && e.ckr === 'CKR_KEY_SIZE_RANGE') throw incorrectLength();
     throw notUnwrappable();
   }
 }

@@ -38,9 +38,10 @@ export function describeKey(k: ExternalKey) {
         ...(v.createdAt ? { CreationDate: v.createdAt.toISOString() } : {}),
         Encrypt: v.encrypt,
         Decrypt: v.decrypt,
-        // CKA_LOCAL and CKA_NEVER_EXTRACTABLE true: generated in the HSM and never readable outside it.
-        Local: v.attrs.local === true,
-        NeverExtractable: v.attrs.neverExtractable === true,
+        // CKA_LOCAL and CKA_NEVER_EXTRACTABLE true: generated in the HSM and never readable outside it. "unknown" on a
+        // token that does not report them faithfully (its HSM profile's attributes.localIsEvidence).
+        Local: v.attrs.local ?? ('unknown' as const),
+        NeverExtractable: v.attrs.neverExtractable ?? ('unknown' as const),
         AlwaysSensitive: v.attrs.alwaysSensitive === true,
         Sensitive: v.attrs.sensitive === true,
         Extractable: v.attrs.extractable === true,

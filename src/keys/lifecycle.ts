@@ -84,6 +84,12 @@ export class KeyLifecycle {
     if (external && o.rotationPeriodDays !== undefined) {
       throw new KeyError('UnsupportedOperationException', 'keys with imported material rotate by importing new material, not on a schedule');
     }
+    if (o.exportable === true && !this.hsm.tokenAttributes.wrapWithTrusted) {
+      throw new KeyError(
+        'UnsupportedOperationException',
+        'this token cannot restrict wrapping to a trusted KEK (no CKA_WRAP_WITH_TRUSTED; HSM profile attributes.wrapWithTrusted): it would let any key of the user wrap an exportable key out, so none is made',
+      );
+    }
     if (await this.catalogue.refresh(id)) throw new KeyError('AlreadyExistsException', `a key "${id}" already exists in the token`);
     const now = this.now();
     const record: KeyRecord = {

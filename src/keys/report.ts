@@ -20,11 +20,15 @@ function versionFindings(key: ExternalKey, v: KeyVersion): Finding[] {
     out.push({ severity: 'notice', message: 'exportable: can be wrapped out under a KEK the security officer marked trusted (backup)' });
   }
   if (!a.alwaysSensitive && a.sensitive) out.push({ severity: 'notice', message: 'CKA_ALWAYS_SENSITIVE is false: the value was readable at some point before' });
-  if (key.origin === 'HSM' && !a.local) out.push({ severity: 'violation', message: 'recorded as generated in the HSM, but CKA_LOCAL is false' });
-  if (key.origin === 'HSM' && !a.neverExtractable && !a.extractable) {
+  // Absent: the token does not report CKA_LOCAL / CKA_NEVER_EXTRACTABLE faithfully (HSM profile), so they prove nothing.
+  if (a.local === undefined) {
+    out.push({ severity: 'notice', message: 'origin unknown: this token does not report CKA_LOCAL faithfully (HSM profile attributes.localIsEvidence)' });
+  }
+  if (key.origin === 'HSM' && a.local === false) out.push({ severity: 'violation', message: 'recorded as generated in the HSM, but CKA_LOCAL is false' });
+  if (key.origin === 'HSM' && a.neverExtractable === false && !a.extractable) {
     out.push({ severity: 'violation', message: 'recorded as generated in the HSM, but CKA_NEVER_EXTRACTABLE is false' });
   }
-  if (key.origin === 'ADOPTED' && !a.local) out.push({ severity: 'notice', message: 'adopted key not generated in this HSM (CKA_LOCAL false): imported by other means' });
+  if (key.origin === 'ADOPTED' && a.local === false) out.push({ severity: 'notice', message: 'adopted key not generated in this HSM (CKA_LOCAL false): imported by other means' });
   return out;
 }
 
@@ -37,14 +41,15 @@ export function reportKey(key: ExternalKey) {
     .map((v) => ({
       Version: v.version,
       ...(v.createdAt ? { CreationDate: v.createdAt.toISOString() } : {}),
-      // CKA_LOCAL: generated in the HSM; otherwise unwrapped or created (imported material).
-      Origin: v.attrs.local ? 'GENERATED_IN_HSM' : 'IMPORTED',
+      // CKA_LOCAL: generated in the HSM; otherwise unwrapped or created (imported material); unknown where the token
+      // does not report it faithfully.
+      Origin: v.attrs.local === undefined ? 'UNKNOWN' : v.attrs.local ? 'GENERATED_IN_HSM' : 'IMPORTED',
       Sensitive: v.attrs.sensitive === true,
       Extractable: v.attrs.extractable === true,
       WrapWithTrusted: v.attrs.wrapWithTrusted === true,
-      NeverExtractable: v.attrs.neverExtractable === true,
+      NeverExtractable: v.attrs.neverExtractable ?? ('unknown' as const),
       AlwaysSensitive: v.attrs.alwaysSensitive === true,
-      Local: v.attrs.local === true,
+      Local: v.attrs.local ?? ('unknown' as const),
       Findings: versionFindings(key, v),
     }));
   const all = [...keyFindings, ...versions.flatMap((v) => v.Findings)];

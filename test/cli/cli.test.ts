@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SECRET, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
-import { createTestToken, makeForeignAesKey, tokenSecrets, type TestToken } from '../helpers/test-token.js';
+import { createTestToken, makeForeignAesKey, tokenSecrets, type TestToken, evidence } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
 
 interface Run {
@@ -114,8 +114,8 @@ describe('xks keys', () => {
         CreationDate: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
         Encrypt: true,
         Decrypt: true,
-        Local: true,
-        NeverExtractable: true,
+        Local: evidence(true),
+        NeverExtractable: evidence(true),
         AlwaysSensitive: true,
         Sensitive: true,
         Extractable: false,
@@ -220,7 +220,7 @@ describe('keys made outside the proxy, and by the CLI, served over XKS', () => {
     expect(r.code, r.stderr).toBe(0);
     const d = JSON.parse(r.stdout);
     expect(d).toMatchObject({ KeyId: 'adopted1', KeyUsage: ['ENCRYPT', 'DECRYPT'], Origin: 'ADOPTED', KeyState: 'Enabled', CurrentVersion: 1 });
-    expect(d.Versions[0]).toMatchObject({ Version: 1, Local: true, NeverExtractable: true, Extractable: false });
+    expect(d.Versions[0]).toMatchObject({ Version: 1, Local: evidence(true), NeverExtractable: evidence(true), Extractable: false });
   });
 
   it('describes two objects claiming one version as a duplicate, and refuses to use either', async () => {

@@ -41,13 +41,24 @@ export interface TokenFacts {
   softhsm: boolean;
   /** The token's manufacturerID (C_GetTokenInfo), which the health status reports as ekmVendor. */
   manufacturer: string;
+  /** CKM_RSA_PKCS_OAEP takes SHA-256 (NSS); SoftHSM 2.6 has SHA-1 only, so RSAES_OAEP_SHA_256 needs the opt-in there. */
+  oaepSha256: boolean;
+  /** CKA_WRAP_WITH_TRUSTED is kept and enforced (its profile): exportable keys, trusted KEKs and backups exist. */
+  wrapWithTrusted: boolean;
+  /** CKA_LOCAL / CKA_NEVER_EXTRACTABLE are faithful (its profile's localIsEvidence): NSS reports CKA_LOCAL false for keys it generates. */
+  localIsEvidence: boolean;
 }
 
 const FACTS: Record<TokenKind, TokenFacts> = {
-  softhsm: { soLogin: true, nonSensitiveKeys: true, softhsm: true, manufacturer: 'SoftHSM project' },
-  nss: { soLogin: false, nonSensitiveKeys: false, softhsm: false, manufacturer: 'Mozilla Foundation' },
+  softhsm: { soLogin: true, nonSensitiveKeys: true, softhsm: true, manufacturer: 'SoftHSM project', localIsEvidence: true, wrapWithTrusted: true, oaepSha256: false },
+  nss: { soLogin: false, nonSensitiveKeys: false, softhsm: false, manufacturer: 'Mozilla Foundation', localIsEvidence: false, wrapWithTrusted: false, oaepSha256: true },
 };
 export const TOKEN_FACTS: TokenFacts = FACTS[TOKEN_KIND];
+
+/** What `xks keys describe` and the report show for CKA_LOCAL / CKA_NEVER_EXTRACTABLE: the value, or "unknown" where they prove nothing. */
+export function evidence(value: boolean): boolean | 'unknown' {
+  return TOKEN_FACTS.localIsEvidence ? value : 'unknown';
+}
 
 /** The hsm section fields of a config file for a token (the test adds pin and anything else). */
 export interface TokenHsmConfig {

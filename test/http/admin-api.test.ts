@@ -14,7 +14,7 @@ import { openLifecycle } from '../../src/proxy.js';
 import { ADMIN_ACCESS_KEY_ID, ADMIN_REGION, ADMIN_SECRET, adminClient, adminConfig, adminRequest } from '../helpers/admin-client.js';
 import { ACCESS_KEY_ID, SECOND_SECRET, SECRET, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
-import { createTestToken, tokenSecrets, type TestToken } from '../helpers/test-token.js';
+import { createTestToken, evidence, TOKEN_FACTS, tokenSecrets, type TestToken } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
 
 const DAY_MS = 86_400_000;
@@ -63,7 +63,7 @@ describe('with the admin API configured', () => {
       const made = await create('life');
       expect(made).toMatchObject({ KeyId: 'life', KeySpec: 'AES_256', KeyUsage: ['ENCRYPT', 'DECRYPT'], KeyState: 'Enabled', Origin: 'HSM', CurrentVersion: 1 });
       expect(made.Versions).toHaveLength(1);
-      expect(made.Versions[0]).toMatchObject({ Local: true, NeverExtractable: true, Sensitive: true, Extractable: false });
+      expect(made.Versions[0]).toMatchObject({ Local: evidence(true), NeverExtractable: evidence(true), Sensitive: true, Extractable: false });
       expect(await described('life')).toEqual(made);
       expect((await xks.metadata('life')).json.keyStatus).toBe('ENABLED');
       const v1 = await xks.encrypt('life', Buffer.from('before rotation'));
@@ -126,8 +126,10 @@ describe('with the admin API configured', () => {
     });
 
     it('creates keys with the options the CLI has: usage, origin, rotation period, exportable', async () => {
-      const enc = await create('opt-encrypt-only', { KeyUsage: ['ENCRYPT'], RotationPeriodInDays: 90, Exportable: true });
-      expect(enc).toMatchObject({ KeyUsage: ['ENCRYPT'], RotationPeriodInDays: 90, Exportable: true, CurrentVersion: 1 });
+      // Exportable only where the token can restrict wrapping to a trusted KEK (not NSS: its profile's wrapWithTrusted).
+      const exportable = TOKEN_FACTS.wrapWithTrusted;
+      const enc = await create('opt-encrypt-only', { KeyUsage: ['ENCRYPT'], RotationPeriodInDays: 90, Exportable: exportable });
+      expect(enc).toMatchObject({ KeyUsage: ['ENCRYPT'], RotationPeriodInDays: 90, Exportable: exportable, CurrentVersion: 1 });
       expect(enc.Versions[0]).toMatchObject({ Encrypt: true, Decrypt: false });
       expect((await xks.metadata('opt-encrypt-only')).json.keyUsage).toEqual(['ENCRYPT']);
       const none = await create('opt-none', { KeyUsage: [] });

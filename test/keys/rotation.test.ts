@@ -14,6 +14,7 @@ import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
 import { describeViaCli, expectCleanVersions, runCli, tokenObjects, versionOf } from './lifecycle-support.js';
+import { evidence, TOKEN_FACTS } from '../helpers/test-token.js';
 
 let t: TestProxy;
 let xks: ReturnType<typeof xksClient>;
@@ -140,7 +141,8 @@ describe('what a rotation carries over', () => {
     expect(dec.json.errorName).toBe('InvalidKeyUsageException');
   });
 
-  it('an exportable key rotates to exportable versions; a default key to sensitive, non-extractable ones', async () => {
+  // A token without CKA_WRAP_WITH_TRUSTED (NSS) makes no exportable key: see the next test.
+  it.skipIf(!TOKEN_FACTS.wrapWithTrusted)('an exportable key rotates to exportable versions', async () => {
     const made = await runCli(t.token, t.configFile, ['keys', 'create', 'exp', '--exportable', '--json']);
     expect(made.code, made.stderr).toBe(0);
     expect(JSON.parse(made.stdout)).toMatchObject({ KeyId: 'exp', Exportable: true, CurrentVersion: 1 });
@@ -149,13 +151,22 @@ describe('what a rotation carries over', () => {
     const d = await describeViaCli(t.token, t.configFile, 'exp');
     expect(d).toMatchObject({ Exportable: true, CurrentVersion: 3 });
     expect(d.Versions).toHaveLength(3);
-    for (const v of d.Versions) expect(v).toMatchObject({ Extractable: true, Sensitive: true, Local: true, NeverExtractable: false });
+    for (const v of d.Versions) expect(v).toMatchObject({ Extractable: true, Sensitive: true, Local: evidence(true), NeverExtractable: evidence(false) });
     const key = await t.proxy.lifecycle.get('exp');
     expect([...key.versions.values()].every((v) => v.attrs.extractable === true)).toBe(true);
+  });
 
+  it.runIf(!TOKEN_FACTS.wrapWithTrusted)('a token that cannot restrict wrapping to a trusted KEK makes no exportable key, and says why', async () => {
+    const made = await runCli(t.token, t.configFile, ['keys', 'create', 'exp', '--exportable', '--json']);
+    expect(made.code).not.toBe(0);
+    expect(made.stderr).toMatch(/cannot restrict wrapping to a trusted KEK.*CKA_WRAP_WITH_TRUSTED/);
+    expect(await t.proxy.hsm.findSecretKeys({ label: 'exp' })).toEqual([]);
+  });
+
+  it('a default key rotates to sensitive, non-extractable versions', async () => {
     const plain = await describeViaCli(t.token, t.configFile, 'rot');
     expect(plain.Exportable).toBe(false);
-    for (const v of plain.Versions) expect(v).toMatchObject({ Extractable: false, Sensitive: true, Local: true, NeverExtractable: true, AlwaysSensitive: true });
+    for (const v of plain.Versions) expect(v).toMatchObject({ Extractable: false, Sensitive: true, Local: evidence(true), NeverExtractable: evidence(true), AlwaysSensitive: true });
   });
 });
 
