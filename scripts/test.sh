@@ -2,6 +2,8 @@
 # Installs the prerequisites (as scripts/setup.sh) and runs the test suite against real PKCS#11 tokens that the tests
 # create under the system temp directory, once per token kind (XKS_TEST_TOKEN, read by test/helpers/test-token.ts):
 #   softhsm  SoftHSMv2: the whole suite.
+#   emulated-cloudhsm, emulated-luna, emulated-nshield (after the two below): SoftHSM behind test/emulator, the vendor
+#            profiles' behaviour; the tests in EMULATED_TESTS.
 #   nss      NSS softoken (libsoftokn3, a database made with certutil): every test file that uses a token, i.e. all
 #            but the token-free ones in NSS_EXCLUDE below (they already ran in the SoftHSM run).
 #            Inside those files, tests that cannot apply to NSS skip themselves and say why (it.skipIf/describe.skipIf
@@ -39,8 +41,19 @@ run() {
   summary+=("test: ${kind}: ${outcome} in $((SECONDS - start)) s")
 }
 
+# The vendor profiles (hsm/luna.yaml, cloudhsm.yaml, nshield.yaml) on SoftHSM behind our PKCS#11 emulator, which
+# imposes each vendor's documented behaviour (test/emulator/pkcs11-emulator.c): the XKS conformance, tampering,
+# rotation, key states and BYOK tests, or what the arguments name.
+EMULATED_TESTS=(
+  test/http/xks-conformance.test.ts test/http/tampering.test.ts test/keys/rotation.test.ts test/keys/states.test.ts
+  test/import/algorithms.test.ts test/import/import-errors.test.ts test/import/material-lifecycle.test.ts
+)
+
 run softhsm "$@"
 run nss "${nss_args[@]}" "$@"
+for kind in emulated-cloudhsm emulated-luna emulated-nshield; do
+  if [ $# -gt 0 ]; then run "$kind" --passWithNoTests "$@"; else run "$kind" "${EMULATED_TESTS[@]}"; fi
+done
 
 echo
 printf '%s\n' "${summary[@]}"

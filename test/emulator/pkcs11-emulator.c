@@ -641,9 +641,6 @@ FWD(C_SetOperationState, NOLAT,
 FWD(C_Login, NOLAT, (CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen),
     (hSession, userType, pPin, ulPinLen))
 FWD(C_Logout, NOLAT, (CK_SESSION_HANDLE hSession), (hSession))
-FWD(C_CreateObject, NOLAT,
-    (CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phObject),
-    (hSession, pTemplate, ulCount, phObject))
 FWD(C_CopyObject, NOLAT,
     (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount,
      CK_OBJECT_HANDLE_PTR phNewObject),
@@ -715,10 +712,6 @@ FWD_OP(C_DecryptVerifyUpdate, NOLAT, OP_DEC | OP_VERIFY,
        (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart, CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
         CK_ULONG_PTR pulPartLen),
        (hSession, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen))
-FWD(C_GenerateKey, LAT,
-    (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount,
-     CK_OBJECT_HANDLE_PTR phKey),
-    (hSession, pMechanism, pTemplate, ulCount, phKey))
 FWD(C_GenerateKeyPair, NOLAT,
     (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pPublicKeyTemplate,
      CK_ULONG ulPublicKeyAttributeCount, CK_ATTRIBUTE_PTR pPrivateKeyTemplate, CK_ULONG ulPrivateKeyAttributeCount,
@@ -830,6 +823,62 @@ static CK_RV em_C_CloseAllSessions(CK_SLOT_ID slotID) {
   return rv;
 }
 
+/* Luna: a template's CKA_ALLOWED_MECHANISMS naming 0x210B (RFC 5649 to Luna) reaches SoftHSM as 0x210A, or SoftHSM
+ * would refuse the key for the very mechanism it was made for. NULL when the template needs no change; else a copy
+ * (with its own copy of the value) to free with free_template(). */
+static CK_ATTRIBUTE *luna_template(CK_ATTRIBUTE_PTR t, CK_ULONG n) {
+  if (cfg.vendor != V_LUNA || t == NULL) return NULL;
+  CK_ULONG at = n;
+  for (CK_ULONG i = 0; i < n; i++) {
+    if (t[i].type == CKA_ALLOWED_MECHANISMS && t[i].pValue != NULL) at = i;
+  }
+  if (at == n) return NULL;
+  CK_ATTRIBUTE *copy = malloc(n * sizeof *copy);
+  CK_MECHANISM_TYPE *mechs = malloc(t[at].ulValueLen ? t[at].ulValueLen : 1);
+  if (copy == NULL || mechs == NULL) {
+    free(copy);
+    free(mechs);
+    return NULL;
+  }
+  memcpy(copy, t, n * sizeof *copy);
+  memcpy(mechs, t[at].pValue, t[at].ulValueLen);
+  for (CK_ULONG i = 0; i < t[at].ulValueLen / sizeof *mechs; i++) {
+    if (mechs[i] == MECH_AES_KEY_WRAP_KWP) mechs[i] = MECH_AES_KEY_WRAP_PAD;
+  }
+  copy[at].pValue = mechs;
+  return copy;
+}
+
+static void free_template(CK_ATTRIBUTE *copy, CK_ULONG n) {
+  if (copy == NULL) return;
+  for (CK_ULONG i = 0; i < n; i++) {
+    if (copy[i].type == CKA_ALLOWED_MECHANISMS) free(copy[i].pValue);
+  }
+  free(copy);
+}
+
+static CK_RV em_C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount,
+                               CK_OBJECT_HANDLE_PTR phObject) {
+  NEED_TARGET();
+  CK_RV rv = enter("C_CreateObject", NOLAT);
+  if (rv != CKR_OK) return rv;
+  CK_ATTRIBUTE *mapped = luna_template(pTemplate, ulCount);
+  rv = T->C_CreateObject(hSession, mapped ? mapped : pTemplate, ulCount, phObject);
+  free_template(mapped, ulCount);
+  return rv;
+}
+
+static CK_RV em_C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pTemplate,
+                              CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phKey) {
+  NEED_TARGET();
+  CK_RV rv = enter("C_GenerateKey", LAT);
+  if (rv != CKR_OK) return rv;
+  CK_ATTRIBUTE *mapped = luna_template(pTemplate, ulCount);
+  rv = T->C_GenerateKey(hSession, pMechanism, mapped ? mapped : pTemplate, ulCount, phKey);
+  free_template(mapped, ulCount);
+  return rv;
+}
+
 /* ---- mechanisms (luna: RFC 5649 under its v3.0 number) -------------------------------------------------------- */
 
 /* Luna: map the caller's mechanism number to the target's; CKR_MECHANISM_INVALID for SoftHSM's own 0x210A. */
@@ -915,7 +964,11 @@ static CK_RV em_C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechan
   CK_MECHANISM m = *pMechanism;
   rv = map_mechanism(&m.mechanism);
   if (rv != CKR_OK) return rv;
-  return T->C_UnwrapKey(hSession, &m, hUnwrappingKey, pWrappedKey, ulWrappedKeyLen, pTemplate, ulAttributeCount, phKey);
+  CK_ATTRIBUTE *mapped = luna_template(pTemplate, ulAttributeCount);
+  rv = T->C_UnwrapKey(hSession, &m, hUnwrappingKey, pWrappedKey, ulWrappedKeyLen, mapped ? mapped : pTemplate,
+                      ulAttributeCount, phKey);
+  free_template(mapped, ulAttributeCount);
+  return rv;
 }
 
 /* ---- attributes ----------------------------------------------------------------------------------------------- */

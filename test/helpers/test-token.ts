@@ -7,10 +7,10 @@
 //   softhsm  SoftHSMv2: a token directory of its own and SOFTHSM2_CONF pointing at it (set in this process too).
 //   nss      NSS softoken: a database made with certutil; the user PIN is the database password; no SO login.
 //
-// TODO(emulator): emulated-cloudhsm | emulated-luna | emulated-nshield are SoftHSM tokens (made as `softhsm` is, with
-// SOFTHSM2_CONF in env) reached through the forwarding module test/emulator/build/libxks-emulator.so: profile
-// `emulated-<vendor>`, libraryParameters `vendor=<vendor>`, module the emulator's path. Add them to KINDS below
-// (kind: 'emulated-<vendor>', make: a softhsm token whose library is the emulator's), and to TOKEN_FACTS.
+//   emulated-cloudhsm | emulated-luna | emulated-nshield
+//           a SoftHSM token (made as `softhsm` is, SOFTHSM2_CONF in env) reached through our forwarding module
+//           test/emulator/build/libxks-emulator.so with profile `emulated-<vendor>` (its libraryParameters name the
+//           vendor whose documented behaviour the module imposes: test/emulator/pkcs11-emulator.c).
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -21,8 +21,8 @@ import { findSlot, infoText, loadModule, type LibrarySpec } from '../../src/hsm/
 import { loadProfile, resolveModulePath } from '../../src/hsm/profile.js';
 import { initToken } from '../../src/hsm/token-init.js';
 
-export type TokenKind = 'softhsm' | 'nss';
-export const TOKEN_KINDS: readonly TokenKind[] = ['softhsm', 'nss'];
+export type TokenKind = 'softhsm' | 'nss' | 'emulated-cloudhsm' | 'emulated-luna' | 'emulated-nshield';
+export const TOKEN_KINDS: readonly TokenKind[] = ['softhsm', 'nss', 'emulated-cloudhsm', 'emulated-luna', 'emulated-nshield'];
 
 /** The kind this run tests (XKS_TEST_TOKEN); an unknown value fails every test file at once, loudly. */
 export const TOKEN_KIND: TokenKind = (() => {
@@ -52,6 +52,10 @@ export interface TokenFacts {
 const FACTS: Record<TokenKind, TokenFacts> = {
   softhsm: { soLogin: true, nonSensitiveKeys: true, softhsm: true, manufacturer: 'SoftHSM project', localIsEvidence: true, wrapWithTrusted: true, oaepSha256: false },
   nss: { soLogin: false, nonSensitiveKeys: false, softhsm: false, manufacturer: 'Mozilla Foundation', localIsEvidence: false, wrapWithTrusted: false, oaepSha256: true },
+  // SoftHSM underneath, a vendor's behaviour on top: none of the SoftHSM-only facts some tests are about hold.
+  'emulated-cloudhsm': { soLogin: true, nonSensitiveKeys: true, softhsm: false, manufacturer: 'SoftHSM project', localIsEvidence: true, wrapWithTrusted: true, oaepSha256: false },
+  'emulated-luna': { soLogin: true, nonSensitiveKeys: true, softhsm: false, manufacturer: 'SoftHSM project', localIsEvidence: true, wrapWithTrusted: true, oaepSha256: false },
+  'emulated-nshield': { soLogin: true, nonSensitiveKeys: true, softhsm: false, manufacturer: 'SoftHSM project', localIsEvidence: true, wrapWithTrusted: true, oaepSha256: false },
 };
 export const TOKEN_FACTS: TokenFacts = FACTS[TOKEN_KIND];
 
@@ -94,7 +98,13 @@ export interface TestToken {
 
 export const SOFTHSM_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
 
-const PROFILE: Record<TokenKind, string> = { softhsm: 'softhsm2', nss: 'nss' };
+const PROFILE: Record<TokenKind, string> = {
+  softhsm: 'softhsm2',
+  nss: 'nss',
+  'emulated-cloudhsm': 'emulated-cloudhsm',
+  'emulated-luna': 'emulated-luna',
+  'emulated-nshield': 'emulated-nshield',
+};
 
 function newPin(): string {
   return randomBytes(8).toString('hex');
@@ -206,11 +216,25 @@ function nssTokens(labels: string[]): TestToken[] {
   );
 }
 
+// --- SoftHSM behind the vendor emulator ---------------------------------------------------------------------------
+
+function emulatedTokens(kind: 'emulated-cloudhsm' | 'emulated-luna' | 'emulated-nshield'): (labels: string[]) => TestToken[] {
+  return (labels) => {
+    execFileSync('bash', [fileURLToPath(new URL('../../scripts/build-emulator.sh', import.meta.url))], { stdio: 'pipe' });
+    // The profile names the emulator's module and its vendor (libraryParameters): nothing else differs from SoftHSM.
+    const profile = loadProfile(kind);
+    return softhsmTokens(labels).map((t) =>
+      token({ ...t, kind, profile: kind, modulePath: undefined, libraryParameters: profile.libraryParameters }),
+    );
+  };
+}
+
 const KINDS: Record<TokenKind, (labels: string[]) => TestToken[]> = {
   softhsm: softhsmTokens,
   nss: nssTokens,
-  // TODO(emulator): 'emulated-<vendor>': (labels) => softhsmTokens(labels) with profile `emulated-<vendor>`,
-  // modulePath test/emulator/build/libxks-emulator.so, libraryParameters `vendor=<vendor>`.
+  'emulated-cloudhsm': emulatedTokens('emulated-cloudhsm'),
+  'emulated-luna': emulatedTokens('emulated-luna'),
+  'emulated-nshield': emulatedTokens('emulated-nshield'),
 };
 
 /**
@@ -253,7 +277,8 @@ const P = require('pkcs11js');
 const [modulePath, libraryParameters, tokenLabel, pin, label, sensitive, extractable] = JSON.parse(process.env.XKS_FOREIGN_KEY);
 const mod = new P.PKCS11();
 mod.load(modulePath);
-mod.C_Initialize(libraryParameters ? { flags: 2, libraryParameters } : { flags: 2 });
+// A trailing space: pkcs11js 2.1.7 drops the last character of libraryParameters (src/hsm/module.ts initializeArgs).
+mod.C_Initialize(libraryParameters ? { flags: 2, libraryParameters: libraryParameters + ' ' } : { flags: 2 });
 try {
   const slot = mod.C_GetSlotList(true).find((s) => mod.C_GetTokenInfo(s).label.replace(/[\\s\\0]+$/, '') === tokenLabel);
   if (!slot) throw new Error('no token ' + tokenLabel);

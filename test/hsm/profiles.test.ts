@@ -30,7 +30,8 @@ describe('shipped HSM profiles', () => {
     expect(loadProfile('nshield').errors.badTag).toContain('CKR_FUNCTION_FAILED');
     expect(loadProfile('cloudhsm').errors.busy).toContain('CKR_DEVICE_ERROR');
     expect(loadProfile('softhsm2').errors.badTag).toContain('CKR_GENERAL_ERROR');
-    expect(loadProfile('nss').attributes).toEqual({ allowedMechanisms: false, localIsEvidence: false });
+    expect(loadProfile('nss').attributes).toEqual({ allowedMechanisms: false, localIsEvidence: false, wrapWithTrusted: false });
+    expect(loadProfile('cloudhsm').errors.busy).toContain('CKR_FUNCTION_FAILED');
     expect(loadProfile('softhsm2').attributes.localIsEvidence).toBe(true);
   });
 });
