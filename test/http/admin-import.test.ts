@@ -8,6 +8,7 @@ import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { xksClient } from '../helpers/xks-client.js';
 import { expectProxyUses, wrapMaterial } from '../import/byok.js';
+import { evidence } from '../helpers/test-token.js';
 
 let t: TestProxy;
 let admin: ReturnType<typeof adminClient>;
@@ -44,7 +45,7 @@ it('imports customer material end to end; the proxy then encrypts with exactly t
   expect(await state('byok1')).toBe('Enabled');
   await expectProxyUses(t.httpUrl, 'byok1', material);
   const d = (await admin.call('DescribeKey', { KeyId: 'byok1' })).json.KeyMetadata;
-  expect(d.Versions[0]).toMatchObject({ Local: false, Sensitive: true, Extractable: false });
+  expect(d.Versions[0]).toMatchObject({ Local: evidence(false), Sensitive: true, Extractable: false });
 
   // KMS's default expiration model needs a ValidTo.
   const noValidTo = await admin.call('ImportKeyMaterial', { KeyId: 'byok1', ImportToken: p.token, EncryptedKeyMaterial: 'AAAA' });

@@ -12,6 +12,7 @@ import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
 import { expectProxyUses, wrapMaterial } from './byok.js';
+import { TOKEN_FACTS } from '../helpers/test-token.js';
 
 let t: TestProxy;
 let svc: ImportService;
@@ -119,7 +120,9 @@ describe('delete and re-import', () => {
     const restored = (await t.proxy.lifecycle.get(id)).versions.get(1)!;
     expect(restored.createdAt).toEqual(madeAt);
     const [obj] = await t.proxy.hsm.findSecretKeys({ label: id, keyType: P.CKK_AES });
-    expect(obj!.attrs).toMatchObject({ sensitive: true, extractable: false, local: false });
+    expect(obj!.attrs).toMatchObject({ sensitive: true, extractable: false });
+    // Imported, not generated: CKA_LOCAL false where the token reports it faithfully, absent where it does not (NSS).
+    expect(obj!.attrs.local).toBe(TOKEN_FACTS.localIsEvidence ? false : undefined);
     expect((await xks.decrypt(id, decryptFields(before, before.aad))).status).toBe(200);
   });
 });
