@@ -15,6 +15,9 @@
  *   with a space, e.g. 'vendor=cloudhsm latency_us=2000 '.
  *     target=PATH       [XKS_EMULATOR_TARGET]      the real module; default /usr/lib/softhsm/libsofthsm2.so
  *     vendor=NAME       [XKS_EMULATOR_VENDOR]      none | cloudhsm | luna | nshield; default none (pure forwarding)
+ *     hide=0xM[,0xM]    (libraryParameters only)   mechanisms the token lacks: left out of C_GetMechanismList, and
+ *                                                  C_GetMechanismInfo / *Init with them answer CKR_MECHANISM_INVALID
+ *                                                  (e.g. hide=0x1087: no CKM_AES_GCM, as openCryptoki's soft token)
  *     latency_us=N      [XKS_EMULATOR_LATENCY_US]  sleep N us in every C_Encrypt, C_Decrypt, C_Sign, C_GenerateKey,
  *                                                  C_FindObjectsInit and C_GetAttributeValue (a network HSM's round
  *                                                  trip); default 0
@@ -115,11 +118,15 @@
 enum vendor { V_NONE, V_CLOUDHSM, V_LUNA, V_NSHIELD };
 static const char *const vendor_names[] = {"none", "cloudhsm", "luna", "nshield"};
 
+#define MAX_HIDDEN 8
 struct config {
   char target[PATH_MAX];
   enum vendor vendor;
   unsigned long latency_us;
   char control[PATH_MAX];
+  /* Mechanisms the token does not have (as openCryptoki's soft token has no CKM_AES_GCM): not listed, refused. */
+  CK_MECHANISM_TYPE hidden[MAX_HIDDEN];
+  int n_hidden;
 };
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -229,6 +236,18 @@ static int set_setting(struct config *c, const char *key, const char *val) {
     snprintf(c->control, sizeof c->control, "%s", val);
   } else if (strcmp(key, "latency_us") == 0) {
     if (!parse_ulong(val, &c->latency_us)) return 0;
+  } else if (strcmp(key, "hide") == 0) {
+    /* hide=0x1087[,0x...]: mechanism numbers, comma separated. */
+    char list[256];
+    char *save = NULL;
+    snprintf(list, sizeof list, "%s", val);
+    for (char *m = strtok_r(list, ",", &save); m != NULL; m = strtok_r(NULL, ",", &save)) {
+      char *end;
+      errno = 0;
+      unsigned long v = strtoul(m, &end, 0);
+      if (errno != 0 || *end != '\0' || c->n_hidden >= MAX_HIDDEN) return 0;
+      c->hidden[c->n_hidden++] = (CK_MECHANISM_TYPE)v;
+    }
   } else if (strcmp(key, "vendor") == 0) {
     int found = 0;
     for (int v = V_NONE; v <= V_NSHIELD; v++) {
@@ -882,7 +901,15 @@ static CK_RV em_C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMech
 /* ---- mechanisms (luna: RFC 5649 under its v3.0 number) -------------------------------------------------------- */
 
 /* Luna: map the caller's mechanism number to the target's; CKR_MECHANISM_INVALID for SoftHSM's own 0x210A. */
+static int is_hidden(CK_MECHANISM_TYPE type) {
+  for (int i = 0; i < cfg.n_hidden; i++) {
+    if (cfg.hidden[i] == type) return 1;
+  }
+  return 0;
+}
+
 static CK_RV map_mechanism(CK_MECHANISM_TYPE *type) {
+  if (is_hidden(*type)) return CKR_MECHANISM_INVALID;
   if (cfg.vendor != V_LUNA) return CKR_OK;
   /* Thales Luna HSM 7 SDK reference, "CKM_AES_KWP" (AES key wrap with padding, SP 800-38F KWP / RFC 5649) under
    * the PKCS#11 v3.0 number 0x210B (CKM_AES_KEY_WRAP_KWP); SoftHSM 2.6 implements RFC 5649 as 0x210A. */
@@ -895,7 +922,7 @@ static CK_RV em_C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMec
   NEED_TARGET();
   CK_RV rv = enter("C_GetMechanismList", NOLAT);
   if (rv != CKR_OK) return rv;
-  if (cfg.vendor != V_LUNA) return T->C_GetMechanismList(slotID, pMechanismList, pulCount);
+  if (cfg.vendor != V_LUNA && cfg.n_hidden == 0) return T->C_GetMechanismList(slotID, pMechanismList, pulCount);
   if (pulCount == NULL) return CKR_ARGUMENTS_BAD;
   CK_ULONG n = 0;
   rv = T->C_GetMechanismList(slotID, NULL, &n);
@@ -911,7 +938,8 @@ static CK_RV em_C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMec
   CK_ULONG m = 0;
   int have_kwp = 0;
   for (CK_ULONG i = 0; i < n; i++) {
-    CK_MECHANISM_TYPE t = all[i] == MECH_AES_KEY_WRAP_PAD ? MECH_AES_KEY_WRAP_KWP : all[i];
+    if (is_hidden(all[i])) continue;
+    CK_MECHANISM_TYPE t = cfg.vendor == V_LUNA && all[i] == MECH_AES_KEY_WRAP_PAD ? MECH_AES_KEY_WRAP_KWP : all[i];
     if (t == MECH_AES_KEY_WRAP_KWP) {
       if (have_kwp) continue;
       have_kwp = 1;

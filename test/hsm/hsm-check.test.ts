@@ -2,6 +2,7 @@
 // in this process, then the built CLI (table, --json, exit codes) and `xks serve`'s start-up summary in child processes.
 // Expectations that differ between tokens are the facts the check exists to find (SoftHSM: RFC 5649 under 0x210A, a
 // second object for a second CKA_ID; NSS: 0x210B, one object overwritten). hsm-check-nss.test.ts runs NSS always.
+import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -130,9 +131,24 @@ describe('xks hsm check', () => {
     expect(r.stdout + r.stderr).not.toContain(wrong);
   }, 60_000);
 
-  // The lead adds an emulator mode that hides CKM_AES_GCM (openCryptoki's soft token has none): then expect exit 1,
-  // "the token cannot serve: it does not offer CKM_AES_GCM", and the other probes still reported.
-  it.todo('on a token without CKM_AES_GCM: exit 1, says so, and goes on with the other probes');
+  // openCryptoki's soft token has no CKM_AES_GCM: here the same token seen through our emulator with the mechanism
+  // hidden (not listed, C_EncryptInit refused), which forwards to SoftHSM.
+  it.runIf(TOKEN_KIND === 'softhsm')('on a token without CKM_AES_GCM: exit 1, says so, and goes on with the other probes', async () => {
+    execFileSync('bash', [new URL('../../scripts/build-emulator.sh', import.meta.url).pathname], { stdio: 'pipe' });
+    const emulator = new URL('../emulator/build/libxks-emulator.so', import.meta.url).pathname;
+    const file = writeTestConfig(token, { hsm: { module: emulator, libraryParameters: `vendor=none hide=${P.CKM_AES_GCM}` } }, 'no-gcm.yaml');
+    const r = await runXks(token, file, ['hsm', 'check', '--json']);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toBe('xks: the token cannot serve: it does not offer CKM_AES_GCM');
+    const json = JSON.parse(r.stdout) as CheckReport;
+    expect(json.canServe).toBe(false);
+    expect(json.rows.find((x) => x.name === 'aes-gcm')).toMatchObject({ status: 'fail', needed: 'required' });
+    for (const name of ['aes-keygen', 'objects', 'hmac-sha256', 'rsa-oaep-sha1']) expect(json.rows.find((x) => x.name === name)?.status).toBe('ok');
+    // And the proxy refuses to start on it, naming the mechanism.
+    const serve = await runXks(token, file, ['keys', 'list']);
+    expect(serve.code).not.toBe(0);
+    expect(serve.stderr).toMatch(/CKM_AES_GCM/);
+  }, 60_000);
 });
 
 describe('xks serve', () => {
