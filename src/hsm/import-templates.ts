@@ -1,9 +1,8 @@
 // Templates of the import of customer key material (src/import), every security attribute spelled out as in
 // templates.ts: SoftHSM's defaults are permissive. Objects that hold customer material (the imported key, the probes
 // and the ephemeral AES key of an RSA-AES blob) are sensitive and non-extractable from their first instant.
-import type pkcs11js from 'pkcs11js';
-import { P, type Mechanism, type Template } from './module.js';
-import { aes256KeyTemplate, allowedMechanisms, hmacKeyTemplate, type AesKeySpec } from './templates.js';
+import { P, type Mechanism } from './module.js';
+import { aes256KeyTemplate, allowedMechanisms, built, hmacKeyTemplate, type AesKeySpec, type KeyTemplate } from './templates.js';
 
 /** How the wrapping private key is used: unwrap by CKM_RSA_PKCS_OAEP in the HSM, or raw RSA decrypt (CKM_RSA_X_509). */
 export type WrappingKeyUse = 'oaep-unwrap' | 'raw-decrypt';
@@ -18,8 +17,8 @@ export interface WrappingKeyPairSpec {
 }
 
 /** The public half: its only job is to be read out as the customer's WrappingPublicKey. */
-export function wrappingPublicKeyTemplate(spec: WrappingKeyPairSpec): Template {
-  return [
+export function wrappingPublicKeyTemplate(spec: WrappingKeyPairSpec): KeyTemplate {
+  return built([
     { type: P.CKA_CLASS, value: P.CKO_PUBLIC_KEY },
     { type: P.CKA_KEY_TYPE, value: P.CKK_RSA },
     { type: P.CKA_TOKEN, value: spec.token },
@@ -34,16 +33,16 @@ export function wrappingPublicKeyTemplate(spec: WrappingKeyPairSpec): Template {
     { type: P.CKA_DERIVE, value: false },
     { type: P.CKA_LABEL, value: spec.label },
     { type: P.CKA_ID, value: spec.id },
-  ];
+  ]);
 }
 
 /**
  * The private half: import-only. Either it may only unwrap with OAEP, or (where the HSM's OAEP lacks SHA-256) it may
  * only decrypt with raw RSA, whose output the proxy decodes; never sign, never anything else.
  */
-export function wrappingPrivateKeyTemplate(spec: WrappingKeyPairSpec): Template {
+export function wrappingPrivateKeyTemplate(spec: WrappingKeyPairSpec): KeyTemplate {
   const unwrap = spec.use === 'oaep-unwrap';
-  return [
+  return built([
     { type: P.CKA_CLASS, value: P.CKO_PRIVATE_KEY },
     { type: P.CKA_KEY_TYPE, value: P.CKK_RSA },
     { type: P.CKA_TOKEN, value: spec.token },
@@ -59,16 +58,16 @@ export function wrappingPrivateKeyTemplate(spec: WrappingKeyPairSpec): Template 
     { type: P.CKA_ALLOWED_MECHANISMS, value: allowedMechanisms(unwrap ? P.CKM_RSA_PKCS_OAEP : P.CKM_RSA_X_509) },
     { type: P.CKA_LABEL, value: spec.label },
     { type: P.CKA_ID, value: spec.id },
-  ];
+  ]);
 }
 
 /** The key that authenticates import tokens: an HMAC key generated in the HSM, never readable (templates.ts). */
-export function importTokenKeyTemplate(label: string, id: Buffer): Template {
+export function importTokenKeyTemplate(label: string, id: Buffer): KeyTemplate {
   return hmacKeyTemplate(label, id);
 }
 
-function sessionSecret(keyType: number, usage: { sign?: boolean; unwrap?: boolean }, mechanism: number): Template {
-  return [
+function sessionSecret(keyType: number, usage: { sign?: boolean; unwrap?: boolean }, mechanism: number): KeyTemplate {
+  return built([
     { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
     { type: P.CKA_KEY_TYPE, value: keyType },
     { type: P.CKA_TOKEN, value: false },
@@ -86,26 +85,26 @@ function sessionSecret(keyType: number, usage: { sign?: boolean; unwrap?: boolea
     { type: P.CKA_UNWRAP, value: usage.unwrap === true },
     { type: P.CKA_DERIVE, value: false },
     { type: P.CKA_ALLOWED_MECHANISMS, value: allowedMechanisms(mechanism) },
-  ];
+  ]);
 }
 
 /**
  * The ephemeral AES key of an RSA-AES blob, as a session object: it may only unwrap with RFC 5649, under the number
  * the token gives it (`kwp`, capabilities.keyWrap).
  */
-export function ephemeralAesKeyTemplate(kwp: number): Template {
-  return sessionSecret(P.CKK_AES, { unwrap: true }, kwp);
+export function ephemeralAesKeyTemplate(kwp: Mechanism): KeyTemplate {
+  return sessionSecret(P.CKK_AES, { unwrap: true }, kwp.mechanism);
 }
 
 /**
  * Short-lived session copies of imported material, for the checks made before it is committed: a generic secret that
  * may only HMAC-SHA256 (the fingerprint), and an AES key that may only AES-CMAC (the material is a valid AES key).
  */
-export function hmacProbeTemplate(): Template {
+export function hmacProbeTemplate(): KeyTemplate {
   return sessionSecret(P.CKK_GENERIC_SECRET, { sign: true }, P.CKM_SHA256_HMAC);
 }
 
-export function cmacProbeTemplate(): Template {
+export function cmacProbeTemplate(): KeyTemplate {
   return sessionSecret(P.CKK_AES, { sign: true }, P.CKM_AES_CMAC);
 }
 
@@ -113,17 +112,6 @@ export function cmacProbeTemplate(): Template {
  * The imported key: the same template as a generated key (templates.ts), minus CKA_VALUE_LEN, which an unwrap or a
  * create takes from the material (SoftHSM answers CKR_ATTRIBUTE_READ_ONLY when it is given).
  */
-export function importedAesKeyTemplate(spec: AesKeySpec): Template {
-  return aes256KeyTemplate(spec).filter((a) => a.type !== P.CKA_VALUE_LEN);
-}
-
-/** CKM_RSA_PKCS_OAEP with MGF1 over the same hash and an empty label (what openssl and node:crypto make). */
-export function rsaOaepMechanism(hash: 'sha1' | 'sha256'): Mechanism {
-  const parameter: pkcs11js.RsaOAEP = {
-    type: P.CK_PARAMS_RSA_OAEP,
-    hashAlg: hash === 'sha1' ? P.CKM_SHA_1 : P.CKM_SHA256,
-    mgf: hash === 'sha1' ? P.CKG_MGF1_SHA1 : P.CKG_MGF1_SHA256,
-    source: 1, // CKZ_DATA_SPECIFIED (pkcs11js does not export it), with no data: the empty label
-  };
-  return { mechanism: P.CKM_RSA_PKCS_OAEP, parameter };
+export function importedAesKeyTemplate(spec: AesKeySpec): KeyTemplate {
+  return built(aes256KeyTemplate(spec).filter((a) => a.type !== P.CKA_VALUE_LEN));
 }

@@ -2,7 +2,6 @@
 // The result is cached (at most 60 s); a slow check answers from the last result rather than past KMS's 250 ms budget.
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { HsmConnection } from '../hsm/hsm-connection.js';
-import { P } from '../hsm/module.js';
 import { aes256KeyTemplate } from '../hsm/templates.js';
 import { buildGcmAad } from './aad.js';
 
@@ -35,9 +34,9 @@ export class HealthChecker {
 
   /** Find or create the health key: AES-256, sensitive, non-extractable, used for nothing else. */
   private async healthKey() {
-    const found = await this.hsm.findSecretKeys({ label: this.opts.keyLabel, keyType: P.CKK_AES });
+    const found = await this.hsm.findSecretKeys({ label: this.opts.keyLabel, keyType: 'aes' });
     if (found[0]) return found[0].handle;
-    const made = await this.hsm.generateKey(aes256KeyTemplate({ label: this.opts.keyLabel, encrypt: true, decrypt: true }));
+    const made = await this.hsm.generateKey(aes256KeyTemplate({ label: this.opts.keyLabel, encrypt: true, decrypt: true, exportable: false }));
     return made.handle;
   }
 

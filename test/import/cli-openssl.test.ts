@@ -91,7 +91,7 @@ describe('docs/byok.md, RSA_AES_KEY_WRAP_SHA_256', () => {
     t.proxy.catalogue.invalidate('payments-byok');
     const material = readFileSync(join(dir, 'PlaintextKeyMaterial.bin'));
     await expectProxyUses(t.httpUrl, 'payments-byok', material);
-    const [obj] = await t.proxy.hsm.findSecretKeys({ label: 'payments-byok', keyType: P.CKK_AES });
+    const [obj] = await t.proxy.hsm.findSecretKeys({ label: 'payments-byok', keyType: 'aes' });
     expect(obj!.attrs).toMatchObject({ sensitive: true, extractable: false, local: false });
   });
 
