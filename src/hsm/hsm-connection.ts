@@ -10,6 +10,8 @@ import { CallThread } from './call-thread.js';
 import type { CallMode, HsmProfile, IvMode } from './profile.js';
 import { attributeTypes, keyTypeName, keyTypeNumber, matchTemplate, type AttributeName, type KeyType, type ObjectMatch } from './attributes.js';
 import { asMechanism } from './mechanisms.js';
+import type { GcmResult, HsmOperations, KeyObject, KeyStore, TokenInfo } from './key-store.js';
+export type { GcmResult, KeyObject, TokenInfo } from './key-store.js';
 
 export interface HsmOptions extends LibrarySpec {
   profile: HsmProfile;
@@ -32,31 +34,6 @@ export interface HsmOptions extends LibrarySpec {
   onEvent?: (event: string, detail: Record<string, unknown>) => void;
   /** Called after each AES-GCM call that succeeded, with its duration (metrics; failures count in request metrics). */
   observeCall?: ((call: 'encrypt' | 'decrypt', seconds: number) => void) | undefined;
-}
-
-export interface TokenInfo {
-  slot: string;
-  label: string;
-  serial: string;
-  manufacturer: string;
-  model: string;
-  libraryDescription: string;
-  libraryVersion: string;
-}
-
-export interface GcmResult {
-  iv: Buffer;
-  ciphertext: Buffer;
-  tag: Buffer;
-}
-
-export interface KeyObject {
-  handle: Handle;
-  label: string;
-  id: Buffer;
-  /** CKA_KEY_TYPE by name; undefined when not read or of a type the proxy never uses. */
-  keyType: KeyType | undefined;
-  attrs: Record<string, boolean>;
 }
 
 const TAG_BYTES = 16;
@@ -95,7 +72,7 @@ const CONFIRMED_ATTRS = new Map<number, string>([
   [P.CKA_DERIVE, 'CKA_DERIVE'],
 ]);
 
-export class HsmConnection {
+export class HsmConnection implements KeyStore, HsmOperations {
   private mod!: Pkcs11;
   private slot!: Handle;
   private loginSession!: Handle;

@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HsmError } from '../hsm/errors.js';
-import type { Handle, HsmConnection } from '../hsm/hsm-connection.js';
+import type { Handle, KeyStore } from '../hsm/key-store.js';
 import { importedAesKeyTemplate, importTokenKeyTemplate, wrappingPrivateKeyTemplate, wrappingPublicKeyTemplate, type WrappingKeyUse } from '../hsm/import-templates.js';
 import type { ObjectClass } from '../hsm/attributes.js';
 import { GENERIC_SECRET_KEY_GEN, HMAC_SHA256, RSA_KEY_PAIR_GEN } from '../hsm/mechanisms.js';
@@ -79,7 +79,7 @@ export class ImportService {
   private readonly now: () => Date;
 
   constructor(
-    private readonly hsm: HsmConnection,
+    private readonly hsm: KeyStore,
     private readonly catalogue: KeyCatalogue,
     private readonly lifecycle: KeyLifecycle,
     private readonly opts: ImportServiceOptions = {},

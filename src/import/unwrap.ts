@@ -12,7 +12,7 @@
 // same result (pkcs11-softhsm.md). Every failure of any step is the same InvalidCiphertextException.
 import { createPublicKey, publicEncrypt, constants, randomBytes } from 'node:crypto';
 import { HsmError } from '../hsm/errors.js';
-import type { Handle, HsmConnection } from '../hsm/hsm-connection.js';
+import type { Handle, KeyStore } from '../hsm/key-store.js';
 import { cmacProbeTemplate, ephemeralAesKeyTemplate, hmacProbeTemplate, wrappingPrivateKeyTemplate, wrappingPublicKeyTemplate, type WrappingKeyUse } from '../hsm/import-templates.js';
 import { AES_CMAC, HMAC_SHA256, RSA_KEY_PAIR_GEN, RSA_RAW, rsaOaepMechanism as oaepMechanism, type Mechanism } from '../hsm/mechanisms.js';
 import { withValue, type KeyTemplate } from '../hsm/templates.js';
@@ -66,7 +66,7 @@ export interface MaterialSource {
 }
 
 export interface OpenSourceOptions {
-  hsm: HsmConnection;
+  hsm: KeyStore;
   privateKey: Handle;
   /** The modulus length in bytes. */
   k: number;
@@ -169,7 +169,7 @@ function incorrectLength(): ImportError {
  * otherwise AES-CMAC works only for a valid AES key (16, 24 or 32 bytes) and HMAC-SHA256 only for one of at least 32
  * bytes (SoftHSM enforces the digest length): both together leave exactly 32.
  */
-export async function checkMaterial(hsm: HsmConnection, source: MaterialSource): Promise<Buffer> {
+export async function checkMaterial(hsm: KeyStore, source: MaterialSource): Promise<Buffer> {
   if (source.knownLength !== undefined && source.knownLength !== KEY_MATERIAL_BYTES) throw incorrectLength();
   const hmacProbe = await source.materialize(hmacProbeTemplate());
   let cmacProbe: Handle | undefined;
@@ -200,19 +200,19 @@ export async function checkMaterial(hsm: HsmConnection, source: MaterialSource):
 }
 
 /** The customer's WrappingPublicKey: DER SubjectPublicKeyInfo of the pair's public half. */
-export async function publicKeyDer(hsm: HsmConnection, publicKey: Handle): Promise<Buffer> {
+export async function publicKeyDer(hsm: KeyStore, publicKey: Handle): Promise<Buffer> {
   const [n, e] = await hsm.getAttributes(publicKey, ['modulus', 'publicExponent']);
   if (!n || !e) throw new HsmError('Unknown', 'the wrapping public key has no modulus or exponent');
   return createPublicKey({ key: { kty: 'RSA', n: n.toString('base64url'), e: e.toString('base64url') }, format: 'jwk' }).export({ type: 'spki', format: 'der' });
 }
 
-const probes = new WeakMap<HsmConnection, Promise<boolean>>();
+const probes = new WeakMap<KeyStore, Promise<boolean>>();
 
 /**
  * Whether the HSM's CKM_RSA_PKCS_OAEP takes SHA-256 (SoftHSM 2.6: no, CKR_ARGUMENTS_BAD). Mechanism lists do not say
  * which hashes a mechanism takes, so ask once per connection: a throwaway session key pair, a blob made here, one unwrap.
  */
-export function nativeOaepSha256(hsm: HsmConnection): Promise<boolean> {
+export function nativeOaepSha256(hsm: KeyStore): Promise<boolean> {
   if (!hsm.capabilities.rsaOaepUnwrap || !hsm.capabilities.rsaKeyPairGen) return Promise.resolve(false);
   let p = probes.get(hsm);
   if (!p) {
@@ -224,7 +224,7 @@ export function nativeOaepSha256(hsm: HsmConnection): Promise<boolean> {
   return p;
 }
 
-async function probeOaepSha256(hsm: HsmConnection): Promise<boolean> {
+async function probeOaepSha256(hsm: KeyStore): Promise<boolean> {
   const spec = { label: 'xks:import-probe', id: Buffer.from('probe'), modulusBits: 2048, use: 'oaep-unwrap' as const, token: false };
   const pair = await hsm.generateKeyPair(RSA_KEY_PAIR_GEN, wrappingPublicKeyTemplate(spec), wrappingPrivateKeyTemplate(spec));
   try {

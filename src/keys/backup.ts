@@ -11,7 +11,7 @@
 // unwraps that key and verifies before it looks at anything else: any change anywhere is InvalidCiphertextException.
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
-import type { Handle, HsmConnection } from '../hsm/hsm-connection.js';
+import type { Handle, KeyStore } from '../hsm/key-store.js';
 import { HsmError } from '../hsm/errors.js';
 import { GENERIC_SECRET_KEY_GEN, HMAC_SHA256 } from '../hsm/mechanisms.js';
 import { inertSecretTemplate } from '../hsm/templates.js';
@@ -54,7 +54,7 @@ export const BackupFileSchema = z.strictObject({
 export type BackupFile = z.infer<typeof BackupFileSchema>;
 
 export interface BackupDeps {
-  hsm: HsmConnection;
+  hsm: KeyStore;
   lifecycle: KeyLifecycle;
 }
 
@@ -167,7 +167,7 @@ export async function exportKey(deps: BackupDeps, id: string, kekLabel: string, 
 }
 
 /** The file, verified under KEK `kek`: InvalidCiphertextException for any alteration, without saying where. */
-async function verifiedBackup(hsm: HsmConnection, contents: string, kek: KekInfo): Promise<BackupFile> {
+async function verifiedBackup(hsm: KeyStore, contents: string, kek: KekInfo): Promise<BackupFile> {
   let raw: unknown;
   try {
     raw = JSON.parse(contents);

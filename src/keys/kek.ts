@@ -12,11 +12,9 @@
 //                 operator read from the sending side, destroys the transport pair; the user seals the KEK
 import { createHash, createPublicKey } from 'node:crypto';
 import { z } from 'zod';
-import type { HsmConnection } from '../hsm/hsm-connection.js';
 import type { ObjectClass, ObjectMatch } from '../hsm/attributes.js';
 import { AES_KEY_GEN, RSA_KEY_PAIR_GEN, RSA_OAEP_SHA1, type Mechanism } from '../hsm/mechanisms.js';
-import { readBool, type Handle } from '../hsm/module.js';
-import type { KeyTemplate } from '../hsm/templates.js';
+import { readBool, type Handle, type KeyStore, type KeyTemplate } from '../hsm/key-store.js';
 import { withCeremony, type CeremonyOptions, type CeremonySession } from '../hsm/so-session.js';
 import {
   checkValueKeyTemplate,
@@ -127,13 +125,13 @@ async function withId(read: (h: Handle) => (Buffer | undefined)[] | Promise<(Buf
   return out;
 }
 
-async function kekInfo(hsm: HsmConnection, handle: Handle, label: string): Promise<KekInfo> {
+async function kekInfo(hsm: KeyStore, handle: Handle, label: string): Promise<KekInfo> {
   const [trusted, priv, wrap, unwrap] = await hsm.getAttributes(handle, ['trusted', 'private', 'wrap', 'unwrap']);
   return { label, handle, trusted: readBool(trusted), private: readBool(priv), wrap: readBool(wrap), unwrap: readBool(unwrap) };
 }
 
 /** The KEK with this label: NotFoundException when there is none, KMSInvalidStateException when two claim it. */
-export async function findKek(hsm: HsmConnection, label: string): Promise<KekInfo> {
+export async function findKek(hsm: KeyStore, label: string): Promise<KekInfo> {
   const handles = await withId((h) => hsm.getAttributes(h, ['id']), await hsm.findObjects(KEK_MATCH(label)), isKekId);
   if (handles.length === 0) {
     const other = (await hsm.findSecretKeys({ label })).length > 0;
@@ -154,7 +152,7 @@ export interface KekListing {
   transportKeys: { label: string; fingerprint: string }[];
 }
 
-export async function listKeks(hsm: HsmConnection): Promise<KekListing> {
+export async function listKeks(hsm: KeyStore): Promise<KekListing> {
   const keks: KekListing['keks'] = [];
   for (const o of await hsm.findSecretKeys({ keyType: 'aes' })) {
     if (!isKekId(o.id)) continue;

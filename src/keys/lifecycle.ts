@@ -2,7 +2,7 @@
 // Every state lives in the token (key-objects.ts, key-record.ts); this module holds no state between calls, so any
 // number of processes on one token agree. Rotation races are settled in the token too (docs/key-model.md).
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Handle, HsmConnection, KeyObject } from '../hsm/hsm-connection.js';
+import type { Handle, KeyObject, KeyStore } from '../hsm/key-store.js';
 import { GENERIC_SECRET_KEY_GEN } from '../hsm/mechanisms.js';
 import { aes256KeyTemplate, inertSecretTemplate, type AesKeySpec } from '../hsm/templates.js';
 import { assemble, searchKeyObjects, usageOf, type ExternalKey, type KeyCatalogue, type Usage } from './catalogue.js';
@@ -57,7 +57,7 @@ export class KeyLifecycle {
   private readonly now: () => Date;
 
   constructor(
-    private readonly hsm: HsmConnection,
+    private readonly hsm: KeyStore,
     private readonly catalogue: KeyCatalogue,
     private readonly opts: LifecycleOptions,
   ) {

@@ -1,7 +1,7 @@
 // The deep health check (spec "GetHealthStatus"): a real encrypt and decrypt on a dedicated key, never a customer key.
 // The result is cached (at most 60 s); a slow check answers from the last result rather than past KMS's 250 ms budget.
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import type { HsmConnection } from '../hsm/hsm-connection.js';
+import type { KeyStore } from '../hsm/key-store.js';
 import { aes256KeyTemplate } from '../hsm/templates.js';
 import { buildGcmAad } from './aad.js';
 
@@ -27,7 +27,7 @@ export class HealthChecker {
   private running: Promise<HealthResult> | undefined;
 
   constructor(
-    private readonly hsm: HsmConnection,
+    private readonly hsm: KeyStore,
     private readonly opts: HealthOptions,
     private readonly now: () => number = Date.now,
   ) {}
