@@ -1,7 +1,8 @@
-// Templates and mechanisms for backup by wrapping and for key-encryption keys (KEKs), every attribute spelled out
+// Templates for backup by wrapping and for key-encryption keys (KEKs), every attribute spelled out
 // (SoftHSM's defaults are permissive). Facts checked on SoftHSM 2.6.1 are noted where a line depends on one.
-import { P, type Template } from './module.js';
-import { aes256KeyTemplate, built, type AesKeySpec, type KeyTemplate } from './templates.js';
+import { P } from './module.js';
+import { built, keyTemplate, type KeyTemplate } from './key-spec.js';
+import { aes256KeyTemplate, type AesKeySpec } from './templates.js';
 
 export const TRANSPORT_KEY_BITS = 3072;
 
@@ -12,29 +13,28 @@ export const TRANSPORT_KEY_BITS = 3072;
  * SoftHSM refuses to copy a non-modifiable object with a changed CKA_PRIVATE.
  */
 export function kekTemplate(label: string, id: Buffer, op: 'generate' | 'unwrap'): KeyTemplate {
-  const t: Template = [
-    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
-    { type: P.CKA_TOKEN, value: true },
-    { type: P.CKA_PRIVATE, value: false },
-    { type: P.CKA_TRUSTED, value: true },
-    { type: P.CKA_SENSITIVE, value: true },
-    { type: P.CKA_EXTRACTABLE, value: true },
-    { type: P.CKA_WRAP_WITH_TRUSTED, value: true },
-    { type: P.CKA_MODIFIABLE, value: true },
-    { type: P.CKA_WRAP, value: true },
-    { type: P.CKA_UNWRAP, value: true },
-    { type: P.CKA_ENCRYPT, value: false },
-    { type: P.CKA_DECRYPT, value: false },
-    { type: P.CKA_SIGN, value: false },
-    { type: P.CKA_VERIFY, value: false },
-    { type: P.CKA_DERIVE, value: false },
-    { type: P.CKA_LABEL, value: label },
-    { type: P.CKA_ID, value: id },
-  ];
-  // C_UnwrapKey takes the length from the blob: CKA_VALUE_LEN in its template answers CKR_ATTRIBUTE_READ_ONLY.
-  if (op === 'generate') t.push({ type: P.CKA_VALUE_LEN, value: 32 });
-  return built(t);
+  return keyTemplate({
+    class: 'secret-key',
+    keyType: 'aes',
+    token: true,
+    private: false,
+    trusted: true,
+    sensitive: true,
+    extractable: true,
+    wrapWithTrusted: true,
+    modifiable: true,
+    wrap: true,
+    unwrap: true,
+    encrypt: false,
+    decrypt: false,
+    sign: false,
+    verify: false,
+    derive: false,
+    label,
+    id,
+    // C_UnwrapKey takes the length from the blob: CKA_VALUE_LEN in its template answers CKR_ATTRIBUTE_READ_ONLY.
+    valueLen: op === 'generate' ? 32 : undefined,
+  });
 }
 
 /**
@@ -52,33 +52,33 @@ export const SEALED_KEK_COPY: KeyTemplate = built([
  */
 export function transportKeyPairTemplates(label: string, id: Buffer): { publicKey: KeyTemplate; privateKey: KeyTemplate } {
   return {
-    publicKey: built([
-      { type: P.CKA_CLASS, value: P.CKO_PUBLIC_KEY },
-      { type: P.CKA_KEY_TYPE, value: P.CKK_RSA },
-      { type: P.CKA_TOKEN, value: true },
-      { type: P.CKA_PRIVATE, value: false },
-      { type: P.CKA_MODULUS_BITS, value: TRANSPORT_KEY_BITS },
-      { type: P.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
-      { type: P.CKA_WRAP, value: false },
-      { type: P.CKA_ENCRYPT, value: false },
-      { type: P.CKA_VERIFY, value: false },
-      { type: P.CKA_LABEL, value: label },
-      { type: P.CKA_ID, value: id },
-    ]),
-    privateKey: built([
-      { type: P.CKA_CLASS, value: P.CKO_PRIVATE_KEY },
-      { type: P.CKA_KEY_TYPE, value: P.CKK_RSA },
-      { type: P.CKA_TOKEN, value: true },
-      { type: P.CKA_PRIVATE, value: false },
-      { type: P.CKA_SENSITIVE, value: true },
-      { type: P.CKA_EXTRACTABLE, value: false },
-      { type: P.CKA_UNWRAP, value: true },
-      { type: P.CKA_DECRYPT, value: false },
-      { type: P.CKA_SIGN, value: false },
-      { type: P.CKA_DERIVE, value: false },
-      { type: P.CKA_LABEL, value: label },
-      { type: P.CKA_ID, value: id },
-    ]),
+    publicKey: keyTemplate({
+      class: 'public-key',
+      keyType: 'rsa',
+      token: true,
+      private: false,
+      modulusBits: TRANSPORT_KEY_BITS,
+      publicExponent: Buffer.from([1, 0, 1]),
+      wrap: false,
+      encrypt: false,
+      verify: false,
+      label,
+      id,
+    }),
+    privateKey: keyTemplate({
+      class: 'private-key',
+      keyType: 'rsa',
+      token: true,
+      private: false,
+      sensitive: true,
+      extractable: false,
+      unwrap: true,
+      decrypt: false,
+      sign: false,
+      derive: false,
+      label,
+      id,
+    }),
   };
 }
 
@@ -87,19 +87,19 @@ export function transportKeyPairTemplates(label: string, id: Buffer): { publicKe
  * (CKA_WRAP_WITH_TRUSTED) may be wrapped under it; gone when the ceremony's process ends.
  */
 export function trustedPublicKeyTemplate(label: string, modulus: Buffer, publicExponent: Buffer): KeyTemplate {
-  return built([
-    { type: P.CKA_CLASS, value: P.CKO_PUBLIC_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_RSA },
-    { type: P.CKA_TOKEN, value: false },
-    { type: P.CKA_PRIVATE, value: false },
-    { type: P.CKA_TRUSTED, value: true },
-    { type: P.CKA_WRAP, value: true },
-    { type: P.CKA_ENCRYPT, value: false },
-    { type: P.CKA_VERIFY, value: false },
-    { type: P.CKA_MODULUS, value: modulus },
-    { type: P.CKA_PUBLIC_EXPONENT, value: publicExponent },
-    { type: P.CKA_LABEL, value: label },
-  ]);
+  return keyTemplate({
+    class: 'public-key',
+    keyType: 'rsa',
+    token: false,
+    private: false,
+    trusted: true,
+    wrap: true,
+    encrypt: false,
+    verify: false,
+    modulus,
+    publicExponent,
+    label,
+  });
 }
 
 /**
@@ -107,38 +107,38 @@ export function trustedPublicKeyTemplate(label: string, modulus: Buffer, publicE
  * check value, comparable between HSMs without revealing anything about the KEK.
  */
 export function checkValueKeyTemplate(): KeyTemplate {
-  return built([
-    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_GENERIC_SECRET },
-    { type: P.CKA_TOKEN, value: false },
-    { type: P.CKA_PRIVATE, value: false },
-    { type: P.CKA_SENSITIVE, value: false },
-    { type: P.CKA_EXTRACTABLE, value: true },
-    { type: P.CKA_WRAP_WITH_TRUSTED, value: false },
-    { type: P.CKA_SIGN, value: false },
-    { type: P.CKA_VERIFY, value: false },
-    { type: P.CKA_DERIVE, value: false },
-    { type: P.CKA_VALUE, value: Buffer.alloc(32) },
-  ]);
+  return keyTemplate({
+    class: 'secret-key',
+    keyType: 'generic-secret',
+    token: false,
+    private: false,
+    sensitive: false,
+    extractable: true,
+    wrapWithTrusted: false,
+    sign: false,
+    verify: false,
+    derive: false,
+    value: Buffer.alloc(32),
+  });
 }
 
 /** The per-export HMAC key that authenticates a backup file: a session object, wrapped under the KEK into the file. */
 export function backupMacKeyTemplate(): KeyTemplate {
-  return built([
-    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_GENERIC_SECRET },
-    { type: P.CKA_VALUE_LEN, value: 32 },
-    { type: P.CKA_TOKEN, value: false },
-    { type: P.CKA_PRIVATE, value: true },
-    { type: P.CKA_SENSITIVE, value: true },
-    { type: P.CKA_EXTRACTABLE, value: true },
-    { type: P.CKA_WRAP_WITH_TRUSTED, value: true },
-    { type: P.CKA_SIGN, value: true },
-    { type: P.CKA_VERIFY, value: false },
-    { type: P.CKA_ENCRYPT, value: false },
-    { type: P.CKA_DECRYPT, value: false },
-    { type: P.CKA_DERIVE, value: false },
-  ]);
+  return keyTemplate({
+    class: 'secret-key',
+    keyType: 'generic-secret',
+    valueLen: 32,
+    token: false,
+    private: true,
+    sensitive: true,
+    extractable: true,
+    wrapWithTrusted: true,
+    sign: true,
+    verify: false,
+    encrypt: false,
+    decrypt: false,
+    derive: false,
+  });
 }
 
 /**
@@ -146,19 +146,19 @@ export function backupMacKeyTemplate(): KeyTemplate {
  * C_Sign and a constant-time compare (a wrong MAC in C_Verify answers CKR_DEVICE_ERROR on NSS).
  */
 export function backupMacVerifyTemplate(): KeyTemplate {
-  return built([
-    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_GENERIC_SECRET },
-    { type: P.CKA_TOKEN, value: false },
-    { type: P.CKA_PRIVATE, value: true },
-    { type: P.CKA_SENSITIVE, value: true },
-    { type: P.CKA_EXTRACTABLE, value: false },
-    { type: P.CKA_SIGN, value: true },
-    { type: P.CKA_VERIFY, value: false },
-    { type: P.CKA_ENCRYPT, value: false },
-    { type: P.CKA_DECRYPT, value: false },
-    { type: P.CKA_DERIVE, value: false },
-  ]);
+  return keyTemplate({
+    class: 'secret-key',
+    keyType: 'generic-secret',
+    token: false,
+    private: true,
+    sensitive: true,
+    extractable: false,
+    sign: true,
+    verify: false,
+    encrypt: false,
+    decrypt: false,
+    derive: false,
+  });
 }
 
 /**
