@@ -5,9 +5,8 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HsmError } from '../hsm/errors.js';
-import type { Handle, KeyStore } from '../hsm/key-store.js';
+import type { Handle, KeyStore, ObjectClass } from '../hsm/key-store.js';
 import { importedAesKeyTemplate, importTokenKeyTemplate, wrappingPrivateKeyTemplate, wrappingPublicKeyTemplate, type WrappingKeyUse } from '../hsm/import-templates.js';
-import type { ObjectClass } from '../hsm/attributes.js';
 import { GENERIC_SECRET_KEY_GEN, HMAC_SHA256, RSA_KEY_PAIR_GEN } from '../hsm/mechanisms.js';
 import { inertSecretTemplate } from '../hsm/templates.js';
 import { assemble, searchKeyObjects, usageOf, type ExternalKey, type KeyCatalogue } from '../keys/catalogue.js';

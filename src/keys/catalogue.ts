@@ -2,8 +2,7 @@
 // never run per request: entries are cached, refreshed in the background when older than the TTL, re-resolved on a
 // miss or a stale handle. The token stays the only store: the cache holds nothing that is not re-read from it.
 import { HsmError } from '../hsm/errors.js';
-import type { Handle, KeyObject, KeyStore } from '../hsm/key-store.js';
-import type { KeyType } from '../hsm/attributes.js';
+import type { Handle, KeyObject, KeyStore, KeyType } from '../hsm/key-store.js';
 import { aesObjectRole, secretObjectRole } from './key-objects.js';
 import { decodeRecord, type KeyRecord, type KeyState, type Origin } from './key-record.js';
 

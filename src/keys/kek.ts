@@ -12,9 +12,8 @@
 //                 operator read from the sending side, destroys the transport pair; the user seals the KEK
 import { createHash, createPublicKey } from 'node:crypto';
 import { z } from 'zod';
-import type { ObjectClass, ObjectMatch } from '../hsm/attributes.js';
 import { AES_KEY_GEN, RSA_KEY_PAIR_GEN, RSA_OAEP_SHA1, type Mechanism } from '../hsm/mechanisms.js';
-import { readBool, type Handle, type KeyStore, type KeyTemplate } from '../hsm/key-store.js';
+import { readBool, type Handle, type KeyStore, type KeyTemplate, type ObjectClass, type ObjectMatch } from '../hsm/key-store.js';
 import { withCeremony, type CeremonyOptions, type CeremonySession } from '../hsm/so-session.js';
 import {
   checkValueKeyTemplate,
