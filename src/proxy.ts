@@ -6,6 +6,7 @@ import { auditSigner } from './audit/audit-key.js';
 import { AuditTrail, trailFileName } from './audit/audit-trail.js';
 import type { LoadedConfig } from './config/load.js';
 import { HsmConnection } from './hsm/hsm-connection.js';
+import type { KeyStore } from './hsm/key-store.js';
 import { loadProfile, resolveLibrary } from './hsm/profile.js';
 import { createAdminHandler } from './http/admin-handler.js';
 import { createOpsHandler } from './http/ops-handler.js';
@@ -46,7 +47,7 @@ export async function openHsm(
 }
 
 /** Open (or continue) this process's audit trail, sealed with a MAC key that lives in the HSM. */
-export async function openAuditTrail(hsm: HsmConnection, loaded: LoadedConfig, role: string, logger?: Logger): Promise<AuditTrail | undefined> {
+export async function openAuditTrail(hsm: KeyStore, loaded: LoadedConfig, role: string, logger?: Logger): Promise<AuditTrail | undefined> {
   const a = loaded.config.audit;
   if (!a) return undefined;
   mkdirSync(a.dir, { recursive: true, mode: 0o750 });
@@ -63,7 +64,7 @@ export async function openAuditTrail(hsm: HsmConnection, loaded: LoadedConfig, r
 }
 
 /** The import of key material on this connection, with the operator's opt-in from the config. */
-export function openImports(hsm: HsmConnection, catalogue: KeyCatalogue, lifecycle: KeyLifecycle, loaded: LoadedConfig, logger?: Logger, orAllow = false): ImportService {
+export function openImports(hsm: KeyStore, catalogue: KeyCatalogue, lifecycle: KeyLifecycle, loaded: LoadedConfig, logger?: Logger, orAllow = false): ImportService {
   return new ImportService(hsm, catalogue, lifecycle, {
     allowInProcessMaterial: orAllow || loaded.config.import.allowInProcessMaterial,
     ...(logger ? { logger } : {}),
@@ -81,7 +82,7 @@ export interface ProxyOptions {
   rateShare?: number;
 }
 
-export function openCatalogue(hsm: HsmConnection, loaded: LoadedConfig): KeyCatalogue {
+export function openCatalogue(hsm: KeyStore, loaded: LoadedConfig): KeyCatalogue {
   return new KeyCatalogue(hsm, {
     ttlMs: loaded.config.hsm.keyCacheTtlMs,
     negativeTtlMs: 1_000,
@@ -91,7 +92,7 @@ export function openCatalogue(hsm: HsmConnection, loaded: LoadedConfig): KeyCata
 }
 
 /** Key management on this connection; the health-check key is out of its reach. */
-export function openLifecycle(hsm: HsmConnection, catalogue: KeyCatalogue, loaded: LoadedConfig, now?: () => Date): KeyLifecycle {
+export function openLifecycle(hsm: KeyStore, catalogue: KeyCatalogue, loaded: LoadedConfig, now?: () => Date): KeyLifecycle {
   return new KeyLifecycle(hsm, catalogue, { reserved: new Set([loaded.config.hsm.healthKeyLabel]), ...(now ? { now } : {}) });
 }
 

@@ -1,27 +1,27 @@
 // The audit trail's MAC key: a generic secret that lives in the HSM (sensitive, non-extractable, sign/verify only),
 // found by label or made on first use. Checkpoints are made and checked with it inside the HSM.
-import type { Handle, HsmConnection } from '../hsm/hsm-connection.js';
-import { P } from '../hsm/module.js';
+import type { Handle, KeyStore } from '../hsm/key-store.js';
+import { GENERIC_SECRET_KEY_GEN } from '../hsm/mechanisms.js';
 import { hmacKeyTemplate } from '../hsm/templates.js';
 import type { AuditSigner } from './audit-trail.js';
 
 export const DEFAULT_AUDIT_KEY_LABEL = 'xks-audit-hmac';
 
 /** Every key carrying the label: two processes making it at the same moment may leave two; a MAC by either verifies. */
-export async function findAuditKeys(hsm: HsmConnection, label: string): Promise<Handle[]> {
-  const found = await hsm.findSecretKeys({ label, keyType: P.CKK_GENERIC_SECRET });
+export async function findAuditKeys(hsm: KeyStore, label: string): Promise<Handle[]> {
+  const found = await hsm.findSecretKeys({ label, keyType: 'generic-secret' });
   return found.filter((k) => k.attrs.sensitive && !k.attrs.extractable).map((k) => k.handle);
 }
 
-export async function auditSigner(hsm: HsmConnection, label: string = DEFAULT_AUDIT_KEY_LABEL): Promise<AuditSigner> {
+export async function auditSigner(hsm: KeyStore, label: string = DEFAULT_AUDIT_KEY_LABEL): Promise<AuditSigner> {
   let [key] = await findAuditKeys(hsm, label);
-  key ??= (await hsm.generateKey(hmacKeyTemplate(label), P.CKM_GENERIC_SECRET_KEY_GEN)).handle;
+  key ??= (await hsm.generateKey(hmacKeyTemplate(label), GENERIC_SECRET_KEY_GEN)).handle;
   const handle = key;
   return { keyLabel: label, mac: (message) => hsm.hmacSha256(handle, message) };
 }
 
 /** Checks a checkpoint MAC against every key with the label. */
-export function auditMacChecker(hsm: HsmConnection): (label: string, message: Buffer, mac: Buffer) => Promise<boolean> {
+export function auditMacChecker(hsm: KeyStore): (label: string, message: Buffer, mac: Buffer) => Promise<boolean> {
   const keys = new Map<string, Promise<Handle[]>>();
   return async (label, message, mac) => {
     if (!keys.has(label)) keys.set(label, findAuditKeys(hsm, label));

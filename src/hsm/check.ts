@@ -336,7 +336,7 @@ class Probe {
   /** A session AES-256 key from the proxy's own template, its security attributes read back. */
   private aesKeyGen(): Handle | undefined {
     const s = this.objects!;
-    const template = aes256KeyTemplate({ label: this.label('aes'), token: false, encrypt: true, decrypt: true });
+    const template = aes256KeyTemplate({ label: this.label('aes'), token: false, encrypt: true, decrypt: true, exportable: false });
     const made = attempt(() => this.mod.C_GenerateKey(s, { mechanism: P.CKM_AES_KEY_GEN }, template));
     if (!made.ok) {
       // Which attribute? Try without the one tokens most often lack, to say so.

@@ -8,6 +8,10 @@ import { SessionPool, type PooledSession } from './session-pool.js';
 import { readCapabilities, type Capabilities } from './capabilities.js';
 import { CallThread } from './call-thread.js';
 import type { CallMode, HsmProfile, IvMode } from './profile.js';
+import { attributeTypes, keyTypeName, keyTypeNumber, matchTemplate, type AttributeName, type KeyType, type ObjectMatch } from './attributes.js';
+import { asMechanism } from './mechanisms.js';
+import type { GcmResult, HsmOperations, KeyObject, KeyStore, TokenInfo } from './key-store.js';
+export type { GcmResult, KeyObject, TokenInfo } from './key-store.js';
 
 export interface HsmOptions extends LibrarySpec {
   profile: HsmProfile;
@@ -30,31 +34,6 @@ export interface HsmOptions extends LibrarySpec {
   onEvent?: (event: string, detail: Record<string, unknown>) => void;
   /** Called after each AES-GCM call that succeeded, with its duration (metrics; failures count in request metrics). */
   observeCall?: ((call: 'encrypt' | 'decrypt', seconds: number) => void) | undefined;
-}
-
-export interface TokenInfo {
-  slot: string;
-  label: string;
-  serial: string;
-  manufacturer: string;
-  model: string;
-  libraryDescription: string;
-  libraryVersion: string;
-}
-
-export interface GcmResult {
-  iv: Buffer;
-  ciphertext: Buffer;
-  tag: Buffer;
-}
-
-export interface KeyObject {
-  handle: Handle;
-  label: string;
-  id: Buffer;
-  /** CKA_KEY_TYPE (CKK_AES, CKK_GENERIC_SECRET, ...). */
-  keyType: number;
-  attrs: Record<string, boolean>;
 }
 
 const TAG_BYTES = 16;
@@ -93,7 +72,7 @@ const CONFIRMED_ATTRS = new Map<number, string>([
   [P.CKA_DERIVE, 'CKA_DERIVE'],
 ]);
 
-export class HsmConnection {
+export class HsmConnection implements KeyStore, HsmOperations {
   private mod!: Pkcs11;
   private slot!: Handle;
   private loginSession!: Handle;
@@ -313,16 +292,17 @@ export class HsmConnection {
   }
 
   /** Secret keys matching a template, with their label, id, key type and usage/evidence attributes. */
-  findSecretKeys(match: { label?: string; keyType?: number }): Promise<KeyObject[]> {
+  findSecretKeys(match: { label?: string; keyType?: KeyType }): Promise<KeyObject[]> {
     const t: Template = [{ type: P.CKA_CLASS, value: P.CKO_SECRET_KEY }];
     if (match.label !== undefined) t.push({ type: P.CKA_LABEL, value: match.label });
-    if (match.keyType !== undefined) t.push({ type: P.CKA_KEY_TYPE, value: match.keyType });
+    if (match.keyType !== undefined) t.push({ type: P.CKA_KEY_TYPE, value: keyTypeNumber(match.keyType) });
     return this.run('other', (s) => this.find(s, t).map((h) => this.describe(s, h)));
   }
 
-  /** Objects of any class matching a template (RSA key pairs of a KEK transfer). */
-  findObjects(match: Template): Promise<Handle[]> {
-    return this.run('other', (s) => this.find(s, match));
+  /** Token objects of any class matching a template or a match by name (RSA key pairs of a KEK transfer). */
+  findObjects(match: Template | ObjectMatch): Promise<Handle[]> {
+    const t = Array.isArray(match) ? match : matchTemplate(match);
+    return this.run('other', (s) => this.find(s, t));
   }
 
   private find(s: Handle, match: Template): Handle[] {
@@ -358,7 +338,7 @@ export class HsmConnection {
       handle,
       label: (got[0] ?? Buffer.alloc(0)).toString('utf8'),
       id: got[1] ?? Buffer.alloc(0),
-      keyType: keyType && keyType.length >= 4 ? keyType.readUInt32LE(0) : -1,
+      keyType: keyType && keyType.length >= 4 ? keyTypeName(keyType.readUInt32LE(0)) : undefined,
       attrs,
     };
   }
@@ -423,9 +403,9 @@ export class HsmConnection {
   }
 
   /** Generate a secret key (CKM_AES_KEY_GEN unless told otherwise) from a fully spelled-out template. */
-  generateKey(template: Template, mechanism: number = P.CKM_AES_KEY_GEN): Promise<KeyObject> {
+  generateKey(template: Template, mechanism: number | Mechanism = P.CKM_AES_KEY_GEN): Promise<KeyObject> {
     return this.run('other', (s) => {
-      const handle = this.mod.C_GenerateKey(s, { mechanism }, this.fit(template));
+      const handle = this.mod.C_GenerateKey(s, asMechanism(mechanism), this.fit(template));
       this.confirmTemplate(s, handle, template, 'a generated key');
       return this.describe(s, handle);
     });
@@ -506,8 +486,8 @@ export class HsmConnection {
   }
 
   /** Attributes read raw, for the few callers that need more than describe() gives (RSA modulus and exponent). */
-  getAttributes(handle: Handle, types: number[]): Promise<(Buffer | undefined)[]> {
-    return this.run('other', (s) => this.readAttributes(s, handle, types));
+  getAttributes(handle: Handle, types: readonly (AttributeName | number)[]): Promise<(Buffer | undefined)[]> {
+    return this.run('other', (s) => this.readAttributes(s, handle, attributeTypes(types)));
   }
 
   // -- import of customer key material (src/import) --

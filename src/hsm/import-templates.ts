@@ -1,9 +1,10 @@
 // Templates of the import of customer key material (src/import), every security attribute spelled out as in
 // templates.ts: SoftHSM's defaults are permissive. Objects that hold customer material (the imported key, the probes
 // and the ephemeral AES key of an RSA-AES blob) are sensitive and non-extractable from their first instant.
-import type pkcs11js from 'pkcs11js';
-import { P, type Mechanism, type Template } from './module.js';
-import { aes256KeyTemplate, allowedMechanisms, hmacKeyTemplate, type AesKeySpec } from './templates.js';
+import { P, type Mechanism } from './module.js';
+import type { KeyType } from './attributes.js';
+import { built, keyTemplate, type KeyTemplate } from './key-spec.js';
+import { aes256KeyTemplate, hmacKeyTemplate, type AesKeySpec } from './templates.js';
 
 /** How the wrapping private key is used: unwrap by CKM_RSA_PKCS_OAEP in the HSM, or raw RSA decrypt (CKM_RSA_X_509). */
 export type WrappingKeyUse = 'oaep-unwrap' | 'raw-decrypt';
@@ -18,112 +19,101 @@ export interface WrappingKeyPairSpec {
 }
 
 /** The public half: its only job is to be read out as the customer's WrappingPublicKey. */
-export function wrappingPublicKeyTemplate(spec: WrappingKeyPairSpec): Template {
-  return [
-    { type: P.CKA_CLASS, value: P.CKO_PUBLIC_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_RSA },
-    { type: P.CKA_TOKEN, value: spec.token },
-    { type: P.CKA_PRIVATE, value: true },
-    { type: P.CKA_MODIFIABLE, value: false },
-    { type: P.CKA_MODULUS_BITS, value: spec.modulusBits },
-    { type: P.CKA_PUBLIC_EXPONENT, value: Buffer.from([0x01, 0x00, 0x01]) },
-    { type: P.CKA_ENCRYPT, value: false },
-    { type: P.CKA_WRAP, value: false },
-    { type: P.CKA_VERIFY, value: false },
-    { type: P.CKA_VERIFY_RECOVER, value: false },
-    { type: P.CKA_DERIVE, value: false },
-    { type: P.CKA_LABEL, value: spec.label },
-    { type: P.CKA_ID, value: spec.id },
-  ];
+export function wrappingPublicKeyTemplate(spec: WrappingKeyPairSpec): KeyTemplate {
+  return keyTemplate({
+    class: 'public-key',
+    keyType: 'rsa',
+    token: spec.token,
+    private: true,
+    modifiable: false,
+    modulusBits: spec.modulusBits,
+    publicExponent: Buffer.from([0x01, 0x00, 0x01]),
+    encrypt: false,
+    wrap: false,
+    verify: false,
+    verifyRecover: false,
+    derive: false,
+    label: spec.label,
+    id: spec.id,
+  });
 }
 
 /**
  * The private half: import-only. Either it may only unwrap with OAEP, or (where the HSM's OAEP lacks SHA-256) it may
  * only decrypt with raw RSA, whose output the proxy decodes; never sign, never anything else.
  */
-export function wrappingPrivateKeyTemplate(spec: WrappingKeyPairSpec): Template {
+export function wrappingPrivateKeyTemplate(spec: WrappingKeyPairSpec): KeyTemplate {
   const unwrap = spec.use === 'oaep-unwrap';
-  return [
-    { type: P.CKA_CLASS, value: P.CKO_PRIVATE_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_RSA },
-    { type: P.CKA_TOKEN, value: spec.token },
-    { type: P.CKA_PRIVATE, value: true },
-    { type: P.CKA_SENSITIVE, value: true },
-    { type: P.CKA_EXTRACTABLE, value: false },
-    { type: P.CKA_MODIFIABLE, value: false },
-    { type: P.CKA_UNWRAP, value: unwrap },
-    { type: P.CKA_DECRYPT, value: !unwrap },
-    { type: P.CKA_SIGN, value: false },
-    { type: P.CKA_SIGN_RECOVER, value: false },
-    { type: P.CKA_DERIVE, value: false },
-    { type: P.CKA_ALLOWED_MECHANISMS, value: allowedMechanisms(unwrap ? P.CKM_RSA_PKCS_OAEP : P.CKM_RSA_X_509) },
-    { type: P.CKA_LABEL, value: spec.label },
-    { type: P.CKA_ID, value: spec.id },
-  ];
+  return keyTemplate({
+    class: 'private-key',
+    keyType: 'rsa',
+    token: spec.token,
+    private: true,
+    sensitive: true,
+    extractable: false,
+    modifiable: false,
+    unwrap,
+    decrypt: !unwrap,
+    sign: false,
+    signRecover: false,
+    derive: false,
+    allowedMechanisms: [unwrap ? P.CKM_RSA_PKCS_OAEP : P.CKM_RSA_X_509],
+    label: spec.label,
+    id: spec.id,
+  });
 }
 
 /** The key that authenticates import tokens: an HMAC key generated in the HSM, never readable (templates.ts). */
-export function importTokenKeyTemplate(label: string, id: Buffer): Template {
+export function importTokenKeyTemplate(label: string, id: Buffer): KeyTemplate {
   return hmacKeyTemplate(label, id);
 }
 
-function sessionSecret(keyType: number, usage: { sign?: boolean; unwrap?: boolean }, mechanism: number): Template {
-  return [
-    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-    { type: P.CKA_KEY_TYPE, value: keyType },
-    { type: P.CKA_TOKEN, value: false },
-    { type: P.CKA_PRIVATE, value: true },
-    { type: P.CKA_SENSITIVE, value: true },
-    { type: P.CKA_EXTRACTABLE, value: false },
+function sessionSecret(keyType: KeyType, usage: { sign?: boolean; unwrap?: boolean }, mechanism: number): KeyTemplate {
+  return keyTemplate({
+    class: 'secret-key',
+    keyType,
+    token: false,
+    private: true,
+    sensitive: true,
+    extractable: false,
     // SoftHSM 2.6 answers CKR_ATTRIBUTE_READ_ONLY to a C_UnwrapKey whose template says CKA_MODIFIABLE false (it sets
     // the other attributes after that one); these objects live for one call and nothing modifies them.
-    { type: P.CKA_MODIFIABLE, value: true },
-    { type: P.CKA_SIGN, value: usage.sign === true },
-    { type: P.CKA_VERIFY, value: false },
-    { type: P.CKA_ENCRYPT, value: false },
-    { type: P.CKA_DECRYPT, value: false },
-    { type: P.CKA_WRAP, value: false },
-    { type: P.CKA_UNWRAP, value: usage.unwrap === true },
-    { type: P.CKA_DERIVE, value: false },
-    { type: P.CKA_ALLOWED_MECHANISMS, value: allowedMechanisms(mechanism) },
-  ];
+    modifiable: true,
+    sign: usage.sign === true,
+    verify: false,
+    encrypt: false,
+    decrypt: false,
+    wrap: false,
+    unwrap: usage.unwrap === true,
+    derive: false,
+    allowedMechanisms: [mechanism],
+  });
 }
 
 /**
  * The ephemeral AES key of an RSA-AES blob, as a session object: it may only unwrap with RFC 5649, under the number
  * the token gives it (`kwp`, capabilities.keyWrap).
  */
-export function ephemeralAesKeyTemplate(kwp: number): Template {
-  return sessionSecret(P.CKK_AES, { unwrap: true }, kwp);
+export function ephemeralAesKeyTemplate(kwp: Mechanism): KeyTemplate {
+  return sessionSecret('aes', { unwrap: true }, kwp.mechanism);
 }
 
 /**
  * Short-lived session copies of imported material, for the checks made before it is committed: a generic secret that
  * may only HMAC-SHA256 (the fingerprint), and an AES key that may only AES-CMAC (the material is a valid AES key).
  */
-export function hmacProbeTemplate(): Template {
-  return sessionSecret(P.CKK_GENERIC_SECRET, { sign: true }, P.CKM_SHA256_HMAC);
+export function hmacProbeTemplate(): KeyTemplate {
+  return sessionSecret('generic-secret', { sign: true }, P.CKM_SHA256_HMAC);
 }
 
-export function cmacProbeTemplate(): Template {
-  return sessionSecret(P.CKK_AES, { sign: true }, P.CKM_AES_CMAC);
+export function cmacProbeTemplate(): KeyTemplate {
+  return sessionSecret('aes', { sign: true }, P.CKM_AES_CMAC);
 }
 
 /**
  * The imported key: the same template as a generated key (templates.ts), minus CKA_VALUE_LEN, which an unwrap or a
  * create takes from the material (SoftHSM answers CKR_ATTRIBUTE_READ_ONLY when it is given).
  */
-export function importedAesKeyTemplate(spec: AesKeySpec): Template {
-  return aes256KeyTemplate(spec).filter((a) => a.type !== P.CKA_VALUE_LEN);
-}
-
-/** CKM_RSA_PKCS_OAEP with MGF1 over the same hash and an empty label (what openssl and node:crypto make). */
-export function rsaOaepMechanism(hash: 'sha1' | 'sha256'): Mechanism {
-  const parameter: pkcs11js.RsaOAEP = {
-    type: P.CK_PARAMS_RSA_OAEP,
-    hashAlg: hash === 'sha1' ? P.CKM_SHA_1 : P.CKM_SHA256,
-    mgf: hash === 'sha1' ? P.CKG_MGF1_SHA1 : P.CKG_MGF1_SHA256,
-    source: 1, // CKZ_DATA_SPECIFIED (pkcs11js does not export it), with no data: the empty label
-  };
-  return { mechanism: P.CKM_RSA_PKCS_OAEP, parameter };
+export function importedAesKeyTemplate(spec: AesKeySpec): KeyTemplate {
+  return built(aes256KeyTemplate(spec).filter((a) => a.type !== P.CKA_VALUE_LEN));
 }

@@ -12,6 +12,8 @@
 import { HsmError, STANDARD_MEANINGS, toHsmError, type CkrMeanings } from './errors.js';
 import { chooseKeyWrap, type KeyWrap } from './key-wrap.js';
 import { findSlot, loadModule, P, type Handle, type LibrarySpec, type Mechanism, type Pkcs11, type Template } from './module.js';
+import { attributeTypes, matchTemplate, type AttributeName, type ObjectMatch } from './attributes.js';
+import { asMechanism } from './mechanisms.js';
 
 export interface CeremonyOptions extends LibrarySpec {
   /** The profile's meaning of return codes (a bad tag on an unwrap of outside data); the standard's by default. */
@@ -83,8 +85,9 @@ export class CeremonySession {
     return { mechanism: this.kwp.mechanism };
   }
 
-  /** Objects (token and session) matching the template. */
-  find(template: Template): Handle[] {
+  /** Objects (token and session) matching the template or the match by name. */
+  find(match: Template | ObjectMatch): Handle[] {
+    const template = Array.isArray(match) ? match : matchTemplate(match);
     return this.call(() => {
       this.mod.C_FindObjectsInit(this.session, template);
       const handles: Handle[] = [];
@@ -101,12 +104,12 @@ export class CeremonySession {
     });
   }
 
-  generateKey(template: Template, mechanism: number): Handle {
-    return this.call(() => this.mod.C_GenerateKey(this.session, { mechanism }, template));
+  generateKey(template: Template, mechanism: number | Mechanism): Handle {
+    return this.call(() => this.mod.C_GenerateKey(this.session, asMechanism(mechanism), template));
   }
 
-  generateKeyPair(mechanism: number, publicTemplate: Template, privateTemplate: Template): { publicKey: Handle; privateKey: Handle } {
-    return this.call(() => this.mod.C_GenerateKeyPair(this.session, { mechanism }, publicTemplate, privateTemplate));
+  generateKeyPair(mechanism: number | Mechanism, publicTemplate: Template, privateTemplate: Template): { publicKey: Handle; privateKey: Handle } {
+    return this.call(() => this.mod.C_GenerateKeyPair(this.session, asMechanism(mechanism), publicTemplate, privateTemplate));
   }
 
   createObject(template: Template): Handle {
@@ -117,9 +120,9 @@ export class CeremonySession {
     return this.call(() => this.mod.C_CopyObject(this.session, handle, template));
   }
 
-  getAttributes(handle: Handle, types: number[]): (Buffer | undefined)[] {
+  getAttributes(handle: Handle, types: readonly (AttributeName | number)[]): (Buffer | undefined)[] {
     return this.call(() =>
-      this.mod.C_GetAttributeValue(this.session, handle, types.map((type) => ({ type }))).map((a) => a.value as Buffer | undefined),
+      this.mod.C_GetAttributeValue(this.session, handle, attributeTypes(types).map((type) => ({ type }))).map((a) => a.value as Buffer | undefined),
     );
   }
 

@@ -1,5 +1,10 @@
-// Every key template spelled out: SoftHSM's defaults are permissive (a key made without explicit attributes is readable).
-import { P, type Template } from './module.js';
+// The templates of the proxy's own keys (key versions, records and commit markers, MAC keys), every attribute spelled
+// out through a typed spec (key-spec.ts): SoftHSM's defaults are permissive (a key made without explicit attributes is
+// readable).
+import { P } from './module.js';
+import { keyTemplate, type KeyTemplate } from './key-spec.js';
+
+export { allowedMechanisms, built, withValue, type KeyTemplate } from './key-spec.js';
 
 export interface AesKeySpec {
   label: string;
@@ -11,33 +16,32 @@ export interface AesKeySpec {
   token?: boolean;
   /**
    * Wrappable for backup, but only under a key the security officer marked CKA_TRUSTED (CKA_WRAP_WITH_TRUSTED):
-   * a user cannot wrap it under a key of their own and read it.
+   * a user cannot wrap it under a key of their own and read it. Always stated: false is sensitive and never extractable.
    */
-  exportable?: boolean;
+  exportable: boolean;
 }
 
-export function aes256KeyTemplate(spec: AesKeySpec): Template {
-  const t: Template = [
-    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
-    { type: P.CKA_VALUE_LEN, value: 32 },
-    { type: P.CKA_TOKEN, value: spec.token ?? true },
-    { type: P.CKA_PRIVATE, value: true },
-    { type: P.CKA_SENSITIVE, value: true },
-    { type: P.CKA_EXTRACTABLE, value: spec.exportable === true },
-    { type: P.CKA_WRAP_WITH_TRUSTED, value: spec.exportable === true },
-    { type: P.CKA_MODIFIABLE, value: true },
-    { type: P.CKA_ENCRYPT, value: spec.encrypt },
-    { type: P.CKA_DECRYPT, value: spec.decrypt },
-    { type: P.CKA_WRAP, value: false },
-    { type: P.CKA_UNWRAP, value: false },
-    { type: P.CKA_SIGN, value: false },
-    { type: P.CKA_VERIFY, value: false },
-    { type: P.CKA_DERIVE, value: false },
-    { type: P.CKA_LABEL, value: spec.label },
-  ];
-  if (spec.id) t.push({ type: P.CKA_ID, value: spec.id });
-  return t;
+export function aes256KeyTemplate(spec: AesKeySpec): KeyTemplate {
+  return keyTemplate({
+    class: 'secret-key',
+    keyType: 'aes',
+    valueLen: 32,
+    token: spec.token ?? true,
+    private: true,
+    sensitive: true,
+    extractable: spec.exportable === true,
+    wrapWithTrusted: spec.exportable === true,
+    modifiable: true,
+    encrypt: spec.encrypt,
+    decrypt: spec.decrypt,
+    wrap: false,
+    unwrap: false,
+    sign: false,
+    verify: false,
+    derive: false,
+    label: spec.label,
+    id: spec.id,
+  });
 }
 
 /**
@@ -45,55 +49,48 @@ export function aes256KeyTemplate(spec: AesKeySpec): Template {
  * sensitive, non-extractable); only its label and CKA_ID matter. Generated rather than created so that no value passes
  * through the process.
  */
-export function inertSecretTemplate(label: string, id: Buffer): Template {
-  return [
-    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_GENERIC_SECRET },
-    { type: P.CKA_VALUE_LEN, value: 16 },
-    { type: P.CKA_TOKEN, value: true },
-    { type: P.CKA_PRIVATE, value: true },
-    { type: P.CKA_SENSITIVE, value: true },
-    { type: P.CKA_EXTRACTABLE, value: false },
-    { type: P.CKA_MODIFIABLE, value: true },
-    { type: P.CKA_ENCRYPT, value: false },
-    { type: P.CKA_DECRYPT, value: false },
-    { type: P.CKA_WRAP, value: false },
-    { type: P.CKA_UNWRAP, value: false },
-    { type: P.CKA_SIGN, value: false },
-    { type: P.CKA_VERIFY, value: false },
-    { type: P.CKA_DERIVE, value: false },
-    { type: P.CKA_LABEL, value: label },
-    { type: P.CKA_ID, value: id },
-  ];
-}
-
-/** CKA_ALLOWED_MECHANISMS: a Buffer of CK_ULONGs in the platform's order (8 bytes, little-endian on x86-64 and arm64). */
-export function allowedMechanisms(...mechanisms: number[]): Buffer {
-  const b = Buffer.alloc(8 * mechanisms.length);
-  mechanisms.forEach((m, i) => b.writeBigUInt64LE(BigInt(m), i * 8));
-  return b;
+export function inertSecretTemplate(label: string, id: Buffer): KeyTemplate {
+  return keyTemplate({
+    class: 'secret-key',
+    keyType: 'generic-secret',
+    valueLen: 16,
+    token: true,
+    private: true,
+    sensitive: true,
+    extractable: false,
+    modifiable: true,
+    encrypt: false,
+    decrypt: false,
+    wrap: false,
+    unwrap: false,
+    sign: false,
+    verify: false,
+    derive: false,
+    label,
+    id,
+  });
 }
 
 /** A MAC key that never leaves the HSM: 32-byte generic secret for CKM_SHA256_HMAC, sign and verify only. */
-export function hmacKeyTemplate(label: string, id?: Buffer): Template {
-  return [
-    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_GENERIC_SECRET },
-    { type: P.CKA_VALUE_LEN, value: 32 },
-    { type: P.CKA_TOKEN, value: true },
-    { type: P.CKA_PRIVATE, value: true },
-    { type: P.CKA_SENSITIVE, value: true },
-    { type: P.CKA_EXTRACTABLE, value: false },
-    { type: P.CKA_MODIFIABLE, value: false },
-    { type: P.CKA_ENCRYPT, value: false },
-    { type: P.CKA_DECRYPT, value: false },
-    { type: P.CKA_WRAP, value: false },
-    { type: P.CKA_UNWRAP, value: false },
-    { type: P.CKA_SIGN, value: true },
-    { type: P.CKA_VERIFY, value: true },
-    { type: P.CKA_DERIVE, value: false },
-    { type: P.CKA_ALLOWED_MECHANISMS, value: allowedMechanisms(P.CKM_SHA256_HMAC) },
-    { type: P.CKA_LABEL, value: label },
-    ...(id ? [{ type: P.CKA_ID, value: id }] : []),
-  ];
+export function hmacKeyTemplate(label: string, id?: Buffer): KeyTemplate {
+  return keyTemplate({
+    class: 'secret-key',
+    keyType: 'generic-secret',
+    valueLen: 32,
+    token: true,
+    private: true,
+    sensitive: true,
+    extractable: false,
+    modifiable: false,
+    encrypt: false,
+    decrypt: false,
+    wrap: false,
+    unwrap: false,
+    sign: true,
+    verify: true,
+    derive: false,
+    allowedMechanisms: [P.CKM_SHA256_HMAC],
+    label,
+    id,
+  });
 }

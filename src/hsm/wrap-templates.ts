@@ -1,15 +1,9 @@
-// Templates and mechanisms for backup by wrapping and for key-encryption keys (KEKs), every attribute spelled out
+// Templates for backup by wrapping and for key-encryption keys (KEKs), every attribute spelled out
 // (SoftHSM's defaults are permissive). Facts checked on SoftHSM 2.6.1 are noted where a line depends on one.
-import type pkcs11js from 'pkcs11js';
-import { P, type Mechanism, type Template } from './module.js';
+import { P } from './module.js';
+import { built, keyTemplate, type KeyTemplate } from './key-spec.js';
 import { aes256KeyTemplate, type AesKeySpec } from './templates.js';
 
-
-/** RSA-OAEP as SoftHSM 2.6.1 has it: SHA-1 and MGF1-SHA1 only (any other hash answers CKR_ARGUMENTS_BAD). */
-// source 1 = CKZ_DATA_SPECIFIED (pkcs11js does not export it), with no label.
-const OAEP_SHA1_PARAMS: pkcs11js.RsaOAEP = { type: P.CK_PARAMS_RSA_OAEP, hashAlg: P.CKM_SHA_1, mgf: P.CKG_MGF1_SHA1, source: 1 };
-export const RSA_OAEP_SHA1: Mechanism = { mechanism: P.CKM_RSA_PKCS_OAEP, parameter: OAEP_SHA1_PARAMS };
-export const HMAC_SHA256: Mechanism = { mechanism: P.CKM_SHA256_HMAC };
 export const TRANSPORT_KEY_BITS = 3072;
 
 /**
@@ -18,74 +12,73 @@ export const TRANSPORT_KEY_BITS = 3072;
  * (sealedKekCopy). Extractable only under another trusted key, for a transfer to a second HSM. Modifiable, because
  * SoftHSM refuses to copy a non-modifiable object with a changed CKA_PRIVATE.
  */
-export function kekTemplate(label: string, id: Buffer, op: 'generate' | 'unwrap'): Template {
-  const t: Template = [
-    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
-    { type: P.CKA_TOKEN, value: true },
-    { type: P.CKA_PRIVATE, value: false },
-    { type: P.CKA_TRUSTED, value: true },
-    { type: P.CKA_SENSITIVE, value: true },
-    { type: P.CKA_EXTRACTABLE, value: true },
-    { type: P.CKA_WRAP_WITH_TRUSTED, value: true },
-    { type: P.CKA_MODIFIABLE, value: true },
-    { type: P.CKA_WRAP, value: true },
-    { type: P.CKA_UNWRAP, value: true },
-    { type: P.CKA_ENCRYPT, value: false },
-    { type: P.CKA_DECRYPT, value: false },
-    { type: P.CKA_SIGN, value: false },
-    { type: P.CKA_VERIFY, value: false },
-    { type: P.CKA_DERIVE, value: false },
-    { type: P.CKA_LABEL, value: label },
-    { type: P.CKA_ID, value: id },
-  ];
-  // C_UnwrapKey takes the length from the blob: CKA_VALUE_LEN in its template answers CKR_ATTRIBUTE_READ_ONLY.
-  if (op === 'generate') t.push({ type: P.CKA_VALUE_LEN, value: 32 });
-  return t;
+export function kekTemplate(label: string, id: Buffer, op: 'generate' | 'unwrap'): KeyTemplate {
+  return keyTemplate({
+    class: 'secret-key',
+    keyType: 'aes',
+    token: true,
+    private: false,
+    trusted: true,
+    sensitive: true,
+    extractable: true,
+    wrapWithTrusted: true,
+    modifiable: true,
+    wrap: true,
+    unwrap: true,
+    encrypt: false,
+    decrypt: false,
+    sign: false,
+    verify: false,
+    derive: false,
+    label,
+    id,
+    // C_UnwrapKey takes the length from the blob: CKA_VALUE_LEN in its template answers CKR_ATTRIBUTE_READ_ONLY.
+    valueLen: op === 'generate' ? 32 : undefined,
+  });
 }
 
 /**
  * The user's C_CopyObject of the SO's public KEK: private (its value encrypted under the user PIN's key, usable only
  * after login) and no longer modifiable. SoftHSM's copy keeps CKA_TRUSTED; CKA_COPYABLE cannot be changed by a copy.
  */
-export const SEALED_KEK_COPY: Template = [
+export const SEALED_KEK_COPY: KeyTemplate = built([
   { type: P.CKA_PRIVATE, value: true },
   { type: P.CKA_MODIFIABLE, value: false },
-];
+]);
 
 /**
  * The receiving side's transport key pair, made by the SO (so public objects): the private half can only unwrap, is
  * sensitive and never extractable; the public half does nothing in this token (its modulus is exported).
  */
-export function transportKeyPairTemplates(label: string, id: Buffer): { publicKey: Template; privateKey: Template } {
+export function transportKeyPairTemplates(label: string, id: Buffer): { publicKey: KeyTemplate; privateKey: KeyTemplate } {
   return {
-    publicKey: [
-      { type: P.CKA_CLASS, value: P.CKO_PUBLIC_KEY },
-      { type: P.CKA_KEY_TYPE, value: P.CKK_RSA },
-      { type: P.CKA_TOKEN, value: true },
-      { type: P.CKA_PRIVATE, value: false },
-      { type: P.CKA_MODULUS_BITS, value: TRANSPORT_KEY_BITS },
-      { type: P.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
-      { type: P.CKA_WRAP, value: false },
-      { type: P.CKA_ENCRYPT, value: false },
-      { type: P.CKA_VERIFY, value: false },
-      { type: P.CKA_LABEL, value: label },
-      { type: P.CKA_ID, value: id },
-    ],
-    privateKey: [
-      { type: P.CKA_CLASS, value: P.CKO_PRIVATE_KEY },
-      { type: P.CKA_KEY_TYPE, value: P.CKK_RSA },
-      { type: P.CKA_TOKEN, value: true },
-      { type: P.CKA_PRIVATE, value: false },
-      { type: P.CKA_SENSITIVE, value: true },
-      { type: P.CKA_EXTRACTABLE, value: false },
-      { type: P.CKA_UNWRAP, value: true },
-      { type: P.CKA_DECRYPT, value: false },
-      { type: P.CKA_SIGN, value: false },
-      { type: P.CKA_DERIVE, value: false },
-      { type: P.CKA_LABEL, value: label },
-      { type: P.CKA_ID, value: id },
-    ],
+    publicKey: keyTemplate({
+      class: 'public-key',
+      keyType: 'rsa',
+      token: true,
+      private: false,
+      modulusBits: TRANSPORT_KEY_BITS,
+      publicExponent: Buffer.from([1, 0, 1]),
+      wrap: false,
+      encrypt: false,
+      verify: false,
+      label,
+      id,
+    }),
+    privateKey: keyTemplate({
+      class: 'private-key',
+      keyType: 'rsa',
+      token: true,
+      private: false,
+      sensitive: true,
+      extractable: false,
+      unwrap: true,
+      decrypt: false,
+      sign: false,
+      derive: false,
+      label,
+      id,
+    }),
   };
 }
 
@@ -93,85 +86,85 @@ export function transportKeyPairTemplates(label: string, id: Buffer): { publicKe
  * The receiving HSM's public key on the sending side, created by the SO as a session object: trusted, so the KEK
  * (CKA_WRAP_WITH_TRUSTED) may be wrapped under it; gone when the ceremony's process ends.
  */
-export function trustedPublicKeyTemplate(label: string, modulus: Buffer, publicExponent: Buffer): Template {
-  return [
-    { type: P.CKA_CLASS, value: P.CKO_PUBLIC_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_RSA },
-    { type: P.CKA_TOKEN, value: false },
-    { type: P.CKA_PRIVATE, value: false },
-    { type: P.CKA_TRUSTED, value: true },
-    { type: P.CKA_WRAP, value: true },
-    { type: P.CKA_ENCRYPT, value: false },
-    { type: P.CKA_VERIFY, value: false },
-    { type: P.CKA_MODULUS, value: modulus },
-    { type: P.CKA_PUBLIC_EXPONENT, value: publicExponent },
-    { type: P.CKA_LABEL, value: label },
-  ];
+export function trustedPublicKeyTemplate(label: string, modulus: Buffer, publicExponent: Buffer): KeyTemplate {
+  return keyTemplate({
+    class: 'public-key',
+    keyType: 'rsa',
+    token: false,
+    private: false,
+    trusted: true,
+    wrap: true,
+    encrypt: false,
+    verify: false,
+    modulus,
+    publicExponent,
+    label,
+  });
 }
 
 /**
  * A session key of 32 zero bytes, public knowledge: wrapping it under a KEK (KWP is deterministic) gives the KEK's
  * check value, comparable between HSMs without revealing anything about the KEK.
  */
-export function checkValueKeyTemplate(): Template {
-  return [
-    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_GENERIC_SECRET },
-    { type: P.CKA_TOKEN, value: false },
-    { type: P.CKA_PRIVATE, value: false },
-    { type: P.CKA_SENSITIVE, value: false },
-    { type: P.CKA_EXTRACTABLE, value: true },
-    { type: P.CKA_WRAP_WITH_TRUSTED, value: false },
-    { type: P.CKA_SIGN, value: false },
-    { type: P.CKA_VERIFY, value: false },
-    { type: P.CKA_DERIVE, value: false },
-    { type: P.CKA_VALUE, value: Buffer.alloc(32) },
-  ];
+export function checkValueKeyTemplate(): KeyTemplate {
+  return keyTemplate({
+    class: 'secret-key',
+    keyType: 'generic-secret',
+    token: false,
+    private: false,
+    sensitive: false,
+    extractable: true,
+    wrapWithTrusted: false,
+    sign: false,
+    verify: false,
+    derive: false,
+    value: Buffer.alloc(32),
+  });
 }
 
 /** The per-export HMAC key that authenticates a backup file: a session object, wrapped under the KEK into the file. */
-export function backupMacKeyTemplate(): Template {
-  return [
-    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_GENERIC_SECRET },
-    { type: P.CKA_VALUE_LEN, value: 32 },
-    { type: P.CKA_TOKEN, value: false },
-    { type: P.CKA_PRIVATE, value: true },
-    { type: P.CKA_SENSITIVE, value: true },
-    { type: P.CKA_EXTRACTABLE, value: true },
-    { type: P.CKA_WRAP_WITH_TRUSTED, value: true },
-    { type: P.CKA_SIGN, value: true },
-    { type: P.CKA_VERIFY, value: false },
-    { type: P.CKA_ENCRYPT, value: false },
-    { type: P.CKA_DECRYPT, value: false },
-    { type: P.CKA_DERIVE, value: false },
-  ];
+export function backupMacKeyTemplate(): KeyTemplate {
+  return keyTemplate({
+    class: 'secret-key',
+    keyType: 'generic-secret',
+    valueLen: 32,
+    token: false,
+    private: true,
+    sensitive: true,
+    extractable: true,
+    wrapWithTrusted: true,
+    sign: true,
+    verify: false,
+    encrypt: false,
+    decrypt: false,
+    derive: false,
+  });
 }
 
 /**
  * The MAC key unwrapped on restore: a session object, never extractable again. It signs because MACs are checked by
  * C_Sign and a constant-time compare (a wrong MAC in C_Verify answers CKR_DEVICE_ERROR on NSS).
  */
-export function backupMacVerifyTemplate(): Template {
-  return [
-    { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-    { type: P.CKA_KEY_TYPE, value: P.CKK_GENERIC_SECRET },
-    { type: P.CKA_TOKEN, value: false },
-    { type: P.CKA_PRIVATE, value: true },
-    { type: P.CKA_SENSITIVE, value: true },
-    { type: P.CKA_EXTRACTABLE, value: false },
-    { type: P.CKA_SIGN, value: true },
-    { type: P.CKA_VERIFY, value: false },
-    { type: P.CKA_ENCRYPT, value: false },
-    { type: P.CKA_DECRYPT, value: false },
-    { type: P.CKA_DERIVE, value: false },
-  ];
+export function backupMacVerifyTemplate(): KeyTemplate {
+  return keyTemplate({
+    class: 'secret-key',
+    keyType: 'generic-secret',
+    token: false,
+    private: true,
+    sensitive: true,
+    extractable: false,
+    sign: true,
+    verify: false,
+    encrypt: false,
+    decrypt: false,
+    derive: false,
+  });
 }
 
 /**
  * A key version restored from a backup: the template of an exportable generated version (sensitive, extractable
  * only under a trusted key), minus CKA_VALUE_LEN, which C_UnwrapKey takes from the blob.
  */
-export function restoredAesKeyTemplate(spec: Omit<AesKeySpec, 'exportable' | 'token'>): Template {
-  return aes256KeyTemplate({ ...spec, token: true, exportable: true }).filter((a) => a.type !== P.CKA_VALUE_LEN);
+export function restoredAesKeyTemplate(spec: Omit<AesKeySpec, 'exportable' | 'token'>): KeyTemplate {
+  return built(aes256KeyTemplate({ ...spec, token: true, exportable: true }).filter((a) => a.type !== P.CKA_VALUE_LEN));
 }

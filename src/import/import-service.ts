@@ -5,9 +5,9 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HsmError } from '../hsm/errors.js';
-import type { Handle, HsmConnection } from '../hsm/hsm-connection.js';
+import type { Handle, KeyStore, ObjectClass } from '../hsm/key-store.js';
 import { importedAesKeyTemplate, importTokenKeyTemplate, wrappingPrivateKeyTemplate, wrappingPublicKeyTemplate, type WrappingKeyUse } from '../hsm/import-templates.js';
-import { P } from '../hsm/module.js';
+import { GENERIC_SECRET_KEY_GEN, HMAC_SHA256, RSA_KEY_PAIR_GEN } from '../hsm/mechanisms.js';
 import { inertSecretTemplate } from '../hsm/templates.js';
 import { assemble, searchKeyObjects, usageOf, type ExternalKey, type KeyCatalogue } from '../keys/catalogue.js';
 import { KeyError } from '../keys/errors.js';
@@ -78,7 +78,7 @@ export class ImportService {
   private readonly now: () => Date;
 
   constructor(
-    private readonly hsm: HsmConnection,
+    private readonly hsm: KeyStore,
     private readonly catalogue: KeyCatalogue,
     private readonly lifecycle: KeyLifecycle,
     private readonly opts: ImportServiceOptions = {},
@@ -97,11 +97,11 @@ export class ImportService {
     // Whole seconds, as KMS gives them (and the CKA_ID keeps the same instant).
     const expiresAt = new Date(Math.floor((this.now().getTime() + IMPORT_PARAMETERS_VALID_MS) / 1000) * 1000);
     const spec = { label: WRAPPING_KEY_LABEL, id: wrappingKeyId(nonce, expiresAt), modulusBits: MODULUS_BITS[req.WrappingKeySpec], use, token: true };
-    const pair = await this.hsm.generateKeyPair({ mechanism: P.CKM_RSA_PKCS_KEY_PAIR_GEN }, wrappingPublicKeyTemplate(spec), wrappingPrivateKeyTemplate(spec));
+    const pair = await this.hsm.generateKeyPair(RSA_KEY_PAIR_GEN, wrappingPublicKeyTemplate(spec), wrappingPrivateKeyTemplate(spec));
     try {
       const publicKey = await publicKeyDer(this.hsm, pair.publicKey);
       const body = encodeTokenBody({ keyId: key.id, algorithm: req.WrappingAlgorithm, keySpec: req.WrappingKeySpec, expiresAt, wrappingKeyNonce: nonce });
-      const mac = await this.hsm.sign({ mechanism: P.CKM_SHA256_HMAC }, await this.tokenKey(), body);
+      const mac = await this.hsm.sign(HMAC_SHA256, await this.tokenKey(), body);
       return { KeyId: key.id, ImportToken: sealToken(body, mac), PublicKey: publicKey, ParametersValidTo: expiresAt };
     } catch (e) {
       await this.destroyQuietly(pair.privateKey, pair.publicKey);
@@ -154,14 +154,14 @@ export class ImportService {
       throw new ImportError('ExpiredImportTokenException', 'the import token has expired (24 hours): call GetParametersForImport again');
     }
     const pairId = wrappingKeyId(t.wrappingKeyNonce, t.expiresAt);
-    const [privateKey] = await this.findWrapping(P.CKO_PRIVATE_KEY, pairId);
-    const [publicKey] = await this.findWrapping(P.CKO_PUBLIC_KEY, pairId);
+    const [privateKey] = await this.findWrapping('private-key', pairId);
+    const [publicKey] = await this.findWrapping('public-key', pairId);
     // Destroyed after a successful import: the token was used already (or swept, or destroyed by hand).
     if (!privateKey || !publicKey) throw invalidToken();
 
     const key = await this.lifecycle.get(req.KeyId);
     this.checkImportable(key);
-    const [unwrap, decrypt, modulus] = await this.hsm.getAttributes(privateKey, [P.CKA_UNWRAP, P.CKA_DECRYPT, P.CKA_MODULUS]);
+    const [unwrap, decrypt, modulus] = await this.hsm.getAttributes(privateKey, ['unwrap', 'decrypt', 'modulus']);
     const k = modulus?.length ?? 0;
     if (k * 8 !== MODULUS_BITS[t.keySpec]) throw invalidToken();
     const use: WrappingKeyUse = isTrue(unwrap) ? 'oaep-unwrap' : isTrue(decrypt) ? 'raw-decrypt' : invalidUse();
@@ -323,7 +323,7 @@ export class ImportService {
         await backoff(attempt);
         continue;
       }
-      await this.hsm.generateKey(inertSecretTemplate(key.id, commitId(version, created, nonce)), P.CKM_GENERIC_SECRET_KEY_GEN);
+      await this.hsm.generateKey(inertSecretTemplate(key.id, commitId(version, created, nonce)), GENERIC_SECRET_KEY_GEN);
       this.catalogue.invalidate(key.id);
       return;
     }
@@ -374,10 +374,10 @@ export class ImportService {
   /** Wrapping key pairs (both halves) whose expiry, kept in their CKA_ID, has passed. */
   async sweepWrappingKeys(): Promise<number> {
     const now = this.now().getTime();
-    const handles = await this.hsm.findObjects([{ type: P.CKA_LABEL, value: WRAPPING_KEY_LABEL }]);
+    const handles = await this.hsm.findObjects({ label: WRAPPING_KEY_LABEL });
     let destroyed = 0;
     for (const h of handles) {
-      const [id] = await this.hsm.getAttributes(h, [P.CKA_ID]).catch(() => [undefined]);
+      const [id] = await this.hsm.getAttributes(h, ['id']).catch(() => [undefined]);
       const parsed = id ? parseWrappingKeyId(id) : undefined;
       if (!parsed || parsed.expiresAt.getTime() > now) continue;
       try {
@@ -438,7 +438,7 @@ export class ImportService {
    * CKA_LOCAL faithfully (NSS reports it false for generated keys: its profile says so).
    */
   private async tokenKeys(): Promise<Handle[]> {
-    const found = await this.hsm.findSecretKeys({ label: TOKEN_KEY_LABEL, keyType: P.CKK_GENERIC_SECRET });
+    const found = await this.hsm.findSecretKeys({ label: TOKEN_KEY_LABEL, keyType: 'generic-secret' });
     const localProves = this.hsm.tokenAttributes.localIsEvidence;
     return found
       .filter((o) => isTokenKeyId(o.id) && (!localProves || (o.attrs.local && o.attrs.neverExtractable)) && o.attrs.sensitive && !o.attrs.extractable)
@@ -449,14 +449,14 @@ export class ImportService {
   private async tokenKey(): Promise<Handle> {
     const existing = await this.tokenKeys();
     if (existing[0]) return existing[0];
-    const made = await this.hsm.generateKey(importTokenKeyTemplate(TOKEN_KEY_LABEL, tokenKeyId(newNonce())), P.CKM_GENERIC_SECRET_KEY_GEN);
+    const made = await this.hsm.generateKey(importTokenKeyTemplate(TOKEN_KEY_LABEL, tokenKeyId(newNonce())), GENERIC_SECRET_KEY_GEN);
     return made.handle;
   }
 
   private async verifyToken(body: Buffer, mac: Buffer): Promise<boolean> {
     for (const h of await this.tokenKeys()) {
       try {
-        if (await this.hsm.verify({ mechanism: P.CKM_SHA256_HMAC }, h, body, mac)) return true;
+        if (await this.hsm.verify(HMAC_SHA256, h, body, mac)) return true;
       } catch (e) {
         if (isInfrastructure(e)) throw e;
       }
@@ -464,12 +464,8 @@ export class ImportService {
     return false;
   }
 
-  private findWrapping(cls: number, id: Buffer): Promise<Handle[]> {
-    return this.hsm.findObjects([
-      { type: P.CKA_CLASS, value: cls },
-      { type: P.CKA_LABEL, value: WRAPPING_KEY_LABEL },
-      { type: P.CKA_ID, value: id },
-    ]);
+  private findWrapping(cls: ObjectClass, id: Buffer): Promise<Handle[]> {
+    return this.hsm.findObjects({ class: cls, label: WRAPPING_KEY_LABEL, id });
   }
 
   private async destroyQuietly(...handles: Handle[]): Promise<void> {

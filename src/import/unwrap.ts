@@ -12,9 +12,10 @@
 // same result (pkcs11-softhsm.md). Every failure of any step is the same InvalidCiphertextException.
 import { createPublicKey, publicEncrypt, constants, randomBytes } from 'node:crypto';
 import { HsmError } from '../hsm/errors.js';
-import type { Handle, HsmConnection } from '../hsm/hsm-connection.js';
-import { rsaOaepMechanism as oaepMechanism, cmacProbeTemplate, ephemeralAesKeyTemplate, hmacProbeTemplate, wrappingPrivateKeyTemplate, wrappingPublicKeyTemplate, type WrappingKeyUse } from '../hsm/import-templates.js';
-import { P, type Mechanism, type Template } from '../hsm/module.js';
+import type { Handle, KeyStore } from '../hsm/key-store.js';
+import { cmacProbeTemplate, ephemeralAesKeyTemplate, hmacProbeTemplate, wrappingPrivateKeyTemplate, wrappingPublicKeyTemplate, type WrappingKeyUse } from '../hsm/import-templates.js';
+import { AES_CMAC, HMAC_SHA256, RSA_KEY_PAIR_GEN, RSA_RAW, rsaOaepMechanism as oaepMechanism, type Mechanism } from '../hsm/mechanisms.js';
+import { withValue, type KeyTemplate } from '../hsm/templates.js';
 import { ImportError, notUnwrappable } from './errors.js';
 import { oaepDecode, type OaepHash } from './oaep.js';
 import { KEY_MATERIAL_BYTES, type WrappingAlgorithm } from './schemas.js';
@@ -56,7 +57,7 @@ async function orNotUnwrappable<T>(step: () => Promise<T>): Promise<T> {
 
 /** The customer's material, held inside the HSM (or, opted in, in memory): each call makes one more object of it. */
 export interface MaterialSource {
-  materialize(template: Template): Promise<Handle>;
+  materialize(template: KeyTemplate): Promise<Handle>;
   /** For KWP blobs: the wrapped length says the material is 25 to 32 bytes (RFC 5649 pads to 8). */
   readonly kwpLengthFits?: boolean;
   /** For the opted-in in-process path: the material's length, known exactly. */
@@ -65,7 +66,7 @@ export interface MaterialSource {
 }
 
 export interface OpenSourceOptions {
-  hsm: HsmConnection;
+  hsm: KeyStore;
   privateKey: Handle;
   /** The modulus length in bytes. */
   k: number;
@@ -83,7 +84,7 @@ export async function openMaterialSource(o: OpenSourceOptions): Promise<Material
     if (o.use === 'oaep-unwrap') {
       return { materialize: (t) => orNotUnwrappable(() => hsm.unwrapUntrusted(oaepMechanism(hash), privateKey, blob, t)), dispose: async () => undefined };
     }
-    const em = await orNotUnwrappable(() => hsm.decryptUntrusted({ mechanism: P.CKM_RSA_X_509 }, privateKey, blob, k));
+    const em = await orNotUnwrappable(() => hsm.decryptUntrusted(RSA_RAW, privateKey, blob, k));
     let material: Buffer;
     try {
       material = oaepDecode(leftPad(em, k), k, hash);
@@ -96,7 +97,7 @@ export async function openMaterialSource(o: OpenSourceOptions): Promise<Material
       knownLength: material.length,
       // Only with the operator's opt-in (import.allowInProcessMaterial), logged: the material is written into the HSM,
       // never read from it, and wiped from memory by dispose().
-      materialize: (t) => hsm.createObject([...t, { type: P.CKA_VALUE, value: material }]),
+      materialize: (t) => hsm.createObject(withValue(t, material)),
       dispose: async () => {
         material.fill(0);
       },
@@ -111,9 +112,9 @@ export async function openMaterialSource(o: OpenSourceOptions): Promise<Material
   let ephemeral: Handle;
   let decodedBadly = false;
   if (o.use === 'oaep-unwrap') {
-    ephemeral = await orNotUnwrappable(() => hsm.unwrapUntrusted(oaepMechanism(hash), privateKey, wrappedKey, ephemeralAesKeyTemplate(kwp.mechanism)));
+    ephemeral = await orNotUnwrappable(() => hsm.unwrapUntrusted(oaepMechanism(hash), privateKey, wrappedKey, ephemeralAesKeyTemplate(kwp)));
   } else {
-    const em = await orNotUnwrappable(() => hsm.decryptUntrusted({ mechanism: P.CKM_RSA_X_509 }, privateKey, wrappedKey, k));
+    const em = await orNotUnwrappable(() => hsm.decryptUntrusted(RSA_RAW, privateKey, wrappedKey, k));
     let aesKey: Buffer;
     try {
       aesKey = oaepDecode(leftPad(em, k), k, hash);
@@ -127,7 +128,7 @@ export async function openMaterialSource(o: OpenSourceOptions): Promise<Material
       em.fill(0);
     }
     try {
-      ephemeral = await hsm.createObject([...ephemeralAesKeyTemplate(kwp.mechanism), { type: P.CKA_VALUE, value: aesKey }]);
+      ephemeral = await hsm.createObject(withValue(ephemeralAesKeyTemplate(kwp), aesKey));
     } finally {
       aesKey.fill(0);
     }
@@ -168,25 +169,25 @@ function incorrectLength(): ImportError {
  * otherwise AES-CMAC works only for a valid AES key (16, 24 or 32 bytes) and HMAC-SHA256 only for one of at least 32
  * bytes (SoftHSM enforces the digest length): both together leave exactly 32.
  */
-export async function checkMaterial(hsm: HsmConnection, source: MaterialSource): Promise<Buffer> {
+export async function checkMaterial(hsm: KeyStore, source: MaterialSource): Promise<Buffer> {
   if (source.knownLength !== undefined && source.knownLength !== KEY_MATERIAL_BYTES) throw incorrectLength();
   const hmacProbe = await source.materialize(hmacProbeTemplate());
   let cmacProbe: Handle | undefined;
   try {
     if (source.kwpLengthFits === false) throw incorrectLength();
     cmacProbe = await source.materialize(cmacProbeTemplate());
-    const [len] = await hsm.getAttributes(hmacProbe, [P.CKA_VALUE_LEN]);
+    const [len] = await hsm.getAttributes(hmacProbe, ['valueLen']);
     const reported = len && len.length >= 4 ? Number(len.length >= 8 ? len.readBigUInt64LE(0) : len.readUInt32LE(0)) : 0;
     if (reported !== 0 && reported !== KEY_MATERIAL_BYTES) throw incorrectLength();
     try {
-      await hsm.sign({ mechanism: P.CKM_AES_CMAC }, cmacProbe, Buffer.alloc(16));
+      await hsm.sign(AES_CMAC, cmacProbe, Buffer.alloc(16));
     } catch (e) {
       if (isInfrastructure(e)) throw e;
       throw incorrectLength();
     }
     let mac: Buffer;
     try {
-      mac = await hsm.sign({ mechanism: P.CKM_SHA256_HMAC }, hmacProbe, KCV_LABEL);
+      mac = await hsm.sign(HMAC_SHA256, hmacProbe, KCV_LABEL);
     } catch (e) {
       if (isInfrastructure(e)) throw e;
       throw incorrectLength();
@@ -199,19 +200,19 @@ export async function checkMaterial(hsm: HsmConnection, source: MaterialSource):
 }
 
 /** The customer's WrappingPublicKey: DER SubjectPublicKeyInfo of the pair's public half. */
-export async function publicKeyDer(hsm: HsmConnection, publicKey: Handle): Promise<Buffer> {
-  const [n, e] = await hsm.getAttributes(publicKey, [P.CKA_MODULUS, P.CKA_PUBLIC_EXPONENT]);
+export async function publicKeyDer(hsm: KeyStore, publicKey: Handle): Promise<Buffer> {
+  const [n, e] = await hsm.getAttributes(publicKey, ['modulus', 'publicExponent']);
   if (!n || !e) throw new HsmError('Unknown', 'the wrapping public key has no modulus or exponent');
   return createPublicKey({ key: { kty: 'RSA', n: n.toString('base64url'), e: e.toString('base64url') }, format: 'jwk' }).export({ type: 'spki', format: 'der' });
 }
 
-const probes = new WeakMap<HsmConnection, Promise<boolean>>();
+const probes = new WeakMap<KeyStore, Promise<boolean>>();
 
 /**
  * Whether the HSM's CKM_RSA_PKCS_OAEP takes SHA-256 (SoftHSM 2.6: no, CKR_ARGUMENTS_BAD). Mechanism lists do not say
  * which hashes a mechanism takes, so ask once per connection: a throwaway session key pair, a blob made here, one unwrap.
  */
-export function nativeOaepSha256(hsm: HsmConnection): Promise<boolean> {
+export function nativeOaepSha256(hsm: KeyStore): Promise<boolean> {
   if (!hsm.capabilities.rsaOaepUnwrap || !hsm.capabilities.rsaKeyPairGen) return Promise.resolve(false);
   let p = probes.get(hsm);
   if (!p) {
@@ -223,9 +224,9 @@ export function nativeOaepSha256(hsm: HsmConnection): Promise<boolean> {
   return p;
 }
 
-async function probeOaepSha256(hsm: HsmConnection): Promise<boolean> {
+async function probeOaepSha256(hsm: KeyStore): Promise<boolean> {
   const spec = { label: 'xks:import-probe', id: Buffer.from('probe'), modulusBits: 2048, use: 'oaep-unwrap' as const, token: false };
-  const pair = await hsm.generateKeyPair({ mechanism: P.CKM_RSA_PKCS_KEY_PAIR_GEN }, wrappingPublicKeyTemplate(spec), wrappingPrivateKeyTemplate(spec));
+  const pair = await hsm.generateKeyPair(RSA_KEY_PAIR_GEN, wrappingPublicKeyTemplate(spec), wrappingPrivateKeyTemplate(spec));
   try {
     const der = await publicKeyDer(hsm, pair.publicKey);
     const blob = publicEncrypt({ key: createPublicKey({ key: der, format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, randomBytes(32));

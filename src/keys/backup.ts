@@ -11,11 +11,11 @@
 // unwraps that key and verifies before it looks at anything else: any change anywhere is InvalidCiphertextException.
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
-import type { Handle, HsmConnection } from '../hsm/hsm-connection.js';
+import type { Handle, KeyStore } from '../hsm/key-store.js';
 import { HsmError } from '../hsm/errors.js';
-import { P } from '../hsm/module.js';
+import { GENERIC_SECRET_KEY_GEN, HMAC_SHA256 } from '../hsm/mechanisms.js';
 import { inertSecretTemplate } from '../hsm/templates.js';
-import { backupMacKeyTemplate, backupMacVerifyTemplate, HMAC_SHA256, restoredAesKeyTemplate } from '../hsm/wrap-templates.js';
+import { backupMacKeyTemplate, backupMacVerifyTemplate, restoredAesKeyTemplate } from '../hsm/wrap-templates.js';
 import { assemble, searchKeyObjects, uncommitted, type ExternalKey } from './catalogue.js';
 import { KeyError } from './errors.js';
 import { findKek, kekCheckValue, type KekInfo } from './kek.js';
@@ -54,7 +54,7 @@ export const BackupFileSchema = z.strictObject({
 export type BackupFile = z.infer<typeof BackupFileSchema>;
 
 export interface BackupDeps {
-  hsm: HsmConnection;
+  hsm: KeyStore;
   lifecycle: KeyLifecycle;
 }
 
@@ -144,7 +144,7 @@ export async function exportKey(deps: BackupDeps, id: string, kekLabel: string, 
       wrapped: (await wrap(v.object, `version ${v.version}`)).toString('base64'),
     });
   }
-  const macKey = await hsm.generateKey(backupMacKeyTemplate(), P.CKM_GENERIC_SECRET_KEY_GEN);
+  const macKey = await hsm.generateKey(backupMacKeyTemplate(), GENERIC_SECRET_KEY_GEN);
   try {
     const doc: Record<string, unknown> = {
       format: BACKUP_FORMAT,
@@ -167,7 +167,7 @@ export async function exportKey(deps: BackupDeps, id: string, kekLabel: string, 
 }
 
 /** The file, verified under KEK `kek`: InvalidCiphertextException for any alteration, without saying where. */
-async function verifiedBackup(hsm: HsmConnection, contents: string, kek: KekInfo): Promise<BackupFile> {
+async function verifiedBackup(hsm: KeyStore, contents: string, kek: KekInfo): Promise<BackupFile> {
   let raw: unknown;
   try {
     raw = JSON.parse(contents);
@@ -255,7 +255,7 @@ export async function importWrapped(deps: BackupDeps, contents: string, kekLabel
       staged.push({ version: v.version, createdAt: v.createdAt, handle, nonce });
     }
     const record: KeyRecord = { ...file.record, exportable: true };
-    const recordObject = await hsm.generateKey(inertSecretTemplate(id, recordId(1, encodeRecord(record))), P.CKM_GENERIC_SECRET_KEY_GEN);
+    const recordObject = await hsm.generateKey(inertSecretTemplate(id, recordId(1, encodeRecord(record))), GENERIC_SECRET_KEY_GEN);
     made.push(recordObject.handle);
     // Another restore (or create) of the same id that raced this one: whoever sees a rival backs off.
     const mine = new Set(made.map((h) => h.toString('hex')));
@@ -269,7 +269,7 @@ export async function importWrapped(deps: BackupDeps, contents: string, kekLabel
     for (const s of staged) {
       const marker = await hsm.generateKey(
         inertSecretTemplate(id, commitId(s.version, s.createdAt ? new Date(s.createdAt) : undefined, s.nonce)),
-        P.CKM_GENERIC_SECRET_KEY_GEN,
+        GENERIC_SECRET_KEY_GEN,
       );
       made.push(marker.handle);
     }

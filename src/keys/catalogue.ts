@@ -2,8 +2,7 @@
 // never run per request: entries are cached, refreshed in the background when older than the TTL, re-resolved on a
 // miss or a stale handle. The token stays the only store: the cache holds nothing that is not re-read from it.
 import { HsmError } from '../hsm/errors.js';
-import type { Handle, HsmConnection, KeyObject } from '../hsm/hsm-connection.js';
-import { P } from '../hsm/module.js';
+import type { Handle, KeyObject, KeyStore, KeyType } from '../hsm/key-store.js';
 import { aesObjectRole, secretObjectRole } from './key-objects.js';
 import { decodeRecord, type KeyRecord, type KeyState, type Origin } from './key-record.js';
 
@@ -99,7 +98,7 @@ export class KeyCatalogue {
   private readonly entries = new Map<string, Entry>();
 
   constructor(
-    private readonly hsm: HsmConnection,
+    private readonly hsm: KeyStore,
     private readonly opts: CatalogueOptions,
     private readonly now: () => number = Date.now,
   ) {}
@@ -196,7 +195,7 @@ const SEARCH_ATTEMPTS = 5;
  * its attributes (a rotation withdrawing its candidate does so all the time): that read fails with a stale handle,
  * which here only means the search is out of date, so search again rather than fail a KMS request.
  */
-export async function searchKeyObjects(hsm: HsmConnection, match: { label?: string; keyType?: number }): Promise<KeyObject[]> {
+export async function searchKeyObjects(hsm: KeyStore, match: { label?: string; keyType?: KeyType }): Promise<KeyObject[]> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await hsm.findSecretKeys(match);
@@ -233,7 +232,7 @@ function classify(objects: KeyObject[]): Classified {
     out.byVersion.set(version, group);
   };
   for (const o of objects) {
-    if (o.keyType !== P.CKK_GENERIC_SECRET) continue;
+    if (o.keyType !== 'generic-secret') continue;
     const role = secretObjectRole(o.id);
     if (role.role === 'record') out.records.push({ object: o.handle, revision: role.revision, id: o.id, json: role.json });
     if (role.role === 'commit') {
@@ -244,7 +243,7 @@ function classify(objects: KeyObject[]): Classified {
   }
   const usedMarkers = new Set<Handle>();
   for (const o of objects) {
-    if (o.keyType !== P.CKK_AES) continue;
+    if (o.keyType !== 'aes') continue;
     const role = aesObjectRole(o.id);
     if (role.role === 'material') {
       const marker = markers.get(role.nonce)?.find((m) => m.version === role.version);

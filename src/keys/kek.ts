@@ -12,13 +12,12 @@
 //                 operator read from the sending side, destroys the transport pair; the user seals the KEK
 import { createHash, createPublicKey } from 'node:crypto';
 import { z } from 'zod';
-import type { HsmConnection } from '../hsm/hsm-connection.js';
-import { P, readBool, type Handle, type Mechanism, type Template } from '../hsm/module.js';
+import { AES_KEY_GEN, RSA_KEY_PAIR_GEN, RSA_OAEP_SHA1, type Mechanism } from '../hsm/mechanisms.js';
+import { readBool, type Handle, type KeyStore, type KeyTemplate, type ObjectClass, type ObjectMatch } from '../hsm/key-store.js';
 import { withCeremony, type CeremonyOptions, type CeremonySession } from '../hsm/so-session.js';
 import {
   checkValueKeyTemplate,
   kekTemplate,
-  RSA_OAEP_SHA1,
   SEALED_KEK_COPY,
   TRANSPORT_KEY_BITS,
   transportKeyPairTemplates,
@@ -29,7 +28,7 @@ import { newNonce } from './key-objects.js';
 
 /** The few calls a check value needs; both HsmConnection and CeremonySession have them. */
 export interface WrapOps {
-  createObject(template: Template): Handle | Promise<Handle>;
+  createObject(template: KeyTemplate): Handle | Promise<Handle>;
   wrapKey(mechanism: Mechanism, wrappingKey: Handle, key: Handle): Buffer | Promise<Buffer>;
   destroyObject(handle: Handle): void | Promise<void>;
   /** The token's RFC 5649 key wrap, whatever number it gives it. */
@@ -116,11 +115,7 @@ const transportId = (): Buffer => Buffer.from(`xks:kek-transport;n=${newNonce()}
 const isKekId = (id: Buffer | undefined): boolean => id !== undefined && KEK_ID.test(id.toString('latin1'));
 const isTransportId = (id: Buffer | undefined): boolean => id !== undefined && TRANSPORT_ID.test(id.toString('latin1'));
 
-const KEK_MATCH = (label?: string): Template => [
-  { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-  { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
-  ...(label !== undefined ? [{ type: P.CKA_LABEL, value: label }] : []),
-];
+const KEK_MATCH = (label?: string): ObjectMatch => ({ class: 'secret-key', keyType: 'aes', ...(label !== undefined ? { label } : {}) });
 
 /** Of `handles`, the ones whose CKA_ID `matches`. */
 async function withId(read: (h: Handle) => (Buffer | undefined)[] | Promise<(Buffer | undefined)[]>, handles: Handle[], matches: (id: Buffer | undefined) => boolean): Promise<Handle[]> {
@@ -129,14 +124,14 @@ async function withId(read: (h: Handle) => (Buffer | undefined)[] | Promise<(Buf
   return out;
 }
 
-async function kekInfo(hsm: HsmConnection, handle: Handle, label: string): Promise<KekInfo> {
-  const [trusted, priv, wrap, unwrap] = await hsm.getAttributes(handle, [P.CKA_TRUSTED, P.CKA_PRIVATE, P.CKA_WRAP, P.CKA_UNWRAP]);
+async function kekInfo(hsm: KeyStore, handle: Handle, label: string): Promise<KekInfo> {
+  const [trusted, priv, wrap, unwrap] = await hsm.getAttributes(handle, ['trusted', 'private', 'wrap', 'unwrap']);
   return { label, handle, trusted: readBool(trusted), private: readBool(priv), wrap: readBool(wrap), unwrap: readBool(unwrap) };
 }
 
 /** The KEK with this label: NotFoundException when there is none, KMSInvalidStateException when two claim it. */
-export async function findKek(hsm: HsmConnection, label: string): Promise<KekInfo> {
-  const handles = await withId((h) => hsm.getAttributes(h, [P.CKA_ID]), await hsm.findObjects(KEK_MATCH(label)), isKekId);
+export async function findKek(hsm: KeyStore, label: string): Promise<KekInfo> {
+  const handles = await withId((h) => hsm.getAttributes(h, ['id']), await hsm.findObjects(KEK_MATCH(label)), isKekId);
   if (handles.length === 0) {
     const other = (await hsm.findSecretKeys({ label })).length > 0;
     throw new KeyError(
@@ -156,18 +151,18 @@ export interface KekListing {
   transportKeys: { label: string; fingerprint: string }[];
 }
 
-export async function listKeks(hsm: HsmConnection): Promise<KekListing> {
+export async function listKeks(hsm: KeyStore): Promise<KekListing> {
   const keks: KekListing['keks'] = [];
-  for (const o of await hsm.findSecretKeys({ keyType: P.CKK_AES })) {
+  for (const o of await hsm.findSecretKeys({ keyType: 'aes' })) {
     if (!isKekId(o.id)) continue;
     const { handle, ...info } = await kekInfo(hsm, o.handle, o.label);
     const checkValue = info.wrap ? await kekCheckValue(hsm, handle).catch(() => undefined) : undefined;
     keks.push({ ...info, checkValue });
   }
   const transportKeys: KekListing['transportKeys'] = [];
-  const publics = await hsm.findObjects([{ type: P.CKA_CLASS, value: P.CKO_PUBLIC_KEY }]);
-  for (const h of await withId((x) => hsm.getAttributes(x, [P.CKA_ID]), publics, isTransportId)) {
-    const [label, modulus, exponent] = await hsm.getAttributes(h, [P.CKA_LABEL, P.CKA_MODULUS, P.CKA_PUBLIC_EXPONENT]);
+  const publics = await hsm.findObjects({ class: 'public-key' });
+  for (const h of await withId((x) => hsm.getAttributes(x, ['id']), publics, isTransportId)) {
+    const [label, modulus, exponent] = await hsm.getAttributes(h, ['label', 'modulus', 'publicExponent']);
     transportKeys.push({ label: (label ?? Buffer.alloc(0)).toString('utf8'), fingerprint: publicKeyFingerprint(rsaSpki(modulus!, exponent!)) });
   }
   keks.sort((a, b) => a.label.localeCompare(b.label));
@@ -181,18 +176,14 @@ function checkLabel(label: string): void {
   if (!LABEL.test(label)) throw new KeyError('ValidationException', `"${label}" is not a valid KEK label: use 1 to 64 printable ASCII characters`);
 }
 
-function kekObjects(s: CeremonySession, label: string, extra: Template = []): Handle[] {
-  return s.find([{ type: P.CKA_TOKEN, value: true }, ...KEK_MATCH(label), ...extra]).filter((h) => isKekId(s.getAttributes(h, [P.CKA_ID])[0]));
+function kekObjects(s: CeremonySession, label: string, extra: ObjectMatch = {}): Handle[] {
+  return s.find({ token: true, ...KEK_MATCH(label), ...extra }).filter((h) => isKekId(s.getAttributes(h, ['id'])[0]));
 }
 
-function transportObjects(s: CeremonySession, label: string, cls: number): Handle[] {
+function transportObjects(s: CeremonySession, label: string, cls: ObjectClass): Handle[] {
   return s
-    .find([
-      { type: P.CKA_TOKEN, value: true },
-      { type: P.CKA_CLASS, value: cls },
-      { type: P.CKA_LABEL, value: label },
-    ])
-    .filter((h) => isTransportId(s.getAttributes(h, [P.CKA_ID])[0]));
+    .find({ token: true, class: cls, label })
+    .filter((h) => isTransportId(s.getAttributes(h, ['id'])[0]));
 }
 
 /** As the user (checks the user PIN before the SO does anything): refuse when the token already has this KEK. */
@@ -207,14 +198,14 @@ function refuseExistingKek(s: CeremonySession, access: CeremonyAccess, label: st
  * login. If sealing fails, the public KEK is destroyed too: a ceremony leaves a sealed KEK or nothing.
  */
 function sealKek(s: CeremonySession, label: string): Handle {
-  const publics = kekObjects(s, label, [{ type: P.CKA_PRIVATE, value: false }]);
+  const publics = kekObjects(s, label, { private: false });
   if (publics.length !== 1) throw new KeyError('KMSInvalidStateException', `expected one new public KEK "${label}" to seal, found ${publics.length}`);
   const pub = publics[0]!;
   let sealed: Handle | undefined;
   try {
     // The copy keeps the public KEK's CKA_ID (SoftHSM refuses a new one in a copy template); the public one goes next.
     sealed = s.copyObject(pub, SEALED_KEK_COPY);
-    const [trusted, priv] = s.getAttributes(sealed, [P.CKA_TRUSTED, P.CKA_PRIVATE]);
+    const [trusted, priv] = s.getAttributes(sealed, ['trusted', 'private']);
     if (!readBool(trusted) || !readBool(priv)) {
       throw new KeyError('UnsupportedOperationException', 'this HSM does not keep CKA_TRUSTED on a private copy of the KEK; see docs/backup.md');
     }
@@ -241,7 +232,7 @@ export async function createKek(access: CeremonyAccess, label: string): Promise<
   return withCeremony(access, async (s) => {
     refuseExistingKek(s, access, label);
     s.login('so', access.soPin);
-    s.generateKey(kekTemplate(label, kekId(), 'generate'), P.CKM_AES_KEY_GEN);
+    s.generateKey(kekTemplate(label, kekId(), 'generate'), AES_KEY_GEN);
     s.login('user', access.userPin);
     const kek = sealKek(s, label);
     return { label, checkValue: await kekCheckValue(s, kek) };
@@ -258,14 +249,14 @@ export async function createTransportKey(
   return withCeremony(access, (s) => {
     refuseExistingKek(s, access, label);
     s.login('so', access.soPin);
-    const existing = [...transportObjects(s, label, P.CKO_PRIVATE_KEY), ...transportObjects(s, label, P.CKO_PUBLIC_KEY)];
+    const existing = [...transportObjects(s, label, 'private-key'), ...transportObjects(s, label, 'public-key')];
     if (existing.length > 0 && !opts.replace) {
       throw new KeyError('AlreadyExistsException', `a transport key for "${label}" already exists in this token (--replace makes a new one)`);
     }
     for (const h of existing) s.destroyObject(h);
     const t = transportKeyPairTemplates(label, transportId());
-    const pair = s.generateKeyPair(P.CKM_RSA_PKCS_KEY_PAIR_GEN, t.publicKey, t.privateKey);
-    const [modulus, exponent] = s.getAttributes(pair.publicKey, [P.CKA_MODULUS, P.CKA_PUBLIC_EXPONENT]);
+    const pair = s.generateKeyPair(RSA_KEY_PAIR_GEN, t.publicKey, t.privateKey);
+    const [modulus, exponent] = s.getAttributes(pair.publicKey, ['modulus', 'publicExponent']);
     const publicKeyDer = rsaSpki(modulus!, exponent!);
     return { publicKeyDer, fingerprint: publicKeyFingerprint(publicKeyDer) };
   });
@@ -327,7 +318,7 @@ function requireSealedKek(s: CeremonySession, label: string): Handle {
   const found = kekObjects(s, label);
   if (found.length === 0) throw new KeyError('NotFoundException', `no KEK "${label}" in this token`);
   if (found.length > 1) throw new KeyError('KMSInvalidStateException', `${found.length} objects in this token claim to be KEK "${label}"`);
-  const [trusted, priv] = s.getAttributes(found[0]!, [P.CKA_TRUSTED, P.CKA_PRIVATE]);
+  const [trusted, priv] = s.getAttributes(found[0]!, ['trusted', 'private']);
   if (!readBool(trusted)) throw new KeyError('IncorrectKeyException', `KEK "${label}" is not marked trusted by the security officer`);
   if (!readBool(priv)) throw new KeyError('KMSInvalidStateException', `KEK "${label}" is a public object (a ceremony stopped midway): destroy it and start again`);
   return found[0]!;
@@ -358,12 +349,12 @@ export async function receiveKek(access: CeremonyAccess, label: string, contents
   return withCeremony(access, async (s) => {
     refuseExistingKek(s, access, label);
     s.login('so', access.soPin);
-    const privs = transportObjects(s, label, P.CKO_PRIVATE_KEY);
-    const pubs = transportObjects(s, label, P.CKO_PUBLIC_KEY);
+    const privs = transportObjects(s, label, 'private-key');
+    const pubs = transportObjects(s, label, 'public-key');
     if (privs.length !== 1 || pubs.length !== 1) {
       throw new KeyError('NotFoundException', `no transport key for "${label}" in this token: run \`xks kek transport-key ${label}\` here first`);
     }
-    const [modulus, exponent] = s.getAttributes(pubs[0]!, [P.CKA_MODULUS, P.CKA_PUBLIC_EXPONENT]);
+    const [modulus, exponent] = s.getAttributes(pubs[0]!, ['modulus', 'publicExponent']);
     if (publicKeyFingerprint(rsaSpki(modulus!, exponent!)) !== transfer.transportKeyFingerprint) {
       throw new KeyError('IncorrectKeyException', `the file was wrapped for another transport key than the one for "${label}" in this token`);
     }

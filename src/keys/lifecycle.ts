@@ -2,8 +2,8 @@
 // Every state lives in the token (key-objects.ts, key-record.ts); this module holds no state between calls, so any
 // number of processes on one token agree. Rotation races are settled in the token too (docs/key-model.md).
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Handle, HsmConnection, KeyObject } from '../hsm/hsm-connection.js';
-import { P } from '../hsm/module.js';
+import type { Handle, KeyObject, KeyStore } from '../hsm/key-store.js';
+import { GENERIC_SECRET_KEY_GEN } from '../hsm/mechanisms.js';
 import { aes256KeyTemplate, inertSecretTemplate, type AesKeySpec } from '../hsm/templates.js';
 import { assemble, searchKeyObjects, usageOf, type ExternalKey, type KeyCatalogue, type Usage } from './catalogue.js';
 import { KeyError } from './errors.js';
@@ -57,7 +57,7 @@ export class KeyLifecycle {
   private readonly now: () => Date;
 
   constructor(
-    private readonly hsm: HsmConnection,
+    private readonly hsm: KeyStore,
     private readonly catalogue: KeyCatalogue,
     private readonly opts: LifecycleOptions,
   ) {
@@ -101,7 +101,7 @@ export class KeyLifecycle {
       exportable: o.exportable === true,
       ...(o.rotationPeriodDays !== undefined ? { rotationDays: o.rotationPeriodDays } : {}),
     };
-    await this.hsm.generateKey(inertSecretTemplate(id, recordId(1, encodeRecord(record))), P.CKM_GENERIC_SECRET_KEY_GEN);
+    await this.hsm.generateKey(inertSecretTemplate(id, recordId(1, encodeRecord(record))), GENERIC_SECRET_KEY_GEN);
     if (!external) await this.generateVersion(id, 1, record, now);
     return this.get(id);
   }
@@ -279,7 +279,7 @@ export class KeyLifecycle {
         exportable: record.exportable,
       });
       if (!(await this.mayCommit(id, mine.handle, next, me))) continue;
-      await this.hsm.generateKey(inertSecretTemplate(id, commitId(next, this.now(), nonce)), P.CKM_GENERIC_SECRET_KEY_GEN);
+      await this.hsm.generateKey(inertSecretTemplate(id, commitId(next, this.now(), nonce)), GENERIC_SECRET_KEY_GEN);
       const after = o.recordAfter?.(key, next) ?? record;
       // An adopted key gets its record on first rotation, so its origin and dates are kept from now on.
       if (!key.record || after !== record) await this.writeRecord(key, after);
@@ -328,7 +328,7 @@ export class KeyLifecycle {
         exportable: record.exportable,
       }),
     );
-    await this.hsm.generateKey(inertSecretTemplate(id, commitId(version, at, nonce)), P.CKM_GENERIC_SECRET_KEY_GEN);
+    await this.hsm.generateKey(inertSecretTemplate(id, commitId(version, at, nonce)), GENERIC_SECRET_KEY_GEN);
     this.catalogue.invalidate(id);
   }
 
@@ -357,7 +357,7 @@ export class KeyLifecycle {
    */
   async writeRecord(key: ExternalKey, record: KeyRecord): Promise<void> {
     const id = recordId(key.recordRevision + 1, encodeRecord(record));
-    await this.hsm.generateKey(inertSecretTemplate(key.id, id), P.CKM_GENERIC_SECRET_KEY_GEN);
+    await this.hsm.generateKey(inertSecretTemplate(key.id, id), GENERIC_SECRET_KEY_GEN);
     this.catalogue.invalidate(key.id);
     for (const old of [...(key.recordObject ? [key.recordObject] : []), ...key.leftovers]) {
       // Another writer may have destroyed it already.

@@ -7,7 +7,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import client from 'prom-client';
 import type { LoadedConfig } from '../config/load.js';
-import type { HsmConnection } from '../hsm/hsm-connection.js';
+import type { HsmOperations } from '../hsm/key-store.js';
 import type { KeyCatalogue } from '../keys/catalogue.js';
 import type { HealthChecker } from '../xks/health.js';
 import { FastCounter, FastHistogram } from './fast-metrics.js';
@@ -15,7 +15,7 @@ import { FastCounter, FastHistogram } from './fast-metrics.js';
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
 
 export interface MetricsSources {
-  hsm: HsmConnection;
+  hsm: HsmOperations;
   health: HealthChecker;
   catalogue: KeyCatalogue;
   config: () => LoadedConfig;

@@ -1,8 +1,7 @@
 // The deep health check (spec "GetHealthStatus"): a real encrypt and decrypt on a dedicated key, never a customer key.
 // The result is cached (at most 60 s); a slow check answers from the last result rather than past KMS's 250 ms budget.
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import type { HsmConnection } from '../hsm/hsm-connection.js';
-import { P } from '../hsm/module.js';
+import type { KeyStore } from '../hsm/key-store.js';
 import { aes256KeyTemplate } from '../hsm/templates.js';
 import { buildGcmAad } from './aad.js';
 
@@ -28,16 +27,16 @@ export class HealthChecker {
   private running: Promise<HealthResult> | undefined;
 
   constructor(
-    private readonly hsm: HsmConnection,
+    private readonly hsm: KeyStore,
     private readonly opts: HealthOptions,
     private readonly now: () => number = Date.now,
   ) {}
 
   /** Find or create the health key: AES-256, sensitive, non-extractable, used for nothing else. */
   private async healthKey() {
-    const found = await this.hsm.findSecretKeys({ label: this.opts.keyLabel, keyType: P.CKK_AES });
+    const found = await this.hsm.findSecretKeys({ label: this.opts.keyLabel, keyType: 'aes' });
     if (found[0]) return found[0].handle;
-    const made = await this.hsm.generateKey(aes256KeyTemplate({ label: this.opts.keyLabel, encrypt: true, decrypt: true }));
+    const made = await this.hsm.generateKey(aes256KeyTemplate({ label: this.opts.keyLabel, encrypt: true, decrypt: true, exportable: false }));
     return made.handle;
   }
 

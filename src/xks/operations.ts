@@ -1,7 +1,7 @@
 // The XKS operations as functions: typed request in, typed response out. No HTTP, no pkcs11js.
 import { timingSafeEqual } from 'node:crypto';
 import { HsmError } from '../hsm/errors.js';
-import type { HsmConnection } from '../hsm/hsm-connection.js';
+import type { KeyStore } from '../hsm/key-store.js';
 import { materialExpired } from '../import/expiry.js';
 import { usageOf, type ExternalKey, type KeyCatalogue, type KeyVersion } from '../keys/catalogue.js';
 import { buildGcmAad } from './aad.js';
@@ -11,7 +11,7 @@ import { XksError } from './errors.js';
 import type { DecryptRequest, EncryptRequest } from './schemas.js';
 
 export interface XksDeps {
-  hsm: HsmConnection;
+  hsm: KeyStore;
   catalogue: KeyCatalogue;
 }
 

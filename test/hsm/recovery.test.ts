@@ -99,7 +99,7 @@ function suite(label: string, hsm: Record<string, unknown>) {
 
     it('finds a key created in the token while the login is lost (no false KeyNotFoundException)', async () => {
       // As `xks keys create` in another process would: the key is in the token, the server has never looked it up.
-      await t.proxy.hsm.generateKey(aes256KeyTemplate({ label: 'created_later', id: versionId(1), encrypt: true, decrypt: true }));
+      await t.proxy.hsm.generateKey(aes256KeyTemplate({ label: 'created_later', id: versionId(1), encrypt: true, decrypt: true, exportable: false }));
       const { mod, loginSession } = t.proxy.hsm.moduleForTests;
       mod.C_Logout(loginSession);
       // Private objects are invisible to a session that is not logged in: the search must not conclude "no such key".

@@ -191,7 +191,7 @@ describe('key versions', () => {
     const v1 = await xks.encrypt('rotated', PT, { additionalAuthenticatedData: AAD.toString('base64') });
     expect(b64(v1.json.ciphertextMetadata).toString('hex')).toBe('0100000001');
     // Rotate: a version-2 object with the same label, as the key tooling makes it.
-    await t.proxy.hsm.generateKey(aes256KeyTemplate({ label: 'rotated', id: versionId(2), encrypt: true, decrypt: true }));
+    await t.proxy.hsm.generateKey(aes256KeyTemplate({ label: 'rotated', id: versionId(2), encrypt: true, decrypt: true, exportable: false }));
     t.proxy.catalogue.invalidate('rotated');
     const v2 = await xks.encrypt('rotated', PT, { additionalAuthenticatedData: AAD.toString('base64') });
     expect(b64(v2.json.ciphertextMetadata).toString('hex')).toBe('0100000002');

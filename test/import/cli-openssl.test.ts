@@ -7,7 +7,6 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from '
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { P } from '../../src/hsm/module.js';
 import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
@@ -91,7 +90,7 @@ describe('docs/byok.md, RSA_AES_KEY_WRAP_SHA_256', () => {
     t.proxy.catalogue.invalidate('payments-byok');
     const material = readFileSync(join(dir, 'PlaintextKeyMaterial.bin'));
     await expectProxyUses(t.httpUrl, 'payments-byok', material);
-    const [obj] = await t.proxy.hsm.findSecretKeys({ label: 'payments-byok', keyType: P.CKK_AES });
+    const [obj] = await t.proxy.hsm.findSecretKeys({ label: 'payments-byok', keyType: 'aes' });
     expect(obj!.attrs).toMatchObject({ sensitive: true, extractable: false });
     // Imported, not generated: CKA_LOCAL false where the token reports it faithfully, absent where it does not (NSS).
     expect(obj!.attrs.local).toBe(TOKEN_FACTS.localIsEvidence ? false : undefined);

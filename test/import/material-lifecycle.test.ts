@@ -43,7 +43,7 @@ async function importInto(id: string, material: Buffer, extra: { ValidTo?: Date;
   });
 }
 
-const aesObjects = async (id: string) => (await t.proxy.hsm.findSecretKeys({ label: id, keyType: P.CKK_AES })).map((o) => o.id.toString()).sort();
+const aesObjects = async (id: string) => (await t.proxy.hsm.findSecretKeys({ label: id, keyType: 'aes' })).map((o) => o.id.toString()).sort();
 
 describe('expiry', () => {
   it('material past its ValidTo stops working at once, is destroyed by the sweep and is gone from the token', async () => {
@@ -119,7 +119,7 @@ describe('delete and re-import', () => {
     expect(again).not.toEqual(objects);
     const restored = (await t.proxy.lifecycle.get(id)).versions.get(1)!;
     expect(restored.createdAt).toEqual(madeAt);
-    const [obj] = await t.proxy.hsm.findSecretKeys({ label: id, keyType: P.CKK_AES });
+    const [obj] = await t.proxy.hsm.findSecretKeys({ label: id, keyType: 'aes' });
     expect(obj!.attrs).toMatchObject({ sensitive: true, extractable: false });
     // Imported, not generated: CKA_LOCAL false where the token reports it faithfully, absent where it does not (NSS).
     expect(obj!.attrs.local).toBe(TOKEN_FACTS.localIsEvidence ? false : undefined);

@@ -154,7 +154,7 @@ describe('with a fake clock', () => {
     await clock.scheduleDeletion('gone', 7);
     await clock.scheduleDeletion('stays', 30);
     // A leftover candidate of a rotation that died: purged with the key.
-    await t!.proxy.hsm.generateKey(aes256KeyTemplate({ label: 'gone', id: candidateId(3, now - 120_000, 'ee'), encrypt: true, decrypt: true }));
+    await t!.proxy.hsm.generateKey(aes256KeyTemplate({ label: 'gone', id: candidateId(3, now - 120_000, 'ee'), encrypt: true, decrypt: true, exportable: false }));
     // Two versions with their commit markers, the record, the candidate.
     expect((await tokenObjects(t!.proxy.hsm, 'gone')).all).toHaveLength(6);
     const staysBefore = (await tokenObjects(t!.proxy.hsm, 'stays')).all.length;
@@ -222,7 +222,7 @@ describe('one key that cannot be rotated does not hold back the others', () => {
     const now = new Date();
     const lifecycle = openLifecycle(t!.proxy.hsm, t!.proxy.catalogue, loadConfig(t!.configFile), () => new Date(now.getTime() + 100 * DAY_MS));
     // A key whose record claims a rotation period but whose material is imported: rotating it is refused.
-    await t!.proxy.hsm.generateKey(aes256KeyTemplate({ label: 'stuck', id: versionId(1, now), encrypt: true, decrypt: true }));
+    await t!.proxy.hsm.generateKey(aes256KeyTemplate({ label: 'stuck', id: versionId(1, now), encrypt: true, decrypt: true, exportable: false }));
     const record = { f: 1 as const, state: 'Enabled' as const, usage: ['ENCRYPT' as const, 'DECRYPT' as const], origin: 'EXTERNAL' as const, created: now.toISOString(), exportable: false, rotationDays: 90 };
     await t!.proxy.hsm.generateKey(recordObjectTemplate('stuck', recordId(encodeRecord(record))), P.CKM_GENERIC_SECRET_KEY_GEN);
     await t!.proxy.lifecycle.create('zz-due', { usage: { encrypt: true, decrypt: true }, rotationPeriodDays: 90 });

@@ -122,7 +122,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a token made by the previous release'
     await t.proxy.lifecycle.disable('adopted');
     await t.proxy.lifecycle.enable('adopted');
     const objs = await t.proxy.hsm.findSecretKeys({ label: 'adopted' });
-    const records = objs.filter((o) => o.keyType === P.CKK_GENERIC_SECRET && o.id.toString().startsWith('xks:r2;'));
+    const records = objs.filter((o) => o.keyType === 'generic-secret' && o.id.toString().startsWith('xks:r2;'));
     expect(records).toHaveLength(1);
     expect(records[0]!.id.toString()).toMatch(/^xks:r2;s=2;/);
     expect(await t.proxy.lifecycle.rotate('adopted')).toMatchObject({ Rotated: true, Version: 2 });

@@ -72,7 +72,7 @@ export async function tokenObjects(hsm: HsmConnection, id: string) {
   const key = assemble(id, objs);
   const versions = new Map<number, number>([...(key?.versions.values() ?? [])].map((v) => [v.version, 1 + v.alternates.length]));
   const candidates = (key?.candidates ?? []).map((c) => c.version);
-  const records = objs.filter((o) => o.keyType === P.CKK_GENERIC_SECRET && secretObjectRole(o.id).role === 'record').length;
+  const records = objs.filter((o) => o.keyType === 'generic-secret' && secretObjectRole(o.id).role === 'record').length;
   return { all: objs, versions, candidates, records };
 }
 

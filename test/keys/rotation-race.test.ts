@@ -327,7 +327,7 @@ describe.skipIf(!STRESS)('rotations racing in separate processes (XKS_RACE_STRES
     beforeAll(async () => {
       // Built by hand as a key made 91 days ago with a 90-day period: its version 1 and its record.
       const made = new Date(Date.now() - 91 * DAY_MS);
-      await t.proxy.hsm.generateKey(aes256KeyTemplate({ label: 'due', id: versionId(1, made), encrypt: true, decrypt: true }));
+      await t.proxy.hsm.generateKey(aes256KeyTemplate({ label: 'due', id: versionId(1, made), encrypt: true, decrypt: true, exportable: false }));
       const record = { f: 1 as const, state: 'Enabled' as const, usage: ['ENCRYPT' as const, 'DECRYPT' as const], origin: 'HSM' as const, created: made.toISOString(), exportable: false, rotationDays: 90 };
       await t.proxy.hsm.generateKey(recordObjectTemplate('due', recordId(encodeRecord(record))), P.CKM_GENERIC_SECRET_KEY_GEN);
       await t.proxy.lifecycle.create('not-due', { usage: { encrypt: true, decrypt: true }, rotationPeriodDays: 90 });

@@ -176,7 +176,7 @@ describe('leftover candidates', () => {
     const before = await xks.encrypt('stale', pt('before'));
     // A rotation that died two minutes ago after making its candidate for version 2.
     const dead = await t.proxy.hsm.generateKey(
-      aes256KeyTemplate({ label: 'stale', id: materialId(2, Date.now() - 120_000, 'ab'.repeat(12)), encrypt: true, decrypt: true }),
+      aes256KeyTemplate({ label: 'stale', id: materialId(2, Date.now() - 120_000, 'ab'.repeat(12)), encrypt: true, decrypt: true, exportable: false }),
     );
     // Something encrypted under the candidate's material, labelled version 2: must never decrypt.
     const metadata = encodeCiphertextMetadata(2);
@@ -208,7 +208,7 @@ describe('leftover candidates', () => {
   it('a fresh candidate of another writer makes rotate back off and fail with ConflictException, changing nothing', async () => {
     await t.proxy.lifecycle.create('busy', { usage: { encrypt: true, decrypt: true } });
     const rival = await t.proxy.hsm.generateKey(
-      aes256KeyTemplate({ label: 'busy', id: materialId(2, Date.now(), 'cd'.repeat(12)), encrypt: true, decrypt: true }),
+      aes256KeyTemplate({ label: 'busy', id: materialId(2, Date.now(), 'cd'.repeat(12)), encrypt: true, decrypt: true, exportable: false }),
     );
     const started = Date.now();
     const err = await t.proxy.lifecycle.rotate('busy').then(

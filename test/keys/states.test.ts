@@ -250,7 +250,7 @@ describe('adopted keys (made by other tools, no record)', () => {
   });
 
   it('an encrypt-only key generated without CKA_ID keeps its usage in its new record; disable and enable through the CLI', async () => {
-    await t.proxy.hsm.generateKey(aes256KeyTemplate({ label: 'bare', encrypt: true, decrypt: false }));
+    await t.proxy.hsm.generateKey(aes256KeyTemplate({ label: 'bare', encrypt: true, decrypt: false, exportable: false }));
     const enc = await xks.encrypt('bare', Buffer.from('bare'));
     expect(enc.status, enc.text).toBe(200);
     expect((await runCli(t.token, t.configFile, ['keys', 'disable', 'bare'])).code).toBe(0);
