@@ -2,7 +2,7 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import client from 'prom-client';
-import { auditSigner } from './audit/audit-key.js';
+import { auditSigner, DEFAULT_AUDIT_KEY_LABEL } from './audit/audit-key.js';
 import { AuditTrail, trailFileName } from './audit/audit-trail.js';
 import type { LoadedConfig } from './config/load.js';
 import { HsmConnection } from './hsm/hsm-connection.js';
@@ -82,18 +82,23 @@ export interface ProxyOptions {
   rateShare?: number;
 }
 
+/** Labels the proxy uses for its own keys: never an external key id (KMS could otherwise be pointed at them). */
+function reservedLabels(loaded: LoadedConfig): Set<string> {
+  return new Set([loaded.config.hsm.healthKeyLabel, loaded.config.audit?.keyLabel ?? DEFAULT_AUDIT_KEY_LABEL]);
+}
+
 export function openCatalogue(hsm: KeyStore, loaded: LoadedConfig): KeyCatalogue {
   return new KeyCatalogue(hsm, {
     ttlMs: loaded.config.hsm.keyCacheTtlMs,
     negativeTtlMs: 1_000,
-    reserved: new Set([loaded.config.hsm.healthKeyLabel]),
+    reserved: reservedLabels(loaded),
     maxEntries: 10_000,
   });
 }
 
-/** Key management on this connection; the health-check key is out of its reach. */
+/** Key management on this connection; the proxy's own keys (health check, audit) are out of its reach. */
 export function openLifecycle(hsm: KeyStore, catalogue: KeyCatalogue, loaded: LoadedConfig, now?: () => Date): KeyLifecycle {
-  return new KeyLifecycle(hsm, catalogue, { reserved: new Set([loaded.config.hsm.healthKeyLabel]), ...(now ? { now } : {}) });
+  return new KeyLifecycle(hsm, catalogue, { reserved: reservedLabels(loaded), ...(now ? { now } : {}) });
 }
 
 export interface RunningProxy {

@@ -368,7 +368,7 @@ export class KeyLifecycle {
 
 function checkId(id: string, reserved: ReadonlySet<string>): void {
   if (!EXTERNAL_KEY_ID.test(id)) throw new KeyError('ValidationException', `"${id}" is not a valid external key id: use 1 to 128 characters of A-Za-z0-9._-`);
-  if (reserved.has(id)) throw new KeyError('ValidationException', `"${id}" is reserved for the proxy's health check`);
+  if (reserved.has(id)) throw new KeyError('ValidationException', `"${id}" is reserved for the proxy's own keys (health check, audit trail)`);
 }
 
 function checkRotationDays(days: number | undefined): void {
