@@ -325,20 +325,22 @@ export class HsmConnection implements KeyStore, HsmOperations {
 
   private describe(s: Handle, handle: Handle): KeyObject {
     const names = Object.keys(BOOL_ATTRS) as (keyof typeof BOOL_ATTRS)[];
-    const got = this.readAttributes(s, handle, [P.CKA_LABEL, P.CKA_ID, P.CKA_KEY_TYPE, ...names.map((n) => BOOL_ATTRS[n])]);
+    const got = this.readAttributes(s, handle, [P.CKA_LABEL, P.CKA_ID, P.CKA_KEY_TYPE, P.CKA_VALUE_LEN, ...names.map((n) => BOOL_ATTRS[n])]);
     const attrs: Record<string, boolean> = {};
     names.forEach((n, i) => {
-      const v = got[i + 3];
+      const v = got[i + 4];
       // An attribute the token does not keep is absent, never read as false; so is evidence the token does not give
       // faithfully (its profile: NSS reports CKA_LOCAL false for keys it generated).
       if (v !== undefined && (this.localIsEvidence || !ORIGIN_EVIDENCE.has(n))) attrs[n] = readBool(v);
     });
     const keyType = got[2];
+    const valueLen = got[3];
     return {
       handle,
       label: (got[0] ?? Buffer.alloc(0)).toString('utf8'),
       id: got[1] ?? Buffer.alloc(0),
       keyType: keyType && keyType.length >= 4 ? keyTypeName(keyType.readUInt32LE(0)) : undefined,
+      valueLen: valueLen && valueLen.length >= 4 ? valueLen.readUInt32LE(0) : undefined,
       attrs,
     };
   }

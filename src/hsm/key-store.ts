@@ -37,6 +37,8 @@ export interface KeyObject {
   id: Buffer;
   /** CKA_KEY_TYPE by name; undefined when not read or of a type the proxy never uses. */
   keyType: KeyType | undefined;
+  /** CKA_VALUE_LEN in bytes; undefined or 0 where the token does not say (SoftHSM 2.6.1 leaves unwrapped keys at 0). */
+  valueLen?: number | undefined;
   attrs: Record<string, boolean>;
 }
 

@@ -220,11 +220,16 @@ interface Classified {
   candidates: Candidate[];
   records: { object: Handle; revision: number; id: Buffer; json: string }[];
   strayMarkers: Handle[];
+  /** AES objects of another size than 256 bits (`pkcs11-tool --keygen --key-type aes:16`): never served. */
+  wrongSize: string[];
 }
+
+/** The proxy serves AES-256 only (XKS keySpec AES_256); a token that does not report the length (0) is taken at its word. */
+const AES_256_BYTES = 32;
 
 /** What each of a label's objects is: version material (with its marker), a candidate, a record, a stray marker. */
 function classify(objects: KeyObject[]): Classified {
-  const out: Classified = { byVersion: new Map(), candidates: [], records: [], strayMarkers: [] };
+  const out: Classified = { byVersion: new Map(), candidates: [], records: [], strayMarkers: [], wrongSize: [] };
   const markers = new Map<string, { object: Handle; version: number; createdAt: Date | undefined }[]>();
   const addVersion = (version: number, entry: { o: KeyObject; createdAt: Date | undefined; marker?: Handle | undefined }) => {
     const group = out.byVersion.get(version) ?? [];
@@ -244,6 +249,10 @@ function classify(objects: KeyObject[]): Classified {
   const usedMarkers = new Set<Handle>();
   for (const o of objects) {
     if (o.keyType !== 'aes') continue;
+    if (o.valueLen !== undefined && o.valueLen !== 0 && o.valueLen !== AES_256_BYTES) {
+      out.wrongSize.push(`an AES-${o.valueLen * 8} key carries this label: only AES-256 keys are served`);
+      continue;
+    }
     const role = aesObjectRole(o.id);
     if (role.role === 'material') {
       const marker = markers.get(role.nonce)?.find((m) => m.version === role.version);
@@ -268,7 +277,7 @@ function classify(objects: KeyObject[]): Classified {
 export function assemble(id: string, objects: KeyObject[]): ExternalKey | undefined {
   const versions = new Map<number, KeyVersion>();
   const duplicateVersions = new Set<number>();
-  const { byVersion, candidates, records, strayMarkers } = classify(objects);
+  const { byVersion, candidates, records, strayMarkers, wrongSize } = classify(objects);
   const leftovers: Handle[] = [];
   for (const [version, group] of byVersion) {
     // Several objects committed as one version. Writers in separate processes can both commit one version when the
@@ -294,8 +303,8 @@ export function assemble(id: string, objects: KeyObject[]): ExternalKey | undefi
     first!.alternates = rest;
     versions.set(version, first!);
   }
-  if (versions.size === 0 && records.length === 0) return undefined;
-  const problems: string[] = [];
+  if (versions.size === 0 && records.length === 0 && wrongSize.length === 0) return undefined;
+  const problems: string[] = [...wrongSize];
   // The highest revision is the record; at one revision (two writers at once) the highest CKA_ID, in every process.
   // Lower revisions are leftovers of a writer that stopped before destroying them. Two layout 1 records (two processes
   // adopting one key at once, before revisions existed) are reported.

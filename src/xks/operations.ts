@@ -29,7 +29,7 @@ type Pick = (key: ExternalKey) => KeyVersion | undefined;
 /** Encrypt and decrypt need an enabled key (spec: InvalidStateException for a disabled one). */
 function checkEnabled(keyId: string, key: ExternalKey): void {
   if (key.state !== 'Enabled') throw new XksError('InvalidStateException', `external key ${keyId} is ${key.state}`);
-  if (key.problems.length > 0 && !key.record) throw new XksError('InvalidStateException', `external key ${keyId} has an unreadable record`);
+  if (key.problems.length > 0 && !key.record) throw new XksError('InvalidStateException', `external key ${keyId} cannot be used: ${key.problems.join('; ')}`);
   if (!key.current) throw new XksError('InvalidStateException', `external key ${keyId} has no key material`);
   // Imported material past its ValidTo is unusable at once, before a sweep destroys it.
   if (materialExpired(key.record, Date.now())) throw new XksError('InvalidStateException', `external key ${keyId} has expired key material`);
@@ -84,6 +84,10 @@ async function withVersion<T>(
 
 export async function getKeyMetadata(deps: XksDeps, keyId: string) {
   const key = await resolveKey(deps, keyId);
+  // Nothing the proxy can serve as AES_256 (only a key of another size carries the id): say so rather than describe it.
+  if (!key.current && !key.record && key.problems.length > 0) {
+    throw new XksError('InvalidStateException', `external key ${keyId} cannot be used: ${key.problems.join('; ')}`);
+  }
   const { encrypt, decrypt } = usageOf(key);
   const usage: string[] = [];
   if (encrypt) usage.push('ENCRYPT');
