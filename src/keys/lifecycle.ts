@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Handle, KeyObject, KeyStore } from '../hsm/key-store.js';
 import { GENERIC_SECRET_KEY_GEN } from '../hsm/mechanisms.js';
 import { aes256KeyTemplate, inertSecretTemplate, type AesKeySpec } from '../hsm/templates.js';
-import { assemble, searchKeyObjects, usageOf, type ExternalKey, type KeyCatalogue, type Usage } from './catalogue.js';
+import { assemble, searchKeyObjects, uncommitted, usageOf, type ExternalKey, type KeyCatalogue, type Usage } from './catalogue.js';
 import { KeyError } from './errors.js';
 import { commitId, EXTERNAL_KEY_ID, materialId, newNonce, recordId } from './key-objects.js';
 import { encodeRecord, PENDING_WINDOW_DAYS, ROTATION_DAYS, type KeyRecord, type KeyState, type Origin } from './key-record.js';
@@ -298,9 +298,11 @@ export class KeyLifecycle {
     for (;;) {
       let lost = false;
       let younger = false;
-      const key = assemble(id, await searchKeyObjects(this.hsm, { label: id }));
+      const objects = await searchKeyObjects(this.hsm, { label: id });
+      const key = assemble(id, objects);
       if ([...(key?.versions.keys() ?? []), ...(key?.duplicateVersions ?? [])].some((v) => v >= next)) lost = true;
-      for (const c of key?.candidates ?? []) {
+      // Candidates even of a key that has nothing else yet (assemble() answers undefined for such a key).
+      for (const c of uncommitted(objects)) {
         if (c.object.equals(mine)) continue;
         // A dead writer's candidate is cleared by the next attempt's first read (above), not waited for.
         if (isAhead(c, me) || Math.abs(this.now().getTime() - c.startedMs) > CANDIDATE_STALE_MS) lost = true;
