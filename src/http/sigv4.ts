@@ -35,12 +35,18 @@ export function parseAuthorization(value: string) {
   return { accessKeyId: m[1]!, date: m[2]!, region: m[3]!, service: m[4]!, signedHeaders: m[5]!.split(';'), signature: m[6]! };
 }
 
-/** ISO 8601 basic format, e.g. 20240101T120000Z. */
+/**
+ * ISO 8601 basic format, e.g. 20240101T120000Z, and a real calendar time: Date.UTC rolls "20261206T253000Z" over to
+ * the next day, so each field is checked against its range (without allocating: this runs for every request).
+ */
 export function parseAmzDate(value: string): number | undefined {
   const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(value);
   if (!m) return undefined;
-  const t = Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!);
-  return Number.isNaN(t) ? undefined : t;
+  const [y, mo, d, h, mi, sec] = [+m[1]!, +m[2]!, +m[3]!, +m[4]!, +m[5]!, +m[6]!];
+  const leap = (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0;
+  const days = mo === 2 ? (leap ? 29 : 28) : mo === 4 || mo === 6 || mo === 9 || mo === 11 ? 30 : 31;
+  if (mo < 1 || mo > 12 || d < 1 || d > days || h > 23 || mi > 59 || sec > 59) return undefined;
+  return Date.UTC(y, mo - 1, d, h, mi, sec);
 }
 
 /** Header values by lower-case name, in order, each trimmed with inner runs of spaces collapsed (one pass). */
