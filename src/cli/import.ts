@@ -1,7 +1,7 @@
 // `xks import`: bring your own key material, with AWS KMS's steps, names and files (docs/byok.md): get-parameters
 // writes WrappingPublicKey.bin and ImportToken.bin, the customer wraps their material with openssl, key-material
 // imports it; delete-key-material and sweep (for cron) complete the set.
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, Option } from 'commander';
 import { ImportError } from '../import/errors.js';
@@ -71,7 +71,10 @@ export function importCommand(): Command {
             const publicKeyFile = join(opts.outDir, 'WrappingPublicKey.bin');
             const tokenFile = join(opts.outDir, 'ImportToken.bin');
             writeFileSync(publicKeyFile, p.PublicKey);
-            writeFileSync(tokenFile, p.ImportToken);
+            // The import token is a bearer credential for one import: readable by its owner only, also when the file
+            // was there before (a mode given to writeFileSync applies only to a file it creates).
+            writeFileSync(tokenFile, p.ImportToken, { mode: 0o600 });
+            chmodSync(tokenFile, 0o600);
             const validTo = p.ParametersValidTo.toISOString();
             if (opts.json) {
               console.log(JSON.stringify({ KeyId: p.KeyId, WrappingPublicKeyFile: publicKeyFile, ImportTokenFile: tokenFile, ParametersValidTo: validTo }));

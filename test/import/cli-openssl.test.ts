@@ -3,7 +3,7 @@
 // nothing of an import lives in a process (a restart between get-parameters and key-material changes nothing). After
 // the import, XKS encrypts through the proxy decrypt in node:crypto with PlaintextKeyMaterial.bin.
 import { execFile } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { statSync, chmodSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -82,6 +82,8 @@ describe('docs/byok.md, RSA_AES_KEY_WRAP_SHA_256', () => {
     expect(created.stdout).toMatch(/payments-byok: PendingImport/);
     const params = await expectRuns(dir, 'get-parameters');
     expect(params.stdout).toMatch(/ParametersValidTo\s+\d{4}-\d{2}-\d{2}T/);
+    // The import token is for its owner's eyes only.
+    expect(statSync(join(dir, 'ImportToken.bin')).mode & 0o077).toBe(0);
     await expectRuns(dir, 'wrap-rsa-aes');
     expect(readFileSync(join(dir, 'EncryptedKeyMaterial.bin')).length).toBe(512 + 40);
     const imported = await expectRuns(dir, 'import');
