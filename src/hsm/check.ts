@@ -374,21 +374,20 @@ class Probe {
       else if (v !== want) wrong.push(`${name}=${v}`);
     }
     const security = wrong.some((w) => w.startsWith('CKA_SENSITIVE') || w.startsWith('CKA_EXTRACTABLE')) || unread.some((w) => w.startsWith('CKA_SENSITIVE') || w.startsWith('CKA_EXTRACTABLE'));
-    const value = this.read(s, key, P.CKA_VALUE);
-    const leaks = Buffer.isBuffer(value) && value.length > 0;
+    // The value itself is never read (key material is never read from the HSM): the attributes that guard it decide.
     const always = this.readFlag(s, key, P.CKA_ALWAYS_SENSITIVE);
     const never = this.readFlag(s, key, P.CKA_NEVER_EXTRACTABLE);
     const extra = `CKA_ALWAYS_SENSITIVE ${always}, CKA_NEVER_EXTRACTABLE ${never}`;
-    if (security || leaks) {
+    if (security) {
       this.add(
-        { name: 'aes-keygen', status: 'fail', result: `generated, but ${[...wrong, ...unread, ...(leaks ? ['CKA_VALUE readable'] : [])].join(', ')}`, needed: 'required', consequence: 'the proxy reads back every key it makes and destroys one that is not sensitive and non-extractable' },
+        { name: 'aes-keygen', status: 'fail', result: `generated, but ${[...wrong, ...unread].join(', ')}`, needed: 'required', consequence: 'the proxy reads back every key it makes and destroys one that is not sensitive and non-extractable' },
         'it does not keep a generated AES key sensitive and non-extractable',
       );
     } else {
       this.add({
         name: 'aes-keygen',
         status: wrong.length ? 'warn' : 'ok',
-        result: `AES-256 generated; sensitive, not extractable, value unreadable${wrong.length ? `; usage not as asked: ${wrong.join(', ')}` : ', usage as asked'}${unread.length ? `; unreadable: ${unread.join(', ')}` : ''}; ${extra}`,
+        result: `AES-256 generated; sensitive, not extractable${wrong.length ? `; usage not as asked: ${wrong.join(', ')}` : ', usage as asked'}${unread.length ? `; unreadable: ${unread.join(', ')}` : ''}; ${extra}`,
         needed: 'required',
         consequence: wrong.length ? 'the proxy reads usage back and refuses keys whose usage differs: key creation fails' : 'keys are created with every security attribute spelled out and read back',
       });
@@ -593,19 +592,8 @@ class Probe {
    */
   private objectsRow(): void {
     const label = this.label('object');
-    const secret: Template = [
-      { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-      { type: P.CKA_KEY_TYPE, value: P.CKK_GENERIC_SECRET },
-      { type: P.CKA_TOKEN, value: false },
-      { type: P.CKA_PRIVATE, value: true },
-      { type: P.CKA_SENSITIVE, value: true },
-      { type: P.CKA_EXTRACTABLE, value: false },
-      { type: P.CKA_SIGN, value: false },
-      { type: P.CKA_VERIFY, value: false },
-      { type: P.CKA_VALUE, value: randomBytes(32) },
-      { type: P.CKA_LABEL, value: label },
-    ];
-    // NSS refuses a private session data object (CKR_ATTRIBUTE_VALUE_INVALID): a public one is enough to find.
+    // A public session data object: its value is no key (C_CreateObject of key material is for the import workaround
+    // only), and NSS refuses a private session data object (CKR_ATTRIBUTE_VALUE_INVALID).
     const data: Template = [
       { type: P.CKA_CLASS, value: P.CKO_DATA },
       { type: P.CKA_TOKEN, value: false },
@@ -622,9 +610,8 @@ class Probe {
             this.mod.C_FindObjectsFinal(s);
           }
         };
-        const asSecret = attempt(() => this.mod.C_CreateObject(s, secret));
-        const kind = asSecret.ok ? 'generic secret' : `data object (a generic secret of known value: ${asSecret.ckr})`;
-        const h = asSecret.ok ? asSecret.value : this.mod.C_CreateObject(s, data);
+        const kind = 'data object';
+        const h = this.mod.C_CreateObject(s, data);
         const found = count();
         this.mod.C_DestroyObject(s, h);
         return { kind, found, after: count() };
@@ -865,10 +852,9 @@ class Probe {
     if (un.ok) {
       const sensitive = this.readFlag(s, un.value, P.CKA_SENSITIVE);
       const extractable = this.readFlag(s, un.value, P.CKA_EXTRACTABLE);
-      const value = this.read(s, un.value, P.CKA_VALUE);
-      const readable = Buffer.isBuffer(value) && value.length > 0;
-      honoured = sensitive === true && extractable === false && !readable;
-      unwrap = honoured ? 'unwrap ok (sensitive, not extractable)' : `unwrap ignores the template: CKA_SENSITIVE ${sensitive}, CKA_EXTRACTABLE ${extractable}${readable ? ', value readable' : ''}`;
+      // Decided by the attributes read back, never by reading the value.
+      honoured = sensitive === true && extractable === false;
+      unwrap = honoured ? 'unwrap ok (sensitive, not extractable)' : `unwrap ignores the template: CKA_SENSITIVE ${sensitive}, CKA_EXTRACTABLE ${extractable}`;
       this.destroy(s, un.value);
     } else {
       unwrap = `unwrap ${un.ckr}`;

@@ -65,7 +65,10 @@ export function chooseKeyWrap(mod: Pkcs11, session: Handle, listed: ReadonlySet<
   }
 }
 
-/** A session AES-256 key of known value (random, wiped after the test) that can only wrap, or only be wrapped. */
+/**
+ * A session AES-256 key of known value that can only wrap, or only be wrapped. Besides the import workaround, the only
+ * CKA_VALUE the proxy ever sets: random, wiped after the test, never a customer's key; nothing reads a value back.
+ */
 function knownAes(value: Buffer, o: { wrap: boolean }) {
   return [
     { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
