@@ -94,6 +94,12 @@ export class HsmConnection implements KeyStore, HsmOperations {
   generation = 0;
   /** Incremented by every re-initialisation of the library (C_Finalize + C_Initialize): handles from before are void. */
   private epoch = 0;
+  /**
+   * Where each object handle handed out came from: the library epoch, and for session copies the recovery generation.
+   * After a re-initialisation the library numbers objects afresh, so an old number may name another key (SoftHSM
+   * counts handles from 1 again): a handle from an ended epoch never reaches the library (live()).
+   */
+  private readonly handleOrigin = new WeakMap<Handle, { epoch: number; generation?: number }>();
   info!: TokenInfo;
   capabilities!: Capabilities;
 
@@ -179,6 +185,23 @@ export class HsmConnection implements KeyStore, HsmOperations {
     return this.pool.stats;
   }
 
+  /** Record that `handle` came from the library now (a session copy: for this recovery generation only). */
+  private stamp<H extends Handle>(handle: H, sessionCopy = false): H {
+    this.handleOrigin.set(handle, sessionCopy ? { epoch: this.epoch, generation: this.generation } : { epoch: this.epoch });
+    return handle;
+  }
+
+  /**
+   * The handle, if it is still valid: from this library epoch (and, for a session copy, this generation). Called inside
+   * run(), right before the PKCS#11 call, so no re-initialisation can come in between. A stale handle reads as
+   * ObjectHandleInvalid, which callers already answer by re-resolving the key.
+   */
+  private live(handle: Handle): Handle {
+    const origin = this.handleOrigin.get(handle);
+    if (origin?.epoch === this.epoch && (origin.generation === undefined || origin.generation === this.generation)) return handle;
+    throw new HsmError('ObjectHandleInvalid', origin ? 'the handle is from before the HSM was recovered: re-resolve the key' : 'the handle was not handed out by this HSM connection');
+  }
+
   /** The PKCS#11 module itself, for tests that break sessions underneath a running server. */
   get moduleForTests(): { mod: Pkcs11; slot: Handle; loginSession: Handle } {
     return { mod: this.mod, slot: this.slot, loginSession: this.loginSession };
@@ -226,6 +249,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
   private gcm(op: 'encrypt' | 'decrypt', s: Handle, key: Handle, iv: Buffer, aad: Buffer, data: Buffer, outBytes: number): Promise<Buffer> {
     const tagBits = TAG_BYTES * 8;
     const mode = this.capabilities.callMode;
+    this.live(key);
     if (mode === 'thread') {
       this.thread ??= new CallThread(this.opts.modulePath, this.opts.operationTimeoutMs, this.opts.callThreadBusyAt ?? 0.8, (reason) =>
         this.opts.onEvent?.('hsm.call-thread-unusable', { reason, fallback: 'calls are made on the event loop' }),
@@ -259,8 +283,8 @@ export class HsmConnection implements KeyStore, HsmOperations {
     const making = this.run('other', (s) => {
       // Only CKA_TOKEN may change: the copy inherits CKA_SENSITIVE, CKA_EXTRACTABLE and the usage. Read back that it
       // is at least as protected as the key (NSS makes a copy of a non-sensitive key sensitive: more, never less).
-      const [sensitive, extractable] = this.readAttributes(s, key, [P.CKA_SENSITIVE, P.CKA_EXTRACTABLE]);
-      const copy = this.mod.C_CopyObject(this.loginSession, key, [{ type: P.CKA_TOKEN, value: false }]);
+      const [sensitive, extractable] = this.readAttributes(s, this.live(key), [P.CKA_SENSITIVE, P.CKA_EXTRACTABLE]);
+      const copy = this.stamp(this.mod.C_CopyObject(this.loginSession, key, [{ type: P.CKA_TOKEN, value: false }]), true);
       this.confirmTemplate(s, copy, [
         { type: P.CKA_TOKEN, value: false },
         ...(readBool(sensitive) ? [{ type: P.CKA_SENSITIVE, value: true }] : []),
@@ -315,7 +339,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
       for (;;) {
         const batch = this.mod.C_FindObjects(s, 64);
         if (batch.length === 0) break;
-        handles.push(...batch);
+        for (const h of batch) handles.push(this.stamp(h));
       }
     } finally {
       this.mod.C_FindObjectsFinal(s);
@@ -407,7 +431,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
   /** Generate a secret key (CKM_AES_KEY_GEN unless told otherwise) from a fully spelled-out template. */
   generateKey(template: Template, mechanism: number | Mechanism = P.CKM_AES_KEY_GEN): Promise<KeyObject> {
     return this.run('other', (s) => {
-      const handle = this.mod.C_GenerateKey(s, asMechanism(mechanism), this.fit(template));
+      const handle = this.stamp(this.mod.C_GenerateKey(s, asMechanism(mechanism), this.fit(template)));
       this.confirmTemplate(s, handle, template, 'a generated key');
       return this.describe(s, handle);
     });
@@ -418,16 +442,16 @@ export class HsmConnection implements KeyStore, HsmOperations {
    * change differs by vendor); tests use it to show what a token refuses.
    */
   setAttributes(handle: Handle, template: Template): Promise<void> {
-    return this.run('other', (s) => this.mod.C_SetAttributeValue(s, handle, template));
+    return this.run('other', (s) => this.mod.C_SetAttributeValue(s, this.live(handle), template));
   }
 
   /** Read one object's label, id, key type and boolean evidence again (after a change). */
   describeObject(handle: Handle): Promise<KeyObject> {
-    return this.run('other', (s) => this.describe(s, handle));
+    return this.run('other', (s) => this.describe(s, this.live(handle)));
   }
 
   destroyObject(handle: Handle): Promise<void> {
-    return this.run('other', (s) => this.mod.C_DestroyObject(s, handle));
+    return this.run('other', (s) => this.mod.C_DestroyObject(s, this.live(handle)));
   }
 
   /** This token's RFC 5649 key wrap (capabilities.keyWrap): backups, KEK check values, RSA-AES imports. */
@@ -439,13 +463,13 @@ export class HsmConnection implements KeyStore, HsmOperations {
 
   /** C_WrapKey into a buffer large enough for any AES or generic secret under KWP or RSA-OAEP. */
   wrapKey(mechanism: Mechanism, wrappingKey: Handle, key: Handle): Promise<Buffer> {
-    return this.run('other', (s) => Buffer.from(this.mod.C_WrapKey(s, mechanism, wrappingKey, key, Buffer.alloc(1024))));
+    return this.run('other', (s) => Buffer.from(this.mod.C_WrapKey(s, mechanism, this.live(wrappingKey), this.live(key), Buffer.alloc(1024))));
   }
 
   /** C_UnwrapKey into a new object described by `template` (every security attribute spelled out by the caller). */
   unwrapKey(mechanism: Mechanism, unwrappingKey: Handle, wrapped: Buffer, template: Template): Promise<KeyObject> {
     return this.run('other', (s) => {
-      const handle = this.mod.C_UnwrapKey(s, mechanism, unwrappingKey, wrapped, this.fit(template));
+      const handle = this.stamp(this.mod.C_UnwrapKey(s, mechanism, this.live(unwrappingKey), wrapped, this.fit(template)));
       this.confirmTemplate(s, handle, template, 'an unwrapped key');
       return this.describe(s, handle);
     });
@@ -454,7 +478,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
   /** HMAC (or CMAC) inside the HSM. */
   sign(mechanism: Mechanism, key: Handle, data: Buffer): Promise<Buffer> {
     return this.run('other', (s) => {
-      this.mod.C_SignInit(s, mechanism, key);
+      this.mod.C_SignInit(s, mechanism, this.live(key));
       return Buffer.from(this.mod.C_Sign(s, data, Buffer.alloc(64)));
     });
   }
@@ -481,7 +505,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
   /** Create an object from a template (public keys received for a KEK transfer). */
   createObject(template: Template): Promise<Handle> {
     return this.run('other', (s) => {
-      const handle = this.mod.C_CreateObject(s, this.fit(template));
+      const handle = this.stamp(this.mod.C_CreateObject(s, this.fit(template)));
       this.confirmTemplate(s, handle, template, 'a created object');
       return handle;
     });
@@ -489,7 +513,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
 
   /** Attributes read raw, for the few callers that need more than describe() gives (RSA modulus and exponent). */
   getAttributes(handle: Handle, types: readonly (AttributeName | number)[]): Promise<(Buffer | undefined)[]> {
-    return this.run('other', (s) => this.readAttributes(s, handle, attributeTypes(types)));
+    return this.run('other', (s) => this.readAttributes(s, this.live(handle), attributeTypes(types)));
   }
 
   // -- import of customer key material (src/import) --
@@ -507,7 +531,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
         () => this.mod.C_GenerateKeyPairAsync(s, mechanism, pub, priv),
       );
       this.confirmTemplate(s, pair.privateKey, privateTemplate, 'a generated private key');
-      return { publicKey: pair.publicKey, privateKey: pair.privateKey };
+      return { publicKey: this.stamp(pair.publicKey), privateKey: this.stamp(pair.privateKey) };
     });
   }
 
@@ -515,9 +539,12 @@ export class HsmConnection implements KeyStore, HsmOperations {
   unwrapUntrusted(mechanism: Mechanism, unwrappingKey: Handle, wrapped: Buffer, template: Template): Promise<Handle> {
     return this.run('decrypt', async (s) => {
       const fitted = this.fit(template);
-      const handle = await this.callUnbounded(
-        () => this.mod.C_UnwrapKey(s, mechanism, unwrappingKey, wrapped, fitted),
-        () => this.mod.C_UnwrapKeyAsync(s, mechanism, unwrappingKey, wrapped, fitted),
+      this.live(unwrappingKey);
+      const handle = this.stamp(
+        await this.callUnbounded(
+          () => this.mod.C_UnwrapKey(s, mechanism, unwrappingKey, wrapped, fitted),
+          () => this.mod.C_UnwrapKeyAsync(s, mechanism, unwrappingKey, wrapped, fitted),
+        ),
       );
       this.confirmTemplate(s, handle, template, 'an unwrapped key');
       return handle;
@@ -527,7 +554,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
   /** Single-part C_Decrypt of data from outside (raw RSA of an import blob) into a buffer of `outBytes`. */
   decryptUntrusted(mechanism: Mechanism, key: Handle, data: Buffer, outBytes: number): Promise<Buffer> {
     return this.run('decrypt', async (s) => {
-      this.mod.C_DecryptInit(s, mechanism, key);
+      this.mod.C_DecryptInit(s, mechanism, this.live(key));
       const out = await this.callUnbounded(
         () => this.mod.C_Decrypt(s, data, Buffer.alloc(outBytes)),
         () => this.mod.C_DecryptAsync(s, data, Buffer.alloc(outBytes)),

@@ -1,7 +1,8 @@
 // An HsmConnection on a test token with its kind's profile, and AES keys whose value the test knows (so that the
 // HSM's output can be checked against node:crypto). Test-only: keys the proxy makes are never extractable.
+import { randomBytes } from 'node:crypto';
 import { HsmConnection, type Handle, type HsmOptions } from '../../src/hsm/hsm-connection.js';
-import { P } from '../../src/hsm/module.js';
+import { P, type Template } from '../../src/hsm/module.js';
 import { loadProfile } from '../../src/hsm/profile.js';
 import type { TestToken } from './test-token.js';
 
@@ -19,20 +20,19 @@ export function openTestHsm(token: TestToken, options: Partial<HsmOptions> = {})
 }
 
 /**
- * An AES key with a known value, readable and extractable, made on the login session. A session object unless
- * `token` (a token object outlives a re-initialisation of the library).
+ * An AES key with a known value, readable and extractable: a token object (it outlives a re-initialisation of the
+ * library), found again through the connection so that its handle is one the connection handed out (it refuses others).
  */
-export function createKnownAesKey(
+export async function createKnownAesKey(
   hsm: HsmConnection,
   value: Buffer,
-  opts: { encrypt?: boolean; decrypt?: boolean; token?: boolean; label?: string } = {},
-): Handle {
-  const { mod, loginSession } = hsm.moduleForTests;
-  return mod.C_CreateObject(loginSession, [
+  opts: { encrypt?: boolean; decrypt?: boolean; label?: string } = {},
+): Promise<Handle> {
+  return createTokenObject(hsm, [
     { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
     { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
     { type: P.CKA_VALUE, value },
-    { type: P.CKA_TOKEN, value: opts.token ?? false },
+    { type: P.CKA_TOKEN, value: true },
     { type: P.CKA_PRIVATE, value: true },
     { type: P.CKA_SENSITIVE, value: false },
     { type: P.CKA_EXTRACTABLE, value: true },
@@ -40,4 +40,17 @@ export function createKnownAesKey(
     { type: P.CKA_DECRYPT, value: opts.decrypt ?? true },
     { type: P.CKA_LABEL, value: opts.label ?? 'known-test-key' },
   ]);
+}
+
+/**
+ * A token object made from a raw template (test-only values such as a known CKA_VALUE), with a random CKA_ID, found again
+ * through the connection: the connection uses only handles it handed out itself.
+ */
+export async function createTokenObject(hsm: HsmConnection, template: Template): Promise<Handle> {
+  const { mod, loginSession } = hsm.moduleForTests;
+  const id = randomBytes(8);
+  mod.C_CreateObject(loginSession, [...template.filter((a) => a.type !== P.CKA_TOKEN && a.type !== P.CKA_ID), { type: P.CKA_TOKEN, value: true }, { type: P.CKA_ID, value: id }]);
+  const [handle] = await hsm.findObjects({ id });
+  if (!handle) throw new Error('the test object was not found after it was made');
+  return handle;
 }

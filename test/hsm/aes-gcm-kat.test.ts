@@ -29,7 +29,7 @@ function nodeDecrypt(k: Buffer, iv: Buffer, ct: Buffer, tag: Buffer, aad: Buffer
   return Buffer.concat([d.update(ct), d.final()]);
 }
 
-function createKnownKey(value: Buffer, usage: { encrypt: boolean; decrypt: boolean }): Handle {
+function createKnownKey(value: Buffer, usage: { encrypt: boolean; decrypt: boolean }): Promise<Handle> {
   return createKnownAesKey(hsm, value, { ...usage, label: 'kat-test-key' });
 }
 
@@ -46,8 +46,8 @@ beforeAll(async () => {
   token = createTestToken('kat');
   // callThreadBusyAt 0: in callMode thread every call goes to the thread, however idle the loop.
   hsm = await openTestHsm(token, { callThreadBusyAt: 0 });
-  key = createKnownKey(KEY, { encrypt: true, decrypt: true });
-  encryptOnly = createKnownKey(KEY, { encrypt: true, decrypt: false });
+  key = await createKnownKey(KEY, { encrypt: true, decrypt: true });
+  encryptOnly = await createKnownKey(KEY, { encrypt: true, decrypt: false });
 });
 
 afterAll(() => {

@@ -16,7 +16,7 @@ beforeAll(async () => {
   token = createTestToken('placement');
   hsm = await openTestHsm(token, { acquireTimeoutMs: 5_000 });
   expect(hsm.capabilities.callMode).toBe('thread');
-  key = createKnownAesKey(hsm, KEY);
+  key = await createKnownAesKey(hsm, KEY);
 });
 
 afterAll(() => {

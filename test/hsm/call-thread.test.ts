@@ -32,7 +32,7 @@ beforeAll(async () => {
   hsm = await openTestHsm(token, { poolSize: 32, acquireTimeoutMs: 5_000, callThreadBusyAt: 0 });
   expect(hsm.capabilities.callMode).toBe('thread');
   // A token object, so that it outlives a re-initialisation of the library.
-  key = createKnownAesKey(hsm, KEY, { token: true, label: 'call-thread-test' });
+  key = await createKnownAesKey(hsm, KEY, { label: 'call-thread-test' });
 });
 
 afterAll(() => {

@@ -6,7 +6,7 @@ import { createCipheriv, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { HsmConnection } from '../../src/hsm/hsm-connection.js';
 import { P } from '../../src/hsm/module.js';
-import { createKnownAesKey, openTestHsm } from '../helpers/test-hsm.js';
+import { createKnownAesKey, createTokenObject, openTestHsm } from '../helpers/test-hsm.js';
 import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
 
 let token: TestToken;
@@ -30,15 +30,14 @@ it('is chosen by the token and confirmed by a known-answer test', () => {
 it('wraps a key of known value exactly as RFC 5649 does', async () => {
   const kekValue = randomBytes(32);
   const keyValue = randomBytes(32);
-  const { mod, loginSession } = hsm.moduleForTests;
-  const kek = mod.C_CreateObject(loginSession, [
+  const kek = await createTokenObject(hsm, [
     { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
     { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
     { type: P.CKA_VALUE, value: kekValue },
     { type: P.CKA_TOKEN, value: false },
     { type: P.CKA_WRAP, value: true },
   ]);
-  const key = createKnownAesKey(hsm, keyValue);
+  const key = await createKnownAesKey(hsm, keyValue);
   const wrapped = await hsm.wrapKey(hsm.keyWrap(), kek, key);
   const c = createCipheriv('id-aes256-wrap-pad', kekValue, Buffer.from('A65959A6', 'hex'));
   expect(wrapped.toString('hex')).toBe(Buffer.concat([c.update(keyValue), c.final()]).toString('hex'));
