@@ -84,6 +84,7 @@ async function serveOne(loaded: LoadedConfig, logger: Logger): Promise<void> {
       token: proxy.hsm.info.label,
       prefixes: loaded.prefixes.map((p) => p.path),
       worker: cluster.isWorker ? cluster.worker?.id : undefined,
+      pid: process.pid,
     },
     'xks proxy listening',
   );
@@ -203,6 +204,7 @@ async function superviseWorkers(count: number, loaded: LoadedConfig, logger: Log
     signalWorkers();
   });
   void start();
+  watchWorkers(loaded.config.health.replaceWorkerAfterSeconds * 1_000, logger, () => stopping, (id) => served.has(id));
   // The operations listener lives here: /metrics aggregates the workers' registries, /health asks every worker.
   const ops = loaded.config.listeners.ops;
   if (ops) {
@@ -234,9 +236,13 @@ interface HealthAnswer {
   detail?: string;
 }
 
-/** Worker side: answer the primary's health query with this worker's deep health check. */
+/**
+ * Worker side: answer the primary's health query with this worker's own deep health check, and take the primary's word
+ * for how many sibling workers fail theirs.
+ */
 function answerHealthQueries(proxy: RunningProxy): void {
-  process.on('message', (m: { xks?: string; query?: number }) => {
+  process.on('message', (m: { xks?: string; query?: number; siblingsUnavailable?: number }) => {
+    if (m?.xks === 'siblings' && typeof m.siblingsUnavailable === 'number') proxy.health.siblingsUnavailable = m.siblingsUnavailable;
     if (m?.xks !== 'health?') return;
     void proxy.health.current().then((r) =>
       process.send?.({ xks: 'health', query: m.query, status: r.status, token: proxy.hsm.info.label, ...(r.detail ? { detail: r.detail } : {}) }),
@@ -246,31 +252,80 @@ function answerHealthQueries(proxy: RunningProxy): void {
 
 let queries = 0;
 
+interface WorkerHealth {
+  worker: number;
+  /** A worker that did not answer within a second reads UNAVAILABLE. */
+  status: string;
+  token?: string;
+  detail?: string;
+}
+
 /** Primary side: ACTIVE only when every worker answers ACTIVE within a second. */
-function workersHealth(): Promise<{ status: string; workers: { status: string; token?: string; detail?: string }[] }> {
+function workersHealth(): Promise<{ status: string; workers: WorkerHealth[] }> {
   const query = ++queries;
   const workers = Object.values(cluster.workers ?? {}).filter((w) => w !== undefined);
   return new Promise((resolve) => {
-    const answers: HealthAnswer[] = [];
+    const answers = new Map<number, HealthAnswer>();
+    const listeners = workers.map((w) => {
+      const onMessage = (m: HealthAnswer) => {
+        if (m?.xks !== 'health' || m.query !== query) return;
+        answers.set(w.id, m);
+        if (answers.size === workers.length) done();
+      };
+      w.on('message', onMessage);
+      return () => w.off('message', onMessage);
+    });
     const done = () => {
-      for (const w of workers) w.off('message', onMessage);
+      for (const off of listeners) off();
       clearTimeout(timer);
-      const all = answers.length === workers.length && workers.length > 0 && answers.every((a) => a.status === 'ACTIVE');
-      resolve({
-        status: all ? 'ACTIVE' : 'UNAVAILABLE',
-        workers: answers.map((a) => ({ status: a.status, ...(a.token ? { token: a.token } : {}), ...(a.detail ? { detail: a.detail } : {}) })),
+      const list = workers.map((w): WorkerHealth => {
+        const a = answers.get(w.id);
+        if (!a) return { worker: w.id, status: 'UNAVAILABLE', detail: 'did not answer within a second' };
+        return { worker: w.id, status: a.status, ...(a.token ? { token: a.token } : {}), ...(a.detail ? { detail: a.detail } : {}) };
       });
-    };
-    const onMessage = (m: HealthAnswer) => {
-      if (m?.xks !== 'health' || m.query !== query) return;
-      answers.push(m);
-      if (answers.length === workers.length) done();
+      const all = list.length > 0 && list.every((a) => a.status === 'ACTIVE');
+      resolve({ status: all ? 'ACTIVE' : 'UNAVAILABLE', workers: list });
     };
     const timer = setTimeout(done, 1_000);
-    for (const w of workers) {
-      w.on('message', onMessage);
-      w.send({ xks: 'health?', query });
-    }
+    for (const w of workers) w.send({ xks: 'health?', query });
     if (workers.length === 0) done();
   });
+}
+
+/**
+ * Primary side, every 2 s: ask every worker for its health, tell each how many of its siblings fail (its GetHealthStatus
+ * answer says DEGRADED then), and replace a worker that has failed for `replaceAfterMs` while another passes: the HSM
+ * is fine, that worker's library is not. While every worker fails (the HSM is away) none is replaced: each keeps
+ * recovering on its own, and a new process could not start either.
+ */
+function watchWorkers(replaceAfterMs: number, logger: Logger, stopping: () => boolean, serving: (worker: number) => boolean): void {
+  const failingSince = new Map<number, number>();
+  let busy = false;
+  const tick = async () => {
+    if (busy || stopping()) return;
+    busy = true;
+    try {
+      // A worker still starting has not answered yet: it is neither failing nor a sibling that fails.
+      const workers = (await workersHealth()).workers.filter((w) => serving(w.worker));
+      const now = Date.now();
+      const failing = new Set(workers.filter((w) => w.status !== 'ACTIVE').map((w) => w.worker));
+      for (const id of [...failingSince.keys()]) if (!failing.has(id)) failingSince.delete(id);
+      for (const id of failing) if (!failingSince.has(id)) failingSince.set(id, now);
+      for (const w of workers) {
+        const siblingsUnavailable = failing.size - (failing.has(w.worker) ? 1 : 0);
+        cluster.workers?.[w.worker]?.send({ xks: 'siblings', siblingsUnavailable });
+      }
+      if (failing.size === workers.length) return;
+      for (const [id, since] of failingSince) {
+        if (now - since < replaceAfterMs) continue;
+        const w = workers.find((x) => x.worker === id);
+        logger.warn({ worker: id, failingForMs: now - since, detail: w?.detail }, 'worker fails its health check while others pass; replacing it');
+        failingSince.delete(id);
+        cluster.workers?.[id]?.process.kill('SIGTERM');
+      }
+    } finally {
+      busy = false;
+    }
+  };
+  setInterval(() => void tick(), 2_000).unref();
 }

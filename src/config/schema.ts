@@ -165,8 +165,13 @@ export const ConfigSchema = z
       .strictObject({
         maxAgeMs: z.number().int().min(0).max(60_000).default(10_000),
         fleetSize: z.number().int().min(1).max(10_000).default(1),
+        /**
+         * Under --workers: a worker whose health check fails this long while another worker's passes is replaced (its
+         * PKCS#11 library is stuck, not the HSM).
+         */
+        replaceWorkerAfterSeconds: z.number().int().min(1).max(3_600).default(30),
       })
-      .default({ maxAgeMs: 10_000, fleetSize: 1 }),
+      .default({ maxAgeMs: 10_000, fleetSize: 1, replaceWorkerAfterSeconds: 30 }),
     prefixes: z.array(PrefixSchema).min(1, 'needs at least one key store prefix'),
     admin: AdminSchema.optional(),
     log: z

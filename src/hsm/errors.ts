@@ -54,6 +54,9 @@ const CKR_KIND: Record<string, HsmErrorKind> = {
   CKR_DEVICE_REMOVED: 'DeviceError',
   CKR_DEVICE_MEMORY: 'DeviceError',
   CKR_TOKEN_NOT_PRESENT: 'DeviceError',
+  // The slot the connection holds is gone (the token was enumerated again under another id): find it again.
+  CKR_SLOT_ID_INVALID: 'DeviceError',
+  CKR_TOKEN_NOT_RECOGNIZED: 'DeviceError',
   CKR_CRYPTOKI_NOT_INITIALIZED: 'DeviceError',
   CKR_FUNCTION_FAILED: 'DeviceError',
   CKR_PIN_INCORRECT: 'PinIncorrect',

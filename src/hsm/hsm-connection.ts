@@ -78,6 +78,12 @@ export class HsmConnection implements KeyStore, HsmOperations {
   private loginSession!: Handle;
   private pool!: SessionPool;
   private recovering: Promise<void> | undefined;
+  /**
+   * Set while the HSM could not be recovered: calls fail at once with its error until `retryAt`, and a timer tries again
+   * with a doubling delay, so a process whose HSM came back serves again with or without traffic, and one whose HSM is
+   * away does not re-initialise the library for every request.
+   */
+  private down: { error: HsmError; retryAt: number; delayMs: number; timer: NodeJS.Timeout | undefined } | undefined;
   /** Session copies of token keys (SoftHSM): token handle hex -> copy, valid for one recovery generation. */
   private readonly copies = new Map<string, { copy: Handle; generation: number }>();
   private readonly copying = new Map<string, Promise<Handle>>();
@@ -617,6 +623,8 @@ export class HsmConnection implements KeyStore, HsmOperations {
     for (let attempt = 0; ; attempt++) {
       if (this.closed) throw new HsmError('Closed', 'the HSM connection is closed');
       if (this.recovering) await this.waitForRecovery();
+      const down = this.down;
+      if (down && Date.now() < down.retryAt) throw new HsmError(down.error.kind, down.error.message, down.error.ckr);
       let session: PooledSession;
       try {
         session = this.pool.tryAcquire() ?? (await this.pool.acquire());
@@ -693,10 +701,39 @@ export class HsmConnection implements KeyStore, HsmOperations {
 
   /** Reopen sessions, log in again, or re-initialise the library; one recovery at a time. */
   recover(cause: HsmError): Promise<void> {
-    this.recovering ??= this.doRecover(cause).finally(() => {
-      this.recovering = undefined;
-    });
+    this.recovering ??= this.doRecover(cause)
+      .then(
+        () => this.markUp(),
+        (e: unknown) => {
+          this.markDown(toHsmError(e));
+          throw e;
+        },
+      )
+      .finally(() => {
+        this.recovering = undefined;
+      });
     return this.recovering;
+  }
+
+  private markUp(): void {
+    if (!this.down) return;
+    clearTimeout(this.down.timer);
+    this.down = undefined;
+    this.opts.onEvent?.('hsm.recovered', {});
+  }
+
+  /** Recovery failed: fail calls at once until the next try, and try again after 100 ms, 200 ms, ... at most 2 s. */
+  private markDown(error: HsmError): void {
+    if (this.closed) return;
+    const first = this.down === undefined;
+    clearTimeout(this.down?.timer);
+    // A refused PIN is never retried on its own: each try counts towards locking the token.
+    const retry = error.kind !== 'PinIncorrect' && error.kind !== 'PinLocked';
+    const delayMs = Math.min(2_000, (this.down?.delayMs ?? 50) * 2);
+    const timer = retry ? setTimeout(() => void this.recover(error).catch(() => undefined), delayMs) : undefined;
+    timer?.unref();
+    this.down = { error, retryAt: retry ? Date.now() + delayMs : Infinity, delayMs, timer };
+    if (first) this.opts.onEvent?.('hsm.unavailable', { cause: error.kind, ckr: error.ckr, retry });
   }
 
   private async doRecover(cause: HsmError): Promise<void> {
@@ -752,7 +789,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
 
   /** Whether the login session is healthy; used by health checks. */
   ping(): boolean {
-    return this.isLoggedIn();
+    return this.down === undefined && this.isLoggedIn();
   }
 
   /** callMode thread: the AES-GCM calls sent to the call thread so far, and in how many messages. */
@@ -774,6 +811,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.down?.timer);
     this.thread?.close();
     this.pool?.close();
     try {

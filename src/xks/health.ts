@@ -24,6 +24,12 @@ export interface HealthOptions {
 
 export class HealthChecker {
   private last: HealthResult | undefined;
+  /**
+   * Under --workers: how many of this process's sibling workers fail their health check (the primary says, every few
+   * seconds). A worker that is fine answers DEGRADED while a sibling is not: KMS's requests reach every worker, so the
+   * answer is the process's, whichever worker gives it.
+   */
+  siblingsUnavailable = 0;
   private running: Promise<HealthResult> | undefined;
 
   constructor(
@@ -96,7 +102,7 @@ export class HealthChecker {
           {
             id: (info.serial || info.label).slice(0, 64),
             model: `${info.model} ${info.libraryDescription} ${info.libraryVersion}`.trim().slice(0, 64),
-            healthStatus: r.status,
+            healthStatus: r.status === 'ACTIVE' && this.siblingsUnavailable > 0 ? ('DEGRADED' as const) : r.status,
           },
         ],
       },

@@ -50,6 +50,11 @@
  *     hang FUNCTION MS [COUNT]    FUNCTION sleeps MS milliseconds before going on (COUNT times, or always). A hang
  *                                 and a fail on the same call: the call sleeps, then fails.
  *     latency_us N                replaces the configured latency_us while present.
+ *     @PID RULE                   any rule above, in process PID only (one worker of several sharing the file).
+ *     slot_offset N               while present, the application sees every slot id plus N (and gives them back so):
+ *                                 a token enumerated again under a new slot id, as when an HSM partition or a
+ *                                 network HSM's server is removed and added back; the old id answers
+ *                                 CKR_SLOT_ID_INVALID.
  *   Example:
  *     fail C_Encrypt CKR_DEVICE_ERROR 2
  *     hang C_FindObjects 1500
@@ -94,6 +99,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -320,6 +326,7 @@ static struct {
   int throttle;
   CK_RV throttle_rv;
   long latency_us; /* -1: not set */
+  CK_SLOT_ID slot_offset;
   struct rule rules[MAX_RULES];
   int nrules;
 } ctl = {.lock = PTHREAD_MUTEX_INITIALIZER, .latency_us = -1};
@@ -328,6 +335,7 @@ static void ctl_clear_rules(void) {
   ctl.nrules = 0;
   ctl.throttle = 0;
   ctl.latency_us = -1;
+  ctl.slot_offset = 0;
 }
 
 static void ctl_parse_line(char *line, int lineno) {
@@ -339,11 +347,26 @@ static void ctl_parse_line(char *line, int lineno) {
   for (char *tok = strtok_r(line, " \t\r\n", &save); tok != NULL && n < 5; tok = strtok_r(NULL, " \t\r\n", &save))
     w[n++] = tok;
   if (n == 0) return;
+  /* "@PID rule": the rule applies in that process only (one worker of several sharing the control file). */
+  if (w[0][0] == '@') {
+    unsigned long pid;
+    if (!parse_ulong(w[0] + 1, &pid)) goto bad;
+    if ((pid_t)pid != getpid()) return;
+    for (int i = 0; i < n - 1; i++) w[i] = w[i + 1];
+    w[--n] = NULL;
+    if (n == 0) goto bad;
+  }
   if (strcmp(w[0], "throttle") == 0 && n <= 2) {
     CK_RV rv = CKR_DEVICE_ERROR;
     if (n == 2 && !parse_ckr(w[1], &rv)) goto bad;
     ctl.throttle = 1;
     ctl.throttle_rv = rv;
+    return;
+  }
+  if (strcmp(w[0], "slot_offset") == 0 && n == 2) {
+    unsigned long v;
+    if (!parse_ulong(w[1], &v)) goto bad;
+    ctl.slot_offset = (CK_SLOT_ID)v;
     return;
   }
   if (strcmp(w[0], "latency_us") == 0 && n == 2) {
@@ -455,6 +478,23 @@ static CK_RV enter(const char *fn, int latency) {
   if (hang_ms > 0) sleep_us(hang_ms * 1000UL);
   if (rv != CKR_OK) return rv;
   if (latency && lat > 0) sleep_us((unsigned long)lat);
+  return CKR_OK;
+}
+
+/* slot_offset: the application's slot id -> the target's (CKR_SLOT_ID_INVALID for an id from before the offset changed). */
+static CK_SLOT_ID slot_shift(void) {
+  pthread_mutex_lock(&ctl.lock);
+  ctl_refresh_locked();
+  CK_SLOT_ID off = ctl.slot_offset;
+  pthread_mutex_unlock(&ctl.lock);
+  return off;
+}
+
+static CK_RV slot_in(CK_SLOT_ID *id) {
+  CK_SLOT_ID off = slot_shift();
+  if (off == 0) return CKR_OK;
+  if (*id < off) return CKR_SLOT_ID_INVALID;
+  *id -= off;
   return CKR_OK;
 }
 
@@ -636,20 +676,45 @@ static void end_target_op(int ops, CK_SESSION_HANDLE h) {
     return T->fn args;                                                                                                 \
   }
 
-FWD(C_GetSlotList, NOLAT, (CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList, CK_ULONG_PTR pulCount),
-    (tokenPresent, pSlotList, pulCount))
-FWD(C_GetSlotInfo, NOLAT, (CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo), (slotID, pInfo))
-FWD(C_GetTokenInfo, NOLAT, (CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo), (slotID, pInfo))
-FWD(C_InitToken, NOLAT, (CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen, CK_UTF8CHAR_PTR pLabel),
+/* Forwarding of a call that names a slot: the id goes through slot_offset first. */
+#define FWD_SLOT(fn, params, args)                                                                                     \
+  static CK_RV em_##fn params {                                                                                        \
+    NEED_TARGET();                                                                                                     \
+    CK_RV rv_ = enter(#fn, NOLAT);                                                                                     \
+    if (rv_ == CKR_OK) rv_ = slot_in(&slotID);                                                                         \
+    if (rv_ != CKR_OK) return rv_;                                                                                     \
+    return T->fn args;                                                                                                 \
+  }
+
+static CK_RV em_C_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList, CK_ULONG_PTR pulCount) {
+  NEED_TARGET();
+  CK_RV rv = enter("C_GetSlotList", NOLAT);
+  if (rv != CKR_OK) return rv;
+  rv = T->C_GetSlotList(tokenPresent, pSlotList, pulCount);
+  CK_SLOT_ID off = slot_shift();
+  if (rv == CKR_OK && pSlotList != NULL && off != 0)
+    for (CK_ULONG i = 0; i < *pulCount; i++) pSlotList[i] += off;
+  return rv;
+}
+FWD_SLOT(C_GetSlotInfo, (CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo), (slotID, pInfo))
+FWD_SLOT(C_GetTokenInfo, (CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo), (slotID, pInfo))
+FWD_SLOT(C_InitToken, (CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen, CK_UTF8CHAR_PTR pLabel),
     (slotID, pPin, ulPinLen, pLabel))
 FWD(C_InitPIN, NOLAT, (CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen), (hSession, pPin, ulPinLen))
 FWD(C_SetPIN, NOLAT,
     (CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin, CK_ULONG ulOldLen, CK_UTF8CHAR_PTR pNewPin, CK_ULONG ulNewLen),
     (hSession, pOldPin, ulOldLen, pNewPin, ulNewLen))
-FWD(C_OpenSession, NOLAT,
+FWD_SLOT(C_OpenSession,
     (CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication, CK_NOTIFY Notify, CK_SESSION_HANDLE_PTR phSession),
     (slotID, flags, pApplication, Notify, phSession))
-FWD(C_GetSessionInfo, NOLAT, (CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo), (hSession, pInfo))
+static CK_RV em_C_GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo) {
+  NEED_TARGET();
+  CK_RV rv = enter("C_GetSessionInfo", NOLAT);
+  if (rv != CKR_OK) return rv;
+  rv = T->C_GetSessionInfo(hSession, pInfo);
+  if (rv == CKR_OK && pInfo != NULL) pInfo->slotID += slot_shift();
+  return rv;
+}
 FWD(C_GetOperationState, NOLAT,
     (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationState, CK_ULONG_PTR pulOperationStateLen),
     (hSession, pOperationState, pulOperationStateLen))
@@ -835,6 +900,7 @@ static CK_RV em_C_CloseSession(CK_SESSION_HANDLE hSession) {
 static CK_RV em_C_CloseAllSessions(CK_SLOT_ID slotID) {
   NEED_TARGET();
   CK_RV rv = enter("C_CloseAllSessions", NOLAT);
+  if (rv == CKR_OK) rv = slot_in(&slotID);
   if (rv != CKR_OK) return rv;
   rv = T->C_CloseAllSessions(slotID);
   /* The table does not know slots: forget every session (only GCM bookkeeping of other slots' sessions is lost). */
@@ -921,6 +987,7 @@ static CK_RV map_mechanism(CK_MECHANISM_TYPE *type) {
 static CK_RV em_C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMechanismList, CK_ULONG_PTR pulCount) {
   NEED_TARGET();
   CK_RV rv = enter("C_GetMechanismList", NOLAT);
+  if (rv == CKR_OK) rv = slot_in(&slotID);
   if (rv != CKR_OK) return rv;
   if (cfg.vendor != V_LUNA && cfg.n_hidden == 0) return T->C_GetMechanismList(slotID, pMechanismList, pulCount);
   if (pulCount == NULL) return CKR_ARGUMENTS_BAD;
@@ -962,6 +1029,7 @@ static CK_RV em_C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMec
 static CK_RV em_C_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR pInfo) {
   NEED_TARGET();
   CK_RV rv = enter("C_GetMechanismInfo", NOLAT);
+  if (rv == CKR_OK) rv = slot_in(&slotID);
   if (rv != CKR_OK) return rv;
   rv = map_mechanism(&type);
   if (rv != CKR_OK) return rv;

@@ -49,9 +49,40 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('an HSM that cannot be recovered', () 
       expect(a.json.errorName).toBe('DependencyTimeoutException');
     }
     setControl('');
+    // Recovery is tried again with a doubling delay (at most 2 s), with or without requests.
     let back = false;
-    for (let i = 0; i < 20 && !back; i++) back = (await xks.encrypt('foo', Buffer.from('after'))).status === 200;
+    for (let i = 0; i < 60 && !back; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      back = (await xks.encrypt('foo', Buffer.from('after'))).status === 200;
+    }
     expect(back).toBe(true);
     expect(t.logs.some((l) => l.includes('hsm.recover'))).toBe(true);
+  });
+
+  it('serves again when the token comes back under another slot id (a partition or HSM server added back)', async () => {
+    const xks = xksClient(t.httpUrl);
+    expect((await xks.encrypt('foo', Buffer.from('before'))).status).toBe(200);
+    // A device error, then the token is gone: the probe fails, the re-initialisation finds no token, recovery fails.
+    setControl('fail C_Encrypt CKR_DEVICE_ERROR 1\nfail C_GetTokenInfo CKR_TOKEN_NOT_PRESENT\nfail C_GetSlotList CKR_TOKEN_NOT_PRESENT\nfail C_OpenSession CKR_TOKEN_NOT_PRESENT\n');
+    await new Promise((r) => setTimeout(r, 10)); // the emulator looks at its control file at most every 2 ms
+    for (let i = 0; i < 5; i++) {
+      const a = await xks.encrypt('foo', Buffer.from('while gone'));
+      expect(a.status, a.text).toBe(503);
+    }
+    // The token is back, enumerated under a new slot id: the one the proxy holds answers CKR_SLOT_ID_INVALID.
+    setControl('slot_offset 256\n');
+    // No request comes: the proxy tries again on its own (with backoff) and finds the token.
+    for (let i = 0; i < 60 && !t.logs.some((l) => l.includes('hsm.recovered')); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(t.logs.some((l) => l.includes('hsm.recovered')), 'recovered without traffic').toBe(true);
+    let last;
+    for (let i = 0; i < 40; i++) {
+      last = await xks.encrypt('foo', Buffer.from('after'));
+      if (last.status === 200) break;
+      expect(last.status, last.text).toBe(503);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(last!.status, last!.text).toBe(200);
+    const health = await xks.health();
+    expect(health.json.ekmFleetDetails[0].healthStatus).toBe('ACTIVE');
   });
 });

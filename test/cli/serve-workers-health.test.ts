@@ -1,0 +1,101 @@
+// `xks serve --workers 2` when one worker's PKCS#11 library breaks and the other's does not: GetHealthStatus tells the
+// truth for the process whichever worker answers it (never ACTIVE while a worker fails), and the broken worker is
+// replaced. The fault comes from our emulator's control file, aimed at one worker's pid (test/emulator).
+import { spawn, type ChildProcess } from 'node:child_process';
+import http from 'node:http';
+import { createServer } from 'node:net';
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parse, stringify } from 'yaml';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { writeTestConfig } from '../helpers/proxy-on-token.js';
+import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
+import { xksClient } from '../helpers/xks-client.js';
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+// The emulator forwards to SoftHSM: this runs in the SoftHSM pass.
+describe.skipIf(TOKEN_KIND !== 'softhsm')('one of two workers broken', () => {
+  let token: TestToken;
+  let server: ChildProcess;
+  let out = '';
+  let url: string;
+  let control: string;
+  const setControl = (text: string) => {
+    writeFileSync(`${control}.new`, text);
+    renameSync(`${control}.new`, control);
+  };
+  /** The pids of the workers listening now, from their "xks proxy listening" lines. */
+  const listening = () =>
+    out
+      .split('\n')
+      .filter((l) => l.includes('"xks proxy listening"'))
+      .map((l) => (JSON.parse(l) as { pid: number }).pid);
+
+  beforeAll(async () => {
+    ensureBuilt();
+    token = createTestToken('workers-health');
+    control = join(token.dir, 'emulator-control');
+    writeFileSync(control, '');
+    const port = await freePort();
+    url = `http://127.0.0.1:${port}`;
+    const file = writeTestConfig(token, {
+      hsm: { module: join(ROOT, 'test/emulator/build/libxks-emulator.so'), libraryParameters: `vendor=none control=${control}` },
+      health: { maxAgeMs: 200, replaceWorkerAfterSeconds: 4 },
+    });
+    const config = parse(readFileSync(file, 'utf8'));
+    config.listeners.http.port = port;
+    writeFileSync(file, stringify(config));
+    const created = spawn('node', [MAIN, 'keys', 'create', 'foo', '--config', file], { cwd: ROOT, env: { ...process.env, ...token.env } });
+    await new Promise((r) => created.once('exit', r));
+    server = spawn('node', [MAIN, 'serve', '--config', file, '--workers', '2'], { cwd: ROOT, env: { ...process.env, ...token.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    server.stdout!.on('data', (c) => (out += c));
+    server.stderr!.on('data', (c) => (out += c));
+    for (let i = 0; i < 200 && listening().length < 2; i++) await sleep(100);
+    expect(listening(), out).toHaveLength(2);
+  }, 60_000);
+
+  afterAll(() => {
+    server?.kill('SIGKILL');
+    token?.cleanup();
+  });
+
+  it('answers DEGRADED or UNAVAILABLE from either worker while one fails, then replaces that one and is ACTIVE again', { timeout: 60_000 }, async () => {
+    // New connections each time, so that both workers answer.
+    const xks = xksClient(url, { agent: new http.Agent({ keepAlive: false }) });
+    const [broken] = listening();
+    // That worker's token goes away for good (its re-initialisation finds none); the other worker's does not.
+    setControl(
+      [`@${broken} fail C_Encrypt CKR_DEVICE_ERROR 1`, `@${broken} fail C_GetTokenInfo CKR_TOKEN_NOT_PRESENT`, `@${broken} fail C_GetSlotList CKR_TOKEN_NOT_PRESENT`, `@${broken} fail C_OpenSession CKR_TOKEN_NOT_PRESENT`].join('\n') + '\n',
+    );
+    await sleep(20);
+    const statuses = new Set<number>();
+    for (let i = 0; i < 20; i++) statuses.add((await xks.encrypt('foo', Buffer.from('x'))).status);
+    expect([...statuses].sort(), 'one worker serves, the other answers a named 503').toEqual([200, 503]);
+
+    // Once the primary has heard from both (every 2 s), no answer says ACTIVE.
+    await sleep(2_500);
+    const seen = new Set<string>();
+    for (let i = 0; i < 12; i++) seen.add((await xks.health()).json.ekmFleetDetails[0].healthStatus);
+    expect([...seen].sort()).toEqual(['DEGRADED', 'UNAVAILABLE']);
+
+    // Replaced after replaceWorkerAfterSeconds (the other worker passes all along): a new worker, and ACTIVE again.
+    for (let i = 0; i < 150 && !listening().some((p) => p !== broken && !listening().slice(0, 2).includes(p)); i++) await sleep(100);
+    expect(out).toContain('replacing it');
+    expect(listening().length).toBeGreaterThanOrEqual(3);
+    await sleep(2_500);
+    const after = new Set<string>();
+    for (let i = 0; i < 8; i++) after.add((await xks.health()).json.ekmFleetDetails[0].healthStatus);
+    expect([...after]).toEqual(['ACTIVE']);
+    for (let i = 0; i < 8; i++) expect((await xks.encrypt('foo', Buffer.from('x'))).status).toBe(200);
+  });
+});
