@@ -135,6 +135,9 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
       waitMs: 200,
       fleetSize: loaded.config.health.fleetSize,
       version: VERSION,
+      stalledMs: () => hsm.oldestCallMs,
+      // A call that has waited past its budget: the HSM is not answering in time for KMS.
+      stalledAfterMs: loaded.config.hsm.operationTimeoutMs,
     });
     // Creates the health key if it is missing, and tells at start-up whether the HSM really works.
     const first = await health.refresh();

@@ -20,7 +20,7 @@ export function hsmCommand(): Command {
             profile: loaded.config.hsm.profile,
             token: conn.info,
             sessionPool: conn.sessionStats,
-            loggedIn: conn.ping(),
+            loggedIn: await conn.ping(),
             capabilities: conn.capabilities,
           };
           if (opts.json) {

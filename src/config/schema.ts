@@ -95,8 +95,12 @@ export const ConfigSchema = z
       maxQueue: z.number().int().min(0).max(100_000).default(256),
       ivMode: IvModeSchema.optional(),
       callMode: CallModeSchema.optional(),
-      /** callMode thread: event-loop utilisation (0..1) from which AES-GCM calls go to the call thread; 0: always. */
-      callThreadBusyAt: z.number().min(0).max(1).default(0.8),
+      /**
+       * callMode thread: event-loop utilisation (0..1) from which AES-GCM calls go to the call thread; 0 (the default):
+       * always. Above 0, calls made while the loop is idle run on it, which is cheaper but lets an HSM that hangs stall
+       * the whole process.
+       */
+      callThreadBusyAt: z.number().min(0).max(1).default(0),
       healthKeyLabel: z.string().min(1).max(128).default('xks-proxy-health-check'),
       /**
        * A cached key older than this is re-read from the token in the background; one older than twice this is

@@ -110,6 +110,12 @@ export class CallThread {
   /** Calls sent to the thread, and the messages they went in. */
   readonly stats = { calls: 0, batches: 0 };
 
+  /** How long the oldest call queued or out has waited (ms); 0 when none. */
+  get oldestCallMs(): number {
+    const first = this.sent.values().next().value ?? this.queued[0];
+    return first ? performance.now() - first.at : 0;
+  }
+
   /** Calls queued or out on the thread. */
   get pending(): number {
     return this.queued.length + this.sent.size;

@@ -2,11 +2,13 @@
 import { timingSafeEqual } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ckrMeanings, HsmError, needsRecovery, poisonsSession, toHsmError, type CkrMeanings } from './errors.js';
-import { findSlot, infoText, initializeArgs, loadModule, P, readBool, type Handle, type LibrarySpec, type Mechanism, type Pkcs11, type Template } from './module.js';
+import { infoText, initializeArgs, loadModule, P, pickSlot, readBool, type Handle, type LibrarySpec, type Mechanism, type Pkcs11, type Template } from './module.js';
 export type { Handle } from './module.js';
 import { SessionPool, type PooledSession } from './session-pool.js';
 import { readCapabilities, type Capabilities } from './capabilities.js';
 import { CallThread } from './call-thread.js';
+import { ControlThread } from './control-thread.js';
+import type pkcs11js from 'pkcs11js';
 import type { CallMode, HsmProfile, IvMode } from './profile.js';
 import { attributeTypes, keyTypeName, keyTypeNumber, matchTemplate, type AttributeName, type KeyType, type ObjectMatch } from './attributes.js';
 import { asMechanism } from './mechanisms.js';
@@ -28,7 +30,7 @@ export interface HsmOptions extends LibrarySpec {
   callMode?: CallMode | undefined;
   /**
    * callMode thread: the event-loop utilisation above which AES-GCM calls go to the call thread; below it they run on
-   * the event loop (0: always to the thread). Default 0.8.
+   * the event loop (0: always to the thread, the default: a call on the event loop that hangs stalls the process).
    */
   callThreadBusyAt?: number | undefined;
   onEvent?: (event: string, detail: Record<string, unknown>) => void;
@@ -91,7 +93,12 @@ export class HsmConnection implements KeyStore, HsmOperations {
   private inFlight = 0;
   /** callMode thread: where AES-GCM calls run (made on first use). */
   private thread: CallThread | undefined;
+  /** callMode thread and async: where every other PKCS#11 call runs, so that a hung HSM never holds the event loop. */
+  private control: ControlThread | undefined;
   private ivPool: Buffer = Buffer.alloc(0);
+  private ivRefill: Promise<void> | undefined;
+  /** The login state the last check saw (ping() answers from it without a call). */
+  private loggedIn = false;
   /** Attribute types this token does not keep (CKR_ATTRIBUTE_TYPE_INVALID when read): left out of reads. */
   private readonly lackedAttributes = new Set<number>();
   private ivOffset = 0;
@@ -119,9 +126,14 @@ export class HsmConnection implements KeyStore, HsmOperations {
   static async open(opts: HsmOptions): Promise<HsmConnection> {
     const c = new HsmConnection(opts);
     c.mod = loadModule(opts);
+    if ((opts.callMode ?? opts.profile.callMode) !== 'sync') c.control = new ControlThread(opts.modulePath, Math.max(2_000, opts.operationTimeoutMs));
     try {
       await c.attach();
+      // What the token can do is read once, here: a re-initialisation finds the same token (by label or serial).
+      c.capabilities = readCapabilities(c.mod, c.slot, c.loginSession, opts.profile, opts);
+      if (!c.capabilities.aesGcm) throw new HsmError('MechanismUnsupported', 'the token does not offer CKM_AES_GCM encrypt and decrypt');
     } catch (e) {
+      c.control?.close();
       try {
         c.mod.C_Finalize();
       } catch {
@@ -133,21 +145,57 @@ export class HsmConnection implements KeyStore, HsmOperations {
       size: opts.poolSize,
       acquireTimeoutMs: opts.acquireTimeoutMs,
       ...(opts.maxQueue !== undefined ? { maxWaiters: opts.maxQueue } : {}),
-      open: () => ({ handle: c.mod.C_OpenSession(c.slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION), generation: c.generation, epoch: c.epoch }),
-      close: (s) => c.mod.C_CloseSession(s.handle),
+      open: async () => {
+        const [generation, epoch] = [c.generation, c.epoch];
+        return { handle: await c.x<Handle>('C_OpenSession', c.slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION), generation, epoch };
+      },
+      close: (s) => c.x<void>('C_CloseSession', s.handle),
       currentGeneration: () => c.generation,
       currentEpoch: () => c.epoch,
     });
     return c;
   }
 
+  /**
+   * A PKCS#11 call, by function name: on the control thread in call modes thread and async, here in sync mode.
+   * `findAll` is C_FindObjectsInit + C_FindObjects until empty + C_FindObjectsFinal in one go.
+   */
+  private x<T>(fn: `C_${string}` | 'findAll', ...args: unknown[]): Promise<T> {
+    if (this.control) return this.control.call<T>(fn, ...args);
+    try {
+      if (fn === 'findAll') return Promise.resolve(this.findAllHere(args[0] as Handle, args[1] as Template) as T);
+      const f = (this.mod as unknown as Record<string, (...a: unknown[]) => T>)[fn]!;
+      return Promise.resolve(f.apply(this.mod, args));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  private findAllHere(s: Handle, template: Template): Handle[] {
+    this.mod.C_FindObjectsInit(s, template);
+    const handles: Handle[] = [];
+    try {
+      for (;;) {
+        const batch = this.mod.C_FindObjects(s, 64);
+        if (batch.length === 0) break;
+        handles.push(...batch);
+      }
+    } finally {
+      this.mod.C_FindObjectsFinal(s);
+    }
+    return handles;
+  }
+
   /** Find the slot, open the long-lived login session and log in (with backoff: concurrent logins race on SoftHSM). */
   private async attach(): Promise<void> {
-    this.slot = findSlot(this.mod, { tokenLabel: this.opts.tokenLabel, tokenSerial: this.opts.tokenSerial });
-    this.loginSession = this.mod.C_OpenSession(this.slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION);
+    const slots = await this.x<Handle[]>('C_GetSlotList', true);
+    const infos = [];
+    for (const slot of slots) infos.push({ slot, info: await this.x<pkcs11js.TokenInfo>('C_GetTokenInfo', slot) });
+    this.slot = pickSlot(infos, { tokenLabel: this.opts.tokenLabel, tokenSerial: this.opts.tokenSerial });
+    this.loginSession = await this.x<Handle>('C_OpenSession', this.slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION);
     await this.login();
-    const t = this.mod.C_GetTokenInfo(this.slot);
-    const lib = this.mod.C_GetInfo();
+    const t = infos.find((i) => i.slot.equals(this.slot))!.info;
+    const lib = await this.x<pkcs11js.ModuleInfo>('C_GetInfo');
     this.info = {
       slot: this.slot.toString('hex'),
       label: infoText(t.label),
@@ -157,18 +205,20 @@ export class HsmConnection implements KeyStore, HsmOperations {
       libraryDescription: infoText(lib.libraryDescription),
       libraryVersion: `${lib.libraryVersion.major}.${lib.libraryVersion.minor}`,
     };
-    this.capabilities = readCapabilities(this.mod, this.slot, this.loginSession, this.opts.profile, this.opts);
-    if (!this.capabilities.aesGcm) throw new HsmError('MechanismUnsupported', 'the token does not offer CKM_AES_GCM encrypt and decrypt');
   }
 
   private async login(): Promise<void> {
     for (let attempt = 0; ; attempt++) {
       try {
-        this.mod.C_Login(this.loginSession, P.CKU_USER, this.opts.pin);
+        await this.x<void>('C_Login', this.loginSession, P.CKU_USER, this.opts.pin);
+        this.loggedIn = true;
         return;
       } catch (e) {
         const err = toHsmError(e);
-        if (err.ckr === 'CKR_USER_ALREADY_LOGGED_IN') return;
+        if (err.ckr === 'CKR_USER_ALREADY_LOGGED_IN') {
+          this.loggedIn = true;
+          return;
+        }
         if (err.kind === 'PinIncorrect') throw new HsmError('PinIncorrect', 'the HSM refused the user PIN (CKR_PIN_INCORRECT)', err.ckr);
         if (err.kind === 'PinLocked') throw new HsmError('PinLocked', 'the user PIN is locked on the token (CKR_PIN_LOCKED)', err.ckr);
         if (attempt >= this.opts.profile.loginRetries) throw err;
@@ -219,7 +269,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
     return this.run('other', async (s) => {
       const t0 = this.opts.observeCall ? performance.now() : 0;
       const mode = this.capabilities.ivMode;
-      const iv = mode === 'caller-random' ? this.nextIv(s) : Buffer.alloc(IV_BYTES);
+      const iv = mode === 'caller-random' ? (this.takeIv() ?? (await this.nextIv(s))) : Buffer.alloc(IV_BYTES);
       const extra = mode === 'hsm-appends' ? IV_BYTES : 0;
       const outBytes = plaintext.length + TAG_BYTES + extra;
       const out = await this.gcm('encrypt', s, key, iv, aad, plaintext, outBytes);
@@ -257,7 +307,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
     const mode = this.capabilities.callMode;
     this.live(key);
     if (mode === 'thread') {
-      this.thread ??= new CallThread(this.opts.modulePath, this.opts.operationTimeoutMs, this.opts.callThreadBusyAt ?? 0.8, (reason) =>
+      this.thread ??= new CallThread(this.opts.modulePath, this.opts.operationTimeoutMs, this.opts.callThreadBusyAt ?? 0, (reason) =>
         this.opts.onEvent?.('hsm.call-thread-unusable', { reason, fallback: 'calls are made on the event loop' }),
       );
       // A busy event loop hands the call over; an idle one makes it itself: sooner, and cheaper than the hop.
@@ -265,6 +315,8 @@ export class HsmConnection implements KeyStore, HsmOperations {
     }
     const mechanism = { mechanism: P.CKM_AES_GCM, parameter: { type: P.CK_PARAMS_AES_GCM_v240, iv, ivBits: iv.length * 8, aad, tagBits } };
     const out = Buffer.allocUnsafe(outBytes);
+    // In async mode the Init runs here, on the event loop, and the call itself on libuv's pool: vendors' AES-GCM Init
+    // sets up the operation in the library without a round trip to the HSM.
     if (op === 'encrypt') {
       this.mod.C_EncryptInit(s, mechanism, key);
       return mode === 'async' ? this.withBudget(this.mod.C_EncryptAsync(s, data, out)) : Promise.resolve(this.mod.C_Encrypt(s, data, out));
@@ -286,12 +338,12 @@ export class HsmConnection implements KeyStore, HsmOperations {
     const inFlight = this.copying.get(id);
     if (inFlight) return inFlight;
     const generation = this.generation;
-    const making = this.run('other', (s) => {
+    const making = this.run('other', async (s) => {
       // Only CKA_TOKEN may change: the copy inherits CKA_SENSITIVE, CKA_EXTRACTABLE and the usage. Read back that it
       // is at least as protected as the key (NSS makes a copy of a non-sensitive key sensitive: more, never less).
-      const [sensitive, extractable] = this.readAttributes(s, this.live(key), [P.CKA_SENSITIVE, P.CKA_EXTRACTABLE]);
-      const copy = this.stamp(this.mod.C_CopyObject(this.loginSession, key, [{ type: P.CKA_TOKEN, value: false }]), true);
-      this.confirmTemplate(s, copy, [
+      const [sensitive, extractable] = await this.readAttributes(s, this.live(key), [P.CKA_SENSITIVE, P.CKA_EXTRACTABLE]);
+      const copy = this.stamp(await this.x<Handle>('C_CopyObject', this.loginSession, key, [{ type: P.CKA_TOKEN, value: false }]), true);
+      await this.confirmTemplate(s, copy, [
         { type: P.CKA_TOKEN, value: false },
         ...(readBool(sensitive) ? [{ type: P.CKA_SENSITIVE, value: true }] : []),
         ...(readBool(extractable) ? [] : [{ type: P.CKA_EXTRACTABLE, value: false }]),
@@ -314,11 +366,8 @@ export class HsmConnection implements KeyStore, HsmOperations {
     if (!cached) return;
     this.copies.delete(id);
     if (cached.generation !== this.generation) return;
-    try {
-      this.mod.C_DestroyObject(this.loginSession, cached.copy);
-    } catch {
-      // already gone with its session
-    }
+    // Already gone with its session, if this fails.
+    this.x<void>('C_DestroyObject', this.loginSession, cached.copy).catch(() => undefined);
   }
 
   /** Secret keys matching a template, with their label, id, key type and usage/evidence attributes. */
@@ -326,7 +375,11 @@ export class HsmConnection implements KeyStore, HsmOperations {
     const t: Template = [{ type: P.CKA_CLASS, value: P.CKO_SECRET_KEY }];
     if (match.label !== undefined) t.push({ type: P.CKA_LABEL, value: match.label });
     if (match.keyType !== undefined) t.push({ type: P.CKA_KEY_TYPE, value: keyTypeNumber(match.keyType) });
-    return this.run('other', (s) => this.find(s, t).map((h) => this.describe(s, h)));
+    return this.run('other', async (s) => {
+      const found: KeyObject[] = [];
+      for (const h of await this.find(s, t)) found.push(await this.describe(s, h));
+      return found;
+    });
   }
 
   /** Token objects of any class matching a template or a match by name (RSA key pairs of a KEK transfer). */
@@ -335,27 +388,17 @@ export class HsmConnection implements KeyStore, HsmOperations {
     return this.run('other', (s) => this.find(s, t));
   }
 
-  private find(s: Handle, match: Template): Handle[] {
+  private async find(s: Handle, match: Template): Promise<Handle[]> {
     // Without the login, private objects are simply invisible: an empty answer would read as "no such key".
-    if (!this.isLoggedIn()) throw new HsmError('NotLoggedIn', 'the HSM login was lost');
+    if (!(await this.isLoggedIn())) throw new HsmError('NotLoggedIn', 'the HSM login was lost');
     // Token objects only: the proxy's own session copies carry the same label and id.
-    this.mod.C_FindObjectsInit(s, [{ type: P.CKA_TOKEN, value: true }, ...match]);
-    const handles: Handle[] = [];
-    try {
-      for (;;) {
-        const batch = this.mod.C_FindObjects(s, 64);
-        if (batch.length === 0) break;
-        for (const h of batch) handles.push(this.stamp(h));
-      }
-    } finally {
-      this.mod.C_FindObjectsFinal(s);
-    }
-    return handles;
+    const handles = await this.x<Handle[]>('findAll', s, [{ type: P.CKA_TOKEN, value: true }, ...match]);
+    return handles.map((h) => this.stamp(h));
   }
 
-  private describe(s: Handle, handle: Handle): KeyObject {
+  private async describe(s: Handle, handle: Handle): Promise<KeyObject> {
     const names = Object.keys(BOOL_ATTRS) as (keyof typeof BOOL_ATTRS)[];
-    const got = this.readAttributes(s, handle, [P.CKA_LABEL, P.CKA_ID, P.CKA_KEY_TYPE, P.CKA_VALUE_LEN, ...names.map((n) => BOOL_ATTRS[n])]);
+    const got = await this.readAttributes(s, handle, [P.CKA_LABEL, P.CKA_ID, P.CKA_KEY_TYPE, P.CKA_VALUE_LEN, ...names.map((n) => BOOL_ATTRS[n])]);
     const attrs: Record<string, boolean> = {};
     names.forEach((n, i) => {
       const v = got[i + 4];
@@ -380,27 +423,32 @@ export class HsmConnection implements KeyStore, HsmOperations {
    * the token lacks fails whole on NSS (CKR_ATTRIBUTE_TYPE_INVALID, CKA_WRAP_WITH_TRUSTED): then each is read alone,
    * and the ones the token lacks are left out of later reads.
    */
-  private readAttributes(s: Handle, handle: Handle, types: number[]): (Buffer | undefined)[] {
+  private async readAttributes(s: Handle, handle: Handle, types: number[]): Promise<(Buffer | undefined)[]> {
     const asked = types.filter((t) => !this.lackedAttributes.has(t));
     try {
-      const got = this.mod.C_GetAttributeValue(s, handle, asked.map((type) => ({ type })));
+      const got = await this.x<Template>('C_GetAttributeValue', s, handle, asked.map((type) => ({ type })));
       const byType = new Map(asked.map((t, i) => [t, got[i]?.value as Buffer | undefined]));
       return types.map((t) => byType.get(t));
     } catch (e) {
       const ckr = toHsmError(e).ckr;
       if (ckr !== 'CKR_ATTRIBUTE_TYPE_INVALID' && ckr !== 'CKR_ATTRIBUTE_SENSITIVE') throw e;
     }
-    return types.map((type) => {
-      if (this.lackedAttributes.has(type)) return undefined;
+    const values: (Buffer | undefined)[] = [];
+    for (const type of types) {
+      if (this.lackedAttributes.has(type)) {
+        values.push(undefined);
+        continue;
+      }
       try {
-        return this.mod.C_GetAttributeValue(s, handle, [{ type }])[0]?.value as Buffer | undefined;
+        values.push((await this.x<Template>('C_GetAttributeValue', s, handle, [{ type }]))[0]?.value as Buffer | undefined);
       } catch (e) {
         const ckr = toHsmError(e).ckr;
         if (ckr === 'CKR_ATTRIBUTE_TYPE_INVALID') this.lackedAttributes.add(type);
         else if (ckr !== 'CKR_ATTRIBUTE_SENSITIVE') throw e;
-        return undefined;
+        values.push(undefined);
       }
-    });
+    }
+    return values;
   }
 
   /**
@@ -408,10 +456,10 @@ export class HsmConnection implements KeyStore, HsmOperations {
    * create, generate, unwrap and copy, read back the security and usage attributes that were asked for. An object that
    * differs is destroyed and the call fails.
    */
-  private confirmTemplate(s: Handle, handle: Handle, template: Template, what: string): void {
+  private async confirmTemplate(s: Handle, handle: Handle, template: Template, what: string): Promise<void> {
     const asked = template.filter((a) => CONFIRMED_ATTRS.has(a.type) && typeof a.value === 'boolean');
     if (asked.length === 0) return;
-    const got = this.readAttributes(s, handle, asked.map((a) => a.type));
+    const got = await this.readAttributes(s, handle, asked.map((a) => a.type));
     const wrong = asked.filter((a, i) => {
       const v = got[i];
       // Security attributes must be readable; usage flags the token does not keep are left to its own enforcement.
@@ -419,11 +467,8 @@ export class HsmConnection implements KeyStore, HsmOperations {
       return readBool(v) !== a.value;
     });
     if (wrong.length === 0) return;
-    try {
-      this.mod.C_DestroyObject(s, handle);
-    } catch {
-      // nothing more can be done; the error below says what happened
-    }
+    // If this fails nothing more can be done; the error below says what happened.
+    await this.x<void>('C_DestroyObject', s, handle).catch(() => undefined);
     const names = wrong.map((a) => `${CONFIRMED_ATTRS.get(a.type)}=${String(a.value)}`).join(', ');
     throw new HsmError('TemplateRefused', `the token did not honour ${names} for ${what}; the object was destroyed`);
   }
@@ -436,9 +481,9 @@ export class HsmConnection implements KeyStore, HsmOperations {
 
   /** Generate a secret key (CKM_AES_KEY_GEN unless told otherwise) from a fully spelled-out template. */
   generateKey(template: Template, mechanism: number | Mechanism = P.CKM_AES_KEY_GEN): Promise<KeyObject> {
-    return this.run('other', (s) => {
-      const handle = this.stamp(this.mod.C_GenerateKey(s, asMechanism(mechanism), this.fit(template)));
-      this.confirmTemplate(s, handle, template, 'a generated key');
+    return this.run('other', async (s) => {
+      const handle = this.stamp(await this.x<Handle>('C_GenerateKey', s, asMechanism(mechanism), this.fit(template)));
+      await this.confirmTemplate(s, handle, template, 'a generated key');
       return this.describe(s, handle);
     });
   }
@@ -448,7 +493,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
    * change differs by vendor); tests use it to show what a token refuses.
    */
   setAttributes(handle: Handle, template: Template): Promise<void> {
-    return this.run('other', (s) => this.mod.C_SetAttributeValue(s, this.live(handle), template));
+    return this.run('other', (s) => this.x<void>('C_SetAttributeValue', s, this.live(handle), template));
   }
 
   /** Read one object's label, id, key type and boolean evidence again (after a change). */
@@ -457,7 +502,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
   }
 
   destroyObject(handle: Handle): Promise<void> {
-    return this.run('other', (s) => this.mod.C_DestroyObject(s, this.live(handle)));
+    return this.run('other', (s) => this.x<void>('C_DestroyObject', s, this.live(handle)));
   }
 
   /** This token's RFC 5649 key wrap (capabilities.keyWrap): backups, KEK check values, RSA-AES imports. */
@@ -469,23 +514,23 @@ export class HsmConnection implements KeyStore, HsmOperations {
 
   /** C_WrapKey into a buffer large enough for any AES or generic secret under KWP or RSA-OAEP. */
   wrapKey(mechanism: Mechanism, wrappingKey: Handle, key: Handle): Promise<Buffer> {
-    return this.run('other', (s) => Buffer.from(this.mod.C_WrapKey(s, mechanism, this.live(wrappingKey), this.live(key), Buffer.alloc(1024))));
+    return this.run('other', async (s) => Buffer.from(await this.x<Buffer>('C_WrapKey', s, mechanism, this.live(wrappingKey), this.live(key), Buffer.alloc(1024))));
   }
 
   /** C_UnwrapKey into a new object described by `template` (every security attribute spelled out by the caller). */
   unwrapKey(mechanism: Mechanism, unwrappingKey: Handle, wrapped: Buffer, template: Template): Promise<KeyObject> {
-    return this.run('other', (s) => {
-      const handle = this.stamp(this.mod.C_UnwrapKey(s, mechanism, this.live(unwrappingKey), wrapped, this.fit(template)));
-      this.confirmTemplate(s, handle, template, 'an unwrapped key');
+    return this.run('other', async (s) => {
+      const handle = this.stamp(await this.x<Handle>('C_UnwrapKey', s, mechanism, this.live(unwrappingKey), wrapped, this.fit(template)));
+      await this.confirmTemplate(s, handle, template, 'an unwrapped key');
       return this.describe(s, handle);
     });
   }
 
   /** HMAC (or CMAC) inside the HSM. */
   sign(mechanism: Mechanism, key: Handle, data: Buffer): Promise<Buffer> {
-    return this.run('other', (s) => {
-      this.mod.C_SignInit(s, mechanism, this.live(key));
-      return Buffer.from(this.mod.C_Sign(s, data, Buffer.alloc(64)));
+    return this.run('other', async (s) => {
+      await this.x<void>('C_SignInit', s, mechanism, this.live(key));
+      return Buffer.from(await this.x<Buffer>('C_Sign', s, data, Buffer.alloc(64)));
     });
   }
 
@@ -510,9 +555,9 @@ export class HsmConnection implements KeyStore, HsmOperations {
 
   /** Create an object from a template (public keys received for a KEK transfer). */
   createObject(template: Template): Promise<Handle> {
-    return this.run('other', (s) => {
-      const handle = this.stamp(this.mod.C_CreateObject(s, this.fit(template)));
-      this.confirmTemplate(s, handle, template, 'a created object');
+    return this.run('other', async (s) => {
+      const handle = this.stamp(await this.x<Handle>('C_CreateObject', s, this.fit(template)));
+      await this.confirmTemplate(s, handle, template, 'a created object');
       return handle;
     });
   }
@@ -536,7 +581,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
         () => this.mod.C_GenerateKeyPair(s, mechanism, pub, priv),
         () => this.mod.C_GenerateKeyPairAsync(s, mechanism, pub, priv),
       );
-      this.confirmTemplate(s, pair.privateKey, privateTemplate, 'a generated private key');
+      await this.confirmTemplate(s, pair.privateKey, privateTemplate, 'a generated private key');
       return { publicKey: this.stamp(pair.publicKey), privateKey: this.stamp(pair.privateKey) };
     });
   }
@@ -552,7 +597,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
           () => this.mod.C_UnwrapKeyAsync(s, mechanism, unwrappingKey, wrapped, fitted),
         ),
       );
-      this.confirmTemplate(s, handle, template, 'an unwrapped key');
+      await this.confirmTemplate(s, handle, template, 'an unwrapped key');
       return handle;
     });
   }
@@ -560,7 +605,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
   /** Single-part C_Decrypt of data from outside (raw RSA of an import blob) into a buffer of `outBytes`. */
   decryptUntrusted(mechanism: Mechanism, key: Handle, data: Buffer, outBytes: number): Promise<Buffer> {
     return this.run('decrypt', async (s) => {
-      this.mod.C_DecryptInit(s, mechanism, this.live(key));
+      await this.x<void>('C_DecryptInit', s, mechanism, this.live(key));
       const out = await this.callUnbounded(
         () => this.mod.C_Decrypt(s, data, Buffer.alloc(outBytes)),
         () => this.mod.C_DecryptAsync(s, data, Buffer.alloc(outBytes)),
@@ -586,14 +631,26 @@ export class HsmConnection implements KeyStore, HsmOperations {
    * A fresh 12-byte IV from the HSM's generator. Drawn 4 KiB at a time: one C_GenerateRandom per 341 encrypts
    * instead of one per encrypt. Each IV is handed out once; IVs are not secret.
    */
-  private nextIv(s: Handle): Buffer {
-    if (this.ivOffset + IV_BYTES > this.ivPool.length) {
-      this.ivPool = this.mod.C_GenerateRandom(s, Buffer.allocUnsafe(IV_POOL_BYTES));
-      this.ivOffset = 0;
-    }
+  private takeIv(): Buffer | undefined {
+    if (this.ivOffset + IV_BYTES > this.ivPool.length) return undefined;
     const iv = this.ivPool.subarray(this.ivOffset, this.ivOffset + IV_BYTES);
     this.ivOffset += IV_BYTES;
     return iv;
+  }
+
+  /** The next IV after drawing a new pool (callers that find it empty at once share one draw). */
+  private async nextIv(s: Handle): Promise<Buffer> {
+    for (;;) {
+      this.ivRefill ??= this.x<Buffer>('C_GenerateRandom', s, Buffer.allocUnsafe(IV_POOL_BYTES))
+        .then((pool) => {
+          this.ivPool = pool;
+          this.ivOffset = 0;
+        })
+        .finally(() => (this.ivRefill = undefined));
+      await this.ivRefill;
+      const iv = this.takeIv();
+      if (iv) return iv;
+    }
   }
 
   /** A call running on libuv's thread pool, counted for drain() and held to the operation budget. */
@@ -651,7 +708,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
       }
       // A code from the module that reads as a device failure re-initialises the library only when a cheap probe
       // confirms the device is gone: CloudHSM answers CKR_DEVICE_ERROR while it throttles, NSS for a wrong MAC.
-      if (err.ckr !== undefined && (err.kind === 'DeviceError' || this.meanings.busy.has(err.ckr)) && this.deviceAnswers()) {
+      if (err.ckr !== undefined && (err.kind === 'DeviceError' || this.meanings.busy.has(err.ckr)) && (await this.deviceAnswers())) {
         const busy = this.meanings.busy.has(err.ckr);
         // A refused call leaves the session clean; an operation left active (CKR_OPERATION_ACTIVE) does not.
         if (busy && err.kind === 'DeviceError') this.pool.release(session);
@@ -660,7 +717,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
       }
       if (poisonsSession(err.kind)) this.pool.discard(session);
       else this.pool.release(session);
-      if (err.kind === 'ObjectHandleInvalid' && !this.isLoggedIn()) err = new HsmError('NotLoggedIn', 'the HSM login was lost', err.ckr);
+      if (err.kind === 'ObjectHandleInvalid' && !(await this.isLoggedIn())) err = new HsmError('NotLoggedIn', 'the HSM login was lost', err.ckr);
       if (!needsRecovery(err.kind) || attempt > 0) throw err;
       // A session from before the latest recovery failed late: that recovery already happened, just retry.
       if (session.generation === this.generation) await this.recover(err);
@@ -668,22 +725,23 @@ export class HsmConnection implements KeyStore, HsmOperations {
   }
 
   /** A cheap probe after a device-level code: the token answers and the login session is alive and logged in. */
-  private deviceAnswers(): boolean {
+  private async deviceAnswers(): Promise<boolean> {
     try {
-      this.mod.C_GetTokenInfo(this.slot);
+      await this.x('C_GetTokenInfo', this.slot);
     } catch {
       return false;
     }
     return this.isLoggedIn();
   }
 
-  private isLoggedIn(): boolean {
+  private async isLoggedIn(): Promise<boolean> {
     try {
-      const state = this.mod.C_GetSessionInfo(this.loginSession).state;
-      return state === CKS_RW_USER_FUNCTIONS || state === CKS_RO_USER_FUNCTIONS;
+      const state = (await this.x<pkcs11js.SessionInfo>('C_GetSessionInfo', this.loginSession)).state;
+      this.loggedIn = state === CKS_RW_USER_FUNCTIONS || state === CKS_RO_USER_FUNCTIONS;
     } catch {
-      return false;
+      this.loggedIn = false;
     }
+    return this.loggedIn;
   }
 
   /** Wait for a recovery in progress, but not past the acquire budget: KMS gives up after 250 ms anyway. */
@@ -741,11 +799,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
     // Session copies made before may survive a re-login: destroy them so none leaks, then forget them all.
     for (const c of this.copies.values()) {
       if (c.generation !== this.generation) continue;
-      try {
-        this.mod.C_DestroyObject(this.loginSession, c.copy);
-      } catch {
-        // gone with its session
-      }
+      await this.x('C_DestroyObject', this.loginSession, c.copy).catch(() => undefined); // gone with its session
     }
     this.copies.clear();
     this.generation++;
@@ -753,9 +807,9 @@ export class HsmConnection implements KeyStore, HsmOperations {
     if (cause.kind !== 'DeviceError') {
       try {
         try {
-          this.mod.C_GetSessionInfo(this.loginSession);
+          await this.x('C_GetSessionInfo', this.loginSession);
         } catch {
-          this.loginSession = this.mod.C_OpenSession(this.slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION);
+          this.loginSession = await this.x<Handle>('C_OpenSession', this.slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION);
         }
         await this.login();
         return;
@@ -768,14 +822,11 @@ export class HsmConnection implements KeyStore, HsmOperations {
     }
     // Re-initialise the library: every handle from before is void. Calls still running on other threads first.
     await this.drain(2_000);
-    try {
-      this.mod.C_Finalize();
-    } catch {
-      // already gone
-    }
+    this.loggedIn = false;
+    await this.x('C_Finalize').catch(() => undefined); // already gone
     this.epoch++;
     try {
-      this.mod.C_Initialize(initializeArgs(this.opts));
+      await this.x('C_Initialize', initializeArgs(this.opts));
       await this.attach();
     } catch (e) {
       // The HSM is not back (token removed, library refusing to start): a named unavailability, tried again by the
@@ -787,9 +838,9 @@ export class HsmConnection implements KeyStore, HsmOperations {
     }
   }
 
-  /** Whether the login session is healthy; used by health checks. */
-  ping(): boolean {
-    return this.down === undefined && this.isLoggedIn();
+  /** Whether the login session is healthy (asked of the HSM; `xks hsm status`). */
+  async ping(): Promise<boolean> {
+    return this.down === undefined && (await this.isLoggedIn());
   }
 
   /** callMode thread: the AES-GCM calls sent to the call thread so far, and in how many messages. */
@@ -799,7 +850,12 @@ export class HsmConnection implements KeyStore, HsmOperations {
 
   /** Calls running off the event loop (libuv's pool or the call thread), including ones already timed out. */
   get asyncCallsInFlight(): number {
-    return this.inFlight + (this.thread?.pending ?? 0);
+    return this.inFlight + (this.thread?.pending ?? 0) + (this.control?.pending ?? 0);
+  }
+
+  /** How long the oldest call on the call thread or the control thread has been waiting for the HSM (ms). */
+  get oldestCallMs(): number {
+    return Math.max(this.thread?.oldestCallMs ?? 0, this.control?.oldestCallMs ?? 0);
   }
 
   /** Wait (at most `maxMs`) until no call runs off the event loop. */
@@ -813,6 +869,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
     this.closed = true;
     clearTimeout(this.down?.timer);
     this.thread?.close();
+    this.control?.close();
     this.pool?.close();
     try {
       this.mod.C_CloseAllSessions(this.slot);

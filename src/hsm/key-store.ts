@@ -97,10 +97,12 @@ export interface HsmOperations {
   readonly info: TokenInfo;
   readonly capabilities: Capabilities;
   /** The login session is healthy. */
-  ping(): boolean;
+  ping(): Promise<boolean>;
   readonly sessionStats: { open: number; idle: number; waiting: number; size: number; waited: number; refused: number };
   readonly callThreadStats: { calls: number; batches: number };
   readonly asyncCallsInFlight: number;
+  /** How long the oldest call out to the HSM has waited (ms): an HSM that hangs shows here at once. */
+  readonly oldestCallMs: number;
   /** Wait (at most `maxMs`) until no call runs off the event loop. */
   drain(maxMs: number): Promise<void>;
   close(): void;

@@ -48,9 +48,16 @@ export interface SlotChoice {
 
 /** The slot whose token matches by label or serial; never "the first slot" (SoftHSM always lists an empty extra one). */
 export function findSlot(mod: Pkcs11, choice: SlotChoice): Handle {
+  return pickSlot(
+    mod.C_GetSlotList(true).map((slot) => ({ slot, info: mod.C_GetTokenInfo(slot) })),
+    choice,
+  );
+}
+
+/** Of the slots listed with their token info, the one whose token matches `choice`. */
+export function pickSlot(slots: { slot: Handle; info: pkcs11js.TokenInfo }[], choice: SlotChoice): Handle {
   const seen: string[] = [];
-  for (const slot of mod.C_GetSlotList(true)) {
-    const info = mod.C_GetTokenInfo(slot);
+  for (const { slot, info } of slots) {
     const label = infoText(info.label);
     const serial = infoText(info.serialNumber);
     seen.push(`"${label}" (serial ${serial})`);

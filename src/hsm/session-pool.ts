@@ -16,8 +16,9 @@ export interface SessionPoolOptions {
   acquireTimeoutMs: number;
   /** Callers already waiting beyond which a new one gets PoolExhausted at once (overload answers 429, not a timeout). */
   maxWaiters?: number;
-  open: () => PooledSession;
-  close: (s: PooledSession) => void;
+  /** Opens a session (off the event loop where the connection makes its calls there). */
+  open: () => Promise<PooledSession>;
+  close: (s: PooledSession) => Promise<void>;
   currentGeneration: () => number;
   currentEpoch: () => number;
 }
@@ -44,7 +45,7 @@ export class SessionPool {
     return { open: this.open, idle: this.idle.length, waiting: this.waiters.length, size: this.opts.size, waited: this.waited, refused: this.refused };
   }
 
-  /** A free session now, or undefined when all are busy (no allocation on the hot path). */
+  /** An idle session now, or undefined when none is idle (no allocation on the hot path). */
   tryAcquire(): PooledSession | undefined {
     if (this.closed) throw new HsmError('Closed', 'the HSM connection is closing');
     const gen = this.opts.currentGeneration();
@@ -54,17 +55,14 @@ export class SessionPool {
       this.closeQuietly(s); // from before a recovery
       this.open--;
     }
-    if (this.open < this.opts.size) {
-      const s = this.opts.open();
-      this.open++;
-      return s;
-    }
     return undefined;
   }
 
-  acquire(): Promise<PooledSession> {
+  /** An idle session, a new one while the pool is below its size, or the next one given back (within the budget). */
+  async acquire(): Promise<PooledSession> {
     const s = this.tryAcquire();
-    if (s) return Promise.resolve(s);
+    if (s) return s;
+    if (this.open < this.opts.size) return this.openOne();
     if (this.waiters.length >= (this.opts.maxWaiters ?? Infinity)) {
       this.refused++;
       return Promise.reject(new HsmError('PoolExhausted', 'the HSM queue is full'));
@@ -107,13 +105,21 @@ export class SessionPool {
     this.serveWaiter();
   }
 
+  /** Open one more session, counted while it opens. */
+  private async openOne(): Promise<PooledSession> {
+    this.open++;
+    try {
+      return await this.opts.open();
+    } catch (e) {
+      this.open--;
+      throw e;
+    }
+  }
+
   private closeQuietly(s: PooledSession): void {
     if (s.epoch !== this.opts.currentEpoch()) return;
-    try {
-      this.opts.close(s);
-    } catch {
-      // already invalid: nothing to close
-    }
+    // already invalid, or closed with the library: nothing to do
+    this.opts.close(s).catch(() => undefined);
   }
 
   /** Forget every idle session (after a recovery); sessions in use are discarded when they come back. */
@@ -121,19 +127,15 @@ export class SessionPool {
     for (const s of this.idle.splice(0)) this.discard(s);
   }
 
+  /** A session was discarded: the first waiter gets an idle one, or a new one opened for it. */
   private serveWaiter(): void {
     if (this.waiters.length === 0 || this.closed) return;
-    try {
-      const s = this.tryAcquire();
-      if (!s) return;
-      const w = this.waiters.shift()!;
-      clearTimeout(w.timer);
-      w.resolve(s);
-    } catch (e) {
-      const w = this.waiters.shift()!;
-      clearTimeout(w.timer);
-      w.reject(e as Error);
-    }
+    const idle = this.tryAcquire();
+    if (!idle && this.open >= this.opts.size) return;
+    const w = this.waiters.shift()!;
+    clearTimeout(w.timer);
+    if (idle) w.resolve(idle);
+    else this.openOne().then(w.resolve, w.reject);
   }
 
   close(): void {

@@ -20,6 +20,12 @@ export interface HealthOptions {
   waitMs: number;
   fleetSize: number;
   version: string;
+  /**
+   * How long the oldest call out to the HSM has waited (ms), and past how many ms that means the HSM does not answer:
+   * a cached ACTIVE is not repeated while the HSM hangs.
+   */
+  stalledMs?: () => number;
+  stalledAfterMs?: number;
 }
 
 export class HealthChecker {
@@ -76,6 +82,10 @@ export class HealthChecker {
   }
 
   async current(): Promise<HealthResult> {
+    const stalled = this.opts.stalledMs?.() ?? 0;
+    if (stalled > (this.opts.stalledAfterMs ?? Infinity)) {
+      return { status: 'UNAVAILABLE', checkedAt: this.now(), detail: `the HSM has not answered a call for ${Math.round(stalled)} ms` };
+    }
     const last = this.last;
     if (last && this.now() - last.checkedAt <= this.opts.maxAgeMs) return last;
     const fresh = this.refresh();

@@ -24,7 +24,7 @@ export interface SendOptions {
   bodyAfterSigning?: string;
   unsigned?: boolean;
   headers?: Record<string, string>;
-  agent?: https.Agent;
+  agent?: https.Agent | http.Agent;
   prefix?: string;
 }
 

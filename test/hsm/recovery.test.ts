@@ -68,8 +68,8 @@ function suite(label: string, hsm: Record<string, unknown>) {
     });
     afterAll(async () => t?.stop());
     // Each test starts logged in, whatever the previous one left behind (a failed test may leave the login lost).
-    beforeEach(() => {
-      if (t.proxy.hsm.ping()) return;
+    beforeEach(async () => {
+      if (await t.proxy.hsm.ping()) return;
       const { mod, loginSession } = t.proxy.hsm.moduleForTests;
       mod.C_Login(loginSession, CKU_USER, t.token.userPin);
     });
@@ -81,20 +81,20 @@ function suite(label: string, hsm: Record<string, unknown>) {
       const { mod, slot } = t.proxy.hsm.moduleForTests;
       const before = recoveries();
       mod.C_CloseAllSessions(slot);
-      expect(t.proxy.hsm.ping()).toBe(false); // really broken
+      expect(await t.proxy.hsm.ping()).toBe(false); // really broken
       await everythingWorks(t);
       const dec = await xksClient(t.httpUrl).decrypt('foo', decryptFields(old));
       expect(Buffer.from(dec.json.plaintext, 'base64')).toEqual(oldPt);
       expect(recoveries()).toBeGreaterThan(before);
-      expect(t.proxy.hsm.ping()).toBe(true);
+      expect(await t.proxy.hsm.ping()).toBe(true);
     });
 
     it('keeps serving after C_Logout on the login session', async () => {
       const { mod, loginSession } = t.proxy.hsm.moduleForTests;
       mod.C_Logout(loginSession);
-      expect(t.proxy.hsm.ping()).toBe(false);
+      expect(await t.proxy.hsm.ping()).toBe(false);
       await everythingWorks(t);
-      expect(t.proxy.hsm.ping()).toBe(true);
+      expect(await t.proxy.hsm.ping()).toBe(true);
     });
 
     it('finds a key created in the token while the login is lost (no false KeyNotFoundException)', async () => {
