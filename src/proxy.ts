@@ -97,6 +97,7 @@ export function openCatalogue(hsm: KeyStore, loaded: LoadedConfig): KeyCatalogue
   return new KeyCatalogue(hsm, {
     ttlMs: loaded.config.hsm.keyCacheTtlMs,
     negativeTtlMs: 1_000,
+    versionRefreshMs: 1_000,
     reserved: reservedLabels(loaded),
     maxEntries: 10_000,
   });

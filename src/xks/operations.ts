@@ -48,8 +48,8 @@ function usable(keyId: string, key: ExternalKey, v: KeyVersion): KeyVersion {
 }
 
 /**
- * Run `op` on a key version. A version missing from the cache re-reads the token once (another process may have
- * added it); a stale handle (the object or its session copy was replaced) re-resolves the key once.
+ * Run `op` on a key version. A version missing from the cache re-reads the token (another process may have added it),
+ * at most once a second per key (catalogue.refreshForVersion); a stale handle (the object or its session copy was replaced) re-resolves the key once.
  */
 async function withVersion<T>(
   deps: XksDeps,
@@ -64,7 +64,7 @@ async function withVersion<T>(
   if (!resolved) checkEnabled(keyId, key);
   let v = pick(key);
   if (!v) {
-    key = (await deps.catalogue.refresh(keyId)) ?? key;
+    key = (await deps.catalogue.refreshForVersion(keyId)) ?? key;
     checkEnabled(keyId, key);
     v = pick(key);
     if (!v) throw missing();
