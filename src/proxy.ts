@@ -16,6 +16,7 @@ import { ImportService } from './import/import-service.js';
 import { KeyCatalogue } from './keys/catalogue.js';
 import { KeyLifecycle } from './keys/lifecycle.js';
 import type { Logger } from './obs/logger.js';
+import { KeyCount } from './obs/key-count.js';
 import { Metrics } from './obs/metrics.js';
 import { HealthChecker } from './xks/health.js';
 
@@ -80,6 +81,11 @@ export interface ProxyOptions {
   auditRole?: string;
   /** This process's share of each key store's rate limit (1 / workers). */
   rateShare?: number;
+  /**
+   * Count the token's keys by state for xks_keys (default: when the config has an operations listener). Under
+   * --workers one worker counts: the primary shows the first worker's count anyway.
+   */
+  countKeys?: boolean;
 }
 
 /** Labels the proxy uses for its own keys: never an external key id (KMS could otherwise be pointed at them). */
@@ -91,6 +97,7 @@ export function openCatalogue(hsm: KeyStore, loaded: LoadedConfig): KeyCatalogue
   return new KeyCatalogue(hsm, {
     ttlMs: loaded.config.hsm.keyCacheTtlMs,
     negativeTtlMs: 1_000,
+    versionRefreshMs: 1_000,
     reserved: reservedLabels(loaded),
     maxEntries: 10_000,
   });
@@ -142,7 +149,15 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
     // Creates the health key if it is missing, and tells at start-up whether the HSM really works.
     const first = await health.refresh();
     logger.info({ token: hsm.info.label, serial: hsm.info.serial, status: first.status, detail: first.detail }, 'health check');
-    metrics.bind({ hsm, health, catalogue, config: () => current });
+    // xks_keys: counted in the background, never at scrape time (a count searches the whole token).
+    let keyCount: KeyCount | undefined;
+    if (opts.countKeys ?? loaded.config.listeners.ops !== undefined) {
+      keyCount = new KeyCount(() => lifecycle.list(), loaded.config.hsm.keyCountIntervalMs);
+      await keyCount.start();
+      const counting = keyCount;
+      closers.push(async () => counting.stop());
+    }
+    metrics.bind({ hsm, health, keyCount, config: () => current });
     const audit = await openAuditTrail(hsm, loaded, opts.auditRole ?? 'main', logger);
     if (audit) closers.push(() => audit.close());
     const handler = createXksHandler({

@@ -128,6 +128,14 @@ export function keysCommand(): Command {
   keys.addCommand(keyCommand('enable', 'enable a disabled key', (k, id) => k.enable(id)));
   keys.addCommand(keyCommand('disable', 'disable a key: XKS calls answer DISABLED / InvalidStateException', (k, id) => k.disable(id)));
   keys.addCommand(keyCommand('cancel-deletion', 'stop a scheduled deletion; the key comes back Disabled', (k, id) => k.cancelDeletion(id)));
+  keys.addCommand(
+    keyCommand(
+      'allow-exposed',
+      'serve the versions of a key whose material can leave the HSM (CKA_SENSITIVE false, or extractable to any key), which are refused otherwise',
+      (k, id) => k.allowExposed(id),
+    ),
+  );
+  keys.addCommand(keyCommand('refuse-exposed', 'withdraw allow-exposed: XKS calls refuse the exposed versions again', (k, id) => k.refuseExposed(id)));
 
   keys.addCommand(
     withConfigOption(new Command('rotate'))

@@ -52,6 +52,8 @@ async function serveOne(loaded: LoadedConfig, logger: Logger): Promise<void> {
           auditRole: `w${slot ?? cluster.worker?.id}`,
           // Each worker enforces its share of a key store's rate limit; together they enforce the configured rate.
           rateShare: 1 / Math.max(1, Number(process.env.XKS_WORKERS ?? 1)),
+          // One worker counts the keys for xks_keys (a search of the whole token): the primary shows the first count.
+          countKeys: loaded.config.listeners.ops !== undefined && slot === '1',
         }
       : {},
   );

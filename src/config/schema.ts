@@ -107,6 +107,11 @@ export const ConfigSchema = z
        * re-read before use. A change made by another process (rotate, disable) is seen within 2 x this.
        */
       keyCacheTtlMs: z.number().int().min(100).max(600_000).default(2_000),
+      /**
+       * With an operations listener: how often the keys in the token are counted by state for xks_keys (one search of
+       * every object, in the background; a scrape never touches the HSM). The gauge is at most this old.
+       */
+      keyCountIntervalMs: z.number().int().min(100).max(3_600_000).default(60_000),
     }).refine((h) => h.tokenLabel !== undefined || h.tokenSerial !== undefined, {
       message: 'needs tokenLabel or tokenSerial to choose the token',
     }),

@@ -79,6 +79,8 @@ interface Entry {
   fetchedAt: number;
   generation: number;
   refreshing?: Promise<ExternalKey | undefined> | undefined;
+  /** When a request naming a version this key lacks last made it re-read the token (refreshForVersion). */
+  forcedAt?: number | undefined;
 }
 
 export interface CatalogueOptions {
@@ -89,6 +91,11 @@ export interface CatalogueOptions {
   ttlMs: number;
   /** How long "no such key" is remembered, so a flood of unknown ids does not become a flood of searches. */
   negativeTtlMs: number;
+  /**
+   * A key is re-read for a version it lacks at most once per this long: until then the read that lacked it is the
+   * answer for every version it lacks, so ciphertexts naming a version that does not exist cost no search each.
+   */
+  versionRefreshMs: number;
   /** Labels that XKS callers may never use (the health-check key). */
   reserved: ReadonlySet<string>;
   maxEntries: number;
@@ -119,6 +126,22 @@ export class KeyCatalogue {
     return this.refresh(id);
   }
 
+  /**
+   * The key re-read because a request names a version the cached key lacks (another process may have rotated a moment
+   * ago): at most once per versionRefreshMs per key, shared by requests at the same time. A version another process
+   * adds is so found at most versionRefreshMs after the last such read.
+   */
+  refreshForVersion(id: string): Promise<ExternalKey | undefined> | ExternalKey | undefined {
+    const e = this.entries.get(id);
+    if (e?.refreshing) return e.refreshing;
+    const now = this.now();
+    if (e && e.generation === this.hsm.generation && now - (e.forcedAt ?? -Infinity) < this.opts.versionRefreshMs) return e.key;
+    const p = this.refresh(id);
+    const pending = this.entries.get(id);
+    if (pending) pending.forcedAt = now;
+    return p;
+  }
+
   /** Forget a key (after a stale handle); the next resolve reads the token again. */
   invalidate(id: string, failedHandle?: Handle): void {
     const e = this.entries.get(id);
@@ -141,7 +164,7 @@ export class KeyCatalogue {
         for (const v of allObjects(before)) {
           if (!now.some((n) => n.object.equals(v.object))) this.hsm.dropCryptoHandle(v.object);
         }
-        this.store(id, { key, fetchedAt: this.now(), generation });
+        this.store(id, { key, fetchedAt: this.now(), generation, forcedAt: this.entries.get(id)?.forcedAt });
         return key;
       },
       (err) => {

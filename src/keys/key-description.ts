@@ -29,6 +29,8 @@ export function describeKey(k: ExternalKey) {
     ...(k.duplicateVersions.size > 0 ? { DuplicateVersions: [...k.duplicateVersions] } : {}),
     ...(k.candidates.length > 0 ? { RotationsInProgress: k.candidates.map((c) => c.version) } : {}),
     ...(k.problems.length > 0 ? { Problems: [...k.problems] } : {}),
+    // Versions whose material can leave the HSM that the operator chose to serve anyway (xks keys allow-exposed).
+    ...(r?.allowExposed?.length ? { AllowExposedVersions: [...r.allowExposed] } : {}),
     Versions: [...k.versions.values()]
       .sort((a, b) => a.version - b.version)
       .map((v) => ({

@@ -26,6 +26,11 @@ export const KeyRecordSchema = z.looseObject({
   exportable: z.boolean().default(false),
   rotationDays: z.number().int().min(ROTATION_DAYS.min).max(ROTATION_DAYS.max).optional(),
   deletionDate: z.iso.datetime().optional(),
+  /**
+   * Versions served although their material can leave the HSM (keys/exposure.ts): the operator's choice for this key,
+   * made with `xks keys allow-exposed` (on the audit trail). Absent: every exposed version is refused.
+   */
+  allowExposed: z.array(z.number().int().min(1)).optional(),
   /** Bring-your-own-key bookkeeping (src/import): owned and validated there; opaque to the lifecycle. */
   import: z.record(z.string(), z.unknown()).optional(),
 });

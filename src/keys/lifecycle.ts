@@ -7,6 +7,7 @@ import { GENERIC_SECRET_KEY_GEN } from '../hsm/mechanisms.js';
 import { aes256KeyTemplate, inertSecretTemplate, type AesKeySpec } from '../hsm/templates.js';
 import { assemble, searchKeyObjects, uncommitted, usageOf, type ExternalKey, type KeyCatalogue, type Usage } from './catalogue.js';
 import { KeyError } from './errors.js';
+import { exposedVersions } from './exposure.js';
 import { commitId, EXTERNAL_KEY_ID, materialId, newNonce, recordId } from './key-objects.js';
 import { encodeRecord, PENDING_WINDOW_DAYS, ROTATION_DAYS, type KeyRecord, type KeyState, type Origin } from './key-record.js';
 
@@ -152,6 +153,27 @@ export class KeyLifecycle {
     if (key.state === 'PendingDeletion') throw new KeyError('KMSInvalidStateException', `key "${id}" is pending deletion`);
     const { rotationDays: _old, ...rest } = this.recordOf(key);
     await this.writeRecord(key, periodDays === undefined ? rest : { ...rest, rotationDays: periodDays });
+    return this.get(id);
+  }
+
+  /**
+   * Serve the key's exposed versions (material that can leave the HSM: keys/exposure.ts) anyway, by the operator's
+   * choice, kept in the key's record. Only the versions exposed now: one exposed later is refused until allowed too.
+   */
+  async allowExposed(id: string): Promise<ExternalKey> {
+    const key = await this.get(id);
+    const exposed = exposedVersions(key);
+    if (exposed.length === 0) throw new KeyError('KMSInvalidStateException', `key "${id}" has no version whose material can leave the HSM: nothing to allow`);
+    await this.writeRecord(key, { ...this.recordOf(key), allowExposed: exposed });
+    return this.get(id);
+  }
+
+  /** Withdraw allowExposed: the key's exposed versions are refused again. */
+  async refuseExposed(id: string): Promise<ExternalKey> {
+    const key = await this.get(id);
+    if (key.record?.allowExposed === undefined) return key;
+    const { allowExposed: _withdrawn, ...rest } = key.record;
+    await this.writeRecord(key, rest);
     return this.get(id);
   }
 

@@ -1,6 +1,7 @@
 // The compliance report: for every key and version, where the material came from and the PKCS#11 evidence that it
 // cannot leave the HSM in the clear; anything that breaks that promise is flagged.
 import type { ExternalKey, KeyVersion } from './catalogue.js';
+import { exposure, exposureAllowed } from './exposure.js';
 import { describeKey } from './key-description.js';
 
 export type Severity = 'violation' | 'notice';
@@ -12,11 +13,16 @@ export interface Finding {
 
 function versionFindings(key: ExternalKey, v: KeyVersion): Finding[] {
   const a = v.attrs;
-  const out: Finding[] = [];
-  if (!a.sensitive) out.push({ severity: 'violation', message: 'CKA_SENSITIVE is false: any logged-in user can read the key value' });
-  if (a.extractable && !a.wrapWithTrusted) {
-    out.push({ severity: 'violation', message: 'CKA_EXTRACTABLE without CKA_WRAP_WITH_TRUSTED: any key of the user can wrap it out' });
-  } else if (a.extractable) {
+  const out: Finding[] = exposure(a).map((message) => ({ severity: 'violation' as const, message }));
+  if (out.length > 0) {
+    out.push(
+      exposureAllowed(key, v.version)
+        ? { severity: 'notice', message: `served anyway: the operator allowed it (xks keys allow-exposed ${key.id}, on the audit trail)` }
+        : { severity: 'notice', message: `refused: XKS calls on this version answer InvalidStateException until xks keys allow-exposed ${key.id}` },
+    );
+  }
+  if (a.sensitive === undefined) out.push({ severity: 'notice', message: 'the token does not report CKA_SENSITIVE' });
+  if (a.extractable && a.wrapWithTrusted) {
     out.push({ severity: 'notice', message: 'exportable: can be wrapped out under a KEK the security officer marked trusted (backup)' });
   }
   if (!a.alwaysSensitive && a.sensitive) out.push({ severity: 'notice', message: 'CKA_ALWAYS_SENSITIVE is false: the value was readable at some point before' });

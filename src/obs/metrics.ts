@@ -1,6 +1,7 @@
 // Prometheus metrics (prom-client), served on the operations listener. Request metrics are observed from each
 // request's log line; HSM call latency from the connection; gauges (sessions, health, keys by state, credential age,
-// certificate expiry) are read when scraped. Under `xks serve --workers N` each worker records into its own default
+// certificate expiry) are read when scraped, from what the process already holds: a scrape never calls the HSM (keys
+// by state come from a count made in the background, key-count.ts). Under `xks serve --workers N` each worker records into its own default
 // registry and the primary serves them aggregated (prom-client's AggregatorRegistry).
 import { X509Certificate } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
@@ -8,16 +9,17 @@ import { dirname, resolve } from 'node:path';
 import client from 'prom-client';
 import type { LoadedConfig } from '../config/load.js';
 import type { HsmOperations } from '../hsm/key-store.js';
-import type { KeyCatalogue } from '../keys/catalogue.js';
 import type { HealthChecker } from '../xks/health.js';
 import { FastCounter, FastHistogram } from './fast-metrics.js';
+import type { KeyCount } from './key-count.js';
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
 
 export interface MetricsSources {
   hsm: HsmOperations;
   health: HealthChecker;
-  catalogue: KeyCatalogue;
+  /** Keys by state; absent in a worker that does not count them (the primary shows the first worker's count). */
+  keyCount?: KeyCount | undefined;
   config: () => LoadedConfig;
 }
 
@@ -121,18 +123,23 @@ export class Metrics {
     new client.Gauge({
       name: 'xks_keys',
       aggregator: 'first', // across workers (AggregatorRegistry)
-      help: 'External keys in the token by state',
+      help: 'External keys in the token by state, as last counted in the background (hsm.keyCountIntervalMs)',
       labelNames: ['state'],
       registers: [registry],
-      async collect() {
-        const src = self.sources;
-        if (!src) return;
-        const keys = await src.catalogue.list().catch(() => undefined);
-        if (!keys) return;
-        this.reset();
-        const reserved = src.config().config.hsm.healthKeyLabel;
-        for (const state of ['Enabled', 'Disabled', 'PendingDeletion', 'PendingImport']) this.set({ state }, 0);
-        for (const k of keys) if (k.id !== reserved) this.inc({ state: k.state });
+      collect() {
+        const counted = self.sources?.keyCount?.latest;
+        if (!counted) return;
+        for (const [state, n] of counted.byState) this.set({ state }, n);
+      },
+    });
+    new client.Gauge({
+      name: 'xks_keys_count_age_seconds',
+      aggregator: 'max', // across workers (AggregatorRegistry)
+      help: 'Seconds since xks_keys was counted (a count that fails keeps the previous one)',
+      registers: [registry],
+      collect() {
+        const counted = self.sources?.keyCount?.latest;
+        if (counted) this.set((Date.now() - counted.countedAt) / 1000);
       },
     });
     new client.Gauge({

@@ -4,6 +4,7 @@ import { HsmError } from '../hsm/errors.js';
 import type { KeyStore } from '../hsm/key-store.js';
 import { materialExpired } from '../import/expiry.js';
 import { usageOf, type ExternalKey, type KeyCatalogue, type KeyVersion } from '../keys/catalogue.js';
+import { refusedExposure } from '../keys/exposure.js';
 import { buildGcmAad } from './aad.js';
 import { ciphertextDataIntegrityValue } from './cdiv.js';
 import { decodeCiphertextMetadata, encodeCiphertextMetadata } from './ciphertext-metadata.js';
@@ -33,6 +34,9 @@ function checkEnabled(keyId: string, key: ExternalKey): void {
   if (!key.current) throw new XksError('InvalidStateException', `external key ${keyId} has no key material`);
   // Imported material past its ValidTo is unusable at once, before a sweep destroys it.
   if (materialExpired(key.record, Date.now())) throw new XksError('InvalidStateException', `external key ${keyId} has expired key material`);
+  // Material that can leave the HSM (not sensitive, or extractable to any key) is not served unless the operator chose to.
+  const exposed = refusedExposure(key, key.current);
+  if (exposed) throw new XksError('InvalidStateException', exposed);
 }
 
 function usable(keyId: string, key: ExternalKey, v: KeyVersion): KeyVersion {
@@ -44,12 +48,14 @@ function usable(keyId: string, key: ExternalKey, v: KeyVersion): KeyVersion {
   if (materialExpired(key.record, Date.now(), v.version)) {
     throw new XksError('InvalidStateException', `external key ${keyId} has expired key material for version ${v.version}`);
   }
+  const exposed = refusedExposure(key, v);
+  if (exposed) throw new XksError('InvalidStateException', exposed);
   return v;
 }
 
 /**
- * Run `op` on a key version. A version missing from the cache re-reads the token once (another process may have
- * added it); a stale handle (the object or its session copy was replaced) re-resolves the key once.
+ * Run `op` on a key version. A version missing from the cache re-reads the token (another process may have added it),
+ * at most once a second per key (catalogue.refreshForVersion); a stale handle (the object or its session copy was replaced) re-resolves the key once.
  */
 async function withVersion<T>(
   deps: XksDeps,
@@ -64,7 +70,7 @@ async function withVersion<T>(
   if (!resolved) checkEnabled(keyId, key);
   let v = pick(key);
   if (!v) {
-    key = (await deps.catalogue.refresh(keyId)) ?? key;
+    key = (await deps.catalogue.refreshForVersion(keyId)) ?? key;
     checkEnabled(keyId, key);
     v = pick(key);
     if (!v) throw missing();
@@ -92,8 +98,10 @@ export async function getKeyMetadata(deps: XksDeps, keyId: string) {
   const usage: string[] = [];
   if (encrypt) usage.push('ENCRYPT');
   if (decrypt) usage.push('DECRYPT');
-  // Any state but Enabled (Disabled, PendingDeletion, PendingImport) reads as DISABLED to KMS.
-  const enabled = key.state === 'Enabled' && key.current !== undefined && !materialExpired(key.record, Date.now());
+  // Any state but Enabled (Disabled, PendingDeletion, PendingImport) reads as DISABLED to KMS; so does a current
+  // version whose material can leave the HSM, unless the operator allowed it (keys/exposure.ts).
+  const enabled =
+    key.state === 'Enabled' && key.current !== undefined && !materialExpired(key.record, Date.now()) && !refusedExposure(key, key.current);
   return {
     body: { keySpec: 'AES_256', keyUsage: usage, keyStatus: enabled ? ('ENABLED' as const) : ('DISABLED' as const) },
     keyVersion: key.current?.version,

@@ -208,8 +208,9 @@ describe('keys made outside the proxy, and by the CLI, served over XKS', () => {
   let t: TestProxy;
 
   beforeAll(async () => {
-    // An AES-256 key as pkcs11-tool --keygen makes it, with none of the proxy's templates or CKA_ID version tags.
-    makeForeignAesKey(token, 'adopted1');
+    // An AES-256 key as pkcs11-tool --keygen --sensitive makes it (the README's example), with none of the proxy's
+    // templates or CKA_ID version tags. Without --sensitive it is refused (test/keys/exposed-keys.test.ts).
+    makeForeignAesKey(token, 'adopted1', { sensitive: true });
     // (pkcs11-tool 0.23 sets both CKA_ENCRYPT and CKA_DECRYPT for secret keys whatever --usage-* says: no restricted variant.)
     t = await startProxyOnToken({ token, cleanupToken: false });
   }, 60_000);
@@ -225,7 +226,7 @@ describe('keys made outside the proxy, and by the CLI, served over XKS', () => {
 
   it('describes two objects claiming one version as a duplicate, and refuses to use either', async () => {
     for (let i = 0; i < 2; i++) {
-      makeForeignAesKey(token, 'twice');
+      makeForeignAesKey(token, 'twice', { sensitive: true });
     }
     const r = await xks(['keys', 'describe', 'twice']);
     expect(r.code, r.stderr).toBe(0);

@@ -48,3 +48,37 @@ it('the CronJobs and the systemd timer run the key maintenance commands', () => 
   expect(unit).toMatch(/import sweep/);
   expect(readFileSync(join(ROOT, 'deploy/systemd/xks-proxy.service'), 'utf8')).toMatch(/ExecReload=\/bin\/kill -HUP \$MAINPID/);
 });
+
+it('keeps the operations port off the network KMS reaches: not in the Service, and only Prometheus may reach it', () => {
+  const all = docs.map((x) => x.d.toJSON());
+  const deployment = all.find((j) => j?.kind === 'Deployment');
+  const podLabels = deployment.spec.template.metadata.labels;
+  const container = deployment.spec.template.spec.containers[0];
+  const opsPort = container.ports.find((p: { name: string }) => p.name === 'ops').containerPort;
+  const isOps = (p: string | number | undefined) => p === 'ops' || p === opsPort;
+  // The Service behind KMS's load balancer exposes the XKS port only.
+  const service = all.find((j) => j?.kind === 'Service');
+  expect(service.spec.ports.map((p: { targetPort: string | number }) => p.targetPort)).toEqual(['xks']);
+  // A NetworkPolicy isolates the pods for ingress (the kubelet's probes come from the node, which is always allowed).
+  const policies = all.filter((j) => j?.kind === 'NetworkPolicy');
+  const selects = (p: { spec: { podSelector: { matchLabels?: Record<string, string> } } }) =>
+    Object.entries(p.spec.podSelector.matchLabels ?? {}).every(([k, v]) => podLabels[k] === v);
+  const mine = policies.filter(selects);
+  expect(mine.length, 'a NetworkPolicy selecting the proxy pods').toBeGreaterThan(0);
+  const rules = mine.flatMap((p) => {
+    expect(p.spec.policyTypes).toContain('Ingress');
+    return p.spec.ingress ?? [];
+  });
+  // The XKS port is open (to the load balancer).
+  expect(rules.some((r: { ports?: { port: string | number }[] }) => r.ports?.some((p) => p.port === 'xks'))).toBe(true);
+  // Every rule that admits the ops port (a rule without ports admits every port) names its peers by label: never
+  // everyone, never an address block.
+  for (const r of rules as { ports?: { port: string | number }[]; from?: Record<string, any>[] }[]) {
+    if (r.ports && !r.ports.some((p) => isOps(p.port))) continue;
+    expect(r.from?.length, `a rule admits ${JSON.stringify(r.ports ?? 'every port')} from anywhere`).toBeGreaterThan(0);
+    for (const peer of r.from!) {
+      expect(peer.ipBlock, 'an address block may reach the ops port').toBeUndefined();
+      expect(Object.keys(peer.podSelector?.matchLabels ?? {}).length, `peer ${JSON.stringify(peer)} is not a labelled pod`).toBeGreaterThan(0);
+    }
+  }
+});

@@ -4,7 +4,7 @@
 // knows, and through plain forwarding (vendor=none) under a generated, sensitive key.
 import { execFileSync } from 'node:child_process';
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -561,6 +561,28 @@ describe('latency and faults (vendor=none)', () => {
     expect(timed(() => (rv = ckrOf(() => mod.C_GetSessionInfo(session))))).toBeGreaterThanOrEqual(115);
     expect(rv).toBe('CKR_DEVICE_ERROR');
     await control('');
+  });
+
+  it('count appends one line per call of the function (or of every function, with *), faults or not', async () => {
+    const counted = join(ctlDir, 'counted');
+    await control(`count C_FindObjectsInit ${counted}\nfail C_FindObjectsInit CKR_DEVICE_ERROR 1\n`);
+    const lines = () => (existsSync(counted) ? readFileSync(counted, 'utf8').split('\n').filter(Boolean) : []);
+    expect(ckrOf(() => mod.C_FindObjectsInit(session, []))).toBe('CKR_DEVICE_ERROR');
+    for (let i = 0; i < 2; i++) {
+      mod.C_FindObjectsInit(session, [{ type: P.CKA_LABEL, value: 'emu-generated' }]);
+      mod.C_FindObjects(session, 1);
+      mod.C_FindObjectsFinal(session);
+    }
+    mod.C_GetSessionInfo(session);
+    expect(lines()).toEqual(['C_FindObjectsInit', 'C_FindObjectsInit', 'C_FindObjectsInit']);
+    rmSync(counted);
+    await control(`count * ${counted}\n`);
+    mod.C_GetSessionInfo(session);
+    mod.C_GenerateRandom(session, Buffer.alloc(8));
+    expect(lines()).toEqual(['C_GetSessionInfo', 'C_GenerateRandom']);
+    await control('');
+    mod.C_GetSessionInfo(session);
+    expect(lines()).toHaveLength(2);
   });
 
   it('hang delays an async call without blocking the event loop', async () => {

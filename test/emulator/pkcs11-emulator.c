@@ -50,6 +50,9 @@
  *     hang FUNCTION MS [COUNT]    FUNCTION sleeps MS milliseconds before going on (COUNT times, or always). A hang
  *                                 and a fail on the same call: the call sleeps, then fails.
  *     latency_us N                replaces the configured latency_us while present.
+ *     count FUNCTION PATH         appends FUNCTION's name and a newline to PATH at every call of FUNCTION (for "*":
+ *                                 the name of each function called, C_Finalize excepted), before any hang or fault:
+ *                                 a test counts calls by counting lines (how many searches a burst of requests made).
  *     @PID RULE                   any rule above, in process PID only (one worker of several sharing the file).
  *     slot_offset N               while present, the application sees every slot id plus N (and gives them back so):
  *                                 a token enumerated again under a new slot id, as when an HSM partition or a
@@ -93,6 +96,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -103,6 +107,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define CK_PTR *
 #define CK_DEFINE_FUNCTION(returnType, name) returnType name
@@ -307,13 +312,14 @@ static CK_RV read_config(struct config *c, const char *params) {
 /* ---- control file ------------------------------------------------------------------------------------------- */
 
 #define MAX_RULES 64
-enum rule_kind { R_FAIL, R_HANG };
+enum rule_kind { R_FAIL, R_HANG, R_COUNT };
 struct rule {
   enum rule_kind kind;
   char fn[48];
   CK_RV rv;
   long count; /* -1: always */
   unsigned long ms;
+  char out[PATH_MAX]; /* R_COUNT: the file that gets one line per call */
 };
 
 static struct {
@@ -373,6 +379,20 @@ static void ctl_parse_line(char *line, int lineno) {
     unsigned long v;
     if (!parse_ulong(w[1], &v)) goto bad;
     ctl.latency_us = (long)v;
+    return;
+  }
+  if (strcmp(w[0], "count") == 0 && n == 3) {
+    if (ctl.nrules >= MAX_RULES) goto bad;
+    struct rule *r = &ctl.rules[ctl.nrules];
+    memset(r, 0, sizeof *r);
+    r->kind = R_COUNT;
+    if (strcmp(w[1], "*") == 0 || strncmp(w[1], "C_", 2) == 0)
+      snprintf(r->fn, sizeof r->fn, "%s", w[1]);
+    else
+      snprintf(r->fn, sizeof r->fn, "C_%s", w[1]);
+    snprintf(r->out, sizeof r->out, "%s", w[2]);
+    r->count = -1;
+    ctl.nrules++;
     return;
   }
   if ((strcmp(w[0], "fail") == 0 || strcmp(w[0], "hang") == 0) && (n == 3 || n == 4)) {
@@ -453,6 +473,16 @@ static void ctl_set_path(const char *path) {
   pthread_mutex_unlock(&ctl.lock);
 }
 
+/* One line per call, appended (O_APPEND: lines from several threads never interleave). */
+static void count_call(const char *path, const char *fn) {
+  char line[64];
+  int len = snprintf(line, sizeof line, "%s\n", fn);
+  int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return;
+  if (write(fd, line, (size_t)len) != len) fprintf(stderr, "xks-emulator: could not count a call in %s\n", path);
+  close(fd);
+}
+
 /* The latency functions (LAT) sleep; faults and hangs for `fn` apply. Returns the injected code or CKR_OK. */
 enum { NOLAT = 0, LAT = 1 };
 static CK_RV enter(const char *fn, int latency) {
@@ -465,7 +495,9 @@ static CK_RV enter(const char *fn, int latency) {
     struct rule *r = &ctl.rules[i];
     if (r->count == 0) continue;
     if (strcmp(r->fn, fn) != 0 && !(strcmp(r->fn, "*") == 0 && strcmp(fn, "C_Finalize") != 0)) continue;
-    if (r->kind == R_HANG && hang_ms == 0) {
+    if (r->kind == R_COUNT) {
+      count_call(r->out, fn);
+    } else if (r->kind == R_HANG && hang_ms == 0) {
       hang_ms = r->ms;
       if (r->count > 0) r->count--;
     } else if (r->kind == R_FAIL && rv == CKR_OK) {

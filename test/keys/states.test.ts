@@ -222,7 +222,9 @@ describe('a key waiting for imported material (origin EXTERNAL)', () => {
 
 describe('adopted keys (made by other tools, no record)', () => {
   it('a pkcs11-tool key is served, can be disabled and enabled, and gets a record with Origin ADOPTED', async () => {
-    makeForeignAesKey(t.token, 'p11key'); // as pkcs11-tool --keygen --key-type aes:32 makes it
+    // As pkcs11-tool --keygen --key-type aes:32 --sensitive makes it; without --sensitive it is refused
+    // (test/keys/exposed-keys.test.ts).
+    makeForeignAesKey(t.token, 'p11key', { sensitive: true });
     const first = await describeViaCli(t.token, t.configFile, 'p11key');
     expect(first).toMatchObject({ KeyId: 'p11key', KeyState: 'Enabled', Origin: 'ADOPTED', CurrentVersion: 1 });
     expect(first.CreationDate).toBeUndefined(); // no record yet

@@ -19,6 +19,7 @@ const THIRD_ACCESS_KEY_ID = 'THIRDCREDENTIALFROMAFILE23';
 const THIRD_SECRET = 'ThirdSecretReadFromAFile0123456789abcdefghij';
 const CREATED = '2024-01-15';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const KEY_COUNT_MS = 200;
 
 let token: TestToken;
 let pki: TestPki;
@@ -42,7 +43,9 @@ beforeAll(async () => {
       },
       // Every /health runs a fresh deep check, so a stalled HSM shows at once.
       health: { maxAgeMs: 0 },
-      hsm: STALLABLE_HSM,
+      // xks_keys is counted in the background at this interval (never at scrape time): short here, so the test sees
+      // a change within a few hundred milliseconds, as an operator sees one within hsm.keyCountIntervalMs.
+      hsm: { ...STALLABLE_HSM, keyCountIntervalMs: KEY_COUNT_MS },
       prefixes: [
         {
           path: PREFIX,
@@ -118,6 +121,7 @@ describe('the operations listener', () => {
       ['xks_hsm_up', 'gauge'],
       ['xks_health_check_age_seconds', 'gauge'],
       ['xks_keys', 'gauge'],
+      ['xks_keys_count_age_seconds', 'gauge'],
       ['xks_sigv4_credential_age_seconds', 'gauge'],
       ['xks_tls_certificate_expiry_days', 'gauge'],
     ]) {
@@ -184,17 +188,27 @@ describe('series move with what happens', () => {
     expect(total(after, 'xks_requests_total', labels) - total(before, 'xks_requests_total', labels)).toBe(1);
   });
 
-  it('keys by state follow a disable and an enable', async () => {
-    const s0 = await scrape(ops);
+  it('keys by state follow a disable and an enable, within the count interval', async () => {
+    // The count is at most KEY_COUNT_MS (plus one count's search) old: poll for up to ten intervals.
+    const counted = async (want: Record<string, number>) => {
+      let s = await scrape(ops);
+      for (let i = 0; i < 20 && Object.entries(want).some(([state, n]) => total(s, 'xks_keys', { state }) !== n); i++) {
+        await sleep(KEY_COUNT_MS / 2);
+        s = await scrape(ops);
+      }
+      return s;
+    };
+    const s0 = await counted({ Enabled: 2, Disabled: 0 });
     expect(value(s0, 'xks_keys', { state: 'Enabled' })).toBe(2); // foo and bar; never the health-check key
     expect(value(s0, 'xks_keys', { state: 'Disabled' })).toBe(0);
+    expect(value(s0, 'xks_keys_count_age_seconds')).toBeLessThan(2);
     await t.proxy.lifecycle.disable('bar');
-    const s1 = await scrape(ops);
+    const s1 = await counted({ Enabled: 1, Disabled: 1 });
     expect(value(s1, 'xks_keys', { state: 'Enabled' })).toBe(1);
     expect(value(s1, 'xks_keys', { state: 'Disabled' })).toBe(1);
     await t.proxy.lifecycle.create('baz', { usage: { encrypt: true, decrypt: true } });
     await t.proxy.lifecycle.enable('bar');
-    const s2 = await scrape(ops);
+    const s2 = await counted({ Enabled: 3, Disabled: 0 });
     expect(value(s2, 'xks_keys', { state: 'Enabled' })).toBe(3);
     expect(value(s2, 'xks_keys', { state: 'Disabled' })).toBe(0);
   });

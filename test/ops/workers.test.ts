@@ -202,6 +202,8 @@ describe('xks serve --workers 2', () => {
     expect(total(s, 'xks_hsm_up', { token: token.label })).toBe(1);
     // The pools of both workers: 8 sessions each.
     expect(total(s, 'xks_hsm_sessions', { state: 'size' })).toBe(16);
+    // Keys by state: counted by one worker (a count searches the whole token), not added up.
+    expect(total(s, 'xks_keys', { state: 'Enabled' })).toBe(1);
     const h = await httpGet(`${ops}/health`);
     expect(h.status, h.text).toBe(200);
     const body = JSON.parse(h.text);
