@@ -9,6 +9,7 @@ import client from 'prom-client';
 import type { LoadedConfig } from '../config/load.js';
 import type { HsmOperations } from '../hsm/key-store.js';
 import type { KeyCatalogue } from '../keys/catalogue.js';
+import type { EncryptionBudget } from '../xks/encryption-budget.js';
 import type { HealthChecker } from '../xks/health.js';
 import { FastCounter, FastHistogram } from './fast-metrics.js';
 
@@ -18,6 +19,7 @@ export interface MetricsSources {
   hsm: HsmOperations;
   health: HealthChecker;
   catalogue: KeyCatalogue;
+  encryptions: EncryptionBudget;
   config: () => LoadedConfig;
 }
 
@@ -133,6 +135,32 @@ export class Metrics {
         const reserved = src.config().config.hsm.healthKeyLabel;
         for (const state of ['Enabled', 'Disabled', 'PendingDeletion', 'PendingImport']) this.set({ state }, 0);
         for (const k of keys) if (k.id !== reserved) this.inc({ state: k.state });
+      },
+    });
+    // From this process's counters: no HSM access at scrape time.
+    new client.Counter({
+      name: 'xks_encryptions_total',
+      help: 'Encryptions by this proxy per external key and version (NIST SP 800-38D allows 2^32 per version with random IVs)',
+      labelNames: ['key', 'version'],
+      registers: [registry],
+      collect() {
+        const counts = self.sources?.encryptions.counts();
+        if (!counts) return;
+        this.reset();
+        for (const c of counts) this.inc({ key: c.keyId, version: String(c.version) }, c.encryptions);
+      },
+    });
+    new client.Gauge({
+      name: 'xks_encryptions_reserved',
+      aggregator: 'max', // across workers (AggregatorRegistry): the latest fleet-wide total any of them read
+      help: 'Encryptions reserved in the HSM per external key and version by every proxy on the token, as last read (an upper bound of those made)',
+      labelNames: ['key', 'version'],
+      registers: [registry],
+      collect() {
+        const counts = self.sources?.encryptions.counts();
+        if (!counts) return;
+        this.reset();
+        for (const c of counts) this.set({ key: c.keyId, version: String(c.version) }, c.reserved);
       },
     });
     new client.Gauge({
