@@ -16,7 +16,7 @@ import { HsmError } from '../hsm/errors.js';
 import type { Handle, KeyStore } from '../hsm/key-store.js';
 import { GENERIC_SECRET_KEY_GEN } from '../hsm/mechanisms.js';
 import { inertSecretTemplate } from '../hsm/templates.js';
-import { searchKeyObjects } from './catalogue.js';
+import { searchKeyObjects, type ExternalKey } from './catalogue.js';
 import { newNonce } from './key-objects.js';
 
 /** NIST SP 800-38D 8.3: at most 2^32 invocations of the authenticated encryption with random 96-bit IVs per key. */
@@ -133,10 +133,39 @@ export class BlockIndex {
     return new Map([...(this.byKey.get(keyHash(keyId)) ?? new Map())].map(([v, b]) => [v, b.total] as const));
   }
 
+  /** The blocks of each version of a key. */
+  blocksOf(keyId: string): ReadonlyMap<number, { readonly total: number; readonly handles: readonly Handle[] }> {
+    return this.byKey.get(keyHash(keyId)) ?? new Map();
+  }
+
   /** Every block object of a key, of all its versions. */
   objects(keyId: string): Handle[] {
     return [...(this.byKey.get(keyHash(keyId))?.values() ?? [])].flatMap((b) => b.handles);
   }
+}
+
+/** A version replaced this long ago takes no new block (a process re-reads a key within 2 x keyCacheTtlMs, at most 20 min). */
+const RETIRED_AFTER_MS = 86_400_000;
+
+/**
+ * Replace the blocks of each version that stopped being current more than a day ago by one block of their sum, so that
+ * the token does not keep hundreds of objects per past version. Two runs at once may both do it, and the version then
+ * counts twice its encryptions: only the report shows it, since a past version never encrypts again.
+ */
+export async function compactRetired(hsm: KeyStore, key: ExternalKey, index: BlockIndex, now: Date): Promise<number> {
+  let compacted = 0;
+  for (const [version, blocks] of index.blocksOf(key.id)) {
+    if (blocks.handles.length < 2) continue;
+    const successors = [...key.versions.values()].filter((v) => v.version > version);
+    // Retired since the oldest later version was made; a later version of unknown date (adopted) proves nothing.
+    if (successors.length === 0 || successors.some((v) => !v.createdAt)) continue;
+    const since = Math.min(...successors.map((v) => v.createdAt!.getTime()));
+    if (now.getTime() - since < RETIRED_AFTER_MS) continue;
+    await hsm.generateKey(inertSecretTemplate(blockLabel(key.id, version), blockId(blocks.total, newNonce())), GENERIC_SECRET_KEY_GEN);
+    await destroyBlocks(hsm, blocks.handles);
+    compacted++;
+  }
+  return compacted;
 }
 
 /** Encryptions reserved per version of one key, read now (xks keys describe). */

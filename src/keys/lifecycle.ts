@@ -6,7 +6,7 @@ import type { Handle, KeyObject, KeyStore } from '../hsm/key-store.js';
 import { GENERIC_SECRET_KEY_GEN } from '../hsm/mechanisms.js';
 import { aes256KeyTemplate, inertSecretTemplate, type AesKeySpec } from '../hsm/templates.js';
 import { assemble, searchKeyObjects, uncommitted, usageOf, type ExternalKey, type KeyCatalogue, type Usage } from './catalogue.js';
-import { BlockIndex, destroyBlocks, reservedPerVersion, type EncryptionLimits } from './encryption-blocks.js';
+import { BlockIndex, compactRetired, destroyBlocks, reservedPerVersion, type EncryptionLimits } from './encryption-blocks.js';
 import { KeyError } from './errors.js';
 import type { EncryptionCounts } from './key-description.js';
 import { commitId, EXTERNAL_KEY_ID, materialId, newNonce, recordId } from './key-objects.js';
@@ -182,6 +182,8 @@ export class KeyLifecycle {
     const keys = await this.list();
     const blocks = limits ? await BlockIndex.read(this.hsm) : undefined;
     for (const key of keys) {
+      // Upkeep: the blocks of versions replaced a day ago become one each (a failure waits for the next run).
+      if (blocks) await compactRetired(this.hsm, key, blocks, this.now()).catch(() => 0);
       const worn = key.state === 'Enabled' && key.current ? (blocks?.reserved(key.id).get(key.current.version) ?? 0) : 0;
       const wornOut = limits !== undefined && worn >= limits.rotateAfter ? key.current!.version : undefined;
       if (!this.isDue(key) && wornOut === undefined) continue;

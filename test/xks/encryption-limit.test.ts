@@ -161,6 +161,24 @@ describe('one proxy', () => {
     expect(text.stdout).toMatch(/^rotated warm: version 2 is current \(the version before had \d+ encryptions reserved\)$/m);
     expect((await reportJson()).code).toBe(0);
   });
+
+  it('rotate-due leaves a past version one block of its sum a day after it was replaced, and the current version alone', async () => {
+    const at = (ms: number) => openLifecycle(t.proxy.hsm, t.proxy.catalogue, loadConfig(t.configFile), () => new Date(Date.now() + ms));
+    const before = await BlockIndex.read(t.proxy.hsm);
+    const v1 = before.blocksOf('busy').get(1)!;
+    const v2 = before.blocksOf('busy').get(2)!;
+    expect(v1.handles.length).toBeGreaterThan(1);
+    expect(v1.total).toBe(LIMITS.perVersion);
+    expect(await at(3_600_000).rotateDue()).toEqual([]);
+    expect((await BlockIndex.read(t.proxy.hsm)).blocksOf('busy').get(1)!.handles).toHaveLength(v1.handles.length);
+
+    expect(await at(25 * 3_600_000).rotateDue()).toEqual([]);
+    const after = await BlockIndex.read(t.proxy.hsm);
+    expect(after.blocksOf('busy').get(1)).toEqual({ total: LIMITS.perVersion, handles: [expect.any(Buffer)] });
+    expect(after.blocksOf('busy').get(2)!.handles).toHaveLength(v2.handles.length);
+    expect(after.blocksOf('warm').get(1)!.handles).toHaveLength(1);
+    expect((await describeKey('busy')).Versions[0].EncryptionsReserved).toBe(LIMITS.perVersion);
+  });
 });
 
 describe('two proxy processes on one token', () => {
