@@ -2,7 +2,7 @@
 // never values, so a config file can be committed or shown without leaking a PIN or a SigV4 secret.
 import { z } from 'zod';
 import { CallModeSchema, IvModeSchema } from '../hsm/profile.js';
-import { NIST_GCM_RANDOM_IV_LIMIT } from '../keys/encryption-blocks.js';
+import { DEFAULT_ENCRYPTION_LIMITS, EncryptionLimitsSchema } from '../keys/encryption-limits.js';
 import { KeyPolicySchema, PolicyStatementSchema } from '../keys/policy.js';
 
 export const SecretRefSchema = z.union(
@@ -138,21 +138,8 @@ export const ConfigSchema = z
         requestTimeoutMs: z.number().int().min(10).max(60_000).default(240),
       })
       .default({ bodyBytes: 32 * 1024, requestTimeoutMs: 240 }),
-    /**
-     * Advanced: encryptions per key version (keys/encryption-blocks.ts). NIST SP 800-38D allows 2^32 with random IVs;
-     * the default refusal stays 16 default blocks below it, the room racing claims on SoftHSM's file store may take.
-     */
-    encryptionLimits: z
-      .strictObject({
-        /** Encrypt under a version is refused once this many are reserved. */
-        perVersion: z.number().int().min(1).max(NIST_GCM_RANDOM_IV_LIMIT).default(NIST_GCM_RANDOM_IV_LIMIT - 2 ** 26),
-        /** A version with this many reserved is due for rotation (xks keys rotate-due, xks report, xks keys describe). */
-        rotateAfter: z.number().int().min(1).max(NIST_GCM_RANDOM_IV_LIMIT).default(2 ** 31),
-        /** The largest block a process reserves at once (its first is 1/64 of it, then each doubles). */
-        perBlock: z.number().int().min(1).max(2 ** 26).default(2 ** 22),
-      })
-      .refine((e) => e.rotateAfter <= e.perVersion, { message: 'rotateAfter must not be above perVersion', path: ['rotateAfter'] })
-      .default({ perVersion: NIST_GCM_RANDOM_IV_LIMIT - 2 ** 26, rotateAfter: 2 ** 31, perBlock: 2 ** 22 }),
+    /** Advanced: encryptions per key version (NIST SP 800-38D's bound for random IVs; keys/encryption-blocks.ts). */
+    encryptionLimits: EncryptionLimitsSchema.default(DEFAULT_ENCRYPTION_LIMITS),
     /** Bring your own key (src/import, docs/byok.md). */
     import: z
       .strictObject({

@@ -17,23 +17,11 @@ import type { Handle, KeyStore } from '../hsm/key-store.js';
 import { GENERIC_SECRET_KEY_GEN } from '../hsm/mechanisms.js';
 import { inertSecretTemplate } from '../hsm/templates.js';
 import { searchKeyObjects, type ExternalKey } from './catalogue.js';
+import type { EncryptionLimits } from './encryption-limits.js';
 import { newNonce } from './key-objects.js';
-
-/** NIST SP 800-38D 8.3: at most 2^32 invocations of the authenticated encryption with random 96-bit IVs per key. */
-export const NIST_GCM_RANDOM_IV_LIMIT = 2 ** 32;
 
 const BLOCK_LABEL = /^xks:u1;v=([1-9][0-9]{0,8});k=([0-9a-f]{24})$/;
 const BLOCK_ID = /^xks:u1;c=([1-9][0-9]{0,9});n=([0-9a-f]{24})$/;
-
-/** The limits a deployment applies (config `encryptionLimits`). */
-export interface EncryptionLimits {
-  /** No block is reserved past this many encryptions of one version, so Encrypt under it is refused from there. */
-  perVersion: number;
-  /** A version with this many reserved is due for rotation (rotate-due, report, describe). */
-  rotateAfter: number;
-  /** The largest block one process reserves at once. */
-  perBlock: number;
-}
 
 function keyHash(keyId: string): string {
   return createHash('sha256').update(keyId, 'utf8').digest('hex').slice(0, 24);

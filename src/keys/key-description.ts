@@ -1,7 +1,8 @@
 // A key as operators see it (CLI `xks keys describe`, admin API DescribeKey): KMS's field names, plus per version
 // the PKCS#11 evidence that its material never left the HSM.
 import { usageOf, type ExternalKey } from './catalogue.js';
-import { encryptionFinding, type EncryptionLimits } from './encryption-blocks.js';
+import { encryptionFinding } from './encryption-blocks.js';
+import type { EncryptionLimits } from './encryption-limits.js';
 
 const DAY_MS = 86_400_000;
 

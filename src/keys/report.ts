@@ -1,7 +1,8 @@
 // The compliance report: for every key and version, where the material came from and the PKCS#11 evidence that it
 // cannot leave the HSM in the clear; anything that breaks that promise is flagged.
 import type { ExternalKey, KeyVersion } from './catalogue.js';
-import { encryptionFinding, type EncryptionLimits } from './encryption-blocks.js';
+import { encryptionFinding } from './encryption-blocks.js';
+import type { EncryptionLimits } from './encryption-limits.js';
 import { describeKey, type EncryptionCounts } from './key-description.js';
 
 export type Severity = 'violation' | 'notice';

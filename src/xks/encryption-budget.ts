@@ -4,7 +4,8 @@
 // except a version's first in this process. Past the version's limit no block is granted and Encrypt is refused.
 import type { KeyStore } from '../hsm/key-store.js';
 import type { KeyVersion } from '../keys/catalogue.js';
-import { claimBlock, type EncryptionLimits } from '../keys/encryption-blocks.js';
+import { claimBlock } from '../keys/encryption-blocks.js';
+import type { EncryptionLimits } from '../keys/encryption-limits.js';
 import { XksError } from './errors.js';
 
 /** A process's first block of a version is this fraction of the largest, and each next one twice the one before. */

@@ -4,7 +4,8 @@
 // sharing one limit, the report's flag, rotate-due rotating a worn version, the metrics, and purge taking the counts away.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadConfig } from '../../src/config/load.js';
+import { readFileSync } from 'node:fs';
+import { loadConfig, parseConfig } from '../../src/config/load.js';
 import { BlockIndex } from '../../src/keys/encryption-blocks.js';
 import { openLifecycle } from '../../src/proxy.js';
 import { ensureBuilt } from '../helpers/built-cli.js';
@@ -68,6 +69,18 @@ async function reportJson(): Promise<{ code: number; report: any }> {
 function sample(samples: { name: string; labels: Record<string, string>; value: number }[], name: string, key: string, version: number): number | undefined {
   return samples.find((s) => s.name === name && s.labels.key === key && s.labels.version === String(version))?.value;
 }
+
+describe('encryptionLimits', () => {
+  const sample = readFileSync(new URL('../../config.sample.yaml', import.meta.url), 'utf8');
+  const withLimits = (limits: string) => parseConfig(`${sample}\nencryptionLimits: ${limits}\n`, 'c.yaml');
+
+  it('defaults to rotation at 2^31 and refusal 2^26 below 2^32; never above 2^32', () => {
+    expect(parseConfig(sample, 'c.yaml').encryptionLimits).toEqual({ perVersion: 2 ** 32 - 2 ** 26, rotateAfter: 2 ** 31, perBlock: 2 ** 22 });
+    expect(withLimits('{ perVersion: 1000, rotateAfter: 500 }').encryptionLimits).toEqual({ perVersion: 1000, rotateAfter: 500, perBlock: 2 ** 22 });
+    expect(() => withLimits(`{ perVersion: ${2 ** 32 + 1} }`)).toThrow(/encryptionLimits\.perVersion/);
+    expect(() => withLimits('{ perVersion: 100, rotateAfter: 200 }')).toThrow(/encryptionLimits\.rotateAfter: must not be above perVersion/);
+  });
+});
 
 describe('one proxy', () => {
   it('encrypts exactly perVersion times under a version, then answers InvalidStateException; decrypt goes on', async () => {
