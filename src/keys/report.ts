@@ -1,5 +1,6 @@
 // The compliance report: for every key and version, where the material came from and the PKCS#11 evidence that it
-// cannot leave the HSM in the clear; anything that breaks that promise is flagged.
+// cannot leave the HSM in the clear, and the encryptions reserved under it; anything that breaks that promise is
+// flagged, and so is a current version due for rotation by NIST SP 800-38D's bound (encryption-blocks.ts).
 import type { ExternalKey, KeyVersion } from './catalogue.js';
 import { encryptionFinding } from './encryption-blocks.js';
 import type { EncryptionLimits } from './encryption-limits.js';
