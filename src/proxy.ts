@@ -18,6 +18,7 @@ import { KeyLifecycle } from './keys/lifecycle.js';
 import type { Logger } from './obs/logger.js';
 import { KeyCount } from './obs/key-count.js';
 import { Metrics } from './obs/metrics.js';
+import { EncryptionBudget } from './xks/encryption-budget.js';
 import { HealthChecker } from './xks/health.js';
 
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -105,7 +106,11 @@ export function openCatalogue(hsm: KeyStore, loaded: LoadedConfig): KeyCatalogue
 
 /** Key management on this connection; the proxy's own keys (health check, audit) are out of its reach. */
 export function openLifecycle(hsm: KeyStore, catalogue: KeyCatalogue, loaded: LoadedConfig, now?: () => Date): KeyLifecycle {
-  return new KeyLifecycle(hsm, catalogue, { reserved: reservedLabels(loaded), ...(now ? { now } : {}) });
+  return new KeyLifecycle(hsm, catalogue, {
+    reserved: reservedLabels(loaded),
+    encryptionLimits: loaded.config.encryptionLimits,
+    ...(now ? { now } : {}),
+  });
 }
 
 export interface RunningProxy {
@@ -157,13 +162,14 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
       const counting = keyCount;
       closers.push(async () => counting.stop());
     }
-    metrics.bind({ hsm, health, keyCount, config: () => current });
+    const encryptions = new EncryptionBudget(hsm, loaded.config.encryptionLimits, (event, detail) => logger.warn(detail, event));
+    metrics.bind({ hsm, health, keyCount, encryptions, config: () => current });
     const audit = await openAuditTrail(hsm, loaded, opts.auditRole ?? 'main', logger);
     if (audit) closers.push(() => audit.close());
     const handler = createXksHandler({
       audit: audit ? (e) => audit.append(e) : undefined,
       observe: (log) => metrics.observeRequest(log),
-      deps: { hsm, catalogue },
+      deps: { hsm, catalogue, encryptions },
       health,
       prefixes: loaded.prefixes,
       bodyLimit: loaded.config.limits.bodyBytes,

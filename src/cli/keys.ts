@@ -94,7 +94,7 @@ export function keysCommand(): Command {
         await withHsm(cmd, async (hsm, loaded) => {
           const all = await openCatalogue(hsm, loaded).list();
           if (opts.json) {
-            console.log(JSON.stringify(all.map(describeKey)));
+            console.log(JSON.stringify(all.map((k) => describeKey(k))));
             return;
           }
           const rows = all.map((k) => {
@@ -119,8 +119,9 @@ export function keysCommand(): Command {
       .option('--json', 'print JSON (the default for describe)')
       .action((id: string, _opts, cmd: Command) =>
         withHsm(cmd, async (hsm, loaded) => {
-          const key = await openLifecycle(hsm, openCatalogue(hsm, loaded), loaded).get(id);
-          console.log(JSON.stringify(describeKey(key), null, 2));
+          const lifecycle = openLifecycle(hsm, openCatalogue(hsm, loaded), loaded);
+          const key = await lifecycle.get(id);
+          console.log(JSON.stringify(describeKey(key, await lifecycle.encryptionCounts(key)), null, 2));
         }),
       ),
   );
@@ -166,7 +167,7 @@ export function keysCommand(): Command {
 
   keys.addCommand(
     withConfigOption(new Command('rotate-due'))
-      .description('rotate every enabled key whose rotation period has passed (safe to run from cron, on any number of hosts)')
+      .description('rotate every enabled key whose rotation period has passed or whose version nears its encryption limit (safe to run from cron, on any number of hosts)')
       .option('--json', 'print JSON')
       .action((opts: { json?: boolean }, cmd: Command) =>
         run(cmd, false, async (keys) => {
@@ -177,7 +178,8 @@ export function keysCommand(): Command {
           for (const f of failed) process.stderr.write(`xks: ${f.KeyId} was not rotated: ${f.Error}\n`);
           if (failed.length) process.exitCode = 1;
           if (opts.json) return JSON.stringify(done);
-          return done.length ? done.map((r) => `rotated ${r.KeyId}: version ${r.Version} is current`).join('\n') : 'no key is due for rotation';
+          const why = (r: (typeof done)[number]) => (r.EncryptionsReserved !== undefined ? ` (the version before had ${r.EncryptionsReserved} encryptions reserved)` : '');
+          return done.length ? done.map((r) => `rotated ${r.KeyId}: version ${r.Version} is current${why(r)}`).join('\n') : 'no key is due for rotation';
         }),
       ),
   );

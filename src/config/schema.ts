@@ -2,6 +2,7 @@
 // never values, so a config file can be committed or shown without leaking a PIN or a SigV4 secret.
 import { z } from 'zod';
 import { CallModeSchema, IvModeSchema } from '../hsm/profile.js';
+import { DEFAULT_ENCRYPTION_LIMITS, EncryptionLimitsSchema } from '../keys/encryption-limits.js';
 import { KeyPolicySchema, PolicyStatementSchema } from '../keys/policy.js';
 
 export const SecretRefSchema = z.union(
@@ -146,6 +147,8 @@ export const ConfigSchema = z
         requestTimeoutMs: z.number().int().min(10).max(60_000).default(240),
       })
       .default({ bodyBytes: 32 * 1024, requestTimeoutMs: 240 }),
+    /** Advanced: encryptions per key version (NIST SP 800-38D's bound for random IVs; keys/encryption-blocks.ts). */
+    encryptionLimits: EncryptionLimitsSchema.default(DEFAULT_ENCRYPTION_LIMITS),
     /** Bring your own key (src/import, docs/byok.md). */
     import: z
       .strictObject({

@@ -82,7 +82,10 @@ const OPERATIONS: Handlers = {
     });
     return { KeyMetadata: describeKey(key) };
   },
-  DescribeKey: async ({ lifecycle: lc }, r) => ({ KeyMetadata: describeKey(await lc.get(r.KeyId)) }),
+  DescribeKey: async ({ lifecycle: lc }, r) => {
+    const key = await lc.get(r.KeyId);
+    return { KeyMetadata: describeKey(key, await lc.encryptionCounts(key)) };
+  },
   ListKeys: async ({ lifecycle: lc }, r) => {
     // Code-point order, so a marker means the same thing in every process.
     const all = (await lc.list()).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));

@@ -1,15 +1,25 @@
 // A key as operators see it (CLI `xks keys describe`, admin API DescribeKey): KMS's field names, plus per version
 // the PKCS#11 evidence that its material never left the HSM.
 import { usageOf, type ExternalKey } from './catalogue.js';
+import { encryptionFinding } from './encryption-blocks.js';
+import type { EncryptionLimits } from './encryption-limits.js';
 
 const DAY_MS = 86_400_000;
 
-export function describeKey(k: ExternalKey) {
+/** Encryptions reserved per version (encryption-blocks.ts), where the caller read them from the token. */
+export interface EncryptionCounts {
+  reserved: ReadonlyMap<number, number>;
+  limits: EncryptionLimits;
+}
+
+export function describeKey(k: ExternalKey, encryptions?: EncryptionCounts) {
   const usage = usageOf(k);
   const r = k.record;
   const current = k.current;
   const lastRotation = current && current.version > 1 ? current.createdAt : undefined;
   const rotatedFrom = current?.createdAt ?? (r ? new Date(r.created) : undefined);
+  // The current version near or at NIST SP 800-38D's bound for random IVs: due for rotation, or refused.
+  const worn = current && encryptions ? encryptionFinding(encryptions.reserved.get(current.version) ?? 0, encryptions.limits) : undefined;
   return {
     KeyId: k.id,
     KeySpec: 'AES_256',
@@ -31,6 +41,7 @@ export function describeKey(k: ExternalKey) {
     ...(k.problems.length > 0 ? { Problems: [...k.problems] } : {}),
     // Versions whose material can leave the HSM that the operator chose to serve anyway (xks keys allow-exposed).
     ...(r?.allowExposed?.length ? { AllowExposedVersions: [...r.allowExposed] } : {}),
+    ...(worn ? { EncryptionLimit: `version ${current!.version}: ${worn}` } : {}),
     Versions: [...k.versions.values()]
       .sort((a, b) => a.version - b.version)
       .map((v) => ({
@@ -47,6 +58,8 @@ export function describeKey(k: ExternalKey) {
         AlwaysSensitive: v.attrs.alwaysSensitive === true,
         Sensitive: v.attrs.sensitive === true,
         Extractable: v.attrs.extractable === true,
+        // An upper bound of the encryptions made under this version by every proxy (absent: none).
+        ...(encryptions?.reserved.get(v.version) ? { EncryptionsReserved: encryptions.reserved.get(v.version)! } : {}),
       })),
   };
 }

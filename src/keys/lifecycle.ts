@@ -6,8 +6,11 @@ import type { Handle, KeyObject, KeyStore } from '../hsm/key-store.js';
 import { GENERIC_SECRET_KEY_GEN } from '../hsm/mechanisms.js';
 import { aes256KeyTemplate, inertSecretTemplate, type AesKeySpec } from '../hsm/templates.js';
 import { assemble, searchKeyObjects, uncommitted, usageOf, type ExternalKey, type KeyCatalogue, type Usage } from './catalogue.js';
+import { BlockIndex, compactRetired, destroyBlocks, reservedPerVersion } from './encryption-blocks.js';
+import type { EncryptionLimits } from './encryption-limits.js';
 import { KeyError } from './errors.js';
 import { exposedVersions } from './exposure.js';
+import type { EncryptionCounts } from './key-description.js';
 import { commitId, EXTERNAL_KEY_ID, materialId, newNonce, recordId } from './key-objects.js';
 import { encodeRecord, PENDING_WINDOW_DAYS, ROTATION_DAYS, type KeyRecord, type KeyState, type Origin } from './key-record.js';
 
@@ -44,6 +47,8 @@ export interface LifecycleOptions {
   reserved: ReadonlySet<string>;
   /** The clock; tests pass a fake one to run rotate-due and purge-due. */
   now?: () => Date;
+  /** When a version is due for rotation by its encryptions (rotate-due); absent: by period only. */
+  encryptionLimits?: EncryptionLimits;
 }
 
 export interface RotationResult {
@@ -52,6 +57,8 @@ export interface RotationResult {
   Version: number;
   /** rotate-due only: why this key could not be rotated this time (the run goes on with the other keys). */
   Error?: string;
+  /** rotate-due only: the encryptions reserved under the version replaced, when they made it due. */
+  EncryptionsReserved?: number;
 }
 
 export class KeyLifecycle {
@@ -182,13 +189,31 @@ export class KeyLifecycle {
     return this.rotateIf(id, () => true);
   }
 
-  /** Rotate every enabled key whose rotation period has passed since its current version was made. Safe from cron. */
+  /** Encryptions reserved per version of a key, read now, with the limits that judge them (describe). */
+  async encryptionCounts(key: ExternalKey): Promise<EncryptionCounts | undefined> {
+    const limits = this.opts.encryptionLimits;
+    return limits ? { reserved: await reservedPerVersion(this.hsm, key.id, key.versions.keys()), limits } : undefined;
+  }
+
+  /**
+   * Rotate every enabled key whose rotation period has passed since its current version was made, or whose current
+   * version has `encryptionLimits.rotateAfter` encryptions reserved. Safe from cron.
+   */
   async rotateDue(): Promise<RotationResult[]> {
     const results: RotationResult[] = [];
-    for (const key of await this.list()) {
-      if (!this.isDue(key)) continue;
+    const limits = this.opts.encryptionLimits;
+    const keys = await this.list();
+    const blocks = limits ? await BlockIndex.read(this.hsm) : undefined;
+    for (const key of keys) {
+      // Upkeep: the blocks of versions replaced a day ago become one each (a failure waits for the next run).
+      if (blocks) await compactRetired(this.hsm, key, blocks, this.now()).catch(() => 0);
+      const worn = key.state === 'Enabled' && key.current ? (blocks?.reserved(key.id).get(key.current.version) ?? 0) : 0;
+      const wornOut = limits !== undefined && worn >= limits.rotateAfter ? key.current!.version : undefined;
+      if (!this.isDue(key) && wornOut === undefined) continue;
       try {
-        results.push(await this.rotateIf(key.id, (k) => this.isDue(k)));
+        // Still due on a fresh read: another host's rotate-due may have rotated it a moment ago.
+        const r = await this.rotateIf(key.id, (k) => this.isDue(k) || (k.state === 'Enabled' && k.current?.version === wornOut));
+        results.push(wornOut !== undefined && r.Rotated ? { ...r, EncryptionsReserved: worn } : r);
       } catch (e) {
         // One key that cannot be rotated now (a conflict, a state changed meanwhile) must not hold back the others.
         const name = e instanceof KeyError ? e.code : 'Error';
@@ -198,13 +223,17 @@ export class KeyLifecycle {
     return results;
   }
 
-  /** Destroy every key whose deletion date has passed: versions and candidates first, the record last. */
+  /** Destroy every key whose deletion date has passed: encryption blocks, versions and candidates first, the record last. */
   async purgeDue(): Promise<string[]> {
     const purged: string[] = [];
     const now = this.now().getTime();
+    let blocks: BlockIndex | undefined;
     for (const key of await this.list()) {
       if (key.state !== 'PendingDeletion' || !key.record?.deletionDate) continue;
       if (Date.parse(key.record.deletionDate) > now) continue;
+      // The encryption counts go with the key: a key made again under this id is new material.
+      blocks ??= await BlockIndex.read(this.hsm);
+      await destroyBlocks(this.hsm, blocks.objects(key.id));
       for (const v of key.versions.values()) {
         for (const o of [v, ...v.alternates]) {
           await this.hsm.destroyObject(o.object);

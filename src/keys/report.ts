@@ -1,8 +1,11 @@
 // The compliance report: for every key and version, where the material came from and the PKCS#11 evidence that it
-// cannot leave the HSM in the clear; anything that breaks that promise is flagged.
+// cannot leave the HSM in the clear, and the encryptions reserved under it; anything that breaks that promise is
+// flagged, and so is a current version due for rotation by NIST SP 800-38D's bound (encryption-blocks.ts).
 import type { ExternalKey, KeyVersion } from './catalogue.js';
+import { encryptionFinding } from './encryption-blocks.js';
+import type { EncryptionLimits } from './encryption-limits.js';
 import { exposure, exposureAllowed } from './exposure.js';
-import { describeKey } from './key-description.js';
+import { describeKey, type EncryptionCounts } from './key-description.js';
 
 export type Severity = 'violation' | 'notice';
 
@@ -38,9 +41,19 @@ function versionFindings(key: ExternalKey, v: KeyVersion): Finding[] {
   return out;
 }
 
-export function reportKey(key: ExternalKey) {
-  const d = describeKey(key);
+/** What the report needs to judge encryptions: the reserved counts of every key (one search), and the limits. */
+export interface ReportEncryptions {
+  reservedOf(keyId: string): ReadonlyMap<number, number>;
+  limits: EncryptionLimits;
+}
+
+export function reportKey(key: ExternalKey, encryptions?: ReportEncryptions) {
+  const counts: EncryptionCounts | undefined = encryptions ? { reserved: encryptions.reservedOf(key.id), limits: encryptions.limits } : undefined;
+  const d = describeKey(key, counts);
   const keyFindings: Finding[] = key.problems.map((message) => ({ severity: 'violation' as const, message }));
+  // The version Encrypt uses, at or past its rotation threshold: flagged until the key is rotated (older versions only decrypt).
+  const worn = key.current && counts ? encryptionFinding(counts.reserved.get(key.current.version) ?? 0, counts.limits) : undefined;
+  if (worn) keyFindings.push({ severity: 'violation', message: `current version ${key.current!.version}: ${worn}` });
   if (key.duplicateVersions.size > 0) keyFindings.push({ severity: 'notice', message: `versions ${[...key.duplicateVersions].join(', ')} have more than one object (refused until resolved)` });
   const versions = [...key.versions.values()]
     .sort((a, b) => a.version - b.version)
@@ -56,6 +69,8 @@ export function reportKey(key: ExternalKey) {
       NeverExtractable: v.attrs.neverExtractable ?? ('unknown' as const),
       AlwaysSensitive: v.attrs.alwaysSensitive === true,
       Local: v.attrs.local ?? ('unknown' as const),
+      // An upper bound of the encryptions made under this version by every proxy on the token.
+      ...(counts ? { EncryptionsReserved: counts.reserved.get(v.version) ?? 0 } : {}),
       Findings: versionFindings(key, v),
     }));
   const all = [...keyFindings, ...versions.flatMap((v) => v.Findings)];
@@ -71,14 +86,19 @@ export function reportKey(key: ExternalKey) {
     CurrentVersion: d.CurrentVersion,
     Findings: keyFindings,
     Versions: versions,
-    /** True when nothing breaks "key material never leaves the HSM in the clear". */
+    /** True when nothing breaks "key material never leaves the HSM in the clear" and no current version is worn out. */
     Compliant: !all.some((f) => f.severity === 'violation'),
   };
 }
 export type KeyReport = ReturnType<typeof reportKey>;
 
-export function report(keys: ExternalKey[], token: { label: string; serial: string; manufacturer: string; model: string }, now: Date) {
-  const rows = keys.map(reportKey);
+export function report(
+  keys: ExternalKey[],
+  token: { label: string; serial: string; manufacturer: string; model: string },
+  now: Date,
+  encryptions?: ReportEncryptions,
+) {
+  const rows = keys.map((k) => reportKey(k, encryptions));
   return {
     GeneratedAt: now.toISOString(),
     Token: token,

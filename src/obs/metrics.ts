@@ -9,6 +9,7 @@ import { dirname, resolve } from 'node:path';
 import client from 'prom-client';
 import type { LoadedConfig } from '../config/load.js';
 import type { HsmOperations } from '../hsm/key-store.js';
+import type { EncryptionBudget } from '../xks/encryption-budget.js';
 import type { HealthChecker } from '../xks/health.js';
 import { FastCounter, FastHistogram } from './fast-metrics.js';
 import type { KeyCount } from './key-count.js';
@@ -20,6 +21,7 @@ export interface MetricsSources {
   health: HealthChecker;
   /** Keys by state; absent in a worker that does not count them (the primary shows the first worker's count). */
   keyCount?: KeyCount | undefined;
+  encryptions: EncryptionBudget;
   config: () => LoadedConfig;
 }
 
@@ -140,6 +142,32 @@ export class Metrics {
       collect() {
         const counted = self.sources?.keyCount?.latest;
         if (counted) this.set((Date.now() - counted.countedAt) / 1000);
+      },
+    });
+    // From this process's counters: no HSM access at scrape time.
+    new client.Counter({
+      name: 'xks_encryptions_total',
+      help: 'Encryptions by this proxy per external key and version (NIST SP 800-38D allows 2^32 per version with random IVs)',
+      labelNames: ['key', 'version'],
+      registers: [registry],
+      collect() {
+        const counts = self.sources?.encryptions.counts();
+        if (!counts) return;
+        this.reset();
+        for (const c of counts) this.inc({ key: c.keyId, version: String(c.version) }, c.encryptions);
+      },
+    });
+    new client.Gauge({
+      name: 'xks_encryptions_reserved',
+      aggregator: 'max', // across workers (AggregatorRegistry): the latest fleet-wide total any of them read
+      help: 'Encryptions reserved in the HSM per external key and version by every proxy on the token, as last read (an upper bound of those made)',
+      labelNames: ['key', 'version'],
+      registers: [registry],
+      collect() {
+        const counts = self.sources?.encryptions.counts();
+        if (!counts) return;
+        this.reset();
+        for (const c of counts) this.set({ key: c.keyId, version: String(c.version) }, c.reserved);
       },
     });
     new client.Gauge({

@@ -8,12 +8,15 @@ import { refusedExposure } from '../keys/exposure.js';
 import { buildGcmAad } from './aad.js';
 import { ciphertextDataIntegrityValue } from './cdiv.js';
 import { decodeCiphertextMetadata, encodeCiphertextMetadata } from './ciphertext-metadata.js';
+import type { EncryptionBudget } from './encryption-budget.js';
 import { XksError } from './errors.js';
 import type { DecryptRequest, EncryptRequest } from './schemas.js';
 
 export interface XksDeps {
   hsm: KeyStore;
   catalogue: KeyCatalogue;
+  /** Counts encryptions per key version against the blocks reserved in the HSM (NIST SP 800-38D's 2^32 bound). */
+  encryptions: EncryptionBudget;
 }
 
 // Each operation returns { body, keyVersion }: the response body and, for the request log, the key version used.
@@ -117,6 +120,9 @@ export async function encrypt(deps: XksDeps, keyId: string, req: EncryptRequest)
     if (!v.encrypt) throw new XksError('InvalidKeyUsageException', `external key ${keyId} may not encrypt`);
     // The CDIV is proved by decrypting the fresh ciphertext, so it needs a key that may also decrypt.
     if (wantCdiv && !v.decrypt) throw new XksError('InvalidKeyUsageException', `external key ${keyId} may not decrypt, which a CDIV check needs`);
+    // Counted before the HSM call: an encryption that then fails may still have used an IV.
+    const reserving = deps.encryptions.take(keyId, v);
+    if (reserving) await reserving;
     const metadata = encodeCiphertextMetadata(v.version);
     const gcmAad = buildGcmAad(req.additionalAuthenticatedData, metadata);
     const out = await deps.hsm.encryptGcm(v.handle, req.plaintext, gcmAad);

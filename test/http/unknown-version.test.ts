@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
 import { openCatalogue } from '../../src/proxy.js';
 import { encodeCiphertextMetadata } from '../../src/xks/ciphertext-metadata.js';
+import { EncryptionBudget } from '../../src/xks/encryption-budget.js';
 import { encrypt } from '../../src/xks/operations.js';
 import { ensureBuilt } from '../helpers/built-cli.js';
 import { runXks } from '../helpers/ops-process.js';
@@ -87,7 +88,8 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a decrypt naming a version the cache 
     expect(rotated.code, rotated.stderr).toBe(0);
     const rotatedAt = performance.now();
     // A ciphertext under the new version, as another replica (its own catalogue, reading the token afresh) makes it.
-    const other = { hsm: t.proxy.hsm, catalogue: openCatalogue(t.proxy.hsm, loadConfig(t.configFile)) };
+    const loaded = loadConfig(t.configFile);
+    const other = { hsm: t.proxy.hsm, catalogue: openCatalogue(t.proxy.hsm, loaded), encryptions: new EncryptionBudget(t.proxy.hsm, loaded.config.encryptionLimits) };
     const made = await encrypt(other, 'foo', { requestMetadata: metadata('Encrypt'), plaintext: Buffer.from('after'), encryptionAlgorithm: 'AES_GCM' });
     expect(made.keyVersion).toBe(next);
     let dec = await xks.decrypt('foo', decryptFields(made.body));
