@@ -5,9 +5,11 @@
 // renewed. The CLI runs through our PKCS#11 emulator (test/emulator), whose control file holds every C_GenerateKey for
 // a while, so the process can be killed with SIGKILL once its candidate is in the token and before its commit marker.
 import { execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ImportService } from '../../src/import/import-service.js';
 import { GENERIC_SECRET_KEY_GEN } from '../../src/hsm/mechanisms.js';
 import { aes256KeyTemplate, inertSecretTemplate } from '../../src/hsm/templates.js';
 import { leaseId } from '../../src/keys/claims.js';
@@ -18,6 +20,7 @@ import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
+import { expectProxyUses, wrapMaterial } from '../import/byok.js';
 import { describeViaCli, expectCleanVersions, pollUntil, runCli, tokenObjects, versionOf } from './lifecycle-support.js';
 
 const leases = async (t: TestProxy, id: string) =>
@@ -95,6 +98,35 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a writer killed between its candidate
     await t.proxy.catalogue.refresh(id);
     expect((await xks.decrypt(id, decryptFields(before.json))).status).toBe(200);
     expect(versionOf((await xks.encrypt(id, Buffer.from('after'))).json)).toBe(2);
+  }, 90_000);
+
+  it('an import killed after making its candidate leaves its token unspent: the retry with the same token imports at once, and spends it', async () => {
+    const id = 'killed-import';
+    await t.proxy.lifecycle.create(id, { usage: { encrypt: true, decrypt: true }, origin: 'EXTERNAL' });
+    const svc = new ImportService(t.proxy.hsm, t.proxy.catalogue, t.proxy.lifecycle);
+    const p = await svc.getParametersForImport({ KeyId: id, WrappingAlgorithm: 'RSA_AES_KEY_WRAP_SHA_256', WrappingKeySpec: 'RSA_2048' });
+    const material = randomBytes(32);
+    const tokenFile = join(t.token.dir, 'ImportToken.bin');
+    const blobFile = join(t.token.dir, 'EncryptedKeyMaterial.bin');
+    writeFileSync(tokenFile, p.ImportToken, { mode: 0o600 });
+    writeFileSync(blobFile, wrapMaterial('RSA_AES_KEY_WRAP_SHA_256', p.PublicKey, material), { mode: 0o600 });
+    const args = ['import', 'key-material', '--key-id', id, '--import-token', tokenFile, '--encrypted-key-material', blobFile];
+    const imported = [...args, '--expiration-model', 'KEY_MATERIAL_DOES_NOT_EXPIRE', '--json'];
+    await killAtCandidate(id, 1, imported);
+
+    const retry = await runCli(t.token, t.configFile, imported);
+    expect(retry.code, retry.stderr).toBe(0);
+    expect(JSON.parse(retry.stdout)).toMatchObject({ KeyId: id, KeyMaterialVersion: 1, KeyState: 'Enabled' });
+    expect(retry.endedMs - retry.startedMs).toBeLessThan(5_000);
+    await expectCleanVersions(t.proxy.hsm, id, 1);
+    expect(await leases(t, id)).toEqual([]);
+    await t.proxy.catalogue.refresh(id);
+    await expectProxyUses(t.httpUrl, id, material);
+    // Spent by that commit: single use holds.
+    const again = await runCli(t.token, t.configFile, imported);
+    expect(again.code).not.toBe(0);
+    expect(again.stderr).toMatch(/import token is not valid for this key: .* used already/);
+    await expectCleanVersions(t.proxy.hsm, id, 1);
   }, 90_000);
 
   it('a live writer on this host is not overrun: a rotation waits for it, then answers ConflictException, and the writer commits', async () => {
