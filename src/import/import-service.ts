@@ -3,16 +3,15 @@
 // the token key, the key record's import bookkeeping), so any process can finish what another began, and a restart
 // between GetParametersForImport and ImportKeyMaterial changes nothing. docs/byok.md explains the design.
 import { randomBytes } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { HsmError } from '../hsm/errors.js';
 import type { Handle, KeyStore, ObjectClass } from '../hsm/key-store.js';
+import type { AesKeySpec } from '../hsm/templates.js';
 import { importedAesKeyTemplate, importTokenKeyTemplate, wrappingPrivateKeyTemplate, wrappingPublicKeyTemplate, type WrappingKeyUse } from '../hsm/import-templates.js';
 import { GENERIC_SECRET_KEY_GEN, HMAC_SHA256, RSA_KEY_PAIR_GEN } from '../hsm/mechanisms.js';
-import { inertSecretTemplate } from '../hsm/templates.js';
-import { assemble, searchKeyObjects, usageOf, type ExternalKey, type KeyCatalogue } from '../keys/catalogue.js';
-import { KeyError } from '../keys/errors.js';
-import { commitId, materialId, newNonce } from '../keys/key-objects.js';
-import type { KeyLifecycle } from '../keys/lifecycle.js';
+import type { ExternalKey, KeyCatalogue } from '../keys/catalogue.js';
+import { importTokenTag, type ClaimView } from '../keys/claims.js';
+import { newNonce } from '../keys/key-objects.js';
+import type { AddVersionOptions, KeyLifecycle } from '../keys/lifecycle.js';
 import type { Logger } from '../obs/logger.js';
 import { ImportError, invalidToken } from './errors.js';
 import { expiredVersions, markMaterialGone, materialExpired } from './expiry.js';
@@ -26,8 +25,6 @@ const HOUR_MS = 3_600_000;
 const DAY_MS = 24 * HOUR_MS;
 /** KMS: a public key and its import token are valid for 24 hours. */
 export const IMPORT_PARAMETERS_VALID_MS = 24 * HOUR_MS;
-const CANDIDATE_STALE_MS = 60_000;
-const RESTORE_ATTEMPTS = 25;
 
 export interface ImportServiceOptions {
   /** The clock; tests pass a fake one (expired tokens, expired material). */
@@ -180,22 +177,13 @@ export class ImportService {
       if (importType === 'NEW_KEY_MATERIAL') this.checkNew(key, bk, match, now);
       else this.checkExisting(key, bk, match);
 
-      // Claim the token: of two imports racing with it, only one destroys the public half; the other finds it gone.
-      try {
-        await this.hsm.destroyObject(publicKey);
-      } catch (e) {
-        if (e instanceof HsmError && e.kind === 'ObjectHandleInvalid') throw invalidToken();
-        throw e;
-      }
-
-      let version: number;
-      if (importType === 'NEW_KEY_MATERIAL') {
-        version = await this.commitNew(key.id, source, kcv, expiration, now);
-      } else {
-        version = match!;
-        await this.commitExisting(key.id, version, source, expiration, now);
-      }
-      await this.destroyQuietly(privateKey);
+      // The token is spent by the commit, not before: an import stopped midway leaves it usable for a retry, and of two
+      // imports with one token the claims on the key let one commit; the other then finds the token spent.
+      const token: TokenInUse = { tag: importTokenTag(t.wrappingKeyNonce), pairId, publicKey, privateKey };
+      const version =
+        importType === 'NEW_KEY_MATERIAL'
+          ? await this.commitNew(key.id, source, kcv, expiration, now, token)
+          : await this.commitExisting(key, match!, source, expiration, now, token);
       const after = await this.lifecycle.get(key.id);
       this.opts.logger?.info({ keyId: key.id, version, importType }, 'import: key material imported');
       return {
@@ -237,16 +225,18 @@ export class ImportService {
     }
   }
 
-  private async commitNew(id: string, source: MaterialSource, kcv: string, expiration: Expiration, now: Date): Promise<number> {
+  private async commitNew(id: string, source: MaterialSource, kcv: string, expiration: Expiration, now: Date, token: TokenInUse): Promise<number> {
     const result = await this.lifecycle.addVersion(id, {
-      check: (k) => {
+      ...this.spending(token),
+      check: async (k, claims) => {
+        await this.refuseSpent(token, claims);
         // The key may have changed since the checks above (another import, a deletion): check again on a fresh read.
         this.checkImportable(k);
         const bk = readImport(k.record);
         this.checkNew(k, bk, versionWithKcv(bk, kcv), this.now());
-        return 'go';
+        return 'go' as const;
       },
-      make: async (spec) => this.hsm.describeObject(await source.materialize(importedAesKeyTemplate(spec))),
+      make: (spec) => this.materialize(source, spec, token),
       recordAfter: (k, version) => {
         const record = this.lifecycle.recordOf(k);
         const bk = readImport(record);
@@ -270,64 +260,77 @@ export class ImportService {
    * the material is the one this version held (the fingerprint), and a version number is never given to other
    * material: new material always takes a number above every imported version (checkNew refuses while the newest is
    * gone, so the highest object is the highest imported version). Re-importing present material changes its expiry.
+   * Either way under a claim on the key (lifecycle.ts addVersion): two re-imports racing cannot both make the version,
+   * and the token is spent by the commit.
    */
-  private async commitExisting(id: string, version: number, source: MaterialSource, expiration: Expiration, now: Date): Promise<void> {
-    let key = await this.lifecycle.get(id);
-    this.checkImportable(key);
-    const entry = readImport(key.record).versions[String(version)];
-    if (!entry) throw new ImportError('IncorrectKeyMaterialException', `this is not the key material imported into key "${id}" before`);
-    if (!key.versions.has(version)) await this.restoreVersion(key, version, new Date(entry.created), source);
-    key = await this.lifecycle.get(id);
-    const record = this.lifecycle.recordOf(key);
-    const bk = readImport(record);
-    const old = bk.versions[String(version)] ?? entry;
-    const { gone: _gone, goneAt: _goneAt, validTo: _validTo, ...kept } = old;
-    const next: ImportedVersion = {
-      ...kept,
-      imported: now.toISOString(),
-      expirationModel: expiration.model,
-      ...(expiration.validTo ? { validTo: expiration.validTo.toISOString() } : {}),
+  private async commitExisting(first: ExternalKey, version: number, source: MaterialSource, expiration: Expiration, now: Date, token: TokenInUse): Promise<number> {
+    const entry = readImport(first.record).versions[String(version)];
+    if (!entry) throw new ImportError('IncorrectKeyMaterialException', `this is not the key material imported into key "${first.id}" before`);
+    await this.lifecycle.addVersion(first.id, {
+      ...this.spending(token),
+      version: { number: version, createdAt: new Date(entry.created) },
+      check: async (k, claims) => {
+        await this.refuseSpent(token, claims);
+        this.checkImportable(k);
+        if (!readImport(k.record).versions[String(version)]) {
+          throw new ImportError('IncorrectKeyMaterialException', `this is not the key material imported into key "${k.id}" before`);
+        }
+        return 'go' as const;
+      },
+      make: (spec) => this.materialize(source, spec, token),
+      recordAfter: (k) => {
+        const record = this.lifecycle.recordOf(k);
+        const bk = readImport(record);
+        const old = bk.versions[String(version)] ?? entry;
+        const { gone: _gone, goneAt: _goneAt, validTo: _validTo, ...kept } = old;
+        const next: ImportedVersion = {
+          ...kept,
+          imported: now.toISOString(),
+          expirationModel: expiration.model,
+          ...(expiration.validTo ? { validTo: expiration.validTo.toISOString() } : {}),
+        };
+        const versions = { ...bk.versions, [String(version)]: next };
+        const latest = latestImported({ f: 1, versions });
+        // The key is whole again when its newest material is back (this version is, once committed).
+        const whole = latest === version || (latest !== undefined && versions[String(latest)]?.gone === undefined && k.versions.has(latest));
+        const state = record.state === 'PendingImport' && whole ? 'Enabled' : record.state;
+        return withImport({ ...record, state }, { f: 1, versions });
+      },
+    });
+    return version;
+  }
+
+  /** What ties a claim on the key to the import token: the token's tag, a last look, and spending it once committed. */
+  private spending(token: TokenInUse): Pick<AddVersionOptions, 'token' | 'beforeCommit' | 'afterCommit'> {
+    return {
+      token: token.tag,
+      beforeCommit: (claims) => this.refuseSpent(token, claims),
+      // The public half first: its absence is what a later import with this token looks for.
+      afterCommit: () => this.destroyQuietly(token.publicKey, token.privateKey),
     };
-    const versions = { ...bk.versions, [String(version)]: next };
-    const latest = latestImported({ f: 1, versions });
-    // The key is whole again when its newest material is back.
-    const whole = latest === version || (latest !== undefined && versions[String(latest)]?.gone === undefined && key.versions.has(latest));
-    const state = record.state === 'PendingImport' && whole ? 'Enabled' : record.state;
-    await this.lifecycle.writeRecord(key, withImport({ ...record, state }, { f: 1, versions }));
   }
 
   /**
-   * Make version N's object again, with the rotation protocol's claim-then-check (keys/lifecycle.ts addVersion): the
-   * object is first a candidate for N; if another candidate for N or a committed N shows up, ours is destroyed and the
-   * attempt retried (a committed N made by a racing re-import of the same material is then simply used).
+   * A token is spent when its public half is gone, or when a claim that carried it has committed (its lease is still
+   * there: that import stopped before spending the token, so it is spent here, the lease last).
    */
-  private async restoreVersion(first: ExternalKey, version: number, created: Date, source: MaterialSource): Promise<void> {
-    let key = first;
-    for (let attempt = 0; attempt < RESTORE_ATTEMPTS; attempt++) {
-      if (attempt > 0) key = await this.lifecycle.get(first.id);
-      if (key.versions.has(version)) return;
-      const nowMs = this.now().getTime();
-      if (key.candidates.some((c) => c.version === version && Math.abs(nowMs - c.startedMs) <= CANDIDATE_STALE_MS)) {
-        await backoff(attempt);
-        continue;
-      }
-      const record = this.lifecycle.recordOf(key);
-      const nonce = newNonce();
-      const mine = await source.materialize(
-        importedAesKeyTemplate({ label: key.id, id: materialId(version, nowMs, nonce), ...usageOf(key), exportable: record.exportable }),
-      );
-      const seen = assemble(key.id, await searchKeyObjects(this.hsm, { label: key.id }));
-      const rival = seen?.versions.has(version) || seen?.candidates.some((c) => !c.object.equals(mine) && c.version === version);
-      if (rival) {
-        await this.destroyQuietly(mine);
-        await backoff(attempt);
-        continue;
-      }
-      await this.hsm.generateKey(inertSecretTemplate(key.id, commitId(version, created, nonce)), GENERIC_SECRET_KEY_GEN);
-      this.catalogue.invalidate(key.id);
-      return;
+  private async refuseSpent(token: TokenInUse, claims: ClaimView): Promise<void> {
+    for (const l of claims.leases.values()) {
+      if (l.lease.token !== token.tag || !claims.committed.has(l.lease.nonce)) continue;
+      await this.destroyQuietly(token.publicKey, token.privateKey, ...l.objects);
+      throw invalidToken();
     }
-    throw new KeyError('ConflictException', `key "${first.id}" is being changed by another process; try again`);
+    if ((await this.findWrapping('public-key', token.pairId)).length === 0) throw invalidToken();
+  }
+
+  /** The candidate: a failure because another import spent the token meanwhile (its key pair is gone) says so. */
+  private async materialize(source: MaterialSource, spec: AesKeySpec, token: TokenInUse) {
+    try {
+      return await this.hsm.describeObject(await source.materialize(importedAesKeyTemplate(spec)));
+    } catch (e) {
+      if (!isInfrastructure(e) && (await this.findWrapping('public-key', token.pairId)).length === 0) throw invalidToken();
+      throw e;
+    }
   }
 
   // ---- DeleteImportedKeyMaterial ------------------------------------------------------------------------------
@@ -473,6 +476,14 @@ export class ImportService {
   }
 }
 
+/** The import token an import would spend, and its wrapping key pair. */
+interface TokenInUse {
+  tag: string;
+  pairId: Buffer;
+  publicKey: Handle;
+  privateKey: Handle;
+}
+
 interface Expiration {
   model: ExpirationModel;
   validTo?: Date | undefined;
@@ -510,8 +521,4 @@ function isTrue(b: Buffer | undefined): boolean {
 
 function invalidUse(): never {
   throw invalidToken();
-}
-
-function backoff(attempt: number): Promise<void> {
-  return sleep(10 + Math.random() * Math.min(200, 20 * (attempt + 1)));
 }

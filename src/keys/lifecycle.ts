@@ -5,7 +5,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Handle, KeyObject, KeyStore } from '../hsm/key-store.js';
 import { GENERIC_SECRET_KEY_GEN } from '../hsm/mechanisms.js';
 import { aes256KeyTemplate, inertSecretTemplate, type AesKeySpec } from '../hsm/templates.js';
-import { assemble, searchKeyObjects, uncommitted, usageOf, type ExternalKey, type KeyCatalogue, type Usage } from './catalogue.js';
+import { assemble, searchKeyObjects, uncommitted, usageOf, type Candidate, type ExternalKey, type KeyCatalogue, type Usage } from './catalogue.js';
+import { HeldLease, LEASE_FENCE_MS, LeaseWatch, readClaims, type ClaimView } from './claims.js';
 import { BlockIndex, compactRetired, destroyBlocks, reservedPerVersion } from './encryption-blocks.js';
 import type { EncryptionLimits } from './encryption-limits.js';
 import { KeyError } from './errors.js';
@@ -15,23 +16,56 @@ import { commitId, EXTERNAL_KEY_ID, materialId, newNonce, recordId } from './key
 import { encodeRecord, PENDING_WINDOW_DAYS, ROTATION_DAYS, type KeyRecord, type KeyState, type Origin } from './key-record.js';
 
 const DAY_MS = 86_400_000;
-/** A candidate older than this belongs to a rotation that died midway (rotations take milliseconds): clear it. */
+/**
+ * A candidate older than this whose writer is not seen renewing its lease belongs to a rotation that died midway
+ * (rotations take milliseconds): clear it. A writer known to be gone is cleared at once (claims.ts).
+ */
 const CANDIDATE_STALE_MS = 60_000;
-/** How long one call keeps trying before ConflictException: well inside CANDIDATE_STALE_MS, so its candidate never looks dead. */
+/** How long one call keeps trying before ConflictException. */
 const ROTATION_BUDGET_MS = 10_000;
+/** An import's lease that committed is the proof that its token is spent until the token has expired (24 h) for sure. */
+const TOKEN_LEASE_KEPT_MS = 25 * 3_600_000;
 
-/** A rotation's place in line: its start time, then its nonce. */
+/** A writer's place in line: its start time, then its nonce; and what it saw of other writers' leases. */
 interface Claim {
   startedMs: number;
-  /** The current attempt's nonce, carried by its candidate's CKA_ID. */
+  /** The current attempt's nonce, carried by its candidate's CKA_ID and its lease. */
   nonce: string;
   /** performance.now() at the start: the budget runs on the real clock even when the lifecycle's clock is a fake. */
   began: number;
+  watch: LeaseWatch;
 }
 
 /** Whether claim `c` started before `me` (and so goes first). */
 function isAhead(c: Pick<Claim, 'startedMs' | 'nonce'>, me: Claim): boolean {
   return c.startedMs < me.startedMs || (c.startedMs === me.startedMs && c.nonce < me.nonce);
+}
+
+/** Other writers' claims as one read shows them: those to reckon with, and versions claimed by silent writers. */
+interface Rivals {
+  live: { startedMs: number; nonce: string }[];
+  /** Versions claimed by candidates of writers that went silent: stepped over, since they might still commit. */
+  silentVersions: number[];
+}
+
+export interface AddVersionOptions {
+  /** Called on a fresh read of the key before each attempt: throw to refuse, 'skip' when nothing is to be done. */
+  check: (key: ExternalKey, claims: ClaimView) => 'go' | 'skip' | Promise<'go' | 'skip'>;
+  /** Make the candidate object from this spec (label, CKA_ID, usage, exportable). */
+  make: (spec: AesKeySpec) => Promise<KeyObject>;
+  /** The record to store once the version is committed (default: unchanged; an adopted key gets one). */
+  recordAfter?: (key: ExternalKey, version: number) => KeyRecord;
+  /**
+   * This very version, dated `createdAt`, rather than the next one: imported material made again. When it is present
+   * already, nothing is made and only the record is written (under the claim all the same).
+   */
+  version?: { number: number; createdAt: Date };
+  /** An import token's tag (claims.ts): claims that would spend the same token are rivals even without a candidate. */
+  token?: string;
+  /** After the read that cleared the claim and before the commit (an import checks its token is still unspent). */
+  beforeCommit?: (claims: ClaimView) => Promise<void>;
+  /** After the commit, while the claim is still held (an import spends its token). */
+  afterCommit?: () => Promise<void>;
 }
 
 export interface CreateOptions {
@@ -242,6 +276,10 @@ export class KeyLifecycle {
       }
       for (const c of key.candidates) await this.hsm.destroyObject(c.object);
       for (const h of [...key.strayMarkers, ...key.leftovers]) await this.hsm.destroyObject(h);
+      // Leases left by writers that stopped (claims.ts): nothing else would ever clear them once the key is gone.
+      for (const l of readClaims(await searchKeyObjects(this.hsm, { label: key.id })).leases.values()) {
+        for (const h of l.objects) await this.hsm.destroyObject(h).catch(() => undefined);
+      }
       // A crash before this line leaves a record still pending deletion: the next purge finishes the job.
       if (key.recordObject) await this.hsm.destroyObject(key.recordObject);
       this.catalogue.invalidate(key.id);
@@ -286,85 +324,169 @@ export class KeyLifecycle {
    * CKA_ID). Versions are only ever added, never replaced, so no ciphertext loses
    * its key. A call keeps its start time and nonce across attempts and yields only to older ones, so racing writers
    * go oldest first and none is overtaken again and again by newer ones (which withdraw when they see it).
+   * Each attempt holds a lease (claims.ts) from before its candidate exists until it is committed or withdrawn: the
+   * candidate of a writer that is gone is destroyed at once, and one whose writer went silent is stepped over (the
+   * next number is taken) rather than waited for or destroyed, since a stalled writer may still commit it.
    * This assumes a search sees every object created before it. Across processes, SoftHSM 2.6's file store breaks that:
    * a process's own create or destroy hides from it what others created since its last search, until another process
    * writes (test/keys/rotation-race.test.ts reproduces the duplicate version that follows).
    */
-  async addVersion(
-    id: string,
-    o: {
-      /** Called on a fresh read of the key before each attempt: throw to refuse, 'skip' when nothing is to be done. */
-      check: (key: ExternalKey) => 'go' | 'skip';
-      /** Make the candidate object from this spec (label, CKA_ID, usage, exportable). */
-      make: (spec: AesKeySpec) => Promise<KeyObject>;
-      /** The record to store once the version is committed (default: unchanged; an adopted key gets one). */
-      recordAfter?: (key: ExternalKey, version: number) => KeyRecord;
-    },
-  ): Promise<RotationResult> {
-    const me: Claim = { startedMs: this.now().getTime(), nonce: newNonce(), began: performance.now() };
+  async addVersion(id: string, o: AddVersionOptions): Promise<RotationResult> {
+    const me: Claim = { startedMs: this.now().getTime(), nonce: newNonce(), began: performance.now(), watch: new LeaseWatch() };
     for (let attempt = 0; ; attempt++) {
       if (attempt > 0) {
         if (performance.now() - me.began > ROTATION_BUDGET_MS) break;
         await backoff(attempt);
       }
-      const key = await this.get(id);
-      if (o.check(key) === 'skip') return { KeyId: id, Rotated: false, Version: key.current?.version ?? 0 };
-      const nowMs = this.now().getTime();
-      let older = false;
-      for (const c of key.candidates) {
-        // A candidate from a writer that died: never committed, so never used; clear it.
-        if (Math.abs(nowMs - c.startedMs) > CANDIDATE_STALE_MS) await this.hsm.destroyObject(c.object).catch(() => undefined);
-        else if (isAhead(c, me)) older = true;
-      }
-      if (older) continue;
-      const next = Math.max(0, ...key.versions.keys(), ...key.duplicateVersions) + 1;
+      const objects = await this.readObjects(id);
+      const key = assemble(id, objects);
+      if (!key) throw new KeyError('NotFoundException', `no key "${id}" in the token`);
+      const claims = readClaims(objects);
+      if ((await o.check(key, claims)) === 'skip') return { KeyId: id, Rotated: false, Version: key.current?.version ?? 0 };
+      const present = o.version !== undefined && key.versions.has(o.version.number);
+      const rivals = await this.rivals(key.candidates, claims, me, o.token, !present, true);
+      if (rivals.live.some((c) => isAhead(c, me))) continue;
+      const next = o.version?.number ?? Math.max(0, ...key.versions.keys(), ...key.duplicateVersions, ...rivals.silentVersions) + 1;
       const record = this.recordOf(key);
       // A fresh nonce per attempt: the CKA_ID of a withdrawn candidate is never used again. The start time, which
       // decides the place in line, stays.
       if (attempt > 0) me.nonce = newNonce();
       const nonce = me.nonce;
-      const mine = await o.make({
-        label: id,
-        id: materialId(next, me.startedMs, nonce),
-        ...usageOf(key),
-        exportable: record.exportable,
-      });
-      if (!(await this.mayCommit(id, mine.handle, next, me))) continue;
-      await this.hsm.generateKey(inertSecretTemplate(id, commitId(next, this.now(), nonce)), GENERIC_SECRET_KEY_GEN);
-      const after = o.recordAfter?.(key, next) ?? record;
-      // An adopted key gets its record on first rotation, so its origin and dates are kept from now on.
-      if (!key.record || after !== record) await this.writeRecord(key, after);
-      this.catalogue.invalidate(id);
-      return { KeyId: id, Rotated: true, Version: next };
+      // The lease first: a candidate without one would be taken for an earlier release's, and waited for 60 s.
+      const lease = new HeldLease(this.hsm, id, { startedMs: me.startedMs, nonce, token: o.token });
+      let mine: Handle | undefined;
+      let marking = false;
+      try {
+        await lease.take();
+        if (!present) {
+          mine = (await o.make({ label: id, id: materialId(next, me.startedMs, nonce), ...usageOf(key), exportable: record.exportable })).handle;
+        }
+        const cleared = await this.mayCommit(id, mine, next, o.version !== undefined, me, lease, o.token);
+        if (!cleared) continue;
+        await o.beforeCommit?.(cleared);
+        if (mine) {
+          marking = true;
+          await this.hsm.generateKey(inertSecretTemplate(id, commitId(next, o.version?.createdAt ?? this.now(), nonce)), GENERIC_SECRET_KEY_GEN);
+        }
+        const after = o.recordAfter?.(key, next) ?? record;
+        // An adopted key gets its record on first rotation, so its origin and dates are kept from now on.
+        if (!key.record || after !== record) await this.writeRecord(key, after, nonce);
+        await o.afterCommit?.();
+        this.catalogue.invalidate(id);
+        return { KeyId: id, Rotated: !present, Version: next };
+      } catch (e) {
+        // A marker whose create failed may be in the token all the same: leave the candidate and its lease to be judged.
+        if (marking) {
+          await lease.release(true);
+          mine = undefined;
+        }
+        throw e;
+      } finally {
+        if (!marking && mine) await this.hsm.destroyObject(mine).catch(() => undefined);
+        await lease.release();
+      }
     }
     throw new KeyError('ConflictException', `key "${id}" is being changed by another process; try again`);
   }
 
+  private readObjects(id: string): Promise<KeyObject[]> {
+    checkId(id, this.opts.reserved);
+    return searchKeyObjects(this.hsm, { label: id });
+  }
+
   /**
-   * Read the key's AES objects until the candidate `mine` (claiming `next`) may commit: true once a read shows no other
-   * candidate and no version at or past `next`. Younger candidates withdraw when they see this one, so they are
-   * waited for; an older candidate or a newer version means this one withdraws (destroyed here) and false.
+   * The other writers' claims that `me` must reckon with: candidates (when `me` makes one) and claims on the same import
+   * token. With `clear`, what writers that are gone left is destroyed on the way (and what died a minute ago, as
+   * always), with finished claims' leftover leases.
    */
-  private async mayCommit(id: string, mine: Handle, next: number, me: Claim): Promise<boolean> {
+  private async rivals(
+    candidates: readonly Candidate[],
+    claims: ClaimView,
+    me: Claim,
+    token: string | undefined,
+    making: boolean,
+    clear: boolean,
+  ): Promise<Rivals> {
+    const out: Rivals = { live: [], silentVersions: [] };
+    const nowMs = this.now().getTime();
+    const destroy = async (handles: Handle[]) => {
+      if (clear) for (const h of handles) await this.hsm.destroyObject(h).catch(() => undefined);
+    };
+    const seen = new Set<string>();
+    for (const c of candidates) {
+      if (c.nonce === me.nonce) continue;
+      seen.add(c.nonce);
+      const l = claims.leases.get(c.nonce);
+      // No lease: an earlier release's candidate, or one whose writer failed midway; judged by its age alone.
+      const verdict = l ? me.watch.verdict(l.lease) : 'new';
+      // A candidate was never committed, so never used: clearing one loses nothing.
+      if (verdict === 'gone' || (verdict !== 'live' && Math.abs(nowMs - c.startedMs) > CANDIDATE_STALE_MS)) {
+        await destroy([c.object, ...(l?.objects ?? [])]);
+        continue;
+      }
+      if (verdict === 'silent') out.silentVersions.push(c.version);
+      else if (making || (token !== undefined && l?.lease.token === token)) out.live.push(c);
+    }
+    for (const [nonce, l] of claims.leases) {
+      if (nonce === me.nonce || seen.has(nonce)) continue;
+      const verdict = me.watch.verdict(l.lease);
+      const old = Math.abs(nowMs - l.lease.startedMs) > CANDIDATE_STALE_MS;
+      if (claims.committed.has(nonce)) {
+        // A finished claim's lease: of an import, the proof that its token is spent, kept until the token expired.
+        const proof = l.lease.token !== undefined && Math.abs(nowMs - l.lease.startedMs) <= TOKEN_LEASE_KEPT_MS;
+        if (verdict !== 'live' && !proof) await destroy(l.objects);
+        continue;
+      }
+      if (verdict === 'gone' || (verdict !== 'live' && old)) await destroy(l.objects);
+      else if (verdict !== 'silent' && token !== undefined && l.lease.token === token) out.live.push(l.lease);
+    }
+    return out;
+  }
+
+  /**
+   * Read the key's objects until this claim may commit: a read that shows no rival claim and, when it makes candidate
+   * `mine` for version `next`, no committed version at or past `next` (`exact`: at `next`). Younger rivals withdraw when
+   * they see this one, so they are waited for; an older one, a newer version, or `mine` gone (cleared by someone who
+   * took this writer for dead) means this claim withdraws: undefined. Returns that read's claims. The lease must be
+   * fresh at that read, or an observer might have stepped over this claim meanwhile: renewed, and read again.
+   */
+  private async mayCommit(
+    id: string,
+    mine: Handle | undefined,
+    next: number,
+    exact: boolean,
+    me: Claim,
+    lease: HeldLease,
+    token: string | undefined,
+  ): Promise<ClaimView | undefined> {
     for (;;) {
+      if (performance.now() - lease.renewedAt > LEASE_FENCE_MS) await lease.renew();
+      const freshAt = lease.renewedAt;
       let lost = false;
       let younger = false;
       const objects = await searchKeyObjects(this.hsm, { label: id });
-      const key = assemble(id, objects);
-      if ([...(key?.versions.keys() ?? []), ...(key?.duplicateVersions ?? [])].some((v) => v >= next)) lost = true;
+      const claims = readClaims(objects);
+      const candidates = uncommitted(objects);
+      if (mine) {
+        const key = assemble(id, objects);
+        const taken = [...(key?.versions.keys() ?? []), ...(key?.duplicateVersions ?? [])];
+        if (exact ? taken.includes(next) : taken.some((v) => v >= next)) lost = true;
+        if (!candidates.some((c) => c.object.equals(mine))) lost = true;
+      }
       // Candidates even of a key that has nothing else yet (assemble() answers undefined for such a key).
-      for (const c of uncommitted(objects)) {
-        if (c.object.equals(mine)) continue;
-        // A dead writer's candidate is cleared by the next attempt's first read (above), not waited for.
-        if (isAhead(c, me) || Math.abs(this.now().getTime() - c.startedMs) > CANDIDATE_STALE_MS) lost = true;
+      const rivals = await this.rivals(candidates, claims, me, token, mine !== undefined, false);
+      // A writer that went silent since the first read, on this very number: step over it (the next attempt does).
+      if (mine && !exact && rivals.silentVersions.some((v) => v >= next)) lost = true;
+      for (const c of rivals.live) {
+        if (isAhead(c, me)) lost = true;
         else younger = true;
       }
-      if (!lost && !younger) return true;
-      // Past the budget, a younger candidate that does not go away is a writer that died: give way rather than wait.
-      if (lost || performance.now() - me.began > ROTATION_BUDGET_MS) {
-        await this.hsm.destroyObject(mine).catch(() => undefined);
-        return false;
+      if (!lost && !younger) {
+        if (performance.now() - freshAt <= LEASE_FENCE_MS) return claims;
+        continue;
       }
+      // Past the budget, a younger rival that does not go away is stuck: give way rather than wait.
+      if (lost || performance.now() - me.began > ROTATION_BUDGET_MS) return undefined;
       await sleep(5 + Math.random() * 10);
     }
   }
@@ -407,9 +529,10 @@ export class KeyLifecycle {
    * stops in between leaves an older revision that every reader ignores and the next write destroys. Two writers at
    * once both write revision + 1: every reader takes the same one (the highest CKA_ID), so the last writer wins, as in
    * KMS. A layout 1 record (rewritten in place by earlier releases) is replaced by a layout 2 one on its first change.
+   * A record written under a claim carries the claim's nonce: the proof that the claim committed (claims.ts).
    */
-  async writeRecord(key: ExternalKey, record: KeyRecord): Promise<void> {
-    const id = recordId(key.recordRevision + 1, encodeRecord(record));
+  async writeRecord(key: ExternalKey, record: KeyRecord, nonce?: string): Promise<void> {
+    const id = recordId(key.recordRevision + 1, encodeRecord(record), nonce);
     await this.hsm.generateKey(inertSecretTemplate(key.id, id), GENERIC_SECRET_KEY_GEN);
     this.catalogue.invalidate(key.id);
     for (const old of [...(key.recordObject ? [key.recordObject] : []), ...key.leftovers]) {
