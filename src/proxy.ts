@@ -11,10 +11,11 @@ import { loadProfile, resolveLibrary } from './hsm/profile.js';
 import { createAdminHandler } from './http/admin-handler.js';
 import { createOpsHandler } from './http/ops-handler.js';
 import { createXksHandler } from './http/xks-handler.js';
-import { startListeners, type Listening } from './http/listeners.js';
+import { SMALL_LISTENER_CONNECTIONS, startListeners, xksConnectionLimit, type ConnectionLimits, type Listening } from './http/listeners.js';
 import { ImportService } from './import/import-service.js';
 import { KeyCatalogue } from './keys/catalogue.js';
 import { KeyLifecycle } from './keys/lifecycle.js';
+import { Incidents } from './obs/incidents.js';
 import type { Logger } from './obs/logger.js';
 import { Metrics } from './obs/metrics.js';
 import { HealthChecker } from './xks/health.js';
@@ -23,7 +24,7 @@ export const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json
 
 export async function openHsm(
   loaded: LoadedConfig,
-  logger?: Logger,
+  incidents?: Incidents,
   observeCall?: (call: 'encrypt' | 'decrypt', seconds: number) => void,
 ): Promise<HsmConnection> {
   const h = loaded.config.hsm;
@@ -41,13 +42,14 @@ export async function openHsm(
     ivMode: h.ivMode,
     callMode: h.callMode,
     callThreadBusyAt: h.callThreadBusyAt,
-    onEvent: (event, detail) => logger?.warn(detail, event),
+    // One line per incident: a failing HSM reports the same event for every request.
+    onEvent: (event, detail) => incidents?.warn(incidentKey(detail), detail, event),
     observeCall,
   });
 }
 
 /** Open (or continue) this process's audit trail, sealed with a MAC key that lives in the HSM. */
-export async function openAuditTrail(hsm: KeyStore, loaded: LoadedConfig, role: string, logger?: Logger): Promise<AuditTrail | undefined> {
+export async function openAuditTrail(hsm: KeyStore, loaded: LoadedConfig, role: string, logger?: Logger, incidents?: Incidents): Promise<AuditTrail | undefined> {
   const a = loaded.config.audit;
   if (!a) return undefined;
   mkdirSync(a.dir, { recursive: true, mode: 0o750 });
@@ -59,7 +61,8 @@ export async function openAuditTrail(hsm: KeyStore, loaded: LoadedConfig, role: 
     maxFileBytes: a.maxFileMB * 1_000_000,
     // Each checkpoint's hash also goes to the process log: a copy outside the trail's directory to compare with.
     onCheckpoint: (c) => logger?.info(c, 'audit checkpoint'),
-    onError: (e) => logger?.error({ reason: e.message }, 'audit trail write failed'),
+    onError: (e) =>
+      incidents ? incidents.error(e.message, { reason: e.message }, 'audit trail write failed') : logger?.error({ reason: e.message }, 'audit trail write failed'),
   });
 }
 
@@ -123,7 +126,8 @@ export interface RunningProxy {
 
 export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: ProxyOptions = {}): Promise<RunningProxy> {
   const metrics = new Metrics(opts.registry ?? new client.Registry());
-  const hsm = await openHsm(loaded, logger, (call, seconds) => metrics.observeHsmCall(call, seconds));
+  const incidents = new Incidents(logger, loaded.config.log.repeatWindowSeconds * 1000);
+  const hsm = await openHsm(loaded, incidents, (call, seconds) => metrics.observeHsmCall(call, seconds));
   let current = loaded;
   const closers: (() => Promise<void>)[] = [];
   try {
@@ -140,7 +144,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
     const first = await health.refresh();
     logger.info({ token: hsm.info.label, serial: hsm.info.serial, status: first.status, detail: first.detail }, 'health check');
     metrics.bind({ hsm, health, catalogue, config: () => current });
-    const audit = await openAuditTrail(hsm, loaded, opts.auditRole ?? 'main', logger);
+    const audit = await openAuditTrail(hsm, loaded, opts.auditRole ?? 'main', logger, incidents);
     if (audit) closers.push(() => audit.close());
     const handler = createXksHandler({
       audit: audit ? (e) => audit.append(e) : undefined,
@@ -152,16 +156,18 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
       requestTimeoutMs: loaded.config.limits.requestTimeoutMs,
       rateShare: opts.rateShare ?? 1,
       logger: logger.child({ hsm: hsm.info.label }),
+      incidents,
     });
     const listeners = loaded.config.listeners;
+    const limits = connectionLimits(loaded, opts.ops !== false, logger);
     if (listeners.https?.mtls && listeners.http) {
       logger.warn({ http: `${listeners.http.host}:${listeners.http.port}` }, 'mTLS is on for HTTPS, but the plain HTTP listener accepts any client');
     }
-    const listening = await startListeners(listeners, handler, logger);
+    const listening = await startListeners(listeners, handler, incidents, limits.xks, 'xks');
     closers.unshift(() => listening.close());
     let opsListening: Listening | undefined;
     if (listeners.ops && opts.ops !== false) {
-      opsListening = await startListeners({ http: listeners.ops }, createOpsHandler(opsSources(metrics.registry, health, hsm)), logger);
+      opsListening = await startListeners({ http: listeners.ops }, createOpsHandler(opsSources(metrics.registry, health, hsm)), incidents, limits.small, 'ops');
       closers.unshift(() => opsListening!.close());
       logger.info({ ops: `${opsListening.http!.address}:${opsListening.http!.port}` }, 'operations listener (/metrics, /health, /ping)');
     }
@@ -177,7 +183,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
         logger: logger.child({ hsm: hsm.info.label }),
         audit: audit ? (e) => audit.append(e) : undefined,
       });
-      adminListening = await startListeners({ http: a.listener }, adminHandler, logger);
+      adminListening = await startListeners({ http: a.listener }, adminHandler, incidents, limits.small, 'admin');
       closers.unshift(() => adminListening!.close());
       const at = adminListening.http!;
       if (!isLoopback(at.address)) {
@@ -207,6 +213,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
         for (const close of closers) await close().catch(() => undefined);
         await hsm.drain(2_000); // calls abandoned by a timeout may still run on the thread pool
         hsm.close();
+        incidents.flush();
       },
     };
   } catch (e) {
@@ -231,6 +238,25 @@ export function opsSources(registry: client.Registry, health: HealthChecker, hsm
       };
     },
   };
+}
+
+/** What identifies an HSM event for coalescing: its text fields (cause, ckr, reason), not its numbers (durations). */
+function incidentKey(detail: Record<string, unknown>): string {
+  return Object.entries(detail)
+    .filter(([, v]) => typeof v === 'string')
+    .map(([k, v]) => `${k}=${String(v)}`)
+    .join(' ');
+}
+
+/** The XKS listeners' limits from the config, and the fixed ones of the admin and operations listeners. */
+function connectionLimits(loaded: LoadedConfig, ops: boolean, logger: Logger): { xks: ConnectionLimits; small: ConnectionLimits } {
+  const l = loaded.config.listeners;
+  const timeouts = { headersTimeoutMs: l.headersTimeoutMs, idleTimeoutMs: l.idleTimeoutMs };
+  const xksListeners = (l.http ? 1 : 0) + (l.https ? 1 : 0);
+  const small = (l.ops && ops ? 1 : 0) + (loaded.admin ? 1 : 0);
+  const { maxConnections, lowered } = xksConnectionLimit(l.maxConnections, xksListeners, small);
+  if (lowered) logger.warn({ configured: l.maxConnections, maxConnections }, 'listeners.maxConnections lowered to stay below the descriptor limit');
+  return { xks: { maxConnections, ...timeouts }, small: { maxConnections: SMALL_LISTENER_CONNECTIONS, ...timeouts } };
 }
 
 function isLoopback(address: string): boolean {

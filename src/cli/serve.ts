@@ -5,7 +5,8 @@ import { availableParallelism } from 'node:os';
 import { Command } from 'commander';
 import client from 'prom-client';
 import { createOpsHandler } from '../http/ops-handler.js';
-import { startListeners } from '../http/listeners.js';
+import { SMALL_LISTENER_CONNECTIONS, startListeners } from '../http/listeners.js';
+import { Incidents } from '../obs/incidents.js';
 import { createLogger, type Logger } from '../obs/logger.js';
 import { startProxy, type RunningProxy } from '../proxy.js';
 import { loadConfig, type LoadedConfig } from '../config/load.js';
@@ -207,13 +208,16 @@ async function superviseWorkers(count: number, loaded: LoadedConfig, logger: Log
   const ops = loaded.config.listeners.ops;
   if (ops) {
     const aggregator = new client.AggregatorRegistry();
+    const l = loaded.config.listeners;
     const listening = await startListeners(
       { http: ops },
       createOpsHandler({
         metrics: async () => ({ contentType: aggregator.contentType, body: await aggregator.clusterMetrics() }),
-        health: () => workersHealth(),
+        health: () => workersHealth(count),
       }),
-      logger,
+      new Incidents(logger, loaded.config.log.repeatWindowSeconds * 1000),
+      { maxConnections: SMALL_LISTENER_CONNECTIONS, headersTimeoutMs: l.headersTimeoutMs, idleTimeoutMs: l.idleTimeoutMs },
+      'ops',
     );
     logger.info({ ops: `${listening.http!.address}:${listening.http!.port}`, workers: count }, 'operations listener (/metrics, /health, /ping)');
   }
@@ -245,32 +249,41 @@ function answerHealthQueries(proxy: RunningProxy): void {
 }
 
 let queries = 0;
+/** Health queries waiting for the workers' answers, by query number. */
+const pendingHealth = new Map<number, (m: HealthAnswer) => void>();
+let listeningForHealth = false;
 
-/** Primary side: ACTIVE only when every worker answers ACTIVE within a second. */
-function workersHealth(): Promise<{ status: string; workers: { status: string; token?: string; detail?: string }[] }> {
+/**
+ * Primary side: ACTIVE only when all `count` workers answer ACTIVE within a second (a worker still starting does not
+ * answer: the process is not ready until every worker is). One 'message' listener for every query: a listener per
+ * query and worker piled up under concurrent probes (MaxListenersExceededWarning).
+ */
+function workersHealth(count: number): Promise<{ status: string; workers: { status: string; token?: string; detail?: string }[] }> {
+  if (!listeningForHealth) {
+    listeningForHealth = true;
+    cluster.on('message', (_w, m: HealthAnswer) => {
+      if (m?.xks === 'health') pendingHealth.get(m.query)?.(m);
+    });
+  }
   const query = ++queries;
   const workers = Object.values(cluster.workers ?? {}).filter((w) => w !== undefined);
   return new Promise((resolve) => {
     const answers: HealthAnswer[] = [];
     const done = () => {
-      for (const w of workers) w.off('message', onMessage);
+      pendingHealth.delete(query);
       clearTimeout(timer);
-      const all = answers.length === workers.length && workers.length > 0 && answers.every((a) => a.status === 'ACTIVE');
+      const all = answers.length === workers.length && workers.length >= count && answers.every((a) => a.status === 'ACTIVE');
       resolve({
         status: all ? 'ACTIVE' : 'UNAVAILABLE',
         workers: answers.map((a) => ({ status: a.status, ...(a.token ? { token: a.token } : {}), ...(a.detail ? { detail: a.detail } : {}) })),
       });
     };
-    const onMessage = (m: HealthAnswer) => {
-      if (m?.xks !== 'health' || m.query !== query) return;
+    pendingHealth.set(query, (m) => {
       answers.push(m);
       if (answers.length === workers.length) done();
-    };
+    });
     const timer = setTimeout(done, 1_000);
-    for (const w of workers) {
-      w.on('message', onMessage);
-      w.send({ xks: 'health?', query });
-    }
+    for (const w of workers) w.send({ xks: 'health?', query });
     if (workers.length === 0) done();
   });
 }
