@@ -159,6 +159,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
       incidents,
     });
     const listeners = loaded.config.listeners;
+    await warmUp(hsm, catalogue, loaded, logger);
     const limits = connectionLimits(loaded, opts.ops !== false, logger);
     if (listeners.https?.mtls && listeners.http) {
       logger.warn({ http: `${listeners.http.host}:${listeners.http.port}` }, 'mTLS is on for HTTPS, but the plain HTTP listener accepts any client');
@@ -246,6 +247,44 @@ function incidentKey(detail: Record<string, unknown>): string {
     .filter(([, v]) => typeof v === 'string')
     .map(([k, v]) => `${k}=${String(v)}`)
     .join(' ');
+}
+
+/** Start-up's bound on the warm-up: a slow token delays the listener this long at most, then it opens anyway. */
+const WARM_UP_MS = 10_000;
+/** Keys resolved at start-up when a prefix serves every key of the token: the catalogue's cache holds at most this many. */
+const WARM_UP_KEYS = 1_000;
+
+/**
+ * Before the listeners open (and so before /health or a load balancer can call the process ready): the session pool
+ * opened, the call thread started (callMode thread), and the keys the key stores may use found in the token, with their
+ * session copies made. A cold proxy under a burst answered ThrottlingException in its first seconds while it did this
+ * per request. Bounded by WARM_UP_MS; a key that cannot be read now is read by its first request, as before.
+ */
+async function warmUp(hsm: HsmConnection, catalogue: KeyCatalogue, loaded: LoadedConfig, logger: Logger): Promise<void> {
+  const started = performance.now();
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), WARM_UP_MS)));
+  let sessions = 0;
+  let callThread: boolean | undefined;
+  let keys = 0;
+  const work = (async () => {
+    ({ sessions, callThread } = await hsm.warmUp(WARM_UP_MS));
+    const listed = loaded.prefixes.some((p) => p.keys === undefined)
+      ? (await catalogue.list()).map((k) => k.id).slice(0, WARM_UP_KEYS)
+      : [];
+    const ids = new Set([...loaded.prefixes.flatMap((p) => [...(p.keys ?? [])]), ...listed]);
+    for (const id of ids) {
+      if (await catalogue.resolve(id)) keys++;
+    }
+    return 'done' as const;
+  })().catch((e: Error) => {
+    logger.warn({ reason: e.message }, 'warm-up failed; keys are read by their first request');
+    return 'failed' as const;
+  });
+  const outcome = await Promise.race([work, deadline]);
+  clearTimeout(timer);
+  if (outcome === 'late') logger.warn({ ms: WARM_UP_MS, sessions, keys }, 'warm-up did not finish in time; opening the listeners anyway');
+  else logger.info({ ms: Math.round(performance.now() - started), sessions, callThread, keys }, 'warm-up');
 }
 
 /** The XKS listeners' limits from the config, and the fixed ones of the admin and operations listeners. */

@@ -227,11 +227,9 @@ export class HsmConnection implements KeyStore, HsmOperations {
     const tagBits = TAG_BYTES * 8;
     const mode = this.capabilities.callMode;
     if (mode === 'thread') {
-      this.thread ??= new CallThread(this.opts.modulePath, this.opts.operationTimeoutMs, this.opts.callThreadBusyAt ?? 0.8, (reason) =>
-        this.opts.onEvent?.('hsm.call-thread-unusable', { reason, fallback: 'calls are made on the event loop' }),
-      );
+      const thread = this.callThread();
       // A busy event loop hands the call over; an idle one makes it itself: sooner, and cheaper than the hop.
-      if (this.thread.busy) return this.thread[op](s, key, iv, aad, data, outBytes, tagBits);
+      if (thread.busy) return thread[op](s, key, iv, aad, data, outBytes, tagBits);
     }
     const mechanism = { mechanism: P.CKM_AES_GCM, parameter: { type: P.CK_PARAMS_AES_GCM_v240, iv, ivBits: iv.length * 8, aad, tagBits } };
     const out = Buffer.allocUnsafe(outBytes);
@@ -241,6 +239,29 @@ export class HsmConnection implements KeyStore, HsmOperations {
     }
     this.mod.C_DecryptInit(s, mechanism, key);
     return mode === 'async' ? this.withBudget(this.mod.C_DecryptAsync(s, data, out)) : Promise.resolve(this.mod.C_Decrypt(s, data, out));
+  }
+
+  private callThread(): CallThread {
+    this.thread ??= new CallThread(this.opts.modulePath, this.opts.operationTimeoutMs, this.opts.callThreadBusyAt ?? 0.8, (reason) =>
+      this.opts.onEvent?.('hsm.call-thread-unusable', { reason, fallback: 'calls are made on the event loop' }),
+    );
+    return this.thread;
+  }
+
+  /**
+   * Before the listeners open: every session of the pool opened and, in callMode thread, the call thread started with
+   * the library loaded (within `maxMs`). A burst in the first seconds otherwise waits for both and gets
+   * ThrottlingException from the session budget.
+   */
+  async warmUp(maxMs: number): Promise<{ sessions: number; callThread: boolean | undefined }> {
+    const held: PooledSession[] = [];
+    try {
+      for (let s = this.pool.tryAcquire(); s; s = this.pool.tryAcquire()) held.push(s);
+    } finally {
+      for (const s of held) this.pool.release(s);
+    }
+    const callThread = this.capabilities.callMode === 'thread' ? await this.callThread().whenReady(maxMs) : undefined;
+    return { sessions: this.pool.stats.open, callThread };
   }
 
   /**
