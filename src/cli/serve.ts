@@ -27,8 +27,10 @@ export function serveCommand(): Command {
       parseWorkers,
     )
     .action(async (opts: { workers?: number }, cmd: Command) => {
-      const loaded = loadFor(cmd);
+      const warnings: string[] = [];
+      const loaded = loadFor(cmd, (w) => warnings.push(w));
       const logger = createLogger(loaded.config.log.level);
+      for (const w of warnings) logger.warn({ warning: w }, 'configuration warning');
       const workers = opts.workers ?? Math.min(64, availableParallelism());
       // Workers get a larger young generation (below); a single process started without it runs as one worker too.
       if (cluster.isPrimary && (workers > 1 || !hasSemiSpaceFlag(process.execArgv))) {
@@ -69,6 +71,7 @@ async function serveOne(loaded: LoadedConfig, logger: Logger): Promise<void> {
     try {
       const next = loadConfig(loaded.file);
       proxy.reload(next);
+      for (const w of next.warnings) logger.warn({ warning: w }, 'configuration warning');
       logger.info({ file: loaded.file, why, prefixes: next.prefixes.map((p) => p.path) }, 'configuration reloaded');
     } catch (e) {
       logger.error({ file: loaded.file, why, reason: (e as Error).message }, 'configuration reload refused; keeping the running one');

@@ -184,6 +184,11 @@ export const ConfigSchema = z
       .default({ maxAgeMs: 10_000, fleetSize: 1 }),
     prefixes: z.array(PrefixSchema).min(1, 'needs at least one key store prefix'),
     admin: AdminSchema.optional(),
+    /**
+     * Secret files (the PIN, SigV4 and admin secrets, the TLS key) open to other users, or to a group other than this
+     * process's own: refused at load (refuse), or loaded with a warning (warn).
+     */
+    secretFilePermissions: z.enum(['refuse', 'warn']).default('refuse'),
     log: z
       .strictObject({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
