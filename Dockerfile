@@ -1,6 +1,6 @@
 # AWS KMS XKS proxy. Two stages: one compiles (TypeScript and pkcs11js's native addon), one runs.
 #   build:  docker build -t xks-proxy .        (podman: podman build --format docker -t xks-proxy .  to keep HEALTHCHECK)
-#   demo:   docker run -d -p 8080:8080 -p 8443:8443 -v xks-data:/var/lib/xks xks-proxy
+#   demo:   docker run -d -p 127.0.0.1:8080:8080 -p 127.0.0.1:8443:8443 -v xks-data:/var/lib/xks xks-proxy   (loopback only: the demo's credentials are public)
 #   real HSM: set XKS_CONFIG to a mounted configuration and mount the vendor's PKCS#11 client read-only (see docker/entrypoint.sh).
 
 FROM node:20-bookworm-slim AS build

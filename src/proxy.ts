@@ -11,10 +11,11 @@ import { loadProfile, resolveLibrary } from './hsm/profile.js';
 import { createAdminHandler } from './http/admin-handler.js';
 import { createOpsHandler } from './http/ops-handler.js';
 import { createXksHandler } from './http/xks-handler.js';
-import { startListeners, type Listening } from './http/listeners.js';
+import { SMALL_LISTENER_CONNECTIONS, startListeners, xksConnectionLimit, type ConnectionLimits, type Listening } from './http/listeners.js';
 import { ImportService } from './import/import-service.js';
 import { KeyCatalogue } from './keys/catalogue.js';
 import { KeyLifecycle } from './keys/lifecycle.js';
+import { Incidents } from './obs/incidents.js';
 import type { Logger } from './obs/logger.js';
 import { KeyCount } from './obs/key-count.js';
 import { Metrics } from './obs/metrics.js';
@@ -25,7 +26,7 @@ export const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json
 
 export async function openHsm(
   loaded: LoadedConfig,
-  logger?: Logger,
+  incidents?: Incidents,
   observeCall?: (call: 'encrypt' | 'decrypt', seconds: number) => void,
 ): Promise<HsmConnection> {
   const h = loaded.config.hsm;
@@ -43,13 +44,14 @@ export async function openHsm(
     ivMode: h.ivMode,
     callMode: h.callMode,
     callThreadBusyAt: h.callThreadBusyAt,
-    onEvent: (event, detail) => logger?.warn(detail, event),
+    // One line per incident: a failing HSM reports the same event for every request.
+    onEvent: (event, detail) => incidents?.warn(incidentKey(detail), detail, event),
     observeCall,
   });
 }
 
 /** Open (or continue) this process's audit trail, sealed with a MAC key that lives in the HSM. */
-export async function openAuditTrail(hsm: KeyStore, loaded: LoadedConfig, role: string, logger?: Logger): Promise<AuditTrail | undefined> {
+export async function openAuditTrail(hsm: KeyStore, loaded: LoadedConfig, role: string, logger?: Logger, incidents?: Incidents): Promise<AuditTrail | undefined> {
   const a = loaded.config.audit;
   if (!a) return undefined;
   mkdirSync(a.dir, { recursive: true, mode: 0o750 });
@@ -61,7 +63,8 @@ export async function openAuditTrail(hsm: KeyStore, loaded: LoadedConfig, role: 
     maxFileBytes: a.maxFileMB * 1_000_000,
     // Each checkpoint's hash also goes to the process log: a copy outside the trail's directory to compare with.
     onCheckpoint: (c) => logger?.info(c, 'audit checkpoint'),
-    onError: (e) => logger?.error({ reason: e.message }, 'audit trail write failed'),
+    onError: (e) =>
+      incidents ? incidents.error(e.message, { reason: e.message }, 'audit trail write failed') : logger?.error({ reason: e.message }, 'audit trail write failed'),
   });
 }
 
@@ -135,7 +138,8 @@ export interface RunningProxy {
 
 export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: ProxyOptions = {}): Promise<RunningProxy> {
   const metrics = new Metrics(opts.registry ?? new client.Registry());
-  const hsm = await openHsm(loaded, logger, (call, seconds) => metrics.observeHsmCall(call, seconds));
+  const incidents = new Incidents(logger, loaded.config.log.repeatWindowSeconds * 1000);
+  const hsm = await openHsm(loaded, incidents, (call, seconds) => metrics.observeHsmCall(call, seconds));
   let current = loaded;
   const closers: (() => Promise<void>)[] = [];
   try {
@@ -164,7 +168,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
     }
     const encryptions = new EncryptionBudget(hsm, loaded.config.encryptionLimits, (event, detail) => logger.warn(detail, event));
     metrics.bind({ hsm, health, keyCount, encryptions, config: () => current });
-    const audit = await openAuditTrail(hsm, loaded, opts.auditRole ?? 'main', logger);
+    const audit = await openAuditTrail(hsm, loaded, opts.auditRole ?? 'main', logger, incidents);
     if (audit) closers.push(() => audit.close());
     const handler = createXksHandler({
       audit: audit ? (e) => audit.append(e) : undefined,
@@ -176,16 +180,19 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
       requestTimeoutMs: loaded.config.limits.requestTimeoutMs,
       rateShare: opts.rateShare ?? 1,
       logger: logger.child({ hsm: hsm.info.label }),
+      incidents,
     });
     const listeners = loaded.config.listeners;
+    await warmUp(hsm, catalogue, loaded, logger);
+    const limits = connectionLimits(loaded, opts.ops !== false, logger);
     if (listeners.https?.mtls && listeners.http) {
       logger.warn({ http: `${listeners.http.host}:${listeners.http.port}` }, 'mTLS is on for HTTPS, but the plain HTTP listener accepts any client');
     }
-    const listening = await startListeners(listeners, handler, logger);
+    const listening = await startListeners(listeners, handler, incidents, limits.xks, 'xks');
     closers.unshift(() => listening.close());
     let opsListening: Listening | undefined;
     if (listeners.ops && opts.ops !== false) {
-      opsListening = await startListeners({ http: listeners.ops }, createOpsHandler(opsSources(metrics.registry, health, hsm)), logger);
+      opsListening = await startListeners({ http: listeners.ops }, createOpsHandler(opsSources(metrics.registry, health, hsm)), incidents, limits.small, 'ops');
       closers.unshift(() => opsListening!.close());
       logger.info({ ops: `${opsListening.http!.address}:${opsListening.http!.port}` }, 'operations listener (/metrics, /health, /ping)');
     }
@@ -201,7 +208,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
         logger: logger.child({ hsm: hsm.info.label }),
         audit: audit ? (e) => audit.append(e) : undefined,
       });
-      adminListening = await startListeners({ http: a.listener }, adminHandler, logger);
+      adminListening = await startListeners({ http: a.listener }, adminHandler, incidents, limits.small, 'admin');
       closers.unshift(() => adminListening!.close());
       const at = adminListening.http!;
       if (!isLoopback(at.address)) {
@@ -231,6 +238,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
         for (const close of closers) await close().catch(() => undefined);
         await hsm.drain(2_000); // calls abandoned by a timeout may still run on the thread pool
         hsm.close();
+        incidents.flush();
       },
     };
   } catch (e) {
@@ -255,6 +263,63 @@ export function opsSources(registry: client.Registry, health: HealthChecker, hsm
       };
     },
   };
+}
+
+/** What identifies an HSM event for coalescing: its text fields (cause, ckr, reason), not its numbers (durations). */
+function incidentKey(detail: Record<string, unknown>): string {
+  return Object.entries(detail)
+    .filter(([, v]) => typeof v === 'string')
+    .map(([k, v]) => `${k}=${String(v)}`)
+    .join(' ');
+}
+
+/** Start-up's bound on the warm-up: a slow token delays the listener this long at most, then it opens anyway. */
+const WARM_UP_MS = 10_000;
+/** Keys resolved at start-up when a prefix serves every key of the token: the catalogue's cache holds at most this many. */
+const WARM_UP_KEYS = 1_000;
+
+/**
+ * Before the listeners open (and so before /health or a load balancer can call the process ready): the session pool
+ * opened, the call thread started (callMode thread), and the keys the key stores may use found in the token, with their
+ * session copies made. A cold proxy under a burst answered ThrottlingException in its first seconds while it did this
+ * per request. Bounded by WARM_UP_MS; a key that cannot be read now is read by its first request, as before.
+ */
+async function warmUp(hsm: HsmConnection, catalogue: KeyCatalogue, loaded: LoadedConfig, logger: Logger): Promise<void> {
+  const started = performance.now();
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), WARM_UP_MS)));
+  let sessions = 0;
+  let callThread: boolean | undefined;
+  let keys = 0;
+  const work = (async () => {
+    ({ sessions, callThread } = await hsm.warmUp(WARM_UP_MS));
+    const listed = loaded.prefixes.some((p) => p.keys === undefined)
+      ? (await catalogue.list()).map((k) => k.id).slice(0, WARM_UP_KEYS)
+      : [];
+    const ids = new Set([...loaded.prefixes.flatMap((p) => [...(p.keys ?? [])]), ...listed]);
+    for (const id of ids) {
+      if (await catalogue.resolve(id)) keys++;
+    }
+    return 'done' as const;
+  })().catch((e: Error) => {
+    logger.warn({ reason: e.message }, 'warm-up failed; keys are read by their first request');
+    return 'failed' as const;
+  });
+  const outcome = await Promise.race([work, deadline]);
+  clearTimeout(timer);
+  if (outcome === 'late') logger.warn({ ms: WARM_UP_MS, sessions, keys }, 'warm-up did not finish in time; opening the listeners anyway');
+  else logger.info({ ms: Math.round(performance.now() - started), sessions, callThread, keys }, 'warm-up');
+}
+
+/** The XKS listeners' limits from the config, and the fixed ones of the admin and operations listeners. */
+function connectionLimits(loaded: LoadedConfig, ops: boolean, logger: Logger): { xks: ConnectionLimits; small: ConnectionLimits } {
+  const l = loaded.config.listeners;
+  const timeouts = { headersTimeoutMs: l.headersTimeoutMs, idleTimeoutMs: l.idleTimeoutMs };
+  const xksListeners = (l.http ? 1 : 0) + (l.https ? 1 : 0);
+  const small = (l.ops && ops ? 1 : 0) + (loaded.admin ? 1 : 0);
+  const { maxConnections, lowered } = xksConnectionLimit(l.maxConnections, xksListeners, small);
+  if (lowered) logger.warn({ configured: l.maxConnections, maxConnections }, 'listeners.maxConnections lowered to stay below the descriptor limit');
+  return { xks: { maxConnections, ...timeouts }, small: { maxConnections: SMALL_LISTENER_CONNECTIONS, ...timeouts } };
 }
 
 function isLoopback(address: string): boolean {

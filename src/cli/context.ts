@@ -8,9 +8,12 @@ export function withConfigOption(cmd: Command): Command {
   return cmd.option('-c, --config <file>', 'configuration file (default: $XKS_CONFIG)');
 }
 
-export function loadFor(cmd: Command): LoadedConfig {
+/** The config; what loading let through with a warning goes to stderr, or to `warn` (xks serve: the log). */
+export function loadFor(cmd: Command, warn: (warning: string) => void = (w) => console.error(`xks: warning: ${w}`)): LoadedConfig {
   const opts = cmd.optsWithGlobals<{ config?: string }>();
-  return loadConfig(configPath(opts.config));
+  const loaded = loadConfig(configPath(opts.config));
+  for (const w of loaded.warnings) warn(w);
+  return loaded;
 }
 
 /** Open the token, run `fn`, always close it (C_Finalize), even when `fn` fails. */

@@ -5,7 +5,8 @@ import { availableParallelism } from 'node:os';
 import { Command } from 'commander';
 import client from 'prom-client';
 import { createOpsHandler } from '../http/ops-handler.js';
-import { startListeners } from '../http/listeners.js';
+import { SMALL_LISTENER_CONNECTIONS, startListeners } from '../http/listeners.js';
+import { Incidents } from '../obs/incidents.js';
 import { createLogger, type Logger } from '../obs/logger.js';
 import { startProxy, type RunningProxy } from '../proxy.js';
 import { loadConfig, type LoadedConfig } from '../config/load.js';
@@ -26,8 +27,10 @@ export function serveCommand(): Command {
       parseWorkers,
     )
     .action(async (opts: { workers?: number }, cmd: Command) => {
-      const loaded = loadFor(cmd);
+      const warnings: string[] = [];
+      const loaded = loadFor(cmd, (w) => warnings.push(w));
       const logger = createLogger(loaded.config.log.level);
+      for (const w of warnings) logger.warn({ warning: w }, 'configuration warning');
       const workers = opts.workers ?? Math.min(64, availableParallelism());
       // Workers get a larger young generation (below); a single process started without it runs as one worker too.
       if (cluster.isPrimary && (workers > 1 || !hasSemiSpaceFlag(process.execArgv))) {
@@ -70,6 +73,7 @@ async function serveOne(loaded: LoadedConfig, logger: Logger): Promise<void> {
     try {
       const next = loadConfig(loaded.file);
       proxy.reload(next);
+      for (const w of next.warnings) logger.warn({ warning: w }, 'configuration warning');
       logger.info({ file: loaded.file, why, prefixes: next.prefixes.map((p) => p.path) }, 'configuration reloaded');
     } catch (e) {
       logger.error({ file: loaded.file, why, reason: (e as Error).message }, 'configuration reload refused; keeping the running one');
@@ -211,13 +215,16 @@ async function superviseWorkers(count: number, loaded: LoadedConfig, logger: Log
   const ops = loaded.config.listeners.ops;
   if (ops) {
     const aggregator = new client.AggregatorRegistry();
+    const l = loaded.config.listeners;
     const listening = await startListeners(
       { http: ops },
       createOpsHandler({
         metrics: async () => ({ contentType: aggregator.contentType, body: await aggregator.clusterMetrics() }),
-        health: () => workersHealth(),
+        health: () => workersHealth(count),
       }),
-      logger,
+      new Incidents(logger, loaded.config.log.repeatWindowSeconds * 1000),
+      { maxConnections: SMALL_LISTENER_CONNECTIONS, headersTimeoutMs: l.headersTimeoutMs, idleTimeoutMs: l.idleTimeoutMs },
+      'ops',
     );
     logger.info({ ops: `${listening.http!.address}:${listening.http!.port}`, workers: count }, 'operations listener (/metrics, /health, /ping)');
   }
@@ -253,6 +260,9 @@ function answerHealthQueries(proxy: RunningProxy): void {
 }
 
 let queries = 0;
+/** Health queries waiting for the workers' answers, by query number. */
+const pendingHealth = new Map<number, (worker: number, m: HealthAnswer) => void>();
+let listeningForHealth = false;
 
 interface WorkerHealth {
   worker: number;
@@ -262,32 +272,37 @@ interface WorkerHealth {
   detail?: string;
 }
 
-/** Primary side: ACTIVE only when every worker answers ACTIVE within a second. */
-function workersHealth(): Promise<{ status: string; workers: WorkerHealth[] }> {
+/**
+ * Primary side: ACTIVE only when all `count` workers answer ACTIVE within a second (a worker still starting does not
+ * answer: the process is not ready until every worker is). One 'message' listener for every query: a listener per
+ * query and worker piled up under concurrent probes (MaxListenersExceededWarning).
+ */
+function workersHealth(count: number): Promise<{ status: string; workers: WorkerHealth[] }> {
+  if (!listeningForHealth) {
+    listeningForHealth = true;
+    cluster.on('message', (w, m: HealthAnswer) => {
+      if (m?.xks === 'health') pendingHealth.get(m.query)?.(w.id, m);
+    });
+  }
   const query = ++queries;
   const workers = Object.values(cluster.workers ?? {}).filter((w) => w !== undefined);
   return new Promise((resolve) => {
     const answers = new Map<number, HealthAnswer>();
-    const listeners = workers.map((w) => {
-      const onMessage = (m: HealthAnswer) => {
-        if (m?.xks !== 'health' || m.query !== query) return;
-        answers.set(w.id, m);
-        if (answers.size === workers.length) done();
-      };
-      w.on('message', onMessage);
-      return () => w.off('message', onMessage);
-    });
     const done = () => {
-      for (const off of listeners) off();
+      pendingHealth.delete(query);
       clearTimeout(timer);
       const list = workers.map((w): WorkerHealth => {
         const a = answers.get(w.id);
         if (!a) return { worker: w.id, status: 'UNAVAILABLE', detail: 'did not answer within a second' };
         return { worker: w.id, status: a.status, ...(a.token ? { token: a.token } : {}), ...(a.detail ? { detail: a.detail } : {}) };
       });
-      const all = list.length > 0 && list.every((a) => a.status === 'ACTIVE');
+      const all = list.length >= count && list.length > 0 && list.every((a) => a.status === 'ACTIVE');
       resolve({ status: all ? 'ACTIVE' : 'UNAVAILABLE', workers: list });
     };
+    pendingHealth.set(query, (worker, m) => {
+      answers.set(worker, m);
+      if (answers.size === workers.length) done();
+    });
     const timer = setTimeout(done, 1_000);
     for (const w of workers) w.send({ xks: 'health?', query });
     if (workers.length === 0) done();
@@ -308,7 +323,7 @@ function watchWorkers(replaceAfterMs: number, logger: Logger, stopping: () => bo
     busy = true;
     try {
       // A worker still starting has not answered yet: it is neither failing nor a sibling that fails.
-      const workers = (await workersHealth()).workers.filter((w) => serving(w.worker));
+      const workers = (await workersHealth(0)).workers.filter((w) => serving(w.worker));
       const now = Date.now();
       const failing = new Set(workers.filter((w) => w.status !== 'ACTIVE').map((w) => w.worker));
       for (const id of [...failingSince.keys()]) if (!failing.has(id)) failingSince.delete(id);

@@ -136,6 +136,21 @@ export const ConfigSchema = z
               .optional(),
           })
           .optional(),
+        /**
+         * Connections each XKS listener (http, https) holds at once, per worker; beyond it a new connection is closed
+         * as soon as it is accepted. Default 1024; lowered at start-up to stay below the descriptor limit.
+         */
+        maxConnections: z.number().int().min(1).max(1_000_000).optional(),
+        /**
+         * A connection must deliver a request's headers within this, a new one from the moment it is accepted: one
+         * that sends nothing, or stops halfway, is closed. KMS sends a request's headers in one packet. All listeners.
+         */
+        headersTimeoutMs: z.number().int().min(100).max(60_000).default(2_000),
+        /**
+         * A keep-alive connection idle this long between requests is closed (all listeners). KMS reuses its
+         * connections, and a new one costs a TLS handshake out of its 250 ms: long, and above load balancers' 60 s.
+         */
+        idleTimeoutMs: z.number().int().min(1_000).max(3_600_000).default(65_000),
       })
       .refine((l) => l.http !== undefined || l.https !== undefined, { message: 'needs an http or https listener' }),
     limits: z
@@ -186,9 +201,21 @@ export const ConfigSchema = z
       .default({ maxAgeMs: 10_000, fleetSize: 1, replaceWorkerAfterSeconds: 30 }),
     prefixes: z.array(PrefixSchema).min(1, 'needs at least one key store prefix'),
     admin: AdminSchema.optional(),
+    /**
+     * Secret files (the PIN, SigV4 and admin secrets, the TLS key) open to other users, or to a group other than this
+     * process's own: refused at load (refuse), or loaded with a warning (warn).
+     */
+    secretFilePermissions: z.enum(['refuse', 'warn']).default('refuse'),
     log: z
-      .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
-      .default({ level: 'info' }),
+      .strictObject({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+        /**
+         * One line per incident: a warning or error repeated within this many seconds (an HSM outage fails every
+         * request the same way) is counted and reported in one line with `repeated` when the window ends.
+         */
+        repeatWindowSeconds: z.number().int().min(1).max(3_600).default(10),
+      })
+      .prefault({}),
   })
   .refine((c) => new Set(c.prefixes.map((p) => p.path)).size === c.prefixes.length, {
     message: 'lists the same prefix path twice',

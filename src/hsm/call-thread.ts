@@ -181,9 +181,30 @@ export class CallThread {
     worker.postMessage({ meta, bytes }, [bytes]);
   };
 
+  /**
+   * True once the thread has loaded the library (at most `maxMs` from now); false when it did not in time or cannot
+   * start. Start-up waits for it, so that the first busy spell does not queue calls behind the thread's start.
+   */
+  whenReady(maxMs: number): Promise<boolean> {
+    if (this.ready || this.unusable !== undefined) return Promise.resolve(this.ready);
+    return new Promise((resolve) => {
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        this.readyWaiters.delete(waiter);
+        resolve(ok);
+      };
+      const waiter = () => done(this.ready);
+      const timer = setTimeout(() => done(false), maxMs);
+      this.readyWaiters.add(waiter);
+    });
+  }
+
+  private readonly readyWaiters = new Set<() => void>();
+
   private readonly onReply = (reply: Reply | 'ready'): void => {
     if (reply === 'ready') {
       this.ready = true;
+      for (const w of [...this.readyWaiters]) w();
       return;
     }
     const { results, errors, out } = reply;
@@ -243,6 +264,7 @@ export class CallThread {
       // than fail them under load.
       this.unusable = cause.message;
       this.onUnusable?.(cause.message);
+      for (const w of [...this.readyWaiters]) w();
     }
     this.ready = false;
     clearInterval(this.sweeper);

@@ -307,11 +307,9 @@ export class HsmConnection implements KeyStore, HsmOperations {
     const mode = this.capabilities.callMode;
     this.live(key);
     if (mode === 'thread') {
-      this.thread ??= new CallThread(this.opts.modulePath, this.opts.operationTimeoutMs, this.opts.callThreadBusyAt ?? 0, (reason) =>
-        this.opts.onEvent?.('hsm.call-thread-unusable', { reason, fallback: 'calls are made on the event loop' }),
-      );
-      // A busy event loop hands the call over; an idle one makes it itself: sooner, and cheaper than the hop.
-      if (this.thread.busy) return this.thread[op](s, key, iv, aad, data, outBytes, tagBits);
+      const thread = this.callThread();
+      // Every call goes over unless the operator lets an idle event loop make it itself (hsm.callThreadBusyAt).
+      if (thread.busy) return thread[op](s, key, iv, aad, data, outBytes, tagBits);
     }
     const mechanism = { mechanism: P.CKM_AES_GCM, parameter: { type: P.CK_PARAMS_AES_GCM_v240, iv, ivBits: iv.length * 8, aad, tagBits } };
     const out = Buffer.allocUnsafe(outBytes);
@@ -323,6 +321,30 @@ export class HsmConnection implements KeyStore, HsmOperations {
     }
     this.mod.C_DecryptInit(s, mechanism, key);
     return mode === 'async' ? this.withBudget(this.mod.C_DecryptAsync(s, data, out)) : Promise.resolve(this.mod.C_Decrypt(s, data, out));
+  }
+
+  private callThread(): CallThread {
+    this.thread ??= new CallThread(this.opts.modulePath, this.opts.operationTimeoutMs, this.opts.callThreadBusyAt ?? 0, (reason) =>
+      this.opts.onEvent?.('hsm.call-thread-unusable', { reason, fallback: 'calls are made on the event loop' }),
+    );
+    return this.thread;
+  }
+
+  /**
+   * Before the listeners open: every session of the pool opened and, in callMode thread, the call thread started with
+   * the library loaded (within `maxMs`). A burst in the first seconds otherwise waits for both and gets
+   * ThrottlingException from the session budget.
+   */
+  async warmUp(maxMs: number): Promise<{ sessions: number; callThread: boolean | undefined }> {
+    const held: PooledSession[] = [];
+    try {
+      // Each acquire while every session is held opens a new one, until the pool is full.
+      while (this.pool.stats.open < this.pool.stats.size) held.push(await this.pool.acquire());
+    } finally {
+      for (const s of held) this.pool.release(s);
+    }
+    const callThread = this.capabilities.callMode === 'thread' ? await this.callThread().whenReady(maxMs) : undefined;
+    return { sessions: this.pool.stats.open, callThread };
   }
 
   /**

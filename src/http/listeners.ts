@@ -1,11 +1,13 @@
 // The listeners: HTTPS (TLS 1.2+, the spec's cipher suites, optional mTLS) and plain HTTP for use behind a TLS load balancer.
+// Every listener bounds what a client can hold: a connection must deliver its headers within a few seconds, an idle
+// keep-alive connection is closed, and each listener holds a bounded number of connections, below the descriptor limit.
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type { Config } from '../config/schema.js';
-import type { Logger } from '../obs/logger.js';
+import type { Incidents } from '../obs/incidents.js';
 
 // TLS 1.3 suites first, then the TLS 1.2 suites the spec names (xks-api.md "Transport").
 const CIPHERS = [
@@ -19,6 +21,53 @@ const CIPHERS = [
 ].join(':');
 
 type Handler = http.RequestListener;
+
+/** What one set of listeners lets its clients hold (config `listeners`; fixed for the admin and ops listeners). */
+export interface ConnectionLimits {
+  /** Connections each listener holds at once; beyond it a new connection is closed as soon as it is accepted. */
+  maxConnections: number;
+  /** A connection must deliver a request's headers within this (a new connection: from its first byte on). */
+  headersTimeoutMs: number;
+  /** A keep-alive connection idle this long between requests is closed. */
+  idleTimeoutMs: number;
+}
+
+/** The admin and operations listeners: a few clients (an operator's tools, Prometheus, probes), never many. */
+export const SMALL_LISTENER_CONNECTIONS = 64;
+
+/** Descriptors kept for everything but the XKS listeners: stdio, the PKCS#11 library and its files, the audit trail, logs. */
+const RESERVED_DESCRIPTORS = 128;
+
+/** The soft limit on open descriptors (Node raises it to the hard limit at start-up); undefined where it cannot be read. */
+export function descriptorLimit(): number | undefined {
+  try {
+    const line = readFileSync('/proc/self/limits', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('Max open files'));
+    const soft = line?.split(/\s{2,}/)[1];
+    return soft === undefined || soft === 'unlimited' ? undefined : Number(soft) || undefined;
+  } catch {
+    return undefined; // not Linux
+  }
+}
+
+/**
+ * The XKS listeners' connection limit: the configured one, or 1024; either way below the descriptor limit once the
+ * small listeners and a reserve are taken off, shared by the XKS listeners. At the descriptor limit a listener cannot
+ * accept at all, and the limit is what keeps that from happening. `lowered` says when the configured one did not fit.
+ */
+export function xksConnectionLimit(
+  configured: number | undefined,
+  xksListeners: number,
+  smallListeners: number,
+  fdLimit = descriptorLimit(),
+): { maxConnections: number; lowered: boolean } {
+  const wanted = configured ?? 1024;
+  if (fdLimit === undefined) return { maxConnections: wanted, lowered: false };
+  const room = Math.floor((fdLimit - RESERVED_DESCRIPTORS - smallListeners * SMALL_LISTENER_CONNECTIONS) / Math.max(1, xksListeners));
+  const fits = Math.max(16, room);
+  return { maxConnections: Math.min(wanted, fits), lowered: configured !== undefined && configured > fits };
+}
 
 export interface Listening {
   servers: (http.Server | https.Server)[];
@@ -41,11 +90,40 @@ export function subjectAllowed(cert: { subject?: Record<string, unknown>; subjec
   return allowed.some((a) => names.has(a));
 }
 
-function tune(server: http.Server): void {
-  server.keepAliveTimeout = 65_000; // longer than typical load balancer idle timeouts
-  server.headersTimeout = 10_000;
-  server.requestTimeout = 15_000;
+/**
+ * Node's server options for the limits. Node checks header and request deadlines on a timer
+ * (`connectionsCheckingInterval`, 30 s by default): a quarter of the header timeout makes the bound real. A request
+ * must be complete within the header timeout plus 10 s (the XKS handler's own budget, 240 ms, is far shorter; the
+ * admin API takes larger bodies).
+ */
+function serverOptions(limits: ConnectionLimits): http.ServerOptions {
+  return {
+    headersTimeout: limits.headersTimeoutMs,
+    requestTimeout: limits.headersTimeoutMs + 10_000,
+    connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(limits.headersTimeoutMs / 4))),
+    // Probes from the kernel find peers that vanished without a FIN while a request is in flight.
+    keepAlive: true,
+    keepAliveInitialDelay: 30_000,
+  };
+}
+
+function tune(server: http.Server, limits: ConnectionLimits, name: string, incidents: Incidents): void {
+  server.keepAliveTimeout = limits.idleTimeoutMs;
   server.maxHeadersCount = 64;
+  // Beyond the limit a new connection is closed as soon as it is accepted. Connections already open (KMS reuses its
+  // own) keep serving; the ones holding the limit without sending are closed by the header timeout. Not Node's
+  // server.maxConnections: under node:cluster a worker at that limit hands the connection back to the primary, which
+  // queues it (holding a descriptor, with no timeout) until a worker takes it.
+  let open = 0;
+  server.on('connection', (socket: Socket) => {
+    if (open >= limits.maxConnections) {
+      socket.destroy();
+      incidents.warn(`limit:${name}`, { listener: name, maxConnections: limits.maxConnections }, 'connection limit reached: new connections are closed');
+      return;
+    }
+    open++;
+    socket.once('close', () => open--);
+  });
 }
 
 function listen(server: http.Server, host: string, port: number): Promise<AddressInfo> {
@@ -58,7 +136,14 @@ function listen(server: http.Server, host: string, port: number): Promise<Addres
   });
 }
 
-export async function startListeners(config: Config['listeners'], handler: Handler, logger: Logger): Promise<Listening> {
+/** The listeners of one surface (XKS: http and https; admin and ops: http only), named in log lines by `name`. */
+export async function startListeners(
+  config: Pick<Config['listeners'], 'http' | 'https'>,
+  handler: Handler,
+  incidents: Incidents,
+  limits: ConnectionLimits,
+  name: string,
+): Promise<Listening> {
   const servers: (http.Server | https.Server)[] = [];
   const result: Listening = {
     servers,
@@ -83,8 +168,8 @@ export async function startListeners(config: Config['listeners'], handler: Handl
   };
   try {
     if (config.http) {
-      const s = http.createServer(handler);
-      tune(s);
+      const s = http.createServer(serverOptions(limits), handler);
+      tune(s, limits, config.https ? `${name}-http` : name, incidents);
       servers.push(s);
       result.http = await listen(s, config.http.host, config.http.port);
     }
@@ -95,6 +180,9 @@ export async function startListeners(config: Config['listeners'], handler: Handl
         {
           cert: readFileSync(c.certFile),
           key: readFileSync(c.keyFile),
+          ...serverOptions(limits),
+          // A client that never finishes its handshake holds its connection no longer than one without headers.
+          handshakeTimeout: limits.headersTimeoutMs,
           minVersion: 'TLSv1.2',
           ciphers: CIPHERS,
           honorCipherOrder: true,
@@ -107,15 +195,16 @@ export async function startListeners(config: Config['listeners'], handler: Handl
         // prepended, because the HTTP server's own secureConnection listener starts reading requests.
         s.prependListener('secureConnection', (socket: TLSSocket) => {
           if (!subjectAllowed(socket.getPeerCertificate(), mtls.allowedSubjects)) {
-            logger.warn({ remote: socket.remoteAddress, subject: socket.getPeerCertificate()?.subject?.CN }, 'mTLS client subject refused');
+            const subject = socket.getPeerCertificate()?.subject?.CN;
+            incidents.warn(`mtls:${String(subject)}`, { remote: socket.remoteAddress, subject }, 'mTLS client subject refused');
             socket.destroy();
           }
         });
       }
       s.on('tlsClientError', (err, socket) => {
-        logger.warn({ remote: socket.remoteAddress, reason: err.message }, 'TLS handshake refused');
+        incidents.warn(`tls:${err.message}`, { remote: socket.remoteAddress, reason: err.message }, 'TLS handshake refused');
       });
-      tune(s);
+      tune(s, limits, config.http ? `${name}-https` : name, incidents);
       servers.push(s);
       result.https = await listen(s, c.host, c.port);
     }

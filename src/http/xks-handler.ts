@@ -6,6 +6,7 @@ import type { ZodType } from 'zod';
 import type { ResolvedPrefix } from '../config/load.js';
 import { HsmError } from '../hsm/errors.js';
 import type { AuditEntry } from '../audit/audit-record.js';
+import type { Incidents } from '../obs/incidents.js';
 import { REQUEST_LINE, type Logger } from '../obs/logger.js';
 import { XksError, toXksError, type XksErrorName } from '../xks/errors.js';
 import type { HealthChecker } from '../xks/health.js';
@@ -23,6 +24,8 @@ export interface XksHandlerOptions {
   prefixes: ResolvedPrefix[];
   bodyLimit: number;
   logger: Logger;
+  /** Warnings and errors beyond the request line, one line per incident (absent: each is logged). */
+  incidents?: Incidents | undefined;
   /** Appends one line per request to the audit trail (absent: no trail). */
   audit?: ((entry: AuditEntry) => void) | undefined;
   /** No request is held longer than this (KMS's budget is 250 ms): past it, DependencyTimeoutException. */
@@ -248,7 +251,10 @@ export function createXksHandler(opts: XksHandlerOptions) {
       if (finished) return;
       const x = toXksError(err);
       if (x.errorName === 'InternalException') {
-        opts.logger.error({ ...log, err: { name: (err as Error)?.name, message: (err as Error)?.message } }, 'unexpected failure');
+        const e = { name: (err as Error)?.name, message: (err as Error)?.message };
+        // Each request still has its own request line; the error behind it is logged once per incident.
+        if (opts.incidents) opts.incidents.error(`${e.name}: ${e.message}`, { ...log, err: e }, 'unexpected failure');
+        else opts.logger.error({ ...log, err: e }, 'unexpected failure');
       }
       // After an oversized body (or a request cut off by its deadline) the rest of the body is not read: the
       // connection cannot carry another request.

@@ -283,9 +283,10 @@ export type KekTransfer = z.infer<typeof KekTransferSchema>;
 export async function sendKek(access: CeremonyAccess, label: string, publicKeyDer: Buffer, fingerprint: string): Promise<{ transfer: KekTransfer; checkValue: string }> {
   const pub = parseTransportPublicKey(publicKeyDer);
   if (normalizeHex(fingerprint) !== pub.fingerprint) {
+    // Never the right value: the operator must compare the one the receiving side printed, not copy one from here.
     throw new KeyError(
       'IncorrectKeyException',
-      `the public key's fingerprint is ${pub.fingerprint}, not the one given: do not send the KEK to this key`,
+      `the public key's fingerprint does not match the one given: do not send the KEK to this key; compare the fingerprint \`xks kek transport-key\` printed on the receiving side, read out of band`,
     );
   }
   return withCeremony(access, async (s) => {
@@ -367,9 +368,10 @@ export async function receiveKek(access: CeremonyAccess, label: string, contents
     const got = await kekCheckValue(s, kek);
     if (got !== expected) {
       s.destroyObject(kek);
+      // Never the received value: it is what the operator must compare out of band, not copy from here.
       throw new KeyError(
         'IncorrectKeyException',
-        `the received KEK's check value is ${got}, not ${expected}: it is not the KEK the sending HSM reported; nothing was kept`,
+        `the received KEK's check value does not match the one given: it is not the KEK the sending HSM reported; nothing was kept`,
       );
     }
     for (const h of [...privs, ...pubs]) s.destroyObject(h);

@@ -188,7 +188,7 @@ describe('configuration errors', () => {
 
   it('says the HSM refused a wrong PIN, without printing either PIN', async () => {
     const wrongPin = `${token.userPin}00`;
-    writeFileSync(join(token.dir, 'conf', 'wrongpin'), wrongPin);
+    writeFileSync(join(token.dir, 'conf', 'wrongpin'), wrongPin, { mode: 0o600 });
     const file = variant('wrongpin.yaml', (c) => (c.hsm.pin = { file: 'wrongpin' }));
     const r = await xks(['hsm', 'status'], { XKS_CONFIG: file });
     expect(r.code).toBe(1);

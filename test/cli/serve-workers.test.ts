@@ -79,7 +79,7 @@ it('rotates credentials on SIGHUP without a restart, and refuses a broken config
   expect((await xks.health()).status).toBe(200);
   // Remove the first credential, add a third one.
   const third = { accessKeyId: 'THIRDCREDENTIALFORTESTS234', secret: 'ThirdSecretForRotationTests0123456789abcdefgh' };
-  writeFileSync(join(dirname(file), 'secret3'), third.secret);
+  writeFileSync(join(dirname(file), 'secret3'), third.secret, { mode: 0o600 });
   config.prefixes[0].credentials = [config.prefixes[0].credentials[1], { accessKeyId: third.accessKeyId, secret: { file: 'secret3' } }];
   writeFileSync(file, stringify(config));
   server.kill('SIGHUP');

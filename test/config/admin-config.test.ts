@@ -21,7 +21,8 @@ function withAdmin(): string {
 
 function write(text: string, files: Record<string, string> = {}): string {
   const dir = mkdtempSync(join(tmpdir(), 'xks-admin-config-'));
-  for (const [name, content] of Object.entries(files)) writeFileSync(join(dir, name), content);
+  // Secret files readable by their owner only: others are refused (secretFilePermissions).
+  for (const [name, content] of Object.entries(files)) writeFileSync(join(dir, name), content, { mode: 0o600 });
   const file = join(dir, 'config.yaml');
   writeFileSync(file, text);
   return file;

@@ -33,7 +33,7 @@ describe('configuration', () => {
   it('reads secrets from the environment and files, and says which one is missing without printing it', () => {
     const dir = mkdtempSync(join(tmpdir(), 'xks-config-'));
     const file = join(dir, 'c.yaml');
-    writeFileSync(join(dir, 'secret'), 'PleaseReplaceThisWithSomeSecretOfLength43To64\n');
+    writeFileSync(join(dir, 'secret'), 'PleaseReplaceThisWithSomeSecretOfLength43To64\n', { mode: 0o600 });
     writeFileSync(file, sample.replace('secret: { env: XKS_SIGV4_SECRET }', 'secret: { file: secret }'));
     delete process.env.XKS_HSM_PIN;
     expect(() => loadConfig(file)).toThrow(/hsm.pin: environment variable XKS_HSM_PIN is not set/);
@@ -41,7 +41,7 @@ describe('configuration', () => {
     const loaded = loadConfig(file);
     expect(loaded.pin).toBe('pin-value-1234');
     expect(loaded.prefixes[0]!.credentials.get('BETWEEN2TENAND3TENCHARACTERS')).toBe('PleaseReplaceThisWithSomeSecretOfLength43To64');
-    writeFileSync(join(dir, 'secret'), 'too-short');
+    writeFileSync(join(dir, 'secret'), 'too-short', { mode: 0o600 });
     try {
       loadConfig(file);
       expect.unreachable();

@@ -82,3 +82,17 @@ it('keeps the operations port off the network KMS reaches: not in the Service, a
     }
   }
 });
+
+it('the demo container is published on loopback only: its credentials are public', () => {
+  // Every `docker run` of the demo (no XKS_CONFIG: the container makes the demo token and credentials) in the README
+  // and the Dockerfile publishes its ports on 127.0.0.1, never on every interface of the host.
+  const texts = [readFileSync(join(ROOT, 'README.md'), 'utf8'), readFileSync(join(ROOT, 'Dockerfile'), 'utf8')];
+  const runs = texts.flatMap((t) => t.replace(/\\\n/g, ' ').split('\n')).filter((l) => /\b(docker|podman) run\b/.test(l));
+  const demos = runs.filter((l) => !l.includes('XKS_CONFIG'));
+  expect(demos.length).toBeGreaterThanOrEqual(2);
+  for (const run of demos) {
+    const published = [...run.matchAll(/(?:-p|--publish)[ =](\S+)/g)].map((m) => m[1]);
+    expect(published.length, run).toBeGreaterThan(0);
+    for (const p of published) expect(p, run).toMatch(/^127\.0\.0\.1:\d+:\d+$/);
+  }
+});

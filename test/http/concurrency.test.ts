@@ -52,26 +52,10 @@ async function roundTrips(t: TestProxy, n: number) {
   }
 }
 
-/**
- * A few round trips one at a time first: sessions opened, the key's session copy made, the call thread started. A
- * proxy hit by 64 connections in its first milliseconds can answer some ThrottlingExceptions while its call thread
- * starts (an open finding of the hardening issue: warm up before saying ready); these tests are about concurrency, not
- * about that.
- */
-async function warmUp(t: TestProxy): Promise<void> {
-  const xks = xksClient(t.httpUrl);
-  for (let i = 0; i < 8; i++) {
-    const enc = await xks.encrypt('foo', randomBytes(32));
-    expect(enc.status, enc.text).toBe(200);
-    expect((await xks.decrypt('foo', decryptFields(enc.json))).status).toBe(200);
-  }
-}
-
 describe('400 concurrent round trips, default configuration', () => {
   let t: TestProxy;
   beforeAll(async () => {
     t = await startTestProxy({ keys: { foo: { encrypt: true, decrypt: true } } });
-    await warmUp(t);
   });
   afterAll(async () => t?.stop());
 
@@ -116,7 +100,6 @@ describe('400 concurrent round trips with every AES-GCM call on the call thread 
   let t: TestProxy;
   beforeAll(async () => {
     t = await startTestProxy({ hsm: { callMode: 'thread', callThreadBusyAt: 0 }, keys: { foo: { encrypt: true, decrypt: true } } });
-    await warmUp(t);
   });
   afterAll(async () => t?.stop());
 
