@@ -183,7 +183,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
       incidents,
     });
     const listeners = loaded.config.listeners;
-    await warmUp(hsm, catalogue, loaded, logger);
+    await warmUp(hsm, catalogue, encryptions, loaded, logger);
     const limits = connectionLimits(loaded, opts.ops !== false, logger);
     if (listeners.https?.mtls && listeners.http) {
       logger.warn({ http: `${listeners.http.host}:${listeners.http.port}` }, 'mTLS is on for HTTPS, but the plain HTTP listener accepts any client');
@@ -284,7 +284,7 @@ const WARM_UP_KEYS = 1_000;
  * session copies made. A cold proxy under a burst answered ThrottlingException in its first seconds while it did this
  * per request. Bounded by WARM_UP_MS; a key that cannot be read now is read by its first request, as before.
  */
-async function warmUp(hsm: HsmConnection, catalogue: KeyCatalogue, loaded: LoadedConfig, logger: Logger): Promise<void> {
+async function warmUp(hsm: HsmConnection, catalogue: KeyCatalogue, encryptions: EncryptionBudget, loaded: LoadedConfig, logger: Logger): Promise<void> {
   const started = performance.now();
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), WARM_UP_MS)));
@@ -296,9 +296,14 @@ async function warmUp(hsm: HsmConnection, catalogue: KeyCatalogue, loaded: Loade
     const listed = loaded.prefixes.some((p) => p.keys === undefined)
       ? (await catalogue.list()).map((k) => k.id).slice(0, WARM_UP_KEYS)
       : [];
-    const ids = new Set([...loaded.prefixes.flatMap((p) => [...(p.keys ?? [])]), ...listed]);
-    for (const id of ids) {
-      if (await catalogue.resolve(id)) keys++;
+    const allowed = new Set(loaded.prefixes.flatMap((p) => [...(p.keys ?? [])]));
+    for (const id of new Set([...allowed, ...listed])) {
+      const key = await catalogue.resolve(id);
+      if (!key) continue;
+      keys++;
+      // The first block of encryptions too, for the keys an allow-list names: each reservation is an object in the
+      // token, so not for every key of a token served without one (their first encrypt reserves it).
+      if (allowed.has(id) && key.current?.encrypt) await encryptions.prepare(id, key.current);
     }
     return 'done' as const;
   })().catch((e: Error) => {

@@ -77,6 +77,15 @@ export class EncryptionBudget {
     return this.takeSlow(c);
   }
 
+  /**
+   * Reserve this process's first block of `v` now (warm-up, before the listeners open), so that the version's first
+   * request does not wait for the HSM. Nothing is counted.
+   */
+  async prepare(keyId: string, v: KeyVersion): Promise<void> {
+    const c = this.byVersion.get(v) ?? this.counterFor(keyId, v);
+    if (c.limit === 0 && !c.exhausted) await this.claim(c);
+  }
+
   /** Every version this process encrypted under (the metrics read it at scrape time; no HSM access). */
   counts(): EncryptionCount[] {
     return [...this.counters.values()].map((c) => ({ keyId: c.keyId, version: c.version, encryptions: c.used, reserved: c.reserved }));

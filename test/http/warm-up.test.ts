@@ -8,7 +8,7 @@ import { renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ROOT } from '../helpers/built-cli.js';
-import type { TestProxy } from '../helpers/proxy.js';
+import { ACCESS_KEY_ID, PREFIX, REGION, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
 import { xksClient } from '../helpers/xks-client.js';
@@ -35,7 +35,11 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a proxy started on a slow token', () 
     const maker = await startProxyOnToken({ token, cleanupToken: false, config: { hsm }, keys: { foo: { encrypt: true, decrypt: true }, bar: { encrypt: true, decrypt: true } } });
     await maker.stop();
     setControl('hang C_FindObjectsInit 300\nhang C_OpenSession 300\n');
-    t = await startProxyOnToken({ token, config: { hsm } });
+    // The key store's allow-list names its keys: their first blocks of encryptions are reserved at warm-up too.
+    const prefixes = [
+      { path: PREFIX, region: REGION, keys: ['foo', 'bar'], credentials: [{ accessKeyId: ACCESS_KEY_ID, secret: { file: 'secret1' } }] },
+    ];
+    t = await startProxyOnToken({ token, config: { hsm, prefixes } });
   }, 120_000);
   afterAll(async () => {
     setControl('');
