@@ -38,6 +38,9 @@ export class AuditTrail {
   /** Entries that arrived while a checkpoint's MAC was being made: they chain after the checkpoint. */
   private waiting: { entry: AuditEntry; time: Date }[] = [];
   private timer: NodeJS.Timeout | undefined;
+  /** The timer is a retry after a failed checkpoint. */
+  private retryScheduled = false;
+  private closing = false;
   private closed = false;
   private readonly now: () => Date;
 
@@ -73,23 +76,36 @@ export class AuditTrail {
   /** Append one event. Never throws: an audit failure is reported through onError, the request goes on. */
   append(entry: AuditEntry): void {
     if (this.closed) return;
-    const time = this.now();
-    if (this.sealing) {
-      this.waiting.push({ entry, time });
-      return;
-    }
-    this.writeEvent(entry, time);
+    this.enqueue(entry, this.now());
+  }
+
+  /**
+   * A checkpoint's seq and prev are fixed when its MAC is asked for: until it is written, every line waits behind it
+   * (including lines that waited for the previous checkpoint and start this one), so lines land in seq order.
+   */
+  private enqueue(entry: AuditEntry, time: Date): void {
+    if (this.sealing) this.waiting.push({ entry, time });
+    else this.writeEvent(entry, time);
   }
 
   private writeEvent(entry: AuditEntry, time: Date): void {
     const event: AuditEvent = { seq: this.seq + 1, time: time.toISOString(), prev: this.prev, type: 'event', ...entry };
     this.push(JSON.stringify(event));
     this.unsealed++;
+    // After a failed checkpoint the retry timer decides: a failing HSM is not asked again for every line.
+    if (this.retryScheduled) return;
     if (this.unsealed >= this.opts.checkpointEvery) void this.checkpoint();
-    else if (this.unsealed === 1) {
-      this.timer = setTimeout(() => void this.checkpoint(), this.opts.checkpointIntervalMs);
-      this.timer.unref();
-    }
+    else if (this.unsealed === 1) this.schedule(false);
+  }
+
+  private schedule(retry: boolean): void {
+    clearTimeout(this.timer);
+    this.retryScheduled = retry;
+    this.timer = setTimeout(() => {
+      this.retryScheduled = false;
+      void this.checkpoint();
+    }, this.opts.checkpointIntervalMs);
+    this.timer.unref();
   }
 
   private push(line: string): void {
@@ -121,6 +137,7 @@ export class AuditTrail {
     if (this.sealing) return this.sealing;
     if (this.unsealed === 0) return Promise.resolve();
     clearTimeout(this.timer);
+    this.retryScheduled = false;
     const fields = { seq: this.seq + 1, time: this.now().toISOString(), prev: this.prev };
     this.sealing = this.opts.signer
       .mac(checkpointMessage(fields))
@@ -137,17 +154,15 @@ export class AuditTrail {
           this.opts.onError?.(err);
           // Not sealed (the HSM was busy or away): try again after another interval, or an idle trail would stay
           // unsealed until checkpointEvery more lines arrive.
-          if (!this.closed) {
-            this.timer = setTimeout(() => void this.checkpoint(), this.opts.checkpointIntervalMs);
-            this.timer.unref();
-          }
+          if (!this.closing) this.schedule(true);
         },
       )
       .finally(() => {
         this.sealing = undefined;
         const waiting = this.waiting;
         this.waiting = [];
-        for (const w of waiting) this.writeEvent(w.entry, w.time);
+        // One of these may start the next checkpoint: the rest then wait for it in turn.
+        for (const w of waiting) this.enqueue(w.entry, w.time);
       });
     return this.sealing;
   }
@@ -164,7 +179,18 @@ export class AuditTrail {
   /** Seal, write everything, fsync and close. */
   async close(): Promise<void> {
     if (this.closed) return;
-    await this.checkpoint();
+    this.closing = true;
+    clearTimeout(this.timer);
+    this.retryScheduled = false;
+    // The checkpoint in progress, the lines that waited for it, then one last checkpoint for those.
+    let last = false;
+    for (;;) {
+      if (this.sealing) await this.sealing;
+      else if (this.unsealed > 0 && !last) {
+        last = true;
+        await this.checkpoint();
+      } else break;
+    }
     this.closed = true;
     clearTimeout(this.timer);
     this.flush();
