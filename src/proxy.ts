@@ -2,6 +2,7 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import client from 'prom-client';
+import { ANCHOR_LABEL, AuditAnchors } from './audit/audit-anchor.js';
 import { auditSigner, DEFAULT_AUDIT_KEY_LABEL } from './audit/audit-key.js';
 import { AuditTrail, trailFileName } from './audit/audit-trail.js';
 import type { LoadedConfig } from './config/load.js';
@@ -54,11 +55,13 @@ export async function openAuditTrail(hsm: KeyStore, loaded: LoadedConfig, role: 
   return AuditTrail.open({
     file: join(a.dir, trailFileName(role)),
     signer: await auditSigner(hsm, a.keyLabel),
+    anchors: new AuditAnchors(hsm),
     checkpointEvery: a.checkpointEvery,
     checkpointIntervalMs: a.checkpointSeconds * 1000,
     maxFileBytes: a.maxFileMB * 1_000_000,
     // Each checkpoint's hash also goes to the process log: a copy outside the trail's directory to compare with.
     onCheckpoint: (c) => logger?.info(c, 'audit checkpoint'),
+    onSegment: (s) => logger?.warn(s, 'audit trail segment: the end of the trail could not be vouched for'),
     onError: (e) => logger?.error({ reason: e.message }, 'audit trail write failed'),
   });
 }
@@ -84,7 +87,7 @@ export interface ProxyOptions {
 
 /** Labels the proxy uses for its own keys: never an external key id (KMS could otherwise be pointed at them). */
 function reservedLabels(loaded: LoadedConfig): Set<string> {
-  return new Set([loaded.config.hsm.healthKeyLabel, loaded.config.audit?.keyLabel ?? DEFAULT_AUDIT_KEY_LABEL]);
+  return new Set([loaded.config.hsm.healthKeyLabel, loaded.config.audit?.keyLabel ?? DEFAULT_AUDIT_KEY_LABEL, ANCHOR_LABEL]);
 }
 
 export function openCatalogue(hsm: KeyStore, loaded: LoadedConfig): KeyCatalogue {

@@ -35,8 +35,10 @@ export async function auditSigner(hsm: KeyStore, label: string = DEFAULT_AUDIT_K
     return { handle, generation };
   };
   key = await find();
+  const check = auditMacChecker(hsm);
   return {
     keyLabel: label,
+    verify: (message, mac) => check(label, message, mac),
     mac: async (message) => {
       for (let attempt = 0; ; attempt++) {
         if (!key || key.generation !== hsm.generation) key = await find();

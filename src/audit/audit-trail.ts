@@ -1,20 +1,40 @@
 // The audit trail writer: one JSON line per audited call, chained by SHA-256, sealed at intervals by a checkpoint
-// whose MAC is made inside the HSM (audit-record.ts). One writer per file: each proxy process writes its own trail
-// (name it per host and worker); short-lived CLI processes share one trail under a lock file.
-import { closeSync, existsSync, fstatSync, fsyncSync, openSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+// whose MAC is made inside the HSM (audit-record.ts) and anchored in the HSM (audit-anchor.ts). One writer per file:
+// each proxy process writes its own trail (name it per host and worker); short-lived CLI processes share one trail
+// under a lock file. Opening a trail continues it only from a line the writer can vouch for (audit-resume.ts).
+import { closeSync, existsSync, fstatSync, fsyncSync, openSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { hostname } from 'node:os';
+import { basename, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { GENESIS, checkpointMessage, lineHash, type AuditEntry, type AuditEvent, type Checkpoint } from './audit-record.js';
+import type { AuditAnchors, HsmAnchor } from './audit-anchor.js';
+import {
+  GENESIS,
+  anchorHash,
+  checkpointMessage,
+  lineHash,
+  sealMessage,
+  segmentMessage,
+  trailId,
+  type AuditEntry,
+  type AuditEvent,
+  type Checkpoint,
+  type Segment,
+} from './audit-record.js';
+import { planResume } from './audit-resume.js';
 
-/** Makes checkpoint MACs with a key that never leaves the HSM. */
+/** Makes checkpoint MACs with a key that never leaves the HSM, and checks them. */
 export interface AuditSigner {
   keyLabel: string;
   mac(message: Buffer): Promise<Buffer>;
+  /** True when `mac` is this key's MAC of `message`. */
+  verify(message: Buffer, mac: Buffer): Promise<boolean>;
 }
 
 export interface AuditTrailOptions {
   file: string;
   signer: AuditSigner;
+  /** Where each checkpoint is anchored, out of reach of whoever can write the files. */
+  anchors: AuditAnchors;
   /** Seal after this many lines ... */
   checkpointEvery: number;
   /** ... or this long after the first unsealed line, whichever comes first. */
@@ -23,6 +43,8 @@ export interface AuditTrailOptions {
   maxFileBytes: number;
   now?: () => Date;
   onCheckpoint?: (c: { file: string; seq: number; hash: string }) => void;
+  /** The trail was opened with a new segment: what it does not vouch for, and why. */
+  onSegment?: (s: { file: string; seq: number; reason: string; notVouched?: { fromSeq: number; toSeq: number } | undefined; unsealedFile?: string | undefined }) => void;
   onError?: (e: Error) => void;
 }
 
@@ -30,6 +52,8 @@ export class AuditTrail {
   private fd = -1;
   private seq = 0;
   private prev = GENESIS;
+  /** The time of the last line (ms): a line is never dated before it, so time in a trail never goes backwards. */
+  private lastTime = 0;
   private bytes = 0;
   private unsealed = 0;
   private buffered: string[] = [];
@@ -42,35 +66,77 @@ export class AuditTrail {
   private retryScheduled = false;
   private closing = false;
   private closed = false;
+  private anchoring: Promise<void> = Promise.resolve();
+  private anchorNext: HsmAnchor | undefined;
+  private readonly trail: string;
   private readonly now: () => Date;
 
   private constructor(private readonly opts: AuditTrailOptions) {
     this.now = opts.now ?? (() => new Date());
+    this.trail = trailId(resolve(opts.file));
   }
 
-  /** Open (or continue) the trail in `file`: the chain goes on from its last complete line. */
-  static open(opts: AuditTrailOptions): AuditTrail {
+  /**
+   * Open (or continue) the trail in `file`. The chain goes on from its last line only when that line is a checkpoint
+   * the HSM vouches for; otherwise a new segment begins (audit-resume.ts), and nothing unverified is ever sealed.
+   */
+  static async open(opts: AuditTrailOptions): Promise<AuditTrail> {
     const t = new AuditTrail(opts);
-    t.resume();
+    await t.resume();
     return t;
   }
 
-  private resume(): void {
+  private async resume(): Promise<void> {
     const file = this.opts.file;
-    if (existsSync(file) && statSync(file).size > 0) {
-      const tail = readTail(file);
-      if (!tail.endsWithNewline) {
-        // A line cut short (a crash mid-write): leave the file as evidence (verify names the line) and go on in a new one.
-        renameSync(file, rotatedName(file, this.now(), 'cut'));
-      }
-      if (tail.lastLine !== undefined) {
-        const last = JSON.parse(tail.lastLine) as { seq: number };
-        this.seq = last.seq;
-        this.prev = lineHash(tail.lastLine);
-      }
+    const { signer } = this.opts;
+    const anchor = await this.opts.anchors.latest(this.trail);
+    const plan = await planResume(file, anchor, signer.keyLabel, (l) => signer.verify(sealMessage(l), Buffer.from(l.mac, 'hex')));
+    if (plan.kind === 'continue') {
+      this.seq = plan.from.line.seq;
+      this.prev = lineHash(plan.from.raw);
+      this.lastTime = Date.parse(plan.from.line.time);
+      if (plan.anchor) await this.opts.anchors.record({ trail: this.trail, seq: this.seq, hash: anchorHash(this.prev) }).catch((e: Error) => this.opts.onError?.(e));
+    }
+    let unsealedFile = plan.kind === 'segment' && plan.unsealedIn ? basename(plan.unsealedIn) : undefined;
+    if (plan.kind === 'segment' && plan.renameCurrent) {
+      // The file keeps the lines the segment does not vouch for, as evidence; the new file begins with the segment.
+      const renamed = rotatedName(file, this.now(), plan.renameCurrent);
+      renameSync(file, renamed);
+      unsealedFile = basename(renamed);
     }
     this.fd = openSync(file, 'a', 0o640);
     this.bytes = fstatSync(this.fd).size;
+    if (plan.kind !== 'segment') return;
+
+    const after = plan.after;
+    this.lastTime = after ? Date.parse(after.line.time) : 0;
+    const seq = plan.topSeq + 1;
+    const afterSeq = after?.line.seq ?? 0;
+    const fields: Omit<Segment, 'type' | 'keyLabel' | 'mac'> = {
+      seq,
+      time: this.stamp(this.now()),
+      prev: after ? lineHash(after.raw) : GENESIS,
+      reason: plan.reason,
+      ...(after ? { after: { seq: after.line.seq, hash: lineHash(after.raw) } } : {}),
+      ...(seq - 1 > afterSeq ? { notVouched: { fromSeq: afterSeq + 1, toSeq: seq - 1 } } : {}),
+      ...(unsealedFile ? { unsealedFile } : {}),
+      ...(anchor ? { anchored: { seq: anchor.seq, hash: anchor.hash } } : {}),
+    };
+    const mac = await macWithRetry(signer, segmentMessage(fields));
+    const { seq: _seq, time, prev, ...rest } = fields;
+    const line = JSON.stringify({ seq, time, prev, type: 'segment', ...rest, keyLabel: signer.keyLabel, mac: mac.toString('hex') } satisfies Segment);
+    this.seq = seq - 1;
+    this.push(line);
+    this.flush();
+    fsyncSync(this.fd);
+    this.opts.onSegment?.({ file, seq, reason: plan.reason, notVouched: fields.notVouched, unsealedFile });
+    await this.opts.anchors.record({ trail: this.trail, seq, hash: anchorHash(this.prev) }).catch((e: Error) => this.opts.onError?.(e));
+  }
+
+  /** A line's time: never before the line before it (a clock stepped back writes the last time again). */
+  private stamp(at: Date): string {
+    this.lastTime = Math.max(this.lastTime, at.getTime());
+    return new Date(this.lastTime).toISOString();
   }
 
   /** Append one event. Never throws: an audit failure is reported through onError, the request goes on. */
@@ -89,7 +155,7 @@ export class AuditTrail {
   }
 
   private writeEvent(entry: AuditEntry, time: Date): void {
-    const event: AuditEvent = { seq: this.seq + 1, time: time.toISOString(), prev: this.prev, type: 'event', ...entry };
+    const event: AuditEvent = { seq: this.seq + 1, time: this.stamp(time), prev: this.prev, type: 'event', ...entry };
     this.push(JSON.stringify(event));
     this.unsealed++;
     // After a failed checkpoint the retry timer decides: a failing HSM is not asked again for every line.
@@ -138,7 +204,7 @@ export class AuditTrail {
     if (this.unsealed === 0) return Promise.resolve();
     clearTimeout(this.timer);
     this.retryScheduled = false;
-    const fields = { seq: this.seq + 1, time: this.now().toISOString(), prev: this.prev };
+    const fields = { seq: this.seq + 1, time: this.stamp(this.now()), prev: this.prev };
     this.sealing = this.opts.signer
       .mac(checkpointMessage(fields))
       .then(
@@ -146,7 +212,11 @@ export class AuditTrail {
           const c: Checkpoint = { ...fields, type: 'checkpoint', keyLabel: this.opts.signer.keyLabel, mac: mac.toString('hex') };
           this.push(JSON.stringify(c));
           this.unsealed = 0;
+          // On disk before its anchor exists: an anchor never names a line that a crash could lose.
+          this.flush();
+          this.sync();
           this.opts.onCheckpoint?.({ file: this.opts.file, seq: c.seq, hash: this.prev });
+          this.anchor({ trail: this.trail, seq: c.seq, hash: anchorHash(this.prev) });
           // A finished file ends with a checkpoint: each rotated file is sealed on its own.
           if (this.bytes >= this.opts.maxFileBytes && !this.closed) this.rotate();
         },
@@ -165,6 +235,26 @@ export class AuditTrail {
         for (const w of waiting) this.enqueue(w.entry, w.time);
       });
     return this.sealing;
+  }
+
+  private sync(): void {
+    try {
+      fsyncSync(this.fd);
+    } catch (e) {
+      this.opts.onError?.(e as Error);
+    }
+  }
+
+  /** Record the newest checkpoint in the HSM, one at a time; a checkpoint made meanwhile replaces a pending one. */
+  private anchor(a: HsmAnchor): void {
+    const idle = this.anchorNext === undefined;
+    this.anchorNext = a;
+    if (!idle) return;
+    this.anchoring = this.anchoring.then(async () => {
+      const next = this.anchorNext!;
+      this.anchorNext = undefined;
+      await this.opts.anchors.record(next).catch((e: Error) => this.opts.onError?.(e));
+    });
   }
 
   /** Start a new file right after a checkpoint; the chain (seq and prev) continues in it. */
@@ -195,37 +285,21 @@ export class AuditTrail {
     clearTimeout(this.timer);
     this.flush();
     fsyncSync(this.fd);
+    while (this.anchorNext) await this.anchoring;
+    await this.anchoring;
     closeSync(this.fd);
     this.fd = -1;
   }
 }
 
 /** The name a finished file gets: `audit.jsonl` -> `audit.2026-11-22T21-30-00-000Z.jsonl`. */
-function rotatedName(file: string, at: Date, tag?: string): string {
+export function rotatedName(file: string, at: Date, tag?: string): string {
   const stamp = at.toISOString().replace(/[:.]/g, '-') + (tag ? `-${tag}` : '');
   // Never over an existing file (two rotations in one millisecond): a rename would silently drop its lines.
   for (let n = 0; ; n++) {
     const s = n === 0 ? stamp : `${stamp}-${n}`;
     const name = file.endsWith('.jsonl') ? `${file.slice(0, -6)}.${s}.jsonl` : `${file}.${s}`;
     if (!existsSync(name)) return name;
-  }
-}
-
-/** The last complete line of a file, and whether the file ends with a newline. */
-export function readTail(file: string): { lastLine: string | undefined; endsWithNewline: boolean } {
-  const fd = openSync(file, 'r');
-  try {
-    const size = fstatSync(fd).size;
-    const len = Math.min(size, 256 * 1024);
-    const buf = Buffer.alloc(len);
-    readSync(fd, buf, 0, len, size - len);
-    const text = buf.toString('utf8');
-    const endsWithNewline = text.endsWith('\n');
-    const lines = text.split('\n');
-    lines.pop(); // '' after the final newline, or the cut line
-    return { lastLine: lines.length ? lines[lines.length - 1] : undefined, endsWithNewline };
-  } finally {
-    closeSync(fd);
   }
 }
 
@@ -260,6 +334,18 @@ export async function withTrailLock<T>(file: string, fn: () => Promise<T>): Prom
       unlinkSync(lock);
     } catch {
       // already gone
+    }
+  }
+}
+
+/** A segment's MAC, tried a few times: a writer that cannot make it cannot open its trail. */
+async function macWithRetry(signer: AuditSigner, message: Buffer): Promise<Buffer> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await signer.mac(message);
+    } catch (e) {
+      if (attempt >= 3) throw e;
+      await sleep(200 * attempt);
     }
   }
 }

@@ -5,6 +5,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { AuditAnchors } from '../../src/audit/audit-anchor.js';
 import { auditMacChecker, auditSigner } from '../../src/audit/audit-key.js';
 import { AuditTrail, type AuditSigner } from '../../src/audit/audit-trail.js';
 import { verifyTrail } from '../../src/audit/audit-verify.js';
@@ -32,6 +33,7 @@ it('writes lines and checkpoints in seq order while checkpoint MACs are slow and
   let failing = true;
   const signer: AuditSigner = {
     keyLabel: real.keyLabel,
+    verify: real.verify,
     mac: async (message) => {
       calls++;
       await sleep(15);
@@ -41,7 +43,7 @@ it('writes lines and checkpoints in seq order while checkpoint MACs are slow and
   };
   const file = join(mkdtempSync(join(tmpdir(), 'xks-audit-order-')), 'audit-order.jsonl');
   const errors: Error[] = [];
-  const trail = AuditTrail.open({ file, signer, checkpointEvery: 3, checkpointIntervalMs: 20, maxFileBytes: 10_000_000, onError: (e) => errors.push(e) });
+  const trail = await AuditTrail.open({ file, signer, anchors: new AuditAnchors(hsm), checkpointEvery: 3, checkpointIntervalMs: 20, maxFileBytes: 10_000_000, onError: (e) => errors.push(e) });
   for (let i = 0; i < 120; i++) {
     trail.append({ source: 'xks', operation: 'Encrypt', keyId: 'foo', kmsRequestId: `req-${i}`, outcome: 'ok' });
     if (i % 4 === 0) await sleep(3);
@@ -56,7 +58,7 @@ it('writes lines and checkpoints in seq order while checkpoint MACs are slow and
   // Every request is there once, in the order it arrived.
   expect(lines.filter((l) => l.type === 'event').map((l) => l.kmsRequestId)).toEqual(Array.from({ length: 120 }, (_, i) => `req-${i}`));
   expect(lines.filter((l) => l.type === 'checkpoint').length).toBeGreaterThan(5);
-  const r = await verifyTrail([file], auditMacChecker(hsm));
+  const r = await verifyTrail([file], auditMacChecker(hsm), { keyLabel: real.keyLabel });
   expect(r.problem).toBeUndefined();
   expect(r.ok).toBe(true);
 });
