@@ -25,12 +25,13 @@ export const AuditEventSchema = z.object({
   kmsOperation: z.string().optional(),
   kmsRequestId: z.string().optional(),
   kmsViaService: z.string().optional(),
-  /** The admin API's own request id (x-amzn-requestid). */
+  /** The admin API's own request id (x-amzn-requestid); for the CLI, the id shared by a command's intent and outcome. */
   requestId: z.string().optional(),
   operation: z.string(),
   keyId: z.string().optional(),
   keyVersion: z.number().int().optional(),
-  outcome: z.enum(['ok', 'error']),
+  /** `started`: a CLI command's intent, written and sealed before it changes anything; its outcome follows. */
+  outcome: z.enum(['ok', 'error', 'started']),
   errorName: z.string().optional(),
 });
 export type AuditEvent = z.infer<typeof AuditEventSchema>;

@@ -2,7 +2,7 @@
 // whose MAC is made inside the HSM (audit-record.ts) and anchored in the HSM (audit-anchor.ts). One writer per file:
 // each proxy process writes its own trail (name it per host and worker); short-lived CLI processes share one trail
 // under a lock file. Opening a trail continues it only from a line the writer can vouch for (audit-resume.ts).
-import { closeSync, existsSync, fstatSync, fsyncSync, openSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { basename, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -48,6 +48,22 @@ export interface AuditTrailOptions {
   onError?: (e: Error) => void;
 }
 
+/** The steps of sealing a trail that can fail: the checkpoint's MAC in the HSM, the file write, the HSM anchor. */
+export type AuditFailureStage = 'checkpoint' | 'write' | 'anchor';
+
+export interface AuditTrailStatus {
+  /** The step that last failed and has not succeeded since ("checkpoint: ..."): the trail is not being sealed. */
+  failing: string | undefined;
+  /** Lines written (or waiting) since the last checkpoint. */
+  unsealedLines: number;
+  /** When the last checkpoint (or segment) was made (ms), if one was made since the trail was opened. */
+  lastSealAt: number | undefined;
+  openedAt: number;
+  lines: number;
+  checkpoints: number;
+  failures: Record<AuditFailureStage, number>;
+}
+
 export class AuditTrail {
   private fd = -1;
   private seq = 0;
@@ -70,6 +86,10 @@ export class AuditTrail {
   private anchorNext: HsmAnchor | undefined;
   private readonly trail: string;
   private readonly now: () => Date;
+  private readonly failures = new Map<AuditFailureStage, string>();
+  private readonly counts = { lines: 0, checkpoints: 0, failures: { checkpoint: 0, write: 0, anchor: 0 } };
+  private lastSealAt: number | undefined;
+  private readonly openedAt = Date.now();
 
   private constructor(private readonly opts: AuditTrailOptions) {
     this.now = opts.now ?? (() => new Date());
@@ -95,7 +115,7 @@ export class AuditTrail {
       this.seq = plan.from.line.seq;
       this.prev = lineHash(plan.from.raw);
       this.lastTime = Date.parse(plan.from.line.time);
-      if (plan.anchor) await this.opts.anchors.record({ trail: this.trail, seq: this.seq, hash: anchorHash(this.prev) }).catch((e: Error) => this.opts.onError?.(e));
+      if (plan.anchor) await this.recordAnchor({ trail: this.trail, seq: this.seq, hash: anchorHash(this.prev) });
     }
     let unsealedFile = plan.kind === 'segment' && plan.unsealedIn ? basename(plan.unsealedIn) : undefined;
     if (plan.kind === 'segment' && plan.renameCurrent) {
@@ -130,7 +150,8 @@ export class AuditTrail {
     this.flush();
     fsyncSync(this.fd);
     this.opts.onSegment?.({ file, seq, reason: plan.reason, notVouched: fields.notVouched, unsealedFile });
-    await this.opts.anchors.record({ trail: this.trail, seq, hash: anchorHash(this.prev) }).catch((e: Error) => this.opts.onError?.(e));
+    this.lastSealAt = Date.now();
+    await this.recordAnchor({ trail: this.trail, seq, hash: anchorHash(this.prev) });
   }
 
   /** A line's time: never before the line before it (a clock stepped back writes the last time again). */
@@ -174,7 +195,40 @@ export class AuditTrail {
     this.timer.unref();
   }
 
+  private async recordAnchor(a: HsmAnchor): Promise<void> {
+    try {
+      await this.opts.anchors.record(a);
+      this.failures.delete('anchor');
+    } catch (e) {
+      this.failed('anchor', e as Error);
+    }
+  }
+
+  private failed(stage: AuditFailureStage, e: Error): void {
+    this.counts.failures[stage]++;
+    this.failures.set(stage, e.message);
+    this.opts.onError?.(e);
+  }
+
+  /**
+   * Whether the trail is sealed as it should be: `failing` names the last failure (checkpoint MAC, file write, HSM
+   * anchor) not yet followed by a success of the same step; counts since the trail was opened.
+   */
+  get status(): AuditTrailStatus {
+    const [stage, message] = [...this.failures.entries()][0] ?? [];
+    return {
+      failing: stage ? `${stage}: ${message}` : undefined,
+      unsealedLines: this.unsealed + this.waiting.length,
+      lastSealAt: this.lastSealAt,
+      openedAt: this.openedAt,
+      lines: this.counts.lines,
+      checkpoints: this.counts.checkpoints,
+      failures: { ...this.counts.failures },
+    };
+  }
+
   private push(line: string): void {
+    this.counts.lines++;
     this.seq++;
     this.prev = lineHash(line);
     this.buffered.push(line + '\n');
@@ -193,8 +247,9 @@ export class AuditTrail {
     this.buffered = [];
     try {
       writeSync(this.fd, chunk);
+      this.failures.delete('write');
     } catch (e) {
-      this.opts.onError?.(e as Error);
+      this.failed('write', e as Error);
     }
   }
 
@@ -212,6 +267,9 @@ export class AuditTrail {
           const c: Checkpoint = { ...fields, type: 'checkpoint', keyLabel: this.opts.signer.keyLabel, mac: mac.toString('hex') };
           this.push(JSON.stringify(c));
           this.unsealed = 0;
+          this.counts.checkpoints++;
+          this.lastSealAt = Date.now();
+          this.failures.delete('checkpoint');
           // On disk before its anchor exists: an anchor never names a line that a crash could lose.
           this.flush();
           this.sync();
@@ -221,7 +279,7 @@ export class AuditTrail {
           if (this.bytes >= this.opts.maxFileBytes && !this.closed) this.rotate();
         },
         (err: Error) => {
-          this.opts.onError?.(err);
+          this.failed('checkpoint', err);
           // Not sealed (the HSM was busy or away): try again after another interval, or an idle trail would stay
           // unsealed until checkpointEvery more lines arrive.
           if (!this.closing) this.schedule(true);
@@ -241,7 +299,7 @@ export class AuditTrail {
     try {
       fsyncSync(this.fd);
     } catch (e) {
-      this.opts.onError?.(e as Error);
+      this.failed('write', e as Error);
     }
   }
 
@@ -253,7 +311,7 @@ export class AuditTrail {
     this.anchoring = this.anchoring.then(async () => {
       const next = this.anchorNext!;
       this.anchorNext = undefined;
-      await this.opts.anchors.record(next).catch((e: Error) => this.opts.onError?.(e));
+      await this.recordAnchor(next);
     });
   }
 
@@ -306,36 +364,6 @@ export function rotatedName(file: string, at: Date, tag?: string): string {
 /** The default trail name for this process: one file per host and worker, so no two writers share a file. */
 export function trailFileName(role: string): string {
   return `audit-${hostname().replace(/[^A-Za-z0-9._-]/g, '_')}-${role}.jsonl`;
-}
-
-/** Run `fn` holding `<file>.lock` (short-lived CLI processes append to one shared trail). */
-export async function withTrailLock<T>(file: string, fn: () => Promise<T>): Promise<T> {
-  const lock = `${file}.lock`;
-  for (let i = 0; ; i++) {
-    try {
-      closeSync(openSync(lock, 'wx', 0o640));
-      break;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      // A lock older than a minute belongs to a process that died.
-      try {
-        if (Date.now() - statSync(lock).mtimeMs > 60_000) unlinkSync(lock);
-      } catch {
-        // removed meanwhile
-      }
-      if (i > 400) throw new Error(`the audit trail ${file} is locked by another process (${lock})`);
-      await sleep(25);
-    }
-  }
-  try {
-    return await fn();
-  } finally {
-    try {
-      unlinkSync(lock);
-    } catch {
-      // already gone
-    }
-  }
 }
 
 /** A segment's MAC, tried a few times: a writer that cannot make it cannot open its trail. */

@@ -52,6 +52,19 @@ export interface ChainSummary {
   /** Its last line: give it as --from when the files verified here are deleted. */
   resumePoint: ResumePoint;
   notVouched: NotVouched[];
+  /** Intents ("started") with no outcome after them: a command killed after it may have changed keys, or still running. */
+  started: StartedCall[];
+}
+
+export interface StartedCall {
+  file: string;
+  line: number;
+  seq: number;
+  time: string;
+  operation: string;
+  keyId?: string | undefined;
+  who?: string | undefined;
+  requestId: string;
 }
 
 export interface VerifyResult {
@@ -243,7 +256,9 @@ async function verifyChain(
     segments: 0,
     resumePoint: { seq: 0, hash: GENESIS },
     notVouched: [],
+    started: [],
   };
+  const started = new Map<string, StartedCall>();
   let prevHash: string | undefined;
   let prevSeq = 0;
   let prevTime = -Infinity;
@@ -299,6 +314,11 @@ async function verifyChain(
         }
         lastSeal = at;
       }
+      if (line.type === 'event' && line.requestId !== undefined) {
+        if (line.outcome === 'started') {
+          started.set(line.requestId, { ...at, seq: line.seq, time: line.time, operation: line.operation, keyId: line.keyId, who: line.who, requestId: line.requestId });
+        } else started.delete(line.requestId);
+      }
       prevHash = lineHash(f.raw[i]!);
       prevSeq = line.seq;
       prevTime = Math.max(prevTime, time);
@@ -310,6 +330,7 @@ async function verifyChain(
     }
     if (limit < f.raw.length - 1) pendingUnvouched = { file: f.file, fromLine: limit + 2, toLine: f.raw.length };
   }
+  summary.started = [...started.values()];
   if (lastLine?.type !== 'checkpoint' && lastLine?.type !== 'segment' && !opts.allowUnsealedTail && last) {
     const from = lastSeal ? `after ${lastSeal.file} line ${lastSeal.line}` : 'from the start';
     return {

@@ -17,7 +17,8 @@ export function auditCommand(): Command {
     withConfigOption(new Command('verify'))
       .description(
         'verify the chain, the HSM checkpoints and the HSM anchors of trail files (any order; rotated files included). ' +
-          'Exit 0: verified; 1: a problem (named at its line); 2: verified, but some lines are not evidence (a writer could not vouch for them)',
+          'Exit 0: verified; 1: a problem (named at its line); 2: verified, but some lines are not evidence (a writer could not vouch for them) ' +
+          'or a command started and left no outcome',
       )
       .argument('<files...>')
       .option('--allow-unsealed-tail', 'accept lines written after the last checkpoint (a trail still being written)')
@@ -46,6 +47,7 @@ export function auditCommand(): Command {
               ...(anchors ? { anchors } : {}),
             });
             const notEvidence = r.chains.flatMap((c) => c.notVouched);
+            const unfinished = r.chains.flatMap((c) => c.started);
             if (opts.json) console.log(JSON.stringify(r));
             else if (r.ok) {
               for (const c of r.chains) {
@@ -60,6 +62,11 @@ export function auditCommand(): Command {
                 if (n.lines > 0) console.log(`NOT EVIDENCE ${n.file} lines ${n.fromLine}..${n.toLine}${seqs}: ${n.reason}`);
                 else console.log(`MISSING${seqs}: ${n.reason}`);
               }
+              for (const c of r.chains.flatMap((x) => x.started)) {
+                console.log(
+                  `STARTED, NO OUTCOME ${c.file} line ${c.line} (seq ${c.seq}): ${c.operation}${c.keyId ? ` ${c.keyId}` : ''} by ${c.who ?? 'unknown'} at ${c.time}: killed before it finished (it may have made its change), or still running`,
+                );
+              }
               const anchored = r.anchoredTrails ?? [];
               console.log(
                 anchored.length
@@ -69,7 +76,7 @@ export function auditCommand(): Command {
               if (anchors) console.log(`OK all ${anchors.length} checkpoints the process logs recorded are in the trail`);
             } else console.log(`FAILED ${r.problem!.file} line ${r.problem!.line}: ${r.problem!.reason}`);
             if (!r.ok) process.exitCode = 1;
-            else if (notEvidence.length > 0) process.exitCode = 2;
+            else if (notEvidence.length > 0 || unfinished.length > 0) process.exitCode = 2;
           }),
       ),
   );
