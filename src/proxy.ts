@@ -17,6 +17,7 @@ import { ImportService } from './import/import-service.js';
 import { KeyCatalogue } from './keys/catalogue.js';
 import { KeyLifecycle } from './keys/lifecycle.js';
 import type { Logger } from './obs/logger.js';
+import { registerAuditMetrics } from './obs/audit-metrics.js';
 import { Metrics } from './obs/metrics.js';
 import { HealthChecker } from './xks/health.js';
 
@@ -132,21 +133,37 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
   try {
     const catalogue = openCatalogue(hsm, loaded);
     const lifecycle = openLifecycle(hsm, catalogue, loaded);
+    // While the audit trail cannot be sealed, health says so, and with audit.onFailure refuse key operations wait.
+    let audit: AuditTrail | undefined;
+    const refuseUnsealed = loaded.config.audit?.onFailure === 'refuse';
+    const auditFailing = () => audit?.status.failing;
     const health = new HealthChecker(hsm, {
       keyLabel: loaded.config.hsm.healthKeyLabel,
       maxAgeMs: loaded.config.health.maxAgeMs,
       waitMs: 200,
       fleetSize: loaded.config.health.fleetSize,
       version: VERSION,
+      degradedBy: () => {
+        const failing = auditFailing();
+        return failing ? { status: refuseUnsealed ? 'UNAVAILABLE' : 'DEGRADED', detail: `the audit trail cannot be sealed (${failing})` } : undefined;
+      },
     });
+    const refusal = refuseUnsealed
+      ? () => (auditFailing() ? 'the audit trail cannot be sealed (audit.onFailure: refuse): retry later' : undefined)
+      : undefined;
     // Creates the health key if it is missing, and tells at start-up whether the HSM really works.
     const first = await health.refresh();
     logger.info({ token: hsm.info.label, serial: hsm.info.serial, status: first.status, detail: first.detail }, 'health check');
     metrics.bind({ hsm, health, catalogue, config: () => current });
-    const audit = await openAuditTrail(hsm, loaded, opts.auditRole ?? 'main', logger);
-    if (audit) closers.push(() => audit.close());
+    audit = await openAuditTrail(hsm, loaded, opts.auditRole ?? 'main', logger);
+    const trail = audit;
+    if (trail) {
+      closers.push(() => trail.close());
+      registerAuditMetrics(metrics.registry, () => trail.status);
+    }
     const handler = createXksHandler({
-      audit: audit ? (e) => audit.append(e) : undefined,
+      audit: trail ? (e) => trail.append(e) : undefined,
+      refusal,
       observe: (log) => metrics.observeRequest(log),
       deps: { hsm, catalogue },
       health,
@@ -178,7 +195,8 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
         region: a.region,
         credentials: a.credentials,
         logger: logger.child({ hsm: hsm.info.label }),
-        audit: audit ? (e) => audit.append(e) : undefined,
+        audit: trail ? (e) => trail.append(e) : undefined,
+        refusal,
       });
       adminListening = await startListeners({ http: a.listener }, adminHandler, logger);
       closers.unshift(() => adminListening!.close());

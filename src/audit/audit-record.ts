@@ -18,8 +18,12 @@ export const AuditEventSchema = z.object({
   type: z.literal('event'),
   /** xks, admin or cli. */
   source: z.enum(['xks', 'admin', 'cli']),
-  /** The SigV4 access key id, or the operator (the OS user) for the CLI. */
+  /** The SigV4 access key id that authenticated, or the operator (the OS user) for the CLI. */
   who: z.string().optional(),
+  /** A request that did not authenticate: the access key id it claimed. */
+  triedAccessKeyId: z.string().max(128).optional(),
+  /** The client's address (the TCP peer) of an XKS or admin request. */
+  from: z.string().max(64).optional(),
   awsPrincipalArn: z.string().optional(),
   kmsKeyArn: z.string().optional(),
   kmsOperation: z.string().optional(),

@@ -48,6 +48,9 @@ export interface AuditTrailOptions {
   onError?: (e: Error) => void;
 }
 
+/** How soon a failed checkpoint is tried again (at most; checkpointIntervalMs when that is shorter). */
+const RETRY_MS = 5_000;
+
 /** The steps of sealing a trail that can fail: the checkpoint's MAC in the HSM, the file write, the HSM anchor. */
 export type AuditFailureStage = 'checkpoint' | 'write' | 'anchor';
 
@@ -115,6 +118,7 @@ export class AuditTrail {
       this.seq = plan.from.line.seq;
       this.prev = lineHash(plan.from.raw);
       this.lastTime = Date.parse(plan.from.line.time);
+      this.lastSealAt = this.lastTime;
       if (plan.anchor) await this.recordAnchor({ trail: this.trail, seq: this.seq, hash: anchorHash(this.prev) });
     }
     let unsealedFile = plan.kind === 'segment' && plan.unsealedIn ? basename(plan.unsealedIn) : undefined;
@@ -188,10 +192,15 @@ export class AuditTrail {
   private schedule(retry: boolean): void {
     clearTimeout(this.timer);
     this.retryScheduled = retry;
-    this.timer = setTimeout(() => {
-      this.retryScheduled = false;
-      void this.checkpoint();
-    }, this.opts.checkpointIntervalMs);
+    this.timer = setTimeout(
+      () => {
+        this.retryScheduled = false;
+        void this.checkpoint();
+      },
+      // A failed checkpoint is tried again within seconds: until it succeeds health is not ACTIVE (and with
+      // audit.onFailure refuse, XKS calls are refused).
+      retry ? Math.min(this.opts.checkpointIntervalMs, RETRY_MS) : this.opts.checkpointIntervalMs,
+    );
     this.timer.unref();
   }
 
