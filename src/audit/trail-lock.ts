@@ -33,7 +33,7 @@ export async function withTrailLock<T>(file: string, fn: () => Promise<T>, waitM
     }
     if (Date.now() >= deadline) {
       const who = holder ? `process ${holder.pid} on ${holder.host}, since ${holder.startedAt}` : 'another process';
-      throw new AuditError('AuditTrailLocked', `the audit trail ${file} is locked by ${who} (${lock}); nothing was changed`);
+      throw new AuditError('AuditTrailLocked', `the audit trail ${file} is locked by ${who} (${lock})`);
     }
     await sleep(25);
   }

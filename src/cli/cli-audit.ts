@@ -17,6 +17,13 @@ import { openAuditTrail, openHsm } from '../proxy.js';
 /** Commands that only read (list, describe, report, status, verify, serve) are not audited here. */
 const READ_ONLY = new Set(['list', 'describe', 'status', 'verify', 'serve', 'report', 'help']);
 
+/**
+ * Commands audited after they ran only, as before intents existed: the token's initialisation (there is no token to
+ * seal an intent with before it) and the HSM check (a diagnostic that must run on an HSM that cannot seal anything;
+ * its probe objects are its own and destroyed).
+ */
+const OUTCOME_ONLY = new Set(['hsm init-token', 'hsm check']);
+
 let keyVersion: number | undefined;
 
 /** The key version a command made or left current (a rotation's new version), for its audit line. */
@@ -30,6 +37,8 @@ export interface CliCall {
   configFile?: string | undefined;
   /** The call id its intent line carries; set once that line is sealed. */
   requestId?: string | undefined;
+  /** Its outcome goes on the trail (its intent was sealed, or it is audited after it ran only). */
+  audited?: boolean | undefined;
 }
 
 /** What the command about to run is: "keys rotate", its key id (first argument), its config file. */
@@ -55,14 +64,24 @@ export function describeCall(action: Command): CliCall | undefined {
 export async function beginCliCall(call: CliCall): Promise<void> {
   const loaded = configFor(call);
   if (!loaded?.config.audit) return;
+  if (OUTCOME_ONLY.has(call.operation)) {
+    call.audited = true;
+    return;
+  }
   const id = randomUUID();
-  await writeCliLine(loaded, { ...entryFor(call), outcome: 'started', requestId: id });
+  try {
+    await writeCliLine(loaded, { ...entryFor(call), outcome: 'started', requestId: id });
+  } catch (e) {
+    const err = e as AuditError;
+    throw new AuditError(err.errorName, `${err.message.replace(/^\w+: /, '')}; the command did not run, nothing was changed`);
+  }
   call.requestId = id;
+  call.audited = true;
 }
 
 /** After the command: its outcome, under the intent's call id. Says on stderr (exit 3) when it could not be written. */
 export async function auditCliCall(call: CliCall, outcome: 'ok' | 'error', errorName: string | undefined): Promise<void> {
-  if (!call.requestId) return; // no trail configured, or the intent was refused and the command did not run
+  if (!call.audited) return; // no trail configured, or the intent was refused and the command did not run
   const loaded = configFor(call);
   if (!loaded?.config.audit) return;
   const entry: AuditEntry = {
@@ -70,12 +89,12 @@ export async function auditCliCall(call: CliCall, outcome: 'ok' | 'error', error
     ...(keyVersion !== undefined && call.keyId ? { keyVersion } : {}),
     outcome,
     ...(errorName ? { errorName } : {}),
-    requestId: call.requestId,
+    ...(call.requestId ? { requestId: call.requestId } : {}),
   };
   try {
     await writeCliLine(loaded, entry);
   } catch (e) {
-    process.stderr.write(`xks: the audit trail was not written: ${(e as Error).message}\n`);
+    process.stderr.write(`xks: the command's outcome was not written to the audit trail: ${(e as Error).message}\n`);
     process.exitCode = process.exitCode || 3;
   }
 }
@@ -94,7 +113,7 @@ function entryFor(call: CliCall): Omit<AuditEntry, 'outcome'> {
 
 /** One line on the CLI trail, sealed (checkpoint, fsync, HSM anchor) before this returns; a named AuditError if not. */
 async function writeCliLine(loaded: LoadedConfig, entry: AuditEntry): Promise<void> {
-  const unavailable = (why: string) => new AuditError('AuditTrailUnavailable', `the audit trail cannot be written (${why}); nothing was changed by this step`);
+  const unavailable = (why: string) => new AuditError('AuditTrailUnavailable', `the audit trail cannot be written (${why})`);
   let hsm;
   try {
     hsm = await openHsm(loaded);

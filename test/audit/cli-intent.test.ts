@@ -81,7 +81,11 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('key-changing CLI commands and the aud
     expect(intent.requestId).toMatch(/^[0-9a-f-]{36}$/);
     expect(outcome.requestId).toBe(intent.requestId);
 
+    // Every C_GenerateKey takes 3 s: the intent's HSM anchor (the intent is written and sealed before it), then the
+    // key the command makes, during which it is killed.
+    setControl('hang C_GenerateKey 3000\n');
     const run = start(['keys', 'create', 'killed-key']);
+    const lock = `${cliTrail}.lock`;
     await waitUntil('the intent line', () => events().some((e) => e.keyId === 'killed-key' && e.outcome === 'started'));
     // The intent is sealed before the command goes on: the line after it is a checkpoint.
     await waitUntil('the intent sealed', () => {
@@ -89,7 +93,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('key-changing CLI commands and the aud
       const i = lines.findIndex((l) => l.keyId === 'killed-key');
       return lines[i + 1]?.type === 'checkpoint';
     });
-    setControl('hang C_GenerateKey 5000\n');
+    await waitUntil('the intent step done (the lock released)', () => !existsSync(lock));
     await sleep(1_000);
     run.child.kill('SIGKILL');
     await run.exited;
@@ -125,7 +129,13 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('key-changing CLI commands and the aud
     const r = await xks(['keys', 'create', 'refused-key']);
     setControl('');
     expect(r.code, r.stdout + r.stderr).toBe(3);
-    expect(r.stderr).toMatch(/AuditTrailUnavailable: the audit trail cannot be written/);
+    expect(r.stderr).toMatch(/AuditTrailUnavailable: the audit trail cannot be written \(.+\); the command did not run, nothing was changed/);
+    // The HSM check is a diagnostic: it runs on an HSM that cannot seal anything, and is audited after it ran.
+    setControl('fail C_Sign CKR_DEVICE_ERROR\n');
+    const check = await xks(['hsm', 'check']);
+    setControl('');
+    expect(check.stdout.length, check.stderr).toBeGreaterThan(0);
+    expect(check.stderr).not.toMatch(/the command did not run/);
     const d = await xks(['keys', 'describe', 'refused-key']);
     expect(d.code).not.toBe(0);
     expect(d.stderr).toMatch(/no key "refused-key" in the token/);
