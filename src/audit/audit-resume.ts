@@ -48,12 +48,12 @@ export async function planResume(
   keyLabel: string,
   verifyMac: (line: SealLine) => Promise<boolean>,
 ): Promise<ResumePlan> {
-  const current = existsSync(file) ? readTailLines(file) : undefined;
+  const current = existsSync(file) ? readTail(file, anchor) : undefined;
   let lines = current?.lines.map((raw) => parsed(file, raw)) ?? [];
   const cut = current?.cut === true;
   // The current file starts empty after a rotation: the chain goes on from the end of the newest rotated file.
   const rotated = newestRotated(file);
-  if (!lines.some(isSeal) && rotated) lines = [...readTailLines(rotated).lines.map((raw) => parsed(rotated, raw)), ...lines];
+  if (!lines.some(isSeal) && rotated) lines = [...readTail(rotated, anchor).lines.map((raw) => parsed(rotated, raw)), ...lines];
   if (lines.length === 0 && !cut) {
     if (!anchor) return { kind: 'fresh' };
     return segment(undefined, `the HSM anchor says seq ${anchor.seq} was sealed, but the trail has no lines: its files were removed or emptied`);
@@ -133,8 +133,22 @@ function parsed(file: string, raw: string): TailLine {
   }
 }
 
-/** The complete lines in the last `window` bytes of a file, and whether it ends mid-line. */
-export function readTailLines(file: string, window = TAIL_WINDOW): { lines: string[]; cut: boolean } {
+/**
+ * The end of a file, from a window that grows (up to TAIL_WINDOW) until it holds the anchored line, or any checkpoint
+ * when there is no anchor: a trail's usual end is read in one small read, and a long file is never parsed whole.
+ */
+function readTail(file: string, anchor: HsmAnchor | undefined): { lines: string[]; cut: boolean } {
+  for (let window = 256 * 1024; ; window *= 4) {
+    const t = readTailLines(file, Math.min(window, TAIL_WINDOW));
+    const enough = t.whole || window >= TAIL_WINDOW || t.lines.some((l) => (anchor ? anchorHash(lineHash(l)) === anchor.hash : SEAL_TEXT.test(l)));
+    if (enough) return t;
+  }
+}
+
+const SEAL_TEXT = /"type":"(?:checkpoint|segment)"/;
+
+/** The complete lines in the last `window` bytes of a file, whether it ends mid-line, and whether that is all of it. */
+export function readTailLines(file: string, window = TAIL_WINDOW): { lines: string[]; cut: boolean; whole: boolean } {
   const fd = openSync(file, 'r');
   try {
     const size = fstatSync(fd).size;
@@ -145,7 +159,7 @@ export function readTailLines(file: string, window = TAIL_WINDOW): { lines: stri
     const lines = text.split('\n');
     const cut = lines.pop() !== ''; // '' after the final newline, or the cut line
     if (len < size) lines.shift(); // starts mid-line
-    return { lines, cut: size > 0 && cut };
+    return { lines, cut: size > 0 && cut, whole: len === size };
   } finally {
     closeSync(fd);
   }
