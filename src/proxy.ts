@@ -2,6 +2,7 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import client from 'prom-client';
+import { ANCHOR_LABEL, AuditAnchors } from './audit/audit-anchor.js';
 import { auditSigner, DEFAULT_AUDIT_KEY_LABEL } from './audit/audit-key.js';
 import { AuditTrail, trailFileName } from './audit/audit-trail.js';
 import type { LoadedConfig } from './config/load.js';
@@ -18,6 +19,7 @@ import { KeyLifecycle } from './keys/lifecycle.js';
 import { Incidents } from './obs/incidents.js';
 import type { Logger } from './obs/logger.js';
 import { KeyCount } from './obs/key-count.js';
+import { registerAuditMetrics } from './obs/audit-metrics.js';
 import { Metrics } from './obs/metrics.js';
 import { EncryptionBudget } from './xks/encryption-budget.js';
 import { HealthChecker } from './xks/health.js';
@@ -58,11 +60,13 @@ export async function openAuditTrail(hsm: KeyStore, loaded: LoadedConfig, role: 
   return AuditTrail.open({
     file: join(a.dir, trailFileName(role)),
     signer: await auditSigner(hsm, a.keyLabel),
+    anchors: new AuditAnchors(hsm),
     checkpointEvery: a.checkpointEvery,
     checkpointIntervalMs: a.checkpointSeconds * 1000,
     maxFileBytes: a.maxFileMB * 1_000_000,
     // Each checkpoint's hash also goes to the process log: a copy outside the trail's directory to compare with.
     onCheckpoint: (c) => logger?.info(c, 'audit checkpoint'),
+    onSegment: (s) => logger?.warn(s, 'audit trail segment: the end of the trail could not be vouched for'),
     onError: (e) =>
       incidents ? incidents.error(e.message, { reason: e.message }, 'audit trail write failed') : logger?.error({ reason: e.message }, 'audit trail write failed'),
   });
@@ -94,7 +98,7 @@ export interface ProxyOptions {
 
 /** Labels the proxy uses for its own keys: never an external key id (KMS could otherwise be pointed at them). */
 function reservedLabels(loaded: LoadedConfig): Set<string> {
-  return new Set([loaded.config.hsm.healthKeyLabel, loaded.config.audit?.keyLabel ?? DEFAULT_AUDIT_KEY_LABEL]);
+  return new Set([loaded.config.hsm.healthKeyLabel, loaded.config.audit?.keyLabel ?? DEFAULT_AUDIT_KEY_LABEL, ANCHOR_LABEL]);
 }
 
 export function openCatalogue(hsm: KeyStore, loaded: LoadedConfig): KeyCatalogue {
@@ -145,6 +149,10 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
   try {
     const catalogue = openCatalogue(hsm, loaded);
     const lifecycle = openLifecycle(hsm, catalogue, loaded);
+    // While the audit trail cannot be sealed, health says so, and with audit.onFailure refuse key operations wait.
+    let audit: AuditTrail | undefined;
+    const refuseUnsealed = loaded.config.audit?.onFailure === 'refuse';
+    const auditFailing = () => audit?.status.failing;
     const health = new HealthChecker(hsm, {
       keyLabel: loaded.config.hsm.healthKeyLabel,
       maxAgeMs: loaded.config.health.maxAgeMs,
@@ -154,7 +162,14 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
       stalledMs: () => hsm.oldestCallMs,
       // A call that has waited past its budget: the HSM is not answering in time for KMS.
       stalledAfterMs: loaded.config.hsm.operationTimeoutMs,
+      degradedBy: () => {
+        const failing = auditFailing();
+        return failing ? { status: refuseUnsealed ? 'UNAVAILABLE' : 'DEGRADED', detail: `the audit trail cannot be sealed (${failing})` } : undefined;
+      },
     });
+    const refusal = refuseUnsealed
+      ? () => (auditFailing() ? 'the audit trail cannot be sealed (audit.onFailure: refuse): retry later' : undefined)
+      : undefined;
     // Creates the health key if it is missing, and tells at start-up whether the HSM really works.
     const first = await health.refresh();
     logger.info({ token: hsm.info.label, serial: hsm.info.serial, status: first.status, detail: first.detail }, 'health check');
@@ -168,10 +183,15 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
     }
     const encryptions = new EncryptionBudget(hsm, loaded.config.encryptionLimits, (event, detail) => logger.warn(detail, event));
     metrics.bind({ hsm, health, keyCount, encryptions, config: () => current });
-    const audit = await openAuditTrail(hsm, loaded, opts.auditRole ?? 'main', logger, incidents);
-    if (audit) closers.push(() => audit.close());
+    audit = await openAuditTrail(hsm, loaded, opts.auditRole ?? 'main', logger, incidents);
+    const trail = audit;
+    if (trail) {
+      closers.push(() => trail.close());
+      registerAuditMetrics(metrics.registry, () => trail.status);
+    }
     const handler = createXksHandler({
-      audit: audit ? (e) => audit.append(e) : undefined,
+      audit: trail ? (e) => trail.append(e) : undefined,
+      refusal,
       observe: (log) => metrics.observeRequest(log),
       deps: { hsm, catalogue, encryptions },
       health,
@@ -206,7 +226,8 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
         region: a.region,
         credentials: a.credentials,
         logger: logger.child({ hsm: hsm.info.label }),
-        audit: audit ? (e) => audit.append(e) : undefined,
+        audit: trail ? (e) => trail.append(e) : undefined,
+        refusal,
       });
       adminListening = await startListeners({ http: a.listener }, adminHandler, incidents, limits.small, 'admin');
       closers.unshift(() => adminListening!.close());

@@ -3,6 +3,7 @@
 // record or any other object that only carries the label is never taken for it. Checkpoints are made and checked with
 // it inside the HSM.
 import { randomBytes } from 'node:crypto';
+import { HsmError } from '../hsm/errors.js';
 import type { Handle, KeyStore } from '../hsm/key-store.js';
 import { GENERIC_SECRET_KEY_GEN } from '../hsm/mechanisms.js';
 import { hmacKeyTemplate } from '../hsm/templates.js';
@@ -19,19 +20,61 @@ export async function findAuditKeys(hsm: KeyStore, label: string): Promise<Handl
 /** The audit key's CKA_ID: unique (NSS takes keys with one CKA_ID for one object); empty for keys of earlier releases. */
 const AUDIT_KEY_ID = /^(?:xks:audit;n=[0-9a-f]{24})?$/;
 
+/**
+ * The signer of checkpoints. A key handle is only good for the recovery generation it was found in: after a lost
+ * login or a re-initialisation the token may number its objects afresh, and the old number then names nothing
+ * (CKR_OBJECT_HANDLE_INVALID) or another object. So the key is found again after every recovery, and once more when
+ * its handle is refused; a MAC made while a recovery happened is not trusted and is made again.
+ */
 export async function auditSigner(hsm: KeyStore, label: string = DEFAULT_AUDIT_KEY_LABEL): Promise<AuditSigner> {
-  let [key] = await findAuditKeys(hsm, label);
-  key ??= (await hsm.generateKey(hmacKeyTemplate(label, Buffer.from(`xks:audit;n=${randomBytes(12).toString('hex')}`, 'ascii')), GENERIC_SECRET_KEY_GEN)).handle;
-  const handle = key;
-  return { keyLabel: label, mac: (message) => hsm.hmacSha256(handle, message) };
+  let key: { handle: Handle; generation: number } | undefined;
+  const find = async () => {
+    const generation = hsm.generation;
+    let [handle] = await findAuditKeys(hsm, label);
+    handle ??= (await hsm.generateKey(hmacKeyTemplate(label, Buffer.from(`xks:audit;n=${randomBytes(12).toString('hex')}`, 'ascii')), GENERIC_SECRET_KEY_GEN)).handle;
+    return { handle, generation };
+  };
+  key = await find();
+  const check = auditMacChecker(hsm);
+  return {
+    keyLabel: label,
+    verify: (message, mac) => check(label, message, mac),
+    mac: async (message) => {
+      for (let attempt = 0; ; attempt++) {
+        if (!key || key.generation !== hsm.generation) key = await find();
+        const used = key;
+        try {
+          const mac = await hsm.hmacSha256(used.handle, message);
+          if (hsm.generation === used.generation) return mac;
+        } catch (e) {
+          if (!(e instanceof HsmError) || (e.kind !== 'ObjectHandleInvalid' && hsm.generation === used.generation) || attempt > 0) throw e;
+        }
+        if (attempt > 0) throw new HsmError('ObjectHandleInvalid', 'the audit key was found again, but the HSM recovered again while it was used');
+        key = undefined;
+      }
+    },
+  };
 }
 
-/** Checks a checkpoint MAC against every key with the label. */
+/** Checks a checkpoint MAC against every key with the label (found again after a recovery, as the signer does). */
 export function auditMacChecker(hsm: KeyStore): (label: string, message: Buffer, mac: Buffer) => Promise<boolean> {
-  const keys = new Map<string, Promise<Handle[]>>();
+  const keys = new Map<string, { handles: Promise<Handle[]>; generation: number }>();
   return async (label, message, mac) => {
-    if (!keys.has(label)) keys.set(label, findAuditKeys(hsm, label));
-    for (const k of await keys.get(label)!) if (await hsm.verifyHmacSha256(k, message, mac)) return true;
-    return false;
+    for (let attempt = 0; ; attempt++) {
+      let found = keys.get(label);
+      if (!found || found.generation !== hsm.generation) {
+        found = { handles: findAuditKeys(hsm, label), generation: hsm.generation };
+        keys.set(label, found);
+      }
+      try {
+        let ok = false;
+        for (const k of await found.handles) if (!ok && (await hsm.verifyHmacSha256(k, message, mac))) ok = true;
+        if (hsm.generation === found.generation) return ok;
+      } catch (e) {
+        if (!(e instanceof HsmError) || (e.kind !== 'ObjectHandleInvalid' && hsm.generation === found.generation) || attempt > 0) throw e;
+      }
+      if (attempt > 0) throw new HsmError('ObjectHandleInvalid', 'the audit key was found again, but the HSM recovered again while it was used');
+      keys.delete(label);
+    }
   };
 }

@@ -1,20 +1,40 @@
 // The audit trail writer: one JSON line per audited call, chained by SHA-256, sealed at intervals by a checkpoint
-// whose MAC is made inside the HSM (audit-record.ts). One writer per file: each proxy process writes its own trail
-// (name it per host and worker); short-lived CLI processes share one trail under a lock file.
-import { closeSync, existsSync, fstatSync, fsyncSync, openSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+// whose MAC is made inside the HSM (audit-record.ts) and anchored in the HSM (audit-anchor.ts). One writer per file:
+// each proxy process writes its own trail (name it per host and worker); short-lived CLI processes share one trail
+// under a lock file. Opening a trail continues it only from a line the writer can vouch for (audit-resume.ts).
+import { closeSync, existsSync, fstatSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import { hostname } from 'node:os';
+import { basename, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { GENESIS, checkpointMessage, lineHash, type AuditEntry, type AuditEvent, type Checkpoint } from './audit-record.js';
+import type { AuditAnchors, HsmAnchor } from './audit-anchor.js';
+import {
+  GENESIS,
+  anchorHash,
+  checkpointMessage,
+  lineHash,
+  sealMessage,
+  segmentMessage,
+  trailId,
+  type AuditEntry,
+  type AuditEvent,
+  type Checkpoint,
+  type Segment,
+} from './audit-record.js';
+import { planResume } from './audit-resume.js';
 
-/** Makes checkpoint MACs with a key that never leaves the HSM. */
+/** Makes checkpoint MACs with a key that never leaves the HSM, and checks them. */
 export interface AuditSigner {
   keyLabel: string;
   mac(message: Buffer): Promise<Buffer>;
+  /** True when `mac` is this key's MAC of `message`. */
+  verify(message: Buffer, mac: Buffer): Promise<boolean>;
 }
 
 export interface AuditTrailOptions {
   file: string;
   signer: AuditSigner;
+  /** Where each checkpoint is anchored, out of reach of whoever can write the files. */
+  anchors: AuditAnchors;
   /** Seal after this many lines ... */
   checkpointEvery: number;
   /** ... or this long after the first unsealed line, whichever comes first. */
@@ -23,13 +43,36 @@ export interface AuditTrailOptions {
   maxFileBytes: number;
   now?: () => Date;
   onCheckpoint?: (c: { file: string; seq: number; hash: string }) => void;
+  /** The trail was opened with a new segment: what it does not vouch for, and why. */
+  onSegment?: (s: { file: string; seq: number; reason: string; notVouched?: { fromSeq: number; toSeq: number } | undefined; unsealedFile?: string | undefined }) => void;
   onError?: (e: Error) => void;
+}
+
+/** How soon a failed checkpoint is tried again (at most; checkpointIntervalMs when that is shorter). */
+const RETRY_MS = 5_000;
+
+/** The steps of sealing a trail that can fail: the checkpoint's MAC in the HSM, the file write, the HSM anchor. */
+export type AuditFailureStage = 'checkpoint' | 'write' | 'anchor';
+
+export interface AuditTrailStatus {
+  /** The step that last failed and has not succeeded since ("checkpoint: ..."): the trail is not being sealed. */
+  failing: string | undefined;
+  /** Lines written (or waiting) since the last checkpoint. */
+  unsealedLines: number;
+  /** When the last checkpoint (or segment) was made (ms), if one was made since the trail was opened. */
+  lastSealAt: number | undefined;
+  openedAt: number;
+  lines: number;
+  checkpoints: number;
+  failures: Record<AuditFailureStage, number>;
 }
 
 export class AuditTrail {
   private fd = -1;
   private seq = 0;
   private prev = GENESIS;
+  /** The time of the last line (ms): a line is never dated before it, so time in a trail never goes backwards. */
+  private lastTime = 0;
   private bytes = 0;
   private unsealed = 0;
   private buffered: string[] = [];
@@ -38,61 +81,163 @@ export class AuditTrail {
   /** Entries that arrived while a checkpoint's MAC was being made: they chain after the checkpoint. */
   private waiting: { entry: AuditEntry; time: Date }[] = [];
   private timer: NodeJS.Timeout | undefined;
+  /** The timer is a retry after a failed checkpoint. */
+  private retryScheduled = false;
+  private closing = false;
   private closed = false;
+  private anchoring: Promise<void> = Promise.resolve();
+  private anchorNext: HsmAnchor | undefined;
+  private readonly trail: string;
   private readonly now: () => Date;
+  private readonly failures = new Map<AuditFailureStage, string>();
+  private readonly counts = { lines: 0, checkpoints: 0, failures: { checkpoint: 0, write: 0, anchor: 0 } };
+  private lastSealAt: number | undefined;
+  private readonly openedAt = Date.now();
 
   private constructor(private readonly opts: AuditTrailOptions) {
     this.now = opts.now ?? (() => new Date());
+    this.trail = trailId(resolve(opts.file));
   }
 
-  /** Open (or continue) the trail in `file`: the chain goes on from its last complete line. */
-  static open(opts: AuditTrailOptions): AuditTrail {
+  /**
+   * Open (or continue) the trail in `file`. The chain goes on from its last line only when that line is a checkpoint
+   * the HSM vouches for; otherwise a new segment begins (audit-resume.ts), and nothing unverified is ever sealed.
+   */
+  static async open(opts: AuditTrailOptions): Promise<AuditTrail> {
     const t = new AuditTrail(opts);
-    t.resume();
+    await t.resume();
     return t;
   }
 
-  private resume(): void {
+  private async resume(): Promise<void> {
     const file = this.opts.file;
-    if (existsSync(file) && statSync(file).size > 0) {
-      const tail = readTail(file);
-      if (!tail.endsWithNewline) {
-        // A line cut short (a crash mid-write): leave the file as evidence (verify names the line) and go on in a new one.
-        renameSync(file, rotatedName(file, this.now(), 'cut'));
-      }
-      if (tail.lastLine !== undefined) {
-        const last = JSON.parse(tail.lastLine) as { seq: number };
-        this.seq = last.seq;
-        this.prev = lineHash(tail.lastLine);
-      }
+    const { signer } = this.opts;
+    const anchor = await this.opts.anchors.latest(this.trail);
+    const plan = await planResume(file, anchor, signer.keyLabel, (l) => signer.verify(sealMessage(l), Buffer.from(l.mac, 'hex')));
+    if (plan.kind === 'continue') {
+      this.seq = plan.from.line.seq;
+      this.prev = lineHash(plan.from.raw);
+      this.lastTime = Date.parse(plan.from.line.time);
+      this.lastSealAt = this.lastTime;
+      if (plan.anchor) await this.recordAnchor({ trail: this.trail, seq: this.seq, hash: anchorHash(this.prev) });
+    }
+    let unsealedFile = plan.kind === 'segment' && plan.unsealedIn ? basename(plan.unsealedIn) : undefined;
+    if (plan.kind === 'segment' && plan.renameCurrent) {
+      // The file keeps the lines the segment does not vouch for, as evidence; the new file begins with the segment.
+      const renamed = rotatedName(file, this.now(), plan.renameCurrent);
+      renameSync(file, renamed);
+      unsealedFile = basename(renamed);
     }
     this.fd = openSync(file, 'a', 0o640);
     this.bytes = fstatSync(this.fd).size;
+    if (plan.kind !== 'segment') return;
+
+    const after = plan.after;
+    this.lastTime = after ? Date.parse(after.line.time) : 0;
+    const seq = plan.topSeq + 1;
+    const afterSeq = after?.line.seq ?? 0;
+    const fields: Omit<Segment, 'type' | 'keyLabel' | 'mac'> = {
+      seq,
+      time: this.stamp(this.now()),
+      prev: after ? lineHash(after.raw) : GENESIS,
+      reason: plan.reason,
+      ...(after ? { after: { seq: after.line.seq, hash: lineHash(after.raw) } } : {}),
+      ...(seq - 1 > afterSeq ? { notVouched: { fromSeq: afterSeq + 1, toSeq: seq - 1 } } : {}),
+      ...(unsealedFile ? { unsealedFile } : {}),
+      ...(anchor ? { anchored: { seq: anchor.seq, hash: anchor.hash } } : {}),
+    };
+    const mac = await macWithRetry(signer, segmentMessage(fields));
+    const { seq: _seq, time, prev, ...rest } = fields;
+    const line = JSON.stringify({ seq, time, prev, type: 'segment', ...rest, keyLabel: signer.keyLabel, mac: mac.toString('hex') } satisfies Segment);
+    this.seq = seq - 1;
+    this.push(line);
+    this.flush();
+    fsyncSync(this.fd);
+    this.opts.onSegment?.({ file, seq, reason: plan.reason, notVouched: fields.notVouched, unsealedFile });
+    this.lastSealAt = Date.now();
+    await this.recordAnchor({ trail: this.trail, seq, hash: anchorHash(this.prev) });
+  }
+
+  /** A line's time: never before the line before it (a clock stepped back writes the last time again). */
+  private stamp(at: Date): string {
+    this.lastTime = Math.max(this.lastTime, at.getTime());
+    return new Date(this.lastTime).toISOString();
   }
 
   /** Append one event. Never throws: an audit failure is reported through onError, the request goes on. */
   append(entry: AuditEntry): void {
     if (this.closed) return;
-    const time = this.now();
-    if (this.sealing) {
-      this.waiting.push({ entry, time });
-      return;
-    }
-    this.writeEvent(entry, time);
+    this.enqueue(entry, this.now());
+  }
+
+  /**
+   * A checkpoint's seq and prev are fixed when its MAC is asked for: until it is written, every line waits behind it
+   * (including lines that waited for the previous checkpoint and start this one), so lines land in seq order.
+   */
+  private enqueue(entry: AuditEntry, time: Date): void {
+    if (this.sealing) this.waiting.push({ entry, time });
+    else this.writeEvent(entry, time);
   }
 
   private writeEvent(entry: AuditEntry, time: Date): void {
-    const event: AuditEvent = { seq: this.seq + 1, time: time.toISOString(), prev: this.prev, type: 'event', ...entry };
+    const event: AuditEvent = { seq: this.seq + 1, time: this.stamp(time), prev: this.prev, type: 'event', ...entry };
     this.push(JSON.stringify(event));
     this.unsealed++;
+    // After a failed checkpoint the retry timer decides: a failing HSM is not asked again for every line.
+    if (this.retryScheduled) return;
     if (this.unsealed >= this.opts.checkpointEvery) void this.checkpoint();
-    else if (this.unsealed === 1) {
-      this.timer = setTimeout(() => void this.checkpoint(), this.opts.checkpointIntervalMs);
-      this.timer.unref();
+    else if (this.unsealed === 1) this.schedule(false);
+  }
+
+  private schedule(retry: boolean): void {
+    clearTimeout(this.timer);
+    this.retryScheduled = retry;
+    this.timer = setTimeout(
+      () => {
+        this.retryScheduled = false;
+        void this.checkpoint();
+      },
+      // A failed checkpoint is tried again within seconds: until it succeeds health is not ACTIVE (and with
+      // audit.onFailure refuse, XKS calls are refused).
+      retry ? Math.min(this.opts.checkpointIntervalMs, RETRY_MS) : this.opts.checkpointIntervalMs,
+    );
+    this.timer.unref();
+  }
+
+  private async recordAnchor(a: HsmAnchor): Promise<void> {
+    try {
+      await this.opts.anchors.record(a);
+      this.failures.delete('anchor');
+    } catch (e) {
+      this.failed('anchor', e as Error);
     }
   }
 
+  private failed(stage: AuditFailureStage, e: Error): void {
+    this.counts.failures[stage]++;
+    this.failures.set(stage, e.message);
+    this.opts.onError?.(e);
+  }
+
+  /**
+   * Whether the trail is sealed as it should be: `failing` names the last failure (checkpoint MAC, file write, HSM
+   * anchor) not yet followed by a success of the same step; counts since the trail was opened.
+   */
+  get status(): AuditTrailStatus {
+    const [stage, message] = [...this.failures.entries()][0] ?? [];
+    return {
+      failing: stage ? `${stage}: ${message}` : undefined,
+      unsealedLines: this.unsealed + this.waiting.length,
+      lastSealAt: this.lastSealAt,
+      openedAt: this.openedAt,
+      lines: this.counts.lines,
+      checkpoints: this.counts.checkpoints,
+      failures: { ...this.counts.failures },
+    };
+  }
+
   private push(line: string): void {
+    this.counts.lines++;
     this.seq++;
     this.prev = lineHash(line);
     this.buffered.push(line + '\n');
@@ -111,8 +256,9 @@ export class AuditTrail {
     this.buffered = [];
     try {
       writeSync(this.fd, chunk);
+      this.failures.delete('write');
     } catch (e) {
-      this.opts.onError?.(e as Error);
+      this.failed('write', e as Error);
     }
   }
 
@@ -121,7 +267,8 @@ export class AuditTrail {
     if (this.sealing) return this.sealing;
     if (this.unsealed === 0) return Promise.resolve();
     clearTimeout(this.timer);
-    const fields = { seq: this.seq + 1, time: this.now().toISOString(), prev: this.prev };
+    this.retryScheduled = false;
+    const fields = { seq: this.seq + 1, time: this.stamp(this.now()), prev: this.prev };
     this.sealing = this.opts.signer
       .mac(checkpointMessage(fields))
       .then(
@@ -129,27 +276,52 @@ export class AuditTrail {
           const c: Checkpoint = { ...fields, type: 'checkpoint', keyLabel: this.opts.signer.keyLabel, mac: mac.toString('hex') };
           this.push(JSON.stringify(c));
           this.unsealed = 0;
+          this.counts.checkpoints++;
+          this.lastSealAt = Date.now();
+          this.failures.delete('checkpoint');
+          // On disk before its anchor exists: an anchor never names a line that a crash could lose.
+          this.flush();
+          this.sync();
           this.opts.onCheckpoint?.({ file: this.opts.file, seq: c.seq, hash: this.prev });
+          this.anchor({ trail: this.trail, seq: c.seq, hash: anchorHash(this.prev) });
           // A finished file ends with a checkpoint: each rotated file is sealed on its own.
           if (this.bytes >= this.opts.maxFileBytes && !this.closed) this.rotate();
         },
         (err: Error) => {
-          this.opts.onError?.(err);
+          this.failed('checkpoint', err);
           // Not sealed (the HSM was busy or away): try again after another interval, or an idle trail would stay
           // unsealed until checkpointEvery more lines arrive.
-          if (!this.closed) {
-            this.timer = setTimeout(() => void this.checkpoint(), this.opts.checkpointIntervalMs);
-            this.timer.unref();
-          }
+          if (!this.closing) this.schedule(true);
         },
       )
       .finally(() => {
         this.sealing = undefined;
         const waiting = this.waiting;
         this.waiting = [];
-        for (const w of waiting) this.writeEvent(w.entry, w.time);
+        // One of these may start the next checkpoint: the rest then wait for it in turn.
+        for (const w of waiting) this.enqueue(w.entry, w.time);
       });
     return this.sealing;
+  }
+
+  private sync(): void {
+    try {
+      fsyncSync(this.fd);
+    } catch (e) {
+      this.failed('write', e as Error);
+    }
+  }
+
+  /** Record the newest checkpoint in the HSM, one at a time; a checkpoint made meanwhile replaces a pending one. */
+  private anchor(a: HsmAnchor): void {
+    const idle = this.anchorNext === undefined;
+    this.anchorNext = a;
+    if (!idle) return;
+    this.anchoring = this.anchoring.then(async () => {
+      const next = this.anchorNext!;
+      this.anchorNext = undefined;
+      await this.recordAnchor(next);
+    });
   }
 
   /** Start a new file right after a checkpoint; the chain (seq and prev) continues in it. */
@@ -164,18 +336,31 @@ export class AuditTrail {
   /** Seal, write everything, fsync and close. */
   async close(): Promise<void> {
     if (this.closed) return;
-    await this.checkpoint();
+    this.closing = true;
+    clearTimeout(this.timer);
+    this.retryScheduled = false;
+    // The checkpoint in progress, the lines that waited for it, then one last checkpoint for those.
+    let last = false;
+    for (;;) {
+      if (this.sealing) await this.sealing;
+      else if (this.unsealed > 0 && !last) {
+        last = true;
+        await this.checkpoint();
+      } else break;
+    }
     this.closed = true;
     clearTimeout(this.timer);
     this.flush();
     fsyncSync(this.fd);
+    while (this.anchorNext) await this.anchoring;
+    await this.anchoring;
     closeSync(this.fd);
     this.fd = -1;
   }
 }
 
 /** The name a finished file gets: `audit.jsonl` -> `audit.2026-11-22T21-30-00-000Z.jsonl`. */
-function rotatedName(file: string, at: Date, tag?: string): string {
+export function rotatedName(file: string, at: Date, tag?: string): string {
   const stamp = at.toISOString().replace(/[:.]/g, '-') + (tag ? `-${tag}` : '');
   // Never over an existing file (two rotations in one millisecond): a rename would silently drop its lines.
   for (let n = 0; ; n++) {
@@ -185,55 +370,19 @@ function rotatedName(file: string, at: Date, tag?: string): string {
   }
 }
 
-/** The last complete line of a file, and whether the file ends with a newline. */
-export function readTail(file: string): { lastLine: string | undefined; endsWithNewline: boolean } {
-  const fd = openSync(file, 'r');
-  try {
-    const size = fstatSync(fd).size;
-    const len = Math.min(size, 256 * 1024);
-    const buf = Buffer.alloc(len);
-    readSync(fd, buf, 0, len, size - len);
-    const text = buf.toString('utf8');
-    const endsWithNewline = text.endsWith('\n');
-    const lines = text.split('\n');
-    lines.pop(); // '' after the final newline, or the cut line
-    return { lastLine: lines.length ? lines[lines.length - 1] : undefined, endsWithNewline };
-  } finally {
-    closeSync(fd);
-  }
-}
-
 /** The default trail name for this process: one file per host and worker, so no two writers share a file. */
 export function trailFileName(role: string): string {
   return `audit-${hostname().replace(/[^A-Za-z0-9._-]/g, '_')}-${role}.jsonl`;
 }
 
-/** Run `fn` holding `<file>.lock` (short-lived CLI processes append to one shared trail). */
-export async function withTrailLock<T>(file: string, fn: () => Promise<T>): Promise<T> {
-  const lock = `${file}.lock`;
-  for (let i = 0; ; i++) {
+/** A segment's MAC, tried a few times: a writer that cannot make it cannot open its trail. */
+async function macWithRetry(signer: AuditSigner, message: Buffer): Promise<Buffer> {
+  for (let attempt = 1; ; attempt++) {
     try {
-      closeSync(openSync(lock, 'wx', 0o640));
-      break;
+      return await signer.mac(message);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      // A lock older than a minute belongs to a process that died.
-      try {
-        if (Date.now() - statSync(lock).mtimeMs > 60_000) unlinkSync(lock);
-      } catch {
-        // removed meanwhile
-      }
-      if (i > 400) throw new Error(`the audit trail ${file} is locked by another process (${lock})`);
-      await sleep(25);
-    }
-  }
-  try {
-    return await fn();
-  } finally {
-    try {
-      unlinkSync(lock);
-    } catch {
-      // already gone
+      if (attempt >= 3) throw e;
+      await sleep(200 * attempt);
     }
   }
 }

@@ -1,9 +1,14 @@
 // `xks audit verify`: checks the hash chain and the HSM checkpoints across a trail's files and names the first line
-// where an edit, a deletion, a reordering, an insertion or a truncation happened. Reading is pure; only the MAC check
-// goes to the HSM (through `checkMac`).
+// where an edit, a deletion, a reordering, an insertion or a truncation happened. A chain must start at genesis or at a
+// resume point the operator names (older files deleted by a retention policy), its seqs must not jump and its times
+// must not go backwards, every checkpoint must be made with the configured audit key, and the newest checkpoint the
+// HSM anchored for a trail must be in its files. Lines a segment does not vouch for (a writer found them unverified
+// when it opened the trail) are reported as not evidence. Reading is pure; only the MAC check goes to the HSM (through
+// `checkMac`), and the HSM anchors are read by the caller.
 import { readFileSync } from 'node:fs';
-import { basename } from 'node:path';
-import { AuditLineSchema, GENESIS, checkpointMessage, lineHash, type AuditLine } from './audit-record.js';
+import { basename, dirname, resolve } from 'node:path';
+import type { HsmAnchor } from './audit-anchor.js';
+import { AuditLineSchema, GENESIS, anchorHash, lineHash, sealMessage, trailId, type AuditLine, type Segment } from './audit-record.js';
 
 export type MacCheck = (keyLabel: string, message: Buffer, mac: Buffer) => Promise<boolean>;
 
@@ -14,20 +19,74 @@ export interface VerifyProblem {
   reason: string;
 }
 
+/** Lines a segment does not vouch for: in the files (not evidence) or, when `lines` is 0, missing altogether. */
+export interface NotVouched {
+  file: string;
+  /** 1-based line numbers in that file; 0 when none of the lines is in the files given. */
+  fromLine: number;
+  toLine: number;
+  lines: number;
+  /** The seqs the segment declares it does not vouch for. */
+  fromSeq?: number | undefined;
+  toSeq?: number | undefined;
+  /** Why, as the segment says. */
+  reason: string;
+}
+
+/** Where a chain may begin other than at genesis: the last line (seq and hash) of files deleted by a retention policy. */
+export interface ResumePoint {
+  seq: number;
+  hash: string;
+}
+
 export interface ChainSummary {
   files: string[];
   firstSeq: number;
   lastSeq: number;
+  /** Lines verified (lines not vouched for are not counted). */
   lines: number;
   checkpoints: number;
-  /** The chain begins after a line that is not in the files given (older files archived elsewhere). */
-  continuesEarlierFiles: boolean;
+  segments: number;
+  /** The chain begins after this resume point (the operator named it), not at genesis. */
+  startsAfter?: ResumePoint | undefined;
+  /** Its last line: give it as --from when the files verified here are deleted. */
+  resumePoint: ResumePoint;
+  notVouched: NotVouched[];
+  /** Intents ("started") with no outcome after them: a command killed after it may have changed keys, or still running. */
+  started: StartedCall[];
+}
+
+export interface StartedCall {
+  file: string;
+  line: number;
+  seq: number;
+  time: string;
+  operation: string;
+  keyId?: string | undefined;
+  who?: string | undefined;
+  requestId: string;
 }
 
 export interface VerifyResult {
   ok: boolean;
   chains: ChainSummary[];
+  /** The current files whose trail's HSM anchor was found in the files given. */
+  anchoredTrails?: string[];
   problem?: VerifyProblem | undefined;
+}
+
+export interface VerifyOptions {
+  /** The configured audit key (audit.keyLabel): a checkpoint made with any other key fails. */
+  keyLabel: string;
+  allowUnsealedTail?: boolean;
+  /** Checkpoints the processes logged (their logs given with --anchors). */
+  anchors?: Anchor[];
+  /** The newest checkpoint the HSM anchored per trail, read before the files. */
+  hsmAnchors?: HsmAnchor[];
+  /** Where chains whose older files were deleted begin. */
+  from?: ResumePoint[];
+  /** The directory the trail was written in, when the files given are copies elsewhere (anchors name the path). */
+  trailDir?: string | undefined;
 }
 
 interface ParsedFile {
@@ -84,39 +143,88 @@ export function readAnchors(logFiles: string[]): Anchor[] {
   return anchors;
 }
 
-export async function verifyTrail(
-  files: string[],
-  checkMac: MacCheck,
-  opts: { allowUnsealedTail?: boolean; anchors?: Anchor[] } = {},
-): Promise<VerifyResult> {
-  const parsed = files.map(parseFile);
-  // Link files into chains.
+export async function verifyTrail(files: string[], checkMac: MacCheck, opts: VerifyOptions): Promise<VerifyResult> {
+  // An empty file is a current file right after a rotation (or emptied: the HSM anchor check below tells).
+  const given = files.map(parseFile);
+  const parsed = given.filter((p) => p.raw.length > 0);
+  const byBase = new Map(parsed.map((p) => [basename(p.file), p]));
+  const where = new Map<string, { p: ParsedFile; index: number }>();
+  for (const p of parsed) p.raw.forEach((l, index) => (index < p.raw.length - 1 || !p.cut) && where.set(lineHash(l), { p, index }));
+
+  // Link files into chains. A file that begins with a segment continues the file holding the line it names (lines
+  // after that line are not vouched for); the file it names as holding its unsealed lines is attached to it whole
+  // when that is another file. Any other file continues the one whose last line's hash is its first line's prev.
+  const next = new Map<ParsedFile, ParsedFile>();
+  const vouchedUntil = new Map<ParsedFile, number>();
+  const attached = new Map<ParsedFile, ParsedFile>();
+  const linked = new Set<ParsedFile>();
+  for (const p of parsed) {
+    const seg = p.lines[0]?.type === 'segment' ? p.lines[0] : undefined;
+    if (!seg) continue;
+    const at = seg.prev !== GENESIS ? where.get(seg.prev) : undefined;
+    const pred = at && at.p !== p && !next.has(at.p) ? at.p : undefined;
+    if (pred) {
+      next.set(pred, p);
+      vouchedUntil.set(pred, at!.index);
+      linked.add(p);
+    }
+    const unsealed = seg.unsealedFile ? byBase.get(seg.unsealedFile) : undefined;
+    if (unsealed && unsealed !== p && unsealed !== pred) attached.set(p, unsealed);
+  }
+  const isAttached = new Set(attached.values());
   const lastHash = new Map<string, ParsedFile>();
   for (const p of parsed) if (p.raw.length && !p.cut) lastHash.set(lineHash(p.raw[p.raw.length - 1]!), p);
-  const next = new Map<ParsedFile, ParsedFile>();
-  const heads: ParsedFile[] = [];
   for (const p of parsed) {
     const first = p.lines[0];
-    const before = first ? lastHash.get(first.prev) : undefined;
-    if (before && before !== p && !next.has(before)) next.set(before, p);
-    else heads.push(p);
+    if (!first || first.type === 'segment' || isAttached.has(p)) continue;
+    const before = lastHash.get(first.prev);
+    if (before && before !== p && !next.has(before) && !isAttached.has(before)) {
+      next.set(before, p);
+      linked.add(p);
+    }
   }
+  const heads = parsed.filter((p) => !linked.has(p) && !isAttached.has(p));
+
   const chains: ChainSummary[] = [];
   for (const head of heads) {
     const chain: ParsedFile[] = [];
-    for (let f: ParsedFile | undefined = head; f; f = next.get(f)) chain.push(f);
-    const r = await verifyChain(chain, checkMac, opts.allowUnsealedTail === true);
+    for (let f: ParsedFile | undefined = head; f && !chain.includes(f); f = next.get(f)) chain.push(f);
+    const r = await verifyChain(chain, vouchedUntil, attached, checkMac, opts);
     if (r.problem) return { ok: false, chains, problem: r.problem };
     chains.push(r.summary);
   }
+
+  // The newest checkpoint the HSM anchored for a trail whose current file is given must be in the files: otherwise the
+  // trail was cut after a checkpoint, or its newest file is missing (the CLI trail has no process log to tell).
+  const checked: string[] = [];
+  for (const a of opts.hsmAnchors ?? []) {
+    const current = given.filter((p) => trailId(resolve(opts.trailDir ?? dirname(p.file), basename(p.file))) === a.trail);
+    if (current.length === 0) continue;
+    checked.push(current[0]!.file);
+    const found = parsed.some((p) => p.raw.some((l, i) => p.lines[i]?.seq === a.seq && anchorHash(lineHash(l)) === a.hash));
+    if (found) continue;
+    const f = current[0]!;
+    return {
+      ok: false,
+      chains,
+      problem: {
+        file: f.file,
+        line: f.raw.length,
+        reason: `the HSM anchor of this trail records the checkpoint seq ${a.seq} (hash ${a.hash.slice(0, 16)}...), which is not in the files given: the trail was cut after this line, or a newer file is missing`,
+      },
+    };
+  }
+
   // A trail cut right after a checkpoint (or missing its newest file) still verifies on its own; the checkpoints the
-  // process logged elsewhere must all be in it.
+  // process logged elsewhere must all be in it, except those before a resume point (deleted by retention).
   if (opts.anchors?.length) {
     const present = new Set(parsed.flatMap((p) => p.raw.map((l) => lineHash(l))));
     for (const a of [...opts.anchors].sort((x, y) => x.seq - y.seq)) {
       if (present.has(a.hash)) continue;
-      const base = basename(a.file);
-      const same = parsed.filter((p) => basename(p.file).startsWith(base.replace(/\.jsonl$/, '')));
+      const stem = basename(a.file).replace(/\.jsonl$/, '');
+      const same = parsed.filter((p) => basename(p.file).startsWith(stem));
+      const chain = chains.find((c) => c.files.some((f) => basename(f).startsWith(stem)));
+      if (chain?.startsAfter && a.seq <= chain.startsAfter.seq) continue;
       const last = same[same.length - 1];
       return {
         ok: false,
@@ -129,13 +237,15 @@ export async function verifyTrail(
       };
     }
   }
-  return { ok: true, chains };
+  return { ok: true, chains, anchoredTrails: checked };
 }
 
 async function verifyChain(
   chain: ParsedFile[],
+  vouchedUntil: Map<ParsedFile, number>,
+  attached: Map<ParsedFile, ParsedFile>,
   checkMac: MacCheck,
-  allowUnsealedTail: boolean,
+  opts: VerifyOptions,
 ): Promise<{ summary: ChainSummary; problem?: VerifyProblem }> {
   const summary: ChainSummary = {
     files: chain.map((c) => c.file),
@@ -143,54 +253,86 @@ async function verifyChain(
     lastSeq: 0,
     lines: 0,
     checkpoints: 0,
-    continuesEarlierFiles: false,
+    segments: 0,
+    resumePoint: { seq: 0, hash: GENESIS },
+    notVouched: [],
+    started: [],
   };
+  const started = new Map<string, StartedCall>();
   let prevHash: string | undefined;
-  let prevSeq: number | undefined;
-  let lastCheckpoint: { file: string; line: number } | undefined;
+  let prevSeq = 0;
+  let prevTime = -Infinity;
+  let lastSeal: { file: string; line: number } | undefined;
   let last: { file: string; line: number } | undefined;
+  let lastLine: AuditLine | undefined;
+  /** Lines of the file before a segment that the segment does not vouch for, waiting for the segment's reason. */
+  let pendingUnvouched: { file: string; fromLine: number; toLine: number } | undefined;
   for (const f of chain) {
-    if (f.raw.length === 0) return { summary, problem: { file: f.file, line: 1, reason: 'the file is empty: truncated' } };
-    for (let i = 0; i < f.raw.length; i++) {
+    const limit = vouchedUntil.get(f) ?? f.raw.length - 1;
+    for (let i = 0; i <= limit; i++) {
       const at = { file: f.file, line: i + 1 };
       const line = f.lines[i];
-      const isLast = i === f.raw.length - 1;
-      if (isLast && f.cut) return { summary, problem: { ...at, reason: 'the line is cut short: the file was truncated here' } };
+      if (i === f.raw.length - 1 && f.cut) return { summary, problem: { ...at, reason: 'the line is cut short: the file was truncated here' } };
       if (!line) return { summary, problem: { ...at, reason: 'not a valid audit line: edited, forged or damaged' } };
+      const problem = (reason: string) => ({ summary, problem: { ...at, reason } });
       if (prevHash === undefined) {
         summary.firstSeq = line.seq;
-        summary.continuesEarlierFiles = line.prev !== GENESIS;
-        if (line.prev === GENESIS && line.seq !== 1) return { summary, problem: { ...at, reason: `the chain starts at seq ${line.seq}, not 1: lines before it were deleted` } };
+        const start = chainStart(line, opts.from ?? []);
+        if (typeof start === 'string') return problem(start);
+        summary.startsAfter = start;
+        if (start) prevSeq = start.seq;
       } else if (line.prev !== prevHash) {
         const reason =
-          line.seq === prevSeq! + 1
+          line.seq === prevSeq + 1
             ? `does not follow the line before it: that line (seq ${prevSeq}) or this one was edited`
-            : line.seq > prevSeq! + 1
-              ? `lines seq ${prevSeq! + 1} to ${line.seq - 1} before this line were deleted`
+            : line.seq > prevSeq + 1
+              ? `lines seq ${prevSeq + 1} to ${line.seq - 1} before this line were deleted`
               : `out of order: seq ${line.seq} comes after seq ${prevSeq} (lines were moved or inserted)`;
-        return { summary, problem: { ...at, reason } };
-      } else if (line.seq !== prevSeq! + 1) {
-        return { summary, problem: { ...at, reason: `seq ${line.seq} follows seq ${prevSeq}: the line was edited` } };
+        return problem(reason);
+      } else if (line.type !== 'segment' && line.seq !== prevSeq + 1) {
+        return problem(`seq ${line.seq} follows seq ${prevSeq}: the line was edited`);
       }
-      if (line.type === 'checkpoint') {
-        const ok = await checkMac(line.keyLabel, checkpointMessage(line), Buffer.from(line.mac, 'hex'));
-        if (!ok) {
-          const since = lastCheckpoint ? `since ${lastCheckpoint.file} line ${lastCheckpoint.line}` : 'since the start';
-          return { summary, problem: { ...at, reason: `the checkpoint's HSM MAC does not verify: the lines ${since} were rewritten, or the checkpoint forged` } };
+      const time = Date.parse(line.time);
+      if (time < prevTime) return problem(`time goes backwards: ${line.time} after ${new Date(prevTime).toISOString()} (the line was edited or moved)`);
+      if (line.type === 'segment') {
+        const bad = segmentProblem(line, prevHash === undefined ? undefined : { seq: prevSeq, hash: prevHash });
+        if (bad) return problem(bad);
+      }
+      if (line.type === 'checkpoint' || line.type === 'segment') {
+        if (line.keyLabel !== opts.keyLabel) {
+          return problem(`the ${line.type} was made with the HSM key "${line.keyLabel}", not the configured audit key "${opts.keyLabel}" (audit.keyLabel)`);
         }
-        summary.checkpoints++;
-        lastCheckpoint = at;
+        if (!(await checkMac(opts.keyLabel, sealMessage(line), Buffer.from(line.mac, 'hex')))) {
+          const since = lastSeal ? `since ${lastSeal.file} line ${lastSeal.line}` : 'since the start';
+          return problem(`the ${line.type}'s HSM MAC does not verify: the lines ${since} were rewritten, or the ${line.type} forged`);
+        }
+        if (line.type === 'checkpoint') summary.checkpoints++;
+        else {
+          summary.segments++;
+          summary.notVouched.push(...notVouchedBy(line, pendingUnvouched, attached.get(f), f.file));
+          pendingUnvouched = undefined;
+        }
+        lastSeal = at;
+      }
+      if (line.type === 'event' && line.requestId !== undefined) {
+        if (line.outcome === 'started') {
+          started.set(line.requestId, { ...at, seq: line.seq, time: line.time, operation: line.operation, keyId: line.keyId, who: line.who, requestId: line.requestId });
+        } else started.delete(line.requestId);
       }
       prevHash = lineHash(f.raw[i]!);
       prevSeq = line.seq;
+      prevTime = Math.max(prevTime, time);
       summary.lastSeq = line.seq;
+      summary.resumePoint = { seq: line.seq, hash: prevHash };
       summary.lines++;
       last = at;
+      lastLine = line;
     }
+    if (limit < f.raw.length - 1) pendingUnvouched = { file: f.file, fromLine: limit + 2, toLine: f.raw.length };
   }
-  const lastLine = chain[chain.length - 1]!.lines.at(-1);
-  if (lastLine?.type !== 'checkpoint' && !allowUnsealedTail && last) {
-    const from = lastCheckpoint ? `after ${lastCheckpoint.file} line ${lastCheckpoint.line}` : 'from the start';
+  summary.started = [...started.values()];
+  if (lastLine?.type !== 'checkpoint' && lastLine?.type !== 'segment' && !opts.allowUnsealedTail && last) {
+    const from = lastSeal ? `after ${lastSeal.file} line ${lastSeal.line}` : 'from the start';
     return {
       summary,
       problem: {
@@ -200,4 +342,42 @@ async function verifyChain(
     };
   }
   return { summary };
+}
+
+/** Where a chain's first line may begin: at genesis, or after a resume point the operator named. */
+function chainStart(line: AuditLine, from: ResumePoint[]): ResumePoint | undefined | string {
+  const afterSeq = line.type === 'segment' ? (line.after?.seq ?? 0) : line.seq - 1;
+  if (line.prev === GENESIS) {
+    if (line.type !== 'segment' && line.seq !== 1) return `the chain starts at seq ${line.seq}, not 1: lines before it were deleted`;
+    return undefined;
+  }
+  const point = from.find((p) => p.hash === line.prev && p.seq === afterSeq);
+  if (point) return point;
+  return (
+    `the chain starts at seq ${line.seq}, after a line that is not in the files given (seq ${afterSeq}, hash ${line.prev.slice(0, 16)}...): ` +
+    `older lines were deleted or a file is missing; if a retention policy removed them, name the resume point they ended at with --from <seq>:<hash>`
+  );
+}
+
+/** A segment must name the line it follows and the seqs between that line and itself. */
+function segmentProblem(seg: Segment, before: ResumePoint | undefined): string | undefined {
+  const afterSeq = seg.after?.seq ?? 0;
+  if (before && (seg.after?.seq !== before.seq || seg.after.hash !== before.hash)) return 'the segment does not name the line before it as the line it continues';
+  if (!seg.after && seg.prev !== GENESIS) return 'the segment names no line it continues, but does not start at genesis';
+  if (seg.seq <= afterSeq) return `the segment's seq ${seg.seq} does not come after seq ${afterSeq}`;
+  const gap = seg.seq - 1 > afterSeq;
+  if (gap !== (seg.notVouched !== undefined) || (seg.notVouched && (seg.notVouched.fromSeq !== afterSeq + 1 || seg.notVouched.toSeq !== seg.seq - 1))) {
+    return `the segment does not declare exactly the seqs ${afterSeq + 1} to ${seg.seq - 1} it skips`;
+  }
+  return undefined;
+}
+
+/** What a segment does not vouch for: the lines after the line it continues (where they are), or nothing in the files. */
+function notVouchedBy(seg: Segment, before: { file: string; fromLine: number; toLine: number } | undefined, unsealed: ParsedFile | undefined, segFile: string): NotVouched[] {
+  const seqs = seg.notVouched ? { fromSeq: seg.notVouched.fromSeq, toSeq: seg.notVouched.toSeq } : {};
+  const out: NotVouched[] = [];
+  if (before) out.push({ ...before, lines: before.toLine - before.fromLine + 1, ...seqs, reason: seg.reason });
+  if (unsealed && unsealed.raw.length > 0) out.push({ file: unsealed.file, fromLine: 1, toLine: unsealed.raw.length, lines: unsealed.raw.length, ...seqs, reason: seg.reason });
+  if (out.length === 0 && seg.notVouched) out.push({ file: seg.unsealedFile ?? segFile, fromLine: 0, toLine: 0, lines: 0, ...seqs, reason: seg.reason });
+  return out;
 }

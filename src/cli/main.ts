@@ -3,7 +3,8 @@
 import { Command } from 'commander';
 import { VERSION } from '../proxy.js';
 import { auditCommand } from './audit.js';
-import { auditCliCall, describeCall, type CliCall } from './cli-audit.js';
+import { AuditError } from '../audit/audit-error.js';
+import { auditCliCall, beginCliCall, describeCall, type CliCall } from './cli-audit.js';
 import { hsmCommand } from './hsm.js';
 import { importCommand } from './import.js';
 import { kekCommand } from './kek.js';
@@ -23,10 +24,12 @@ program.addCommand(kekCommand());
 program.addCommand(auditCommand());
 program.addCommand(reportCommand());
 
-// Commands that change keys or the token leave a line in the audit trail, whatever their outcome.
+// Commands that change keys or the token put their intent on the audit trail before they run (they do not run when
+// it cannot be sealed), and their outcome after, whatever it is.
 let call: CliCall | undefined;
-program.hook('preAction', (_root, action) => {
+program.hook('preAction', async (_root, action) => {
   call = describeCall(action);
+  if (call) await beginCliCall(call);
 });
 
 program.parseAsync(process.argv).then(
@@ -37,7 +40,7 @@ program.parseAsync(process.argv).then(
     // One sentence for a person: what was wrong. No stack, no secrets.
     process.stderr.write(`xks: ${(e as Error)?.message ?? String(e)}\n`);
     if (call) await auditCliCall(call, 'error', errorName(e));
-    process.exit(1);
+    process.exit(e instanceof AuditError ? 3 : 1);
   },
 );
 

@@ -186,6 +186,11 @@ export const ConfigSchema = z
         maxFileMB: z.number().int().min(1).max(100_000).default(100),
         /** The HSM key (CKA_LABEL) of the checkpoint MACs; made on first use. */
         keyLabel: z.string().min(1).max(128).default('xks-audit-hmac'),
+        /**
+         * While the trail cannot be sealed: `serve` answers as usual (health DEGRADED); `refuse` answers XKS calls and
+         * admin operations with DependencyTimeoutException (503, KMS retries) until it is sealed again (health UNAVAILABLE).
+         */
+        onFailure: z.enum(['serve', 'refuse']).default('serve'),
       })
       .optional(),
     health: z

@@ -42,6 +42,8 @@ export interface AdminHandlerOptions extends AdminAuth, AdminServices {
   logger: Logger;
   /** Appends one line per admin request to the audit trail (absent: no trail). */
   audit?: ((entry: AuditEntry) => void) | undefined;
+  /** Why operations are refused for now (audit.onFailure refuse while the trail cannot be sealed), or undefined. */
+  refusal?: (() => string | undefined) | undefined;
   bodyLimit?: number;
   now?: () => number;
 }
@@ -52,6 +54,10 @@ interface AdminLog {
   operation: AdminOperation | undefined;
   keyId: string | undefined;
   accessKeyId: string | undefined;
+  /** The access key id verified by the signature (accessKeyId alone may be only claimed). */
+  authenticated: boolean;
+  /** The client's address (the TCP peer). */
+  from: string | undefined;
   outcome: 'ok' | 'error' | undefined;
   status: number | undefined;
   errorName: string | undefined;
@@ -193,14 +199,15 @@ function valueAt(value: unknown, path: PropertyKey[]): unknown {
 }
 
 export function createAdminHandler(opts: AdminHandlerOptions) {
-  /** Every admin call that reached an operation, successful or not, goes into the audit trail. */
+  /** Every admin request goes into the audit trail, refused ones too: who tried (the key id claimed) and from where. */
   const audit = (log: AdminLog) => {
-    if (!opts.audit || !log.operation) return;
+    if (!opts.audit) return;
     opts.audit({
       source: 'admin',
-      ...(log.accessKeyId ? { who: log.accessKeyId } : {}),
+      ...(log.accessKeyId ? (log.authenticated ? { who: log.accessKeyId } : { triedAccessKeyId: log.accessKeyId }) : {}),
+      ...(log.from ? { from: log.from } : {}),
       requestId: log.requestId,
-      operation: log.operation,
+      operation: log.operation ?? 'unknown',
       ...(log.keyId ? { keyId: log.keyId } : {}),
       ...(log.keyVersion !== undefined ? { keyVersion: log.keyVersion } : {}),
       outcome: log.outcome ?? 'error',
@@ -252,6 +259,7 @@ export function createAdminHandler(opts: AdminHandlerOptions) {
       );
     }
     log.accessKeyId = verdict.accessKeyId;
+    log.authenticated = true;
 
     const targets = headerValues(req.rawHeaders, 'x-amz-target');
     const target = targets.length === 1 ? targets[0]! : undefined;
@@ -279,6 +287,8 @@ export function createAdminHandler(opts: AdminHandlerOptions) {
     const keyId = (json as { KeyId?: unknown }).KeyId;
     if (typeof keyId === 'string' && EXTERNAL_KEY_ID.test(keyId)) log.keyId = keyId;
 
+    const refused = opts.refusal?.();
+    if (refused) throw new AdminError('DependencyTimeoutException', refused);
     const result = await run(name, json);
     log.keyVersion = versionIn(result);
     send(res, 200, log.requestId, result);
@@ -296,6 +306,8 @@ export function createAdminHandler(opts: AdminHandlerOptions) {
       operation: undefined,
       keyId: undefined,
       accessKeyId: undefined,
+      authenticated: false,
+      from: req.socket.remoteAddress,
       outcome: undefined,
       status: undefined,
       errorName: undefined,

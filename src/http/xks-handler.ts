@@ -37,6 +37,8 @@ export interface XksHandlerOptions {
   rateShare?: number;
   /** Called once per request with its log line (metrics). */
   observe?: ((log: Readonly<RequestLog>) => void) | undefined;
+  /** Why key operations are refused for now (audit.onFailure refuse while the trail cannot be sealed), or undefined. */
+  refusal?: (() => string | undefined) | undefined;
   now?: () => number;
 }
 
@@ -48,6 +50,10 @@ export interface RequestLog {
   keyId: string | undefined;
   keyVersion: number | undefined;
   accessKeyId: string | undefined;
+  /** The access key id a request that did not authenticate claimed (its Authorization header), as it was tried. */
+  triedAccessKeyId: string | undefined;
+  /** The client's address (the TCP peer: a load balancer's when one is in front). */
+  from: string | undefined;
   /** From requestMetadata (as KMS sent it; trusted only once the signature verified). */
   awsPrincipalArn: string | undefined;
   kmsKeyArn: string | undefined;
@@ -73,6 +79,8 @@ function newLog(): RequestLog {
     keyId: undefined,
     keyVersion: undefined,
     accessKeyId: undefined,
+    triedAccessKeyId: undefined,
+    from: undefined,
     awsPrincipalArn: undefined,
     kmsKeyArn: undefined,
     kmsOperation: undefined,
@@ -176,6 +184,8 @@ export function createXksHandler(opts: XksHandlerOptions) {
       send(res, 200, r.body);
       return;
     }
+    const refused = opts.refusal?.();
+    if (refused) throw new XksError('DependencyTimeoutException', refused);
     const keyId = route.keyId!;
     // Each operation validates its body before the key is looked up (400 before 404), and the key is known to exist
     // before the policy decides (404 before 403); key state and usage come after (400).
@@ -237,6 +247,7 @@ export function createXksHandler(opts: XksHandlerOptions) {
       return;
     }
     const log = newLog();
+    log.from = req.socket.remoteAddress;
     let finished = false;
     const finish = () => {
       finished = true;
@@ -265,6 +276,7 @@ export function createXksHandler(opts: XksHandlerOptions) {
       log.errorName = x.errorName;
       log.reason ??= x.message;
       if (err instanceof HsmError) log.hsmError = err.ckr ?? err.kind;
+      if (!log.accessKeyId) log.triedAccessKeyId = claimedAccessKeyId(req);
       finish();
     };
     // Past the budget the caller gets its answer now; the HSM call, if any, finishes in the background unanswered.
@@ -317,6 +329,8 @@ function auditEntry(log: RequestLog): AuditEntry {
   return {
     source: 'xks',
     ...(log.accessKeyId ? { who: log.accessKeyId } : {}),
+    ...(log.triedAccessKeyId ? { triedAccessKeyId: log.triedAccessKeyId } : {}),
+    ...(log.from ? { from: log.from } : {}),
     ...(log.awsPrincipalArn ? { awsPrincipalArn: log.awsPrincipalArn } : {}),
     ...(log.kmsKeyArn ? { kmsKeyArn: log.kmsKeyArn } : {}),
     ...(log.kmsOperation ? { kmsOperation: log.kmsOperation } : {}),
@@ -328,6 +342,13 @@ function auditEntry(log: RequestLog): AuditEntry {
     outcome: log.outcome ?? 'error',
     ...(log.errorName ? { errorName: log.errorName } : {}),
   };
+}
+
+/** The access key id in a request's Authorization header, whether or not it authenticated (for the audit trail). */
+export function claimedAccessKeyId(req: IncomingMessage): string | undefined {
+  const h = req.headers.authorization;
+  const id = typeof h === 'string' ? /Credential=([^/,\s]{1,128})\//.exec(h)?.[1] : undefined;
+  return id?.replace(/[^\x21-\x7e]/g, '?');
 }
 
 function round(ms: number): number {

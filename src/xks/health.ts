@@ -26,7 +26,11 @@ export interface HealthOptions {
    */
   stalledMs?: () => number;
   stalledAfterMs?: number;
+  /** Something else the proxy needs that is not well (the audit trail cannot be sealed): health says so. */
+  degradedBy?: (() => { status: Exclude<EkmHealth, 'ACTIVE'>; detail: string } | undefined) | undefined;
 }
+
+const RANK: Record<EkmHealth, number> = { ACTIVE: 0, DEGRADED: 1, UNAVAILABLE: 2 };
 
 export class HealthChecker {
   private last: HealthResult | undefined;
@@ -81,11 +85,18 @@ export class HealthChecker {
     return this.last;
   }
 
+  /** The HSM's health (the deep check, cached), made worse by what `degradedBy` reports. */
   async current(): Promise<HealthResult> {
     const stalled = this.opts.stalledMs?.() ?? 0;
     if (stalled > (this.opts.stalledAfterMs ?? Infinity)) {
       return { status: 'UNAVAILABLE', checkedAt: this.now(), detail: `the HSM has not answered a call for ${Math.round(stalled)} ms` };
     }
+    const r = await this.hsmHealth();
+    const d = this.opts.degradedBy?.();
+    return d && RANK[d.status] > RANK[r.status] ? { ...r, status: d.status, detail: d.detail } : r;
+  }
+
+  private async hsmHealth(): Promise<HealthResult> {
     const last = this.last;
     if (last && this.now() - last.checkedAt <= this.opts.maxAgeMs) return last;
     const fresh = this.refresh();

@@ -6,8 +6,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { auditMacChecker, auditSigner, DEFAULT_AUDIT_KEY_LABEL, findAuditKeys } from '../../src/audit/audit-key.js';
 import { lineHash } from '../../src/audit/audit-record.js';
+import { AuditAnchors } from '../../src/audit/audit-anchor.js';
 import { AuditTrail } from '../../src/audit/audit-trail.js';
-import { readAnchors, verifyTrail, type MacCheck } from '../../src/audit/audit-verify.js';
+import { readAnchors, verifyTrail as verifyWith, type MacCheck, type VerifyOptions } from '../../src/audit/audit-verify.js';
 import type { HsmConnection } from '../../src/hsm/hsm-connection.js';
 import { createTestToken, type TestToken, TOKEN_FACTS } from '../helpers/test-token.js';
 import { openTestHsm } from '../helpers/test-hsm.js';
@@ -15,6 +16,8 @@ import { openTestHsm } from '../helpers/test-hsm.js';
 let token: TestToken;
 let hsm: HsmConnection;
 let check: MacCheck;
+/** Verify with the configured key label (the default). */
+const verifyTrail = (files: string[], mac: MacCheck, opts: Partial<VerifyOptions> = {}) => verifyWith(files, mac, { keyLabel: DEFAULT_AUDIT_KEY_LABEL, ...opts });
 let dir: string;
 /** The trail's files, oldest first, and the lines of the current file. */
 let files: string[];
@@ -41,17 +44,18 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'xks-audit-'));
   const file = join(dir, 'audit-test.jsonl');
   const signer = await auditSigner(hsm);
+  const anchors = new AuditAnchors(hsm);
   const logged: string[] = [];
   const onCheckpoint = (c: { file: string; seq: number; hash: string }) => logged.push(JSON.stringify({ level: 30, ...c, msg: 'audit checkpoint' }));
   // Small checkpoint interval and file size: the trail gets several checkpoints and one rotation.
-  const trail = AuditTrail.open({ file, signer, checkpointEvery: 10, checkpointIntervalMs: 60_000, maxFileBytes: 8_000, onCheckpoint });
+  const trail = await AuditTrail.open({ file, signer, anchors, checkpointEvery: 10, checkpointIntervalMs: 60_000, maxFileBytes: 8_000, onCheckpoint });
   for (let i = 0; i < 45; i++) {
     trail.append(entry(i));
     if (i % 7 === 0) await new Promise((r) => setTimeout(r, 1));
   }
   await trail.close();
   // A restart continues the same chain in the same file.
-  const again = AuditTrail.open({ file, signer, checkpointEvery: 10, checkpointIntervalMs: 60_000, maxFileBytes: 1_000_000, onCheckpoint });
+  const again = await AuditTrail.open({ file, signer, anchors, checkpointEvery: 10, checkpointIntervalMs: 60_000, maxFileBytes: 1_000_000, onCheckpoint });
   for (let i = 45; i < 52; i++) again.append(entry(i));
   await again.close();
   logFile = join(dir, 'proxy.log');
@@ -101,7 +105,8 @@ describe('a trail as written', () => {
     expect(r.problem).toBeUndefined();
     expect(r.ok).toBe(true);
     expect(r.chains).toHaveLength(1);
-    expect(r.chains[0]).toMatchObject({ firstSeq: 1, continuesEarlierFiles: false });
+    expect(r.chains[0]).toMatchObject({ firstSeq: 1, segments: 0, notVouched: [] });
+    expect(r.chains[0]!.startsAfter).toBeUndefined();
     expect([...r.chains[0]!.files].sort()).toEqual([...files].sort());
   });
 
@@ -209,17 +214,74 @@ describe('tampering is caught at the first line it touches', () => {
     expect(r.problem!.line).toBe(cutAt + 1);
   });
 
-  it('a missing middle file', async () => {
-    if (files.length < 3) {
-      // With two files, dropping the older leaves a chain that starts after lines not given: reported, not hidden.
-      const r = await verifyTrail([files[files.length - 1]!], check);
-      expect(r.ok).toBe(true);
-      expect(r.chains[0]!.continuesEarlierFiles).toBe(true);
-      expect(r.chains[0]!.firstSeq).toBeGreaterThan(1);
-      return;
+  it('a missing oldest or middle file, or the oldest lines: the chain does not start at genesis', async () => {
+    expect(files.length).toBeGreaterThan(1);
+    const newest = await verifyTrail([files[files.length - 1]!], check);
+    expect(newest.ok).toBe(false);
+    expect(newest.problem!.reason).toMatch(/starts at seq \d+, after a line that is not in the files given.*--from/);
+    if (files.length >= 3) {
+      const r = await verifyTrail([files[0]!, ...files.slice(2)], check);
+      expect(r.ok).toBe(false);
+      expect(r.problem!.reason).toMatch(/after a line that is not in the files given/);
     }
-    const r = await verifyTrail([files[0]!, files[2]!], check);
-    expect(r.chains.length + (r.ok ? 0 : 1)).toBeGreaterThan(1);
+    // The oldest lines of the first file deleted.
+    const copyDir = mkdtempSync(join(tmpdir(), 'xks-audit-copy-'));
+    const copies = files.map((f, i) => {
+      const target = join(copyDir, f.split('/').pop()!);
+      const text = readFileSync(f, 'utf8');
+      writeFileSync(target, i === 0 ? text.split('\n').slice(3).join('\n') : text);
+      return target;
+    });
+    const cut = await verifyTrail(copies, check);
+    expect(cut.ok).toBe(false);
+    expect(cut.problem).toMatchObject({ file: copies[0], line: 1 });
+  });
+
+  it('retention: the files after a resume point verify with --from; the resume point is the last line of the files before', async () => {
+    const older = await verifyTrail(files.slice(0, -1), check);
+    expect(older.ok).toBe(true);
+    const point = older.chains[0]!.resumePoint;
+    const lastOfOlder = readFileSync(files[files.length - 2]!, 'utf8').split('\n').slice(0, -1).at(-1)!;
+    expect(point).toEqual({ seq: JSON.parse(lastOfOlder).seq, hash: lineHash(lastOfOlder) });
+    const r = await verifyTrail([files[files.length - 1]!], check, { from: [point] });
+    expect(r.problem).toBeUndefined();
+    expect(r.chains[0]!.startsAfter).toEqual(point);
+    // A resume point that is not where the chain begins does not help.
+    expect((await verifyTrail([files[files.length - 1]!], check, { from: [{ ...point, seq: point.seq - 1 }] })).ok).toBe(false);
+  });
+
+  it('time going backwards', async () => {
+    const r = await verifyTrail(
+      tampered((l) => {
+        // Line 4 dated a minute before line 3, and the chain rebuilt from there so that only the time is wrong.
+        const out: string[] = [];
+        l.forEach((x, i) => {
+          const obj = JSON.parse(x);
+          if (i > 0) obj.prev = lineHash(out[i - 1]!);
+          if (i === 3) obj.time = new Date(Date.parse(JSON.parse(l[2]!).time) - 60_000).toISOString();
+          out.push(i === 0 ? x : JSON.stringify(obj));
+        });
+        return out;
+      }),
+      check,
+    );
+    expect(r.ok).toBe(false);
+    expect(r.problem).toMatchObject({ line: 4 });
+    expect(r.problem!.reason).toMatch(/time goes backwards/);
+  });
+
+  it('a checkpoint made with an HSM key other than the configured one', async () => {
+    const other = await auditSigner(hsm, 'another-hmac-key');
+    // A chain of its own, sealed with another key that is in the same HSM: its MAC verifies, its key is not ours.
+    const file = join(mkdtempSync(join(tmpdir(), 'xks-audit-other-')), 'audit-other.jsonl');
+    const t = await AuditTrail.open({ file, signer: other, anchors: new AuditAnchors(hsm), checkpointEvery: 3, checkpointIntervalMs: 60_000, maxFileBytes: 1_000_000 });
+    for (let i = 0; i < 3; i++) t.append(entry(i));
+    await t.close();
+    expect(JSON.parse(readFileSync(file, 'utf8').split('\n').at(-2)!)).toMatchObject({ type: 'checkpoint', keyLabel: 'another-hmac-key' });
+    expect((await verifyTrail([file], check, { keyLabel: 'another-hmac-key' })).ok).toBe(true);
+    const r = await verifyTrail([file], check);
+    expect(r.ok).toBe(false);
+    expect(r.problem!.reason).toMatch(/made with the HSM key "another-hmac-key", not the configured audit key "xks-audit-hmac"/);
   });
 
   it('a checkpoint whose MAC is not the HSM key\'s', async () => {

@@ -2,6 +2,7 @@
 // their label: `xks keys create xks-audit-hmac` made the audit key ambiguous (a record object with the audit key's
 // label), and an operator's key under the health check's label would be served to KMS.
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { ANCHOR_LABEL } from '../../src/audit/audit-anchor.js';
 import { auditSigner, DEFAULT_AUDIT_KEY_LABEL, findAuditKeys } from '../../src/audit/audit-key.js';
 import { GENERIC_SECRET_KEY_GEN } from '../../src/hsm/mechanisms.js';
 import { hmacKeyTemplate } from '../../src/hsm/templates.js';
@@ -14,7 +15,7 @@ beforeAll(async () => {
 });
 afterAll(async () => t?.stop());
 
-it.each([DEFAULT_AUDIT_KEY_LABEL, 'xks-proxy-health-check'])('refuses %s as an external key id, making nothing', async (label) => {
+it.each([DEFAULT_AUDIT_KEY_LABEL, ANCHOR_LABEL, 'xks-proxy-health-check'])('refuses %s as an external key id, making nothing', async (label) => {
   const before = (await t.proxy.hsm.findSecretKeys({ label })).length;
   await expect(t.proxy.lifecycle.create(label, { usage: { encrypt: true, decrypt: true } })).rejects.toMatchObject({
     code: 'ValidationException',

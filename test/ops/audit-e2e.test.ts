@@ -1,7 +1,7 @@
 // The audit trail end to end: a real proxy (XKS and admin listeners, a real token) with an audit section; signed
 // requests leave one line each with who, what and the outcome, and nothing secret; after stop() the trail is sealed by
 // an HSM checkpoint; the built `xks audit verify` accepts it and names the line of every kind of tampering on a copy;
-// operator commands (`xks keys ...`) append to the CLI trail as `os:<user>`.
+// operator commands (`xks keys ...`) append their intent and outcome to the CLI trail as `os:<user>`.
 import { copyFileSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
@@ -272,7 +272,11 @@ describe('operator commands (xks keys ...)', () => {
     const cliTrail = join(auditDir, trailFileName('cli'));
     const cliLines = readFileSync(cliTrail, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
     const who = `os:${userInfo().username}`;
-    const events = cliLines.filter((l) => l.type === 'event');
+    // Each command's intent, sealed before it ran, then its outcome under the same call id.
+    const all = cliLines.filter((l) => l.type === 'event');
+    expect(all.map((e) => e.outcome)).toEqual(['started', 'ok', 'started', 'ok', 'started', 'ok', 'started', 'error']);
+    for (let i = 0; i < all.length; i += 2) expect(all[i + 1].requestId).toBe(all[i].requestId);
+    const events = all.filter((e) => e.outcome !== 'started');
     expect(events.map((e) => [e.operation, e.keyId, e.outcome])).toEqual([
       ['keys create', 'cli-key', 'ok'],
       ['keys rotate', 'cli-key', 'ok'],
@@ -289,7 +293,9 @@ describe('operator commands (xks keys ...)', () => {
 
     const r = await runXks(token, configFile, ['audit', 'verify', cliTrail, trail]);
     expect(r.code, r.stdout + r.stderr).toBe(0);
-    expect(r.stdout.match(/^OK /gm)).toHaveLength(2);
+    expect(r.stdout.match(/^OK \S+: seq /gm)).toHaveLength(2);
+    // Both trails' newest checkpoints are anchored in the HSM, and are in the files.
+    expect(r.stdout).toMatch(/^OK the newest checkpoint the HSM anchored is in the files, for the trail of .*-cli\.jsonl, .*-main\.jsonl$|^OK the newest checkpoint the HSM anchored is in the files, for the trail of .*-main\.jsonl, .*-cli\.jsonl$/m);
   });
 });
 

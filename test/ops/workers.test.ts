@@ -228,7 +228,8 @@ describe('xks serve --workers 2', () => {
     }
     const v = await runXks(token, file, ['audit', 'verify', trail(1), trail(2)]);
     expect(v.code, v.stdout + v.stderr).toBe(0);
-    expect(v.stdout.match(/^OK /gm)).toHaveLength(2);
+    expect(v.stdout.match(/^OK \S+: seq /gm)).toHaveLength(2);
+    expect(v.stdout).toMatch(/^OK the newest checkpoint the HSM anchored is in the files, for the trail of .*-w[12]\.jsonl, .*-w[12]\.jsonl$/m);
     expect(serve.output()).not.toContain(SECRET);
     expect(serve.output()).not.toContain(token.userPin);
   }, 30_000);

@@ -1,0 +1,14 @@
+// The audit trail's own failures, by name. A key-changing CLI command that cannot put its intent on the trail does
+// not make its change (AuditTrailUnavailable, AuditTrailLocked); the proxy in `audit.onFailure: refuse` mode answers
+// XKS calls with a named error while its trail cannot be sealed.
+export type AuditErrorName = 'AuditTrailUnavailable' | 'AuditTrailLocked';
+
+export class AuditError extends Error {
+  override readonly name = 'AuditError';
+  constructor(
+    readonly errorName: AuditErrorName,
+    message: string,
+  ) {
+    super(`${errorName}: ${message}`);
+  }
+}
