@@ -30,6 +30,8 @@ export async function openHsm(
   loaded: LoadedConfig,
   incidents?: Incidents,
   observeCall?: (call: 'encrypt' | 'decrypt', seconds: number) => void,
+  /** The budget of a call on the control thread (HsmOptions.controlTimeoutMs); an operator's command waits longer. */
+  controlTimeoutMs?: number,
 ): Promise<HsmConnection> {
   const h = loaded.config.hsm;
   const profile = loadProfile(h.profile);
@@ -46,6 +48,7 @@ export async function openHsm(
     ivMode: h.ivMode,
     callMode: h.callMode,
     callThreadBusyAt: h.callThreadBusyAt,
+    controlTimeoutMs,
     // One line per incident: a failing HSM reports the same event for every request.
     onEvent: (event, detail) => incidents?.warn(incidentKey(detail), detail, event),
     observeCall,
@@ -143,7 +146,8 @@ export interface RunningProxy {
 export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: ProxyOptions = {}): Promise<RunningProxy> {
   const metrics = new Metrics(opts.registry ?? new client.Registry());
   const incidents = new Incidents(logger, loaded.config.log.repeatWindowSeconds * 1000);
-  const hsm = await openHsm(loaded, incidents, (call, seconds) => metrics.observeHsmCall(call, seconds));
+  // A serving process gives a search or a key read 2 s (the request itself is answered at its deadline meanwhile).
+  const hsm = await openHsm(loaded, incidents, (call, seconds) => metrics.observeHsmCall(call, seconds), Math.max(2_000, loaded.config.hsm.operationTimeoutMs));
   let current = loaded;
   const closers: (() => Promise<void>)[] = [];
   try {

@@ -28,6 +28,8 @@ export interface HsmOptions extends LibrarySpec {
   operationTimeoutMs: number;
   ivMode?: IvMode | undefined;
   callMode?: CallMode | undefined;
+  /** Budget for one call on the control thread (searches, key management, logins); default 60 s. */
+  controlTimeoutMs?: number | undefined;
   /**
    * callMode thread: the event-loop utilisation above which AES-GCM calls go to the call thread; below it they run on
    * the event loop (0: always to the thread, the default: a call on the event loop that hangs stalls the process).
@@ -126,7 +128,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
   static async open(opts: HsmOptions): Promise<HsmConnection> {
     const c = new HsmConnection(opts);
     c.mod = loadModule(opts);
-    if ((opts.callMode ?? opts.profile.callMode) !== 'sync') c.control = new ControlThread(opts.modulePath, Math.max(2_000, opts.operationTimeoutMs));
+    if ((opts.callMode ?? opts.profile.callMode) !== 'sync') c.control = new ControlThread(opts.modulePath, opts.controlTimeoutMs ?? 60_000);
     try {
       await c.attach();
       // What the token can do is read once, here: a re-initialisation finds the same token (by label or serial).

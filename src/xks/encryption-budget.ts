@@ -119,6 +119,11 @@ export class EncryptionBudget {
         // Other processes took the last room at the same moment, again and again: KMS retries a throttled request.
         throw new XksError('ThrottlingException', `reserving encryptions of external key ${c.keyId} version ${c.version} conflicted with other processes; retry`);
       }
+      // Counted like any request: the next block is reserved only once this one is three quarters used.
+      if (c.used < c.soft) {
+        c.used++;
+        return undefined;
+      }
       return this.takeSlow(c);
     });
   }

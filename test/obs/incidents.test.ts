@@ -97,18 +97,23 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('an HSM outage in the log', () => {
     const during = t.logs.slice(before);
     expect(during.filter((l) => l.includes('"msg":"xks request"') && l.includes('"status":503'))).toHaveLength(60);
     const lines = events(during);
+    // Recovery is tried again with backoff (not once per request), each attempt a line or a count in the next one.
     const recoveries = lines.filter((l) => l.msg === 'hsm.recover');
-    expect(recoveries.length, JSON.stringify(lines.map((l) => [l.msg, l.repeated]))).toBeGreaterThanOrEqual(2);
+    expect(recoveries.length, JSON.stringify(lines.map((l) => [l.msg, l.repeated]))).toBeGreaterThanOrEqual(1);
     expect(recoveries.length).toBeLessThanOrEqual(4);
     expect(recoveries[0]!.repeated).toBeUndefined();
-    const counted = recoveries.slice(1).reduce((n, l) => n + (l.repeated as number), 0);
-    expect(counted).toBeGreaterThanOrEqual(50);
+    const attempts = 1 + recoveries.slice(1).reduce((n, l) => n + (l.repeated as number), 0);
+    expect(attempts, 'fewer recoveries than failed requests').toBeLessThan(30);
+    expect(lines.filter((l) => l.msg === 'hsm.unavailable'), 'one line says the HSM is away').toHaveLength(1);
     expect(lines.length, JSON.stringify(lines.map((l) => l.msg))).toBeLessThanOrEqual(8);
 
-    // Over: a quiet window closes the incident; the HSM serves again.
+    // Over: a quiet window closes the incident; the HSM serves again (within the 2 s backoff at most).
     control.set('');
     let back = false;
-    for (let i = 0; i < 20 && !back; i++) back = (await xks.encrypt('foo', Buffer.from('after'))).status === 200;
+    for (let i = 0; i < 60 && !back; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      back = (await xks.encrypt('foo', Buffer.from('after'))).status === 200;
+    }
     expect(back).toBe(true);
   }, 60_000);
 });

@@ -350,7 +350,8 @@ describe('a checkpoint that fails (the HSM busy at that moment)', () => {
     const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
     try {
       const xks = xksClient(busy.httpUrl);
-      expect((await xks.encrypt('foo', Buffer.from('warm up'))).status).toBe(200);
+      const warm = await xks.encrypt("foo", Buffer.from("warm up"));
+      expect(warm.status).toBe(200);
       for (let i = 0; i < 40 && lastType() !== 'checkpoint'; i++) await sleep(100);
       expect(lastType()).toBe('checkpoint');
 

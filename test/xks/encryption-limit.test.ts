@@ -254,3 +254,15 @@ describe('two proxy processes on one token', () => {
     expect((await describeKey('shared')).Versions[0].EncryptionsReserved).toBeLessThan(LIMITS.perVersion);
   });
 });
+
+describe('a new version', () => {
+  it("a version's first encrypt reserves one block, not a second one at once", async () => {
+    const made = await runXks(token, t.configFile, ['keys', 'create', 'first-block']);
+    expect(made.code, made.stderr).toBe(0);
+    expect((await xks.encrypt('first-block', Buffer.from('one'))).status).toBe(200);
+    await sleep(300); // a background reservation, if one were started, is done by now
+    const blocks = (await BlockIndex.read(t.proxy.hsm)).reserved('first-block');
+    // The first block is perBlock / 64, at least 1; a second reservation would have doubled it.
+    expect([...blocks.values()]).toEqual([1]);
+  });
+});
