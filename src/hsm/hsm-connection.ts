@@ -626,15 +626,23 @@ export class HsmConnection implements KeyStore, HsmOperations {
     });
   }
 
-  /** Single-part C_Decrypt of data from outside (raw RSA of an import blob) into a buffer of `outBytes`. */
+  /**
+   * Single-part C_Decrypt of data from outside (raw RSA of an import blob) into a buffer of `outBytes`. The answer is a
+   * view of one allocation of its own, never copied, so that the caller's wipe of it wipes every copy there is.
+   */
   decryptUntrusted(mechanism: Mechanism, key: Handle, data: Buffer, outBytes: number): Promise<Buffer> {
     return this.run('decrypt', async (s) => {
       await this.x<void>('C_DecryptInit', s, mechanism, this.live(key));
-      const out = await this.callUnbounded(
-        () => this.mod.C_Decrypt(s, data, Buffer.alloc(outBytes)),
-        () => this.mod.C_DecryptAsync(s, data, Buffer.alloc(outBytes)),
-      );
-      return Buffer.from(out);
+      const target = Buffer.alloc(outBytes);
+      try {
+        return await this.callUnbounded(
+          () => this.mod.C_Decrypt(s, data, target),
+          () => this.mod.C_DecryptAsync(s, data, target),
+        );
+      } catch (e) {
+        target.fill(0);
+        throw e;
+      }
     });
   }
 

@@ -84,10 +84,10 @@ export async function openMaterialSource(o: OpenSourceOptions): Promise<Material
     if (o.use === 'oaep-unwrap') {
       return { materialize: (t) => orNotUnwrappable(() => hsm.unwrapUntrusted(oaepMechanism(hash), privateKey, blob, t)), dispose: async () => undefined };
     }
-    const em = await orNotUnwrappable(() => hsm.decryptUntrusted(RSA_RAW, privateKey, blob, k));
+    const em = leftPad(await orNotUnwrappable(() => hsm.decryptUntrusted(RSA_RAW, privateKey, blob, k)), k);
     let material: Buffer;
     try {
-      material = oaepDecode(leftPad(em, k), k, hash);
+      material = oaepDecode(em, k, hash);
     } catch {
       throw notUnwrappable();
     } finally {
@@ -114,10 +114,10 @@ export async function openMaterialSource(o: OpenSourceOptions): Promise<Material
   if (o.use === 'oaep-unwrap') {
     ephemeral = await orNotUnwrappable(() => hsm.unwrapUntrusted(oaepMechanism(hash), privateKey, wrappedKey, ephemeralAesKeyTemplate(kwp)));
   } else {
-    const em = await orNotUnwrappable(() => hsm.decryptUntrusted(RSA_RAW, privateKey, wrappedKey, k));
+    const em = leftPad(await orNotUnwrappable(() => hsm.decryptUntrusted(RSA_RAW, privateKey, wrappedKey, k)), k);
     let aesKey: Buffer;
     try {
-      aesKey = oaepDecode(leftPad(em, k), k, hash);
+      aesKey = oaepDecode(em, k, hash);
       if (aesKey.length !== 32) throw new Error('not an AES-256 key');
     } catch {
       // Carry on with a random key, so that a bad OAEP encoding fails at the KWP step like any other bad blob: the
@@ -148,6 +148,7 @@ export async function openMaterialSource(o: OpenSourceOptions): Promise<Material
   };
 }
 
+/** `b` left-padded with zeros to k bytes; a shorter `b` is wiped once copied, so the caller wipes what it gets back. */
 function leftPad(b: Buffer, k: number): Buffer {
   if (b.length >= k) return b;
   const out = Buffer.alloc(k);
