@@ -163,9 +163,9 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
       waitMs: 200,
       fleetSize: loaded.config.health.fleetSize,
       version: VERSION,
-      stalledMs: () => hsm.oldestCallMs,
-      // A call that has waited past its budget: the HSM is not answering in time for KMS.
-      stalledAfterMs: loaded.config.hsm.operationTimeoutMs,
+      stalledMs: () => hsm.overdueMs,
+      // A call past its budget (AES-GCM: operationTimeoutMs; a search: the control thread's): the HSM is not answering.
+      stalledAfterMs: 0,
       degradedBy: () => {
         const failing = auditFailing();
         return failing ? { status: refuseUnsealed ? 'UNAVAILABLE' : 'DEGRADED', detail: `the audit trail cannot be sealed (${failing})` } : undefined;

@@ -116,6 +116,11 @@ export class CallThread {
     return first ? performance.now() - first.at : 0;
   }
 
+  /** How far past its budget the oldest call queued or out is (ms); 0 when none is. */
+  get overdueMs(): number {
+    return Math.max(0, this.oldestCallMs - this.timeoutMs);
+  }
+
   /** Calls queued or out on the thread. */
   get pending(): number {
     return this.queued.length + this.sent.size;

@@ -7,6 +7,8 @@ import { Worker } from 'node:worker_threads';
 import { HsmError } from './errors.js';
 
 interface Pending {
+  /** Told the value of a call that returned after its caller timed out (a session to close). */
+  onLate?: ((v: unknown) => void) | undefined;
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
   /** performance.now() when sent. */
@@ -60,11 +62,16 @@ export class ControlThread {
 
   /** Run one PKCS#11 function (or the composite `findAll`) on the thread. */
   call<T>(fn: string, ...args: unknown[]): Promise<T> {
+    return this.callOr<T>(undefined, fn, ...args);
+  }
+
+  /** As call(), and `onLate` gets what a call returns after its caller was told Timeout (a session it must close). */
+  callOr<T>(onLate: ((v: T) => void) | undefined, fn: string, ...args: unknown[]): Promise<T> {
     if (this.closed) return Promise.reject(new HsmError('Closed', 'the HSM connection is closed'));
     const worker = this.ensureWorker();
     return new Promise<T>((resolve, reject) => {
       const id = this.nextId++;
-      this.out.set(id, { resolve: resolve as (v: unknown) => void, reject, at: performance.now() });
+      this.out.set(id, { resolve: resolve as (v: unknown) => void, reject, at: performance.now(), onLate: onLate as ((v: unknown) => void) | undefined });
       worker.postMessage({ id, fn, args });
     });
   }
@@ -74,9 +81,9 @@ export class ControlThread {
     return this.out.size;
   }
 
-  /** How long the oldest call out has waited (ms); 0 when none. */
-  get oldestCallMs(): number {
-    for (const c of this.out.values()) return performance.now() - c.at;
+  /** How far past its budget the oldest call out is (ms); 0 when none is. */
+  get overdueMs(): number {
+    for (const c of this.out.values()) return Math.max(0, performance.now() - c.at - this.timeoutMs);
     return 0;
   }
 
@@ -114,8 +121,10 @@ export class ControlThread {
     const c = this.out.get(m.id);
     if (!c) return;
     this.out.delete(m.id);
-    if (c.settle) c.settle();
-    else if (m.error) c.reject(new ControlThreadError(m.error.message, m.error.code));
+    if (c.settle) {
+      c.settle();
+      if (!m.error) c.onLate?.(toBuffers(m.value));
+    } else if (m.error) c.reject(new ControlThreadError(m.error.message, m.error.code));
     else c.resolve(toBuffers(m.value));
     // Referenced only while calls are out, so that a CLI command's process can end once its work is done.
     if (this.out.size === 0) this.worker?.unref();

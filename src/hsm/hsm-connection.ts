@@ -99,7 +99,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
   private control: ControlThread | undefined;
   private ivPool: Buffer = Buffer.alloc(0);
   private ivRefill: Promise<void> | undefined;
-  /** The login state the last check saw (ping() answers from it without a call). */
+  /** The login state the last check saw. */
   private loggedIn = false;
   /** Attribute types this token does not keep (CKR_ATTRIBUTE_TYPE_INVALID when read): left out of reads. */
   private readonly lackedAttributes = new Set<number>();
@@ -149,7 +149,11 @@ export class HsmConnection implements KeyStore, HsmOperations {
       ...(opts.maxQueue !== undefined ? { maxWaiters: opts.maxQueue } : {}),
       open: async () => {
         const [generation, epoch] = [c.generation, c.epoch];
-        return { handle: await c.x<Handle>('C_OpenSession', c.slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION), generation, epoch };
+        const open = [c.slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION];
+        // A session that opens after its caller timed out is closed, not leaked (network HSMs cap sessions).
+        const late = (h: Handle) => void c.x('C_CloseSession', h).catch(() => undefined);
+        const handle = c.control ? await c.control.callOr<Handle>(late, 'C_OpenSession', ...open) : await c.x<Handle>('C_OpenSession', ...open);
+        return { handle, generation, epoch };
       },
       close: (s) => c.x<void>('C_CloseSession', s.handle),
       currentGeneration: () => c.generation,
@@ -366,7 +370,10 @@ export class HsmConnection implements KeyStore, HsmOperations {
       // Only CKA_TOKEN may change: the copy inherits CKA_SENSITIVE, CKA_EXTRACTABLE and the usage. Read back that it
       // is at least as protected as the key (NSS makes a copy of a non-sensitive key sensitive: more, never less).
       const [sensitive, extractable] = await this.readAttributes(s, this.live(key), [P.CKA_SENSITIVE, P.CKA_EXTRACTABLE]);
-      const copy = this.stamp(await this.x<Handle>('C_CopyObject', this.loginSession, key, [{ type: P.CKA_TOKEN, value: false }]), true);
+      const args = [this.loginSession, key, [{ type: P.CKA_TOKEN, value: false }]];
+      // A copy made after its caller timed out is destroyed, not left on the login session.
+      const late = (h: Handle) => void this.x('C_DestroyObject', this.loginSession, h).catch(() => undefined);
+      const copy = this.stamp(this.control ? await this.control.callOr<Handle>(late, 'C_CopyObject', ...args) : await this.x<Handle>('C_CopyObject', ...args), true);
       await this.confirmTemplate(s, copy, [
         { type: P.CKA_TOKEN, value: false },
         ...(readBool(sensitive) ? [{ type: P.CKA_SENSITIVE, value: true }] : []),
@@ -720,8 +727,17 @@ export class HsmConnection implements KeyStore, HsmOperations {
       } catch (e) {
         // Opening a session can itself report a lost device (a recovery that failed halfway): recover again.
         const err = toHsmError(e);
+        // No session came free because the calls holding them have waited longer than a session wait may (they take
+        // a millisecond when the HSM answers): that is the HSM not answering (503), not load (429).
+        const stuck = Math.max(this.thread?.oldestCallMs ?? 0, this.overdueMs);
+        if (err.kind === 'PoolExhausted' && stuck >= this.opts.acquireTimeoutMs) throw new HsmError('Timeout', `the HSM has not answered a call for ${Math.round(stuck)} ms`);
         if (!needsRecovery(err.kind) || attempt > 0) throw err;
         await this.recover(err);
+        continue;
+      }
+      if (session.epoch !== this.epoch) {
+        // Opened just before a re-initialisation: its number means nothing in the library now.
+        this.pool.discard(session);
         continue;
       }
       let err: HsmError;
@@ -829,7 +845,8 @@ export class HsmConnection implements KeyStore, HsmOperations {
   private async doRecover(cause: HsmError): Promise<void> {
     this.opts.onEvent?.('hsm.recover', { cause: cause.kind, ckr: cause.ckr });
     // Session copies made before may survive a re-login: destroy them so none leaks, then forget them all.
-    for (const c of this.copies.values()) {
+    // Not while calls hang (each destroy would wait out its budget): the copies then go with the library.
+    for (const c of this.overdueMs > 0 ? [] : this.copies.values()) {
       if (c.generation !== this.generation) continue;
       await this.x('C_DestroyObject', this.loginSession, c.copy).catch(() => undefined); // gone with its session
     }
@@ -852,8 +869,13 @@ export class HsmConnection implements KeyStore, HsmOperations {
         // CKR_CRYPTOKI_NOT_INITIALIZED): the library itself must start again.
       }
     }
-    // Re-initialise the library: every handle from before is void. Calls still running on other threads first.
+    // Re-initialise the library: every handle from before is void. Calls still running on other threads first: one
+    // that runs on after C_Finalize and C_Initialize would use an old session and key number in the new library (or
+    // crash it). While they hang, the connection stays down and tries again later.
     await this.drain(2_000);
+    if (this.asyncCallsInFlight > 0) {
+      throw new HsmError('Timeout', `the HSM was not re-initialised: ${this.asyncCallsInFlight} calls are still out, waiting for the HSM`);
+    }
     this.loggedIn = false;
     await this.x('C_Finalize').catch(() => undefined); // already gone
     this.epoch++;
@@ -885,9 +907,9 @@ export class HsmConnection implements KeyStore, HsmOperations {
     return this.inFlight + (this.thread?.pending ?? 0) + (this.control?.pending ?? 0);
   }
 
-  /** How long the oldest call on the call thread or the control thread has been waiting for the HSM (ms). */
-  get oldestCallMs(): number {
-    return Math.max(this.thread?.oldestCallMs ?? 0, this.control?.oldestCallMs ?? 0);
+  /** How far past its budget the oldest call on the call thread or the control thread is (ms; 0: none is). */
+  get overdueMs(): number {
+    return Math.max(this.thread?.overdueMs ?? 0, this.control?.overdueMs ?? 0);
   }
 
   /** Wait (at most `maxMs`) until no call runs off the event loop. */

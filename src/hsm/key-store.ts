@@ -101,8 +101,8 @@ export interface HsmOperations {
   readonly sessionStats: { open: number; idle: number; waiting: number; size: number; waited: number; refused: number };
   readonly callThreadStats: { calls: number; batches: number };
   readonly asyncCallsInFlight: number;
-  /** How long the oldest call out to the HSM has waited (ms): an HSM that hangs shows here at once. */
-  readonly oldestCallMs: number;
+  /** How far past its budget the oldest call out to the HSM is (ms; 0: none is): an HSM that hangs shows here. */
+  readonly overdueMs: number;
   /** Wait (at most `maxMs`) until no call runs off the event loop. */
   drain(maxMs: number): Promise<void>;
   close(): void;

@@ -49,9 +49,10 @@ export class SessionPool {
   tryAcquire(): PooledSession | undefined {
     if (this.closed) throw new HsmError('Closed', 'the HSM connection is closing');
     const gen = this.opts.currentGeneration();
+    const epoch = this.opts.currentEpoch();
     while (this.idle.length > 0) {
       const s = this.idle.pop()!;
-      if (s.generation === gen) return s;
+      if (s.generation === gen && s.epoch === epoch) return s;
       this.closeQuietly(s); // from before a recovery
       this.open--;
     }
@@ -85,7 +86,9 @@ export class SessionPool {
 
   /** Give back a clean session. */
   release(s: PooledSession): void {
-    if (this.closed || s.generation !== this.opts.currentGeneration()) {
+    // A session from before a recovery or a re-initialisation (opened while one was under way) is never reused: after
+    // C_Finalize its number may name another session.
+    if (this.closed || s.generation !== this.opts.currentGeneration() || s.epoch !== this.opts.currentEpoch()) {
       this.discard(s);
       return;
     }

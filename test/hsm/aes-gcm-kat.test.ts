@@ -61,7 +61,8 @@ describe.each(['sync', 'async', 'thread'] as const)(`AES-256-GCM on ${TOKEN_KIND
     hsm.capabilities.callMode = callMode;
   });
 
-  it('the test key holds the known value', () => {
+  // NSS keeps its token keys sensitive whatever the template says (its value cannot be read back).
+  it.skipIf(!TOKEN_FACTS.nonSensitiveKeys)('the test key holds the known value', () => {
     const { mod, loginSession } = hsm.moduleForTests;
     const [v] = mod.C_GetAttributeValue(loginSession, key, [{ type: P.CKA_VALUE }]);
     expect(v!.value).toEqual(KEY);

@@ -8,7 +8,7 @@ import { wrappingPrivateKeyTemplate, wrappingPublicKeyTemplate } from '../../src
 import { RSA_KEY_PAIR_GEN, RSA_RAW } from '../../src/hsm/mechanisms.js';
 import { publicKeyDer } from '../../src/import/unwrap.js';
 import { openTestHsm } from '../helpers/test-hsm.js';
-import { createTestToken, type TestToken } from '../helpers/test-token.js';
+import { createTestToken, TOKEN_FACTS, type TestToken } from '../helpers/test-token.js';
 
 describe('raw RSA decryption of data from outside', () => {
   let token: TestToken;
@@ -23,7 +23,8 @@ describe('raw RSA decryption of data from outside', () => {
   });
 
   it('answers in one allocation of its own: wiping the answer wipes the only copy', async (ctx) => {
-    if (!hsm.capabilities.rsaX509) ctx.skip(); // a token without raw RSA never takes this path
+    // Only a token whose RSA-OAEP lacks SHA-256 (SoftHSM 2.6) takes the raw path; NSS refuses raw RSA with this key.
+    if (!hsm.capabilities.rsaX509 || TOKEN_FACTS.oaepSha256) ctx.skip();
     const spec = { label: 'raw-rsa-test', id: randomBytes(8), modulusBits: 2048, use: 'raw-decrypt' as const, token: false };
     const pair = await hsm.generateKeyPair(RSA_KEY_PAIR_GEN, wrappingPublicKeyTemplate(spec), wrappingPrivateKeyTemplate(spec));
     const k = 256;
