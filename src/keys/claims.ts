@@ -11,8 +11,10 @@
 // no such pid, or a pid reused by a process started later, is a writer that is gone, for certain. That question has no
 // answer from another host or container, so the writer also renews its lease every second (a new object with r + 1,
 // then the old one destroyed), and a lease seen unchanged for LEASE_SILENT_MS on the observer's own clock is a writer
-// that stopped. No two clocks are compared. A silent writer may only be stalled: its claim is stepped over, never
-// destroyed (lifecycle.ts), so one that wakes up can lose nothing.
+// that stopped, or stalled. Liveness is judged only by durations each process measures on its own monotonic clock:
+// the observer how long a lease stayed unchanged, the writer how long it went between renewals (a writer that went
+// LEASE_LAPSE_MS without one may have been taken for silent, and starts its claim again) and how soon after its last
+// renewal its commit landed (LEASE_FENCE_MS). t is never compared with another clock to judge a writer.
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, readlinkSync } from 'node:fs';
 import type { Handle, KeyObject, KeyStore } from '../hsm/key-store.js';
@@ -22,10 +24,23 @@ import { secretObjectRole } from './key-objects.js';
 
 /** How often a writer renews its lease. */
 export const LEASE_RENEW_MS = 1_000;
-/** A lease seen unchanged this long belongs to a writer that stopped (four renewals missed). */
+/** A lease seen unchanged this long belongs to a writer that stopped, or stalled (four renewals missed). */
 export const LEASE_SILENT_MS = 4_000;
-/** A writer commits only with a lease renewed this recently, so no observer can have taken it for silent meanwhile. */
+/**
+ * A writer whose renewals were this far apart (from the start of one to the end of the next, on its own clock) may have
+ * been taken for silent: its claim is no longer trusted. LEASE_SILENT_MS less a margin for clock rates.
+ */
+export const LEASE_LAPSE_MS = 3_000;
+/**
+ * A writer's commit must land within this of the start of its last renewal, so that no observer can have taken it for
+ * silent before the commit was in the token; an observer destroys a claim only within this of the read that judged it.
+ */
 export const LEASE_FENCE_MS = 2_000;
+/**
+ * A claim on the same import token as one's own is waited for even when silent (stalled, it might still commit and
+ * spend the token): until its writer is gone, or its lease has been unchanged this long on the observer's own clock.
+ */
+export const LEASE_ABANDONED_MS = 60_000;
 
 const LEASE_ID = /^xks:l2;t=([0-9]{1,15});n=([0-9a-f]{24});w=([0-9a-fx-]{1,48});r=([0-9]{1,9})(?:;k=([0-9a-f]{16}))?$/;
 const WRITER = /^([0-9a-f]{12})-([1-9][0-9]{0,9})-([0-9]{1,20})$/;
@@ -156,28 +171,48 @@ export function readClaims(objects: KeyObject[]): ClaimView {
   return view;
 }
 
+/** When a search ran, on this process's performance.now() clock: it saw the token as it was somewhere in between. */
+export interface ReadTimes {
+  start: number;
+  end: number;
+}
+
+export type Verdict = 'gone' | 'new' | 'live' | 'silent' | 'abandoned';
+
+/** Sightings are forgotten this long after the last one (a claim is judged within one call, or across a server's calls). */
+const SIGHTING_KEPT_MS = 10 * 60_000;
+
 /**
- * One observer's view of other writers over the attempts of one call: 'gone' (certain: the kernel says so), 'new' (seen
- * for the first time: nothing known yet), 'live' (seen renewing), 'silent' (not renewed for LEASE_SILENT_MS on this
- * process's clock: stopped, or stalled).
+ * One process's view of other writers, kept across calls: 'gone' (certain: the kernel says so), 'new' (seen for the
+ * first time, or not yet seen renewing: nothing known), 'live' (seen renewing), 'silent' (not renewed for
+ * LEASE_SILENT_MS), 'abandoned' (not renewed for LEASE_ABANDONED_MS). Silence is measured on this process's clock
+ * only, and conservatively: from the end of the first read that showed the renewal to the start of the latest one.
  */
 export class LeaseWatch {
-  private readonly seen = new Map<string, { renewal: number; since: number; renewed: boolean }>();
+  private readonly seen = new Map<string, { renewal: number; since: number; renewed: boolean; last: number }>();
+  private pruned = 0;
 
-  verdict(lease: LeaseFields): 'gone' | 'new' | 'live' | 'silent' {
+  verdict(lease: LeaseFields, read: ReadTimes): Verdict {
     if (writerGone(lease.writer) === 'gone') return 'gone';
-    const now = performance.now();
+    this.prune(read.end);
     const s = this.seen.get(lease.nonce);
-    if (!s) {
-      this.seen.set(lease.nonce, { renewal: lease.renewal, since: now, renewed: false });
-      return 'new';
+    if (!s || lease.renewal > s.renewal) {
+      this.seen.set(lease.nonce, { renewal: lease.renewal, since: read.end, renewed: s !== undefined, last: read.end });
+      return s ? 'live' : 'new';
     }
-    if (s.renewal !== lease.renewal) {
-      this.seen.set(lease.nonce, { renewal: lease.renewal, since: now, renewed: true });
-      return 'live';
-    }
-    if (now - s.since >= LEASE_SILENT_MS) return 'silent';
+    s.last = Math.max(s.last, read.end);
+    // An older renewal than already seen: a read that began before the newer one was made (concurrent calls).
+    if (lease.renewal < s.renewal) return s.renewed ? 'live' : 'new';
+    const quiet = read.start - s.since;
+    if (quiet >= LEASE_ABANDONED_MS) return 'abandoned';
+    if (quiet >= LEASE_SILENT_MS) return 'silent';
     return s.renewed ? 'live' : 'new';
+  }
+
+  private prune(now: number): void {
+    if (now - this.pruned < 60_000) return;
+    this.pruned = now;
+    for (const [nonce, s] of this.seen) if (now - s.last > SIGHTING_KEPT_MS) this.seen.delete(nonce);
   }
 }
 
@@ -190,8 +225,10 @@ export class HeldLease {
   private timer: NodeJS.Timeout | undefined;
   private writing: Promise<void> | undefined;
   private ended = false;
-  /** performance.now() when the newest renewal was in the token. */
+  /** performance.now() just before the newest renewal was made: no observer can have seen it earlier. */
   renewedAt = -Infinity;
+  /** Renewals went LEASE_LAPSE_MS apart at some point: an observer may have taken this claim for silent. */
+  lapsed = false;
 
   constructor(
     private readonly hsm: KeyStore,
@@ -214,8 +251,11 @@ export class HeldLease {
 
   private async write(): Promise<void> {
     const id = leaseId({ ...this.claim, writer: thisWriter(), renewal: this.renewal++ });
+    const started = performance.now();
     const made = await this.hsm.generateKey(inertSecretTemplate(this.label, id), GENERIC_SECRET_KEY_GEN);
-    this.renewedAt = performance.now();
+    // From the previous renewal's start to this one's end bounds the time the token held the previous one unchanged.
+    if (this.renewedAt !== -Infinity && performance.now() - this.renewedAt >= LEASE_LAPSE_MS) this.lapsed = true;
+    this.renewedAt = started;
     const old = this.objects;
     this.objects = [made.handle];
     for (const h of old) await this.hsm.destroyObject(h).catch(() => undefined);

@@ -6,7 +6,7 @@ import type { Handle, KeyObject, KeyStore } from '../hsm/key-store.js';
 import { GENERIC_SECRET_KEY_GEN } from '../hsm/mechanisms.js';
 import { aes256KeyTemplate, inertSecretTemplate, type AesKeySpec } from '../hsm/templates.js';
 import { assemble, searchKeyObjects, uncommitted, usageOf, type Candidate, type ExternalKey, type KeyCatalogue, type Usage } from './catalogue.js';
-import { HeldLease, LEASE_FENCE_MS, LeaseWatch, readClaims, type ClaimView } from './claims.js';
+import { HeldLease, LEASE_FENCE_MS, LEASE_SILENT_MS, LeaseWatch, readClaims, type ClaimView, type LeaseFields, type ReadTimes, type Verdict } from './claims.js';
 import { BlockIndex, compactRetired, destroyBlocks, reservedPerVersion } from './encryption-blocks.js';
 import type { EncryptionLimits } from './encryption-limits.js';
 import { KeyError } from './errors.js';
@@ -17,23 +17,29 @@ import { encodeRecord, PENDING_WINDOW_DAYS, ROTATION_DAYS, type KeyRecord, type 
 
 const DAY_MS = 86_400_000;
 /**
- * A candidate older than this whose writer is not seen renewing its lease belongs to a rotation that died midway
- * (rotations take milliseconds): clear it. A writer known to be gone is cleared at once (claims.ts).
+ * A candidate without a lease (an earlier release's) older than this by its CKA_ID's time belongs to a rotation that died
+ * midway (rotations take milliseconds): clear it. The only rule that reads another host's clock; a candidate with a
+ * lease is judged by the lease alone (claims.ts).
  */
 const CANDIDATE_STALE_MS = 60_000;
 /** How long one call keeps trying before ConflictException. */
 const ROTATION_BUDGET_MS = 10_000;
-/** An import's lease that committed is the proof that its token is spent until the token has expired (24 h) for sure. */
+/**
+ * An import's lease that committed is the proof that its token is spent until the token has expired (24 h) for sure;
+ * judged by its t= against this host's clock, so a skew of up to an hour is allowed for.
+ */
 const TOKEN_LEASE_KEPT_MS = 25 * 3_600_000;
 
-/** A writer's place in line: its start time, then its nonce; and what it saw of other writers' leases. */
+/**
+ * A writer's place in line: its start time, then its nonce. Start times of two hosts are compared only here: a skewed
+ * clock changes who goes first, never whether a claim is taken for dead.
+ */
 interface Claim {
   startedMs: number;
   /** The current attempt's nonce, carried by its candidate's CKA_ID and its lease. */
   nonce: string;
   /** performance.now() at the start: the budget runs on the real clock even when the lifecycle's clock is a fake. */
   began: number;
-  watch: LeaseWatch;
 }
 
 /** Whether claim `c` started before `me` (and so goes first). */
@@ -41,11 +47,11 @@ function isAhead(c: Pick<Claim, 'startedMs' | 'nonce'>, me: Claim): boolean {
   return c.startedMs < me.startedMs || (c.startedMs === me.startedMs && c.nonce < me.nonce);
 }
 
-/** Other writers' claims as one read shows them: those to reckon with, and versions claimed by silent writers. */
+/** Other writers' claims as one read shows them: those to reckon with. */
 interface Rivals {
   live: { startedMs: number; nonce: string }[];
-  /** Versions claimed by candidates of writers that went silent: stepped over, since they might still commit. */
-  silentVersions: number[];
+  /** A claim that may be cleared was not, the read being too old by then: read again. */
+  blocked: boolean;
 }
 
 export interface AddVersionOptions {
@@ -97,6 +103,8 @@ export interface RotationResult {
 
 export class KeyLifecycle {
   private readonly now: () => Date;
+  /** Other writers' leases as this process has seen them, across calls: a server can tell a claim abandoned. */
+  private readonly watch = new LeaseWatch();
 
   constructor(
     private readonly hsm: KeyStore,
@@ -324,29 +332,30 @@ export class KeyLifecycle {
    * CKA_ID). Versions are only ever added, never replaced, so no ciphertext loses
    * its key. A call keeps its start time and nonce across attempts and yields only to older ones, so racing writers
    * go oldest first and none is overtaken again and again by newer ones (which withdraw when they see it).
-   * Each attempt holds a lease (claims.ts) from before its candidate exists until it is committed or withdrawn: the
-   * candidate of a writer that is gone is destroyed at once, and one whose writer went silent is stepped over (the
-   * next number is taken) rather than waited for or destroyed, since a stalled writer may still commit it.
+   * Each attempt holds a lease (claims.ts) from before its candidate exists until it is committed or withdrawn. The
+   * candidate of a writer that is gone, or silent on this process's clock, is destroyed; a writer that was only
+   * stalled finds it gone and withdraws: before its commit (mayCommit), or after its marker, which it withdraws again
+   * (confirmCommit). A claim on the same import token is waited for until it is gone or abandoned (claims.ts).
    * This assumes a search sees every object created before it. Across processes, SoftHSM 2.6's file store breaks that:
    * a process's own create or destroy hides from it what others created since its last search, until another process
    * writes (test/keys/rotation-race.test.ts reproduces the duplicate version that follows).
    */
   async addVersion(id: string, o: AddVersionOptions): Promise<RotationResult> {
-    const me: Claim = { startedMs: this.now().getTime(), nonce: newNonce(), began: performance.now(), watch: new LeaseWatch() };
+    const me: Claim = { startedMs: this.now().getTime(), nonce: newNonce(), began: performance.now() };
     for (let attempt = 0; ; attempt++) {
       if (attempt > 0) {
         if (performance.now() - me.began > ROTATION_BUDGET_MS) break;
         await backoff(attempt);
       }
-      const objects = await this.readObjects(id);
+      const { objects, read } = await this.search(id);
       const key = assemble(id, objects);
       if (!key) throw new KeyError('NotFoundException', `no key "${id}" in the token`);
       const claims = readClaims(objects);
       if ((await o.check(key, claims)) === 'skip') return { KeyId: id, Rotated: false, Version: key.current?.version ?? 0 };
       const present = o.version !== undefined && key.versions.has(o.version.number);
-      const rivals = await this.rivals(key.candidates, claims, me, o.token, !present, true);
-      if (rivals.live.some((c) => isAhead(c, me))) continue;
-      const next = o.version?.number ?? Math.max(0, ...key.versions.keys(), ...key.duplicateVersions, ...rivals.silentVersions) + 1;
+      const rivals = await this.rivals(key.candidates, claims, me, o.token, !present, read);
+      if (rivals.blocked || rivals.live.some((c) => isAhead(c, me))) continue;
+      const next = o.version?.number ?? Math.max(0, ...key.versions.keys(), ...key.duplicateVersions) + 1;
       const record = this.recordOf(key);
       // A fresh nonce per attempt: the CKA_ID of a withdrawn candidate is never used again. The start time, which
       // decides the place in line, stays.
@@ -361,12 +370,24 @@ export class KeyLifecycle {
         if (!present) {
           mine = (await o.make({ label: id, id: materialId(next, me.startedMs, nonce), ...usageOf(key), exportable: record.exportable })).handle;
         }
-        const cleared = await this.mayCommit(id, mine, next, o.version !== undefined, me, lease, o.token);
+        let cleared: { claims: ClaimView; freshAt: number } | undefined;
+        for (;;) {
+          cleared = await this.mayCommit(id, mine, next, o.version !== undefined, me, lease, o.token);
+          if (!cleared) break;
+          await o.beforeCommit?.(cleared.claims);
+          // Still within the fence after that last look, or renew and read again (while the budget lasts).
+          if (performance.now() - cleared.freshAt <= LEASE_FENCE_MS) break;
+          if (performance.now() - me.began > ROTATION_BUDGET_MS) cleared = undefined;
+          if (!cleared) break;
+        }
         if (!cleared) continue;
-        await o.beforeCommit?.(cleared);
         if (mine) {
           marking = true;
-          await this.hsm.generateKey(inertSecretTemplate(id, commitId(next, o.version?.createdAt ?? this.now(), nonce)), GENERIC_SECRET_KEY_GEN);
+          const marker = await this.hsm.generateKey(inertSecretTemplate(id, commitId(next, o.version?.createdAt ?? this.now(), nonce)), GENERIC_SECRET_KEY_GEN);
+          if (!(await this.confirmCommit(id, mine, marker.handle, cleared.freshAt, lease))) {
+            marking = false;
+            throw new KeyError('ConflictException', `key "${id}": another process took this change for dead and cleared its new version before it committed; try again`);
+          }
         }
         const after = o.recordAfter?.(key, next) ?? record;
         // An adopted key gets its record on first rotation, so its origin and dates are kept from now on.
@@ -389,15 +410,18 @@ export class KeyLifecycle {
     throw new KeyError('ConflictException', `key "${id}" is being changed by another process; try again`);
   }
 
-  private readObjects(id: string): Promise<KeyObject[]> {
+  /** The key's objects, and when the search ran on this process's clock (leases are judged by it). */
+  private async search(id: string): Promise<{ objects: KeyObject[]; read: ReadTimes }> {
     checkId(id, this.opts.reserved);
-    return searchKeyObjects(this.hsm, { label: id });
+    const start = performance.now();
+    const objects = await searchKeyObjects(this.hsm, { label: id });
+    return { objects, read: { start, end: performance.now() } };
   }
 
   /**
    * The other writers' claims that `me` must reckon with: candidates (when `me` makes one) and claims on the same import
-   * token. With `clear`, what writers that are gone left is destroyed on the way (and what died a minute ago, as
-   * always), with finished claims' leftover leases.
+   * token. What writers that are gone or silent left is destroyed on the way (a same-token claim only once it is gone
+   * or abandoned), and a lease-less candidate (an earlier release's) a minute old, with finished claims' leftover leases.
    */
   private async rivals(
     candidates: readonly Candidate[],
@@ -405,40 +429,46 @@ export class KeyLifecycle {
     me: Claim,
     token: string | undefined,
     making: boolean,
-    clear: boolean,
+    read: ReadTimes,
   ): Promise<Rivals> {
-    const out: Rivals = { live: [], silentVersions: [] };
+    const out: Rivals = { live: [], blocked: false };
     const nowMs = this.now().getTime();
-    const destroy = async (handles: Handle[]) => {
-      if (clear) for (const h of handles) await this.hsm.destroyObject(h).catch(() => undefined);
+    const clearable = (lease: LeaseFields, v: Verdict) =>
+      v === 'gone' || v === 'abandoned' || (v === 'silent' && (token === undefined || lease.token !== token));
+    // A claim is cleared only while the read that judged it is fresh: a writer that stalled past its fence waits that
+    // long before it checks that its candidate survived (confirmCommit).
+    const clear = async (handles: Handle[]): Promise<boolean> => {
+      if (performance.now() - read.start > LEASE_FENCE_MS) {
+        out.blocked = true;
+        return false;
+      }
+      for (const h of handles) await this.hsm.destroyObject(h).catch(() => undefined);
+      return true;
     };
     const seen = new Set<string>();
     for (const c of candidates) {
       if (c.nonce === me.nonce) continue;
       seen.add(c.nonce);
       const l = claims.leases.get(c.nonce);
-      // No lease: an earlier release's candidate, or one whose writer failed midway; judged by its age alone.
-      const verdict = l ? me.watch.verdict(l.lease) : 'new';
       // A candidate was never committed, so never used: clearing one loses nothing.
-      if (verdict === 'gone' || (verdict !== 'live' && Math.abs(nowMs - c.startedMs) > CANDIDATE_STALE_MS)) {
-        await destroy([c.object, ...(l?.objects ?? [])]);
+      const stale = l ? clearable(l.lease, this.watch.verdict(l.lease, read)) : Math.abs(nowMs - c.startedMs) > CANDIDATE_STALE_MS;
+      if (stale) {
+        await clear([c.object, ...(l?.objects ?? [])]);
         continue;
       }
-      if (verdict === 'silent') out.silentVersions.push(c.version);
-      else if (making || (token !== undefined && l?.lease.token === token)) out.live.push(c);
+      if (making || (token !== undefined && l?.lease.token === token)) out.live.push(c);
     }
     for (const [nonce, l] of claims.leases) {
       if (nonce === me.nonce || seen.has(nonce)) continue;
-      const verdict = me.watch.verdict(l.lease);
-      const old = Math.abs(nowMs - l.lease.startedMs) > CANDIDATE_STALE_MS;
+      const verdict = this.watch.verdict(l.lease, read);
       if (claims.committed.has(nonce)) {
         // A finished claim's lease: of an import, the proof that its token is spent, kept until the token expired.
         const proof = l.lease.token !== undefined && Math.abs(nowMs - l.lease.startedMs) <= TOKEN_LEASE_KEPT_MS;
-        if (verdict !== 'live' && !proof) await destroy(l.objects);
+        if (verdict !== 'live' && !proof) await clear(l.objects);
         continue;
       }
-      if (verdict === 'gone' || (verdict !== 'live' && old)) await destroy(l.objects);
-      else if (verdict !== 'silent' && token !== undefined && l.lease.token === token) out.live.push(l.lease);
+      if (clearable(l.lease, verdict)) await clear(l.objects);
+      else if (token !== undefined && l.lease.token === token) out.live.push(l.lease);
     }
     return out;
   }
@@ -446,9 +476,10 @@ export class KeyLifecycle {
   /**
    * Read the key's objects until this claim may commit: a read that shows no rival claim and, when it makes candidate
    * `mine` for version `next`, no committed version at or past `next` (`exact`: at `next`). Younger rivals withdraw when
-   * they see this one, so they are waited for; an older one, a newer version, or `mine` gone (cleared by someone who
-   * took this writer for dead) means this claim withdraws: undefined. Returns that read's claims. The lease must be
-   * fresh at that read, or an observer might have stepped over this claim meanwhile: renewed, and read again.
+   * they see this one, so they are waited for; an older one, a newer version, `mine` gone (cleared by someone who took
+   * this writer for dead) or a lease that lapsed (someone may have) means this claim withdraws: undefined. Returns that
+   * read's claims, and the start of the renewal that fences it: the lease must be that fresh at that read, or an
+   * observer might have taken this claim for silent meanwhile: renewed, and read again.
    */
   private async mayCommit(
     id: string,
@@ -458,13 +489,13 @@ export class KeyLifecycle {
     me: Claim,
     lease: HeldLease,
     token: string | undefined,
-  ): Promise<ClaimView | undefined> {
+  ): Promise<{ claims: ClaimView; freshAt: number } | undefined> {
     for (;;) {
       if (performance.now() - lease.renewedAt > LEASE_FENCE_MS) await lease.renew();
       const freshAt = lease.renewedAt;
       let lost = false;
       let younger = false;
-      const objects = await searchKeyObjects(this.hsm, { label: id });
+      const { objects, read } = await this.search(id);
       const claims = readClaims(objects);
       const candidates = uncommitted(objects);
       if (mine) {
@@ -474,21 +505,38 @@ export class KeyLifecycle {
         if (!candidates.some((c) => c.object.equals(mine))) lost = true;
       }
       // Candidates even of a key that has nothing else yet (assemble() answers undefined for such a key).
-      const rivals = await this.rivals(candidates, claims, me, token, mine !== undefined, false);
-      // A writer that went silent since the first read, on this very number: step over it (the next attempt does).
-      if (mine && !exact && rivals.silentVersions.some((v) => v >= next)) lost = true;
+      const rivals = await this.rivals(candidates, claims, me, token, mine !== undefined, read);
+      if (rivals.blocked) younger = true;
       for (const c of rivals.live) {
         if (isAhead(c, me)) lost = true;
         else younger = true;
       }
+      if (lease.lapsed) lost = true;
       if (!lost && !younger) {
-        if (performance.now() - freshAt <= LEASE_FENCE_MS) return claims;
+        if (performance.now() - freshAt <= LEASE_FENCE_MS) return { claims, freshAt };
         continue;
       }
       // Past the budget, a younger rival that does not go away is stuck: give way rather than wait.
       if (lost || performance.now() - me.began > ROTATION_BUDGET_MS) return undefined;
       await sleep(5 + Math.random() * 10);
     }
+  }
+
+  /**
+   * After the commit marker: is the candidate still there? A marker that landed within LEASE_FENCE_MS of the start of
+   * the renewal that fenced it (and renewals never LEASE_LAPSE_MS apart) was in the token before any observer could
+   * take this writer for silent, so none will clear it. Otherwise (this writer stalled) an observer may have judged it
+   * silent just before: observers clear only within LEASE_FENCE_MS of their read, so wait LEASE_SILENT_MS (that, and
+   * time for its destroy to reach the HSM), then look. Material gone: the marker commits nothing; it is withdrawn and
+   * the answer is false.
+   */
+  private async confirmCommit(id: string, mine: Handle, marker: Handle, freshAt: number, lease: HeldLease): Promise<boolean> {
+    if (lease.lapsed || performance.now() - freshAt > LEASE_FENCE_MS) await sleep(LEASE_SILENT_MS);
+    const objects = await searchKeyObjects(this.hsm, { label: id });
+    if (objects.some((x) => x.handle.equals(mine))) return true;
+    await this.hsm.destroyObject(marker).catch(() => undefined);
+    this.catalogue.invalidate(id);
+    return false;
   }
 
   /** Version 1 of a new key: no rival can claim it (creation refuses an existing key), so material, then its marker. */

@@ -2,17 +2,22 @@
 // attempt recognises the dead writer's claim at once (a lease that names the writer's process, claims.ts) instead of
 // waiting 60 s for it, and an import token is spent only by a commit, so the customer's retry with the same token works.
 // A live writer is still never overrun: on this host its process is alive, from another host its lease keeps being
-// renewed. The CLI runs through our PKCS#11 emulator (test/emulator), whose control file holds every C_GenerateKey for
-// a while, so the process can be killed with SIGKILL once its candidate is in the token and before its commit marker.
+// renewed, whatever its clock says. A writer cleared while it stalled answers ConflictException rather than a commit
+// that did not happen, and a stalled import holding the same token is waited for, not stepped over. The CLI runs
+// through our PKCS#11 emulator (test/emulator), whose control file holds every C_GenerateKey for a while, so the
+// process can be killed with SIGKILL once its candidate is in the token and before its commit marker.
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImportService } from '../../src/import/import-service.js';
 import { GENERIC_SECRET_KEY_GEN } from '../../src/hsm/mechanisms.js';
 import { aes256KeyTemplate, inertSecretTemplate } from '../../src/hsm/templates.js';
-import { leaseId } from '../../src/keys/claims.js';
+import { openToken } from '../../src/import/import-token.js';
+import { assemble, uncommitted } from '../../src/keys/catalogue.js';
+import { importTokenTag, leaseId } from '../../src/keys/claims.js';
 import { KeyError } from '../../src/keys/errors.js';
 import { materialId, newNonce } from '../../src/keys/key-objects.js';
 import { MAIN, ensureBuilt, ROOT } from '../helpers/built-cli.js';
@@ -152,40 +157,168 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a writer killed between its candidate
     await expectCleanVersions(t.proxy.hsm, id, 2);
   }, 60_000);
 
-  it('a writer on another host is waited for while it renews its lease, and stepped over (never destroyed) once it stops', async () => {
-    const id = 'elsewhere';
-    await t.proxy.lifecycle.create(id, { usage: { encrypt: true, decrypt: true } });
-    // Another host's rotation: a lease naming a process this host cannot see, and its candidate for version 2.
+  /**
+   * Another host's writer: a lease naming a process this host cannot see (so only its renewals say it runs), renewed
+   * every 500 ms until stop(), and its candidate for `version`. `startedMs` is its own clock's reading.
+   */
+  async function foreignWriter(id: string, version: number, o: { startedMs?: number; token?: string } = {}) {
     const nonce = newNonce();
-    const startedMs = Date.now();
+    const startedMs = o.startedMs ?? Date.now();
     const writer = 'abcdef012345-4242-99';
-    const lease = (renewal: number) => inertSecretTemplate(id, leaseId({ startedMs, nonce, writer, renewal }));
+    const lease = (renewal: number) => inertSecretTemplate(id, leaseId({ startedMs, nonce, writer, renewal, token: o.token }));
+    let renewal = 0;
     let current = (await t.proxy.hsm.generateKey(lease(0), GENERIC_SECRET_KEY_GEN)).handle;
     const candidate = await t.proxy.hsm.generateKey(
-      aes256KeyTemplate({ label: id, id: materialId(2, startedMs, nonce), encrypt: true, decrypt: true, exportable: false }),
+      aes256KeyTemplate({ label: id, id: materialId(version, startedMs, nonce), encrypt: true, decrypt: true, exportable: false }),
     );
-    // It renews for 2 s, then stops (killed, or stalled).
-    let renewal = 0;
-    const renewing = setInterval(() => {
-      void (async () => {
-        const next = (await t.proxy.hsm.generateKey(lease(++renewal), GENERIC_SECRET_KEY_GEN)).handle;
-        await t.proxy.hsm.destroyObject(current);
-        current = next;
-      })();
+    let renewing: Promise<void> = Promise.resolve();
+    const timer = setInterval(() => {
+      renewing = renewing
+        .then(async () => {
+          const next = (await t.proxy.hsm.generateKey(lease(++renewal), GENERIC_SECRET_KEY_GEN)).handle;
+          await t.proxy.hsm.destroyObject(current).catch(() => undefined);
+          current = next;
+        })
+        .catch(() => undefined);
     }, 500);
-    setTimeout(() => clearInterval(renewing), 2_000);
+    return {
+      candidate: candidate.handle,
+      /** Stop renewing (killed, or stalled). */
+      stop: async () => {
+        clearInterval(timer);
+        await renewing;
+      },
+    };
+  }
+
+  it('a writer on another host is waited for while it renews its lease, and its claim is cleared once it stops', async () => {
+    const id = 'elsewhere';
+    await t.proxy.lifecycle.create(id, { usage: { encrypt: true, decrypt: true } });
+    const w = await foreignWriter(id, 2);
+    // It renews for 2 s, then stops.
+    setTimeout(() => void w.stop(), 2_000);
     const started = Date.now();
     const r = await t.proxy.lifecycle.rotate(id).catch((e: unknown) => e);
     const took = Date.now() - started;
-    clearInterval(renewing);
-    expect(r, (r as KeyError).message).toEqual({ KeyId: id, Rotated: true, Version: 3 });
+    await w.stop();
+    expect(r, (r as KeyError).message).toEqual({ KeyId: id, Rotated: true, Version: 2 });
     // Not while it renewed; soon after it stopped (LEASE_SILENT_MS, 4 s, on this process's clock).
     expect(took).toBeGreaterThanOrEqual(2_000);
     expect(took).toBeLessThan(9_000);
-    // Its candidate is left alone (it might still commit version 2, which would harm nothing); version 3 is current.
+    // Its candidate and lease are destroyed (were it only stalled, it finds them gone and withdraws), version 2 is current.
     const objs = await tokenObjects(t.proxy.hsm, id);
-    expect(objs.all.some((o) => o.handle.equals(candidate.handle))).toBe(true);
-    expect([...objs.versions.keys()].sort()).toEqual([1, 3]);
-    expect(await describeViaCli(t.token, t.configFile, id)).toMatchObject({ CurrentVersion: 3, RotationsInProgress: [2] });
+    expect(objs.all.some((o) => o.handle.equals(w.candidate))).toBe(false);
+    await expectCleanVersions(t.proxy.hsm, id, 2);
+    expect(await leases(t, id)).toEqual([]);
   }, 60_000);
+
+  it('a writer whose clock is far behind is not overrun while it renews its lease (no clocks compared), and is cleared once it stops', async () => {
+    const id = 'skewed';
+    await t.proxy.lifecycle.create(id, { usage: { encrypt: true, decrypt: true } });
+    // Its clock reads 10 minutes earlier than this one: its claim looks 10 minutes old here.
+    const w = await foreignWriter(id, 2, { startedMs: Date.now() - 600_000 });
+    try {
+      const started = Date.now();
+      const r = await t.proxy.lifecycle.rotate(id).catch((e: unknown) => e);
+      expect((r as KeyError).code, JSON.stringify(r)).toBe('ConflictException');
+      expect(Date.now() - started).toBeGreaterThanOrEqual(10_000);
+      const objs = await tokenObjects(t.proxy.hsm, id);
+      expect(objs.all.some((o) => o.handle.equals(w.candidate))).toBe(true);
+      expect([...objs.versions.keys()]).toEqual([1]);
+    } finally {
+      await w.stop();
+    }
+    // Stopped: silent after 4 s on this process's clock, so it is cleared and version 2 is this rotation's.
+    expect(await t.proxy.lifecycle.rotate(id)).toEqual({ KeyId: id, Rotated: true, Version: 2 });
+    await expectCleanVersions(t.proxy.hsm, id, 2);
+    expect(await leases(t, id)).toEqual([]);
+  }, 60_000);
+
+  it('a writer whose candidate is destroyed before its commit answers ConflictException: no version, no stray marker, nothing spent', async () => {
+    const id = 'pulled';
+    await t.proxy.lifecycle.create(id, { usage: { encrypt: true, decrypt: true } });
+    let spent = false;
+    const r = await t.proxy.lifecycle
+      .addVersion(id, {
+        check: () => 'go',
+        make: (spec) => t.proxy.hsm.generateKey(aes256KeyTemplate(spec)),
+        // After the read that cleared its claim, another process destroys its candidate (one that took it for dead).
+        beforeCommit: async () => {
+          for (const c of uncommitted(await t.proxy.hsm.findSecretKeys({ label: id }))) await t.proxy.hsm.destroyObject(c.object);
+        },
+        // What an import does here: spend its token.
+        afterCommit: async () => {
+          spent = true;
+        },
+      })
+      .catch((e: unknown) => e);
+    expect((r as KeyError).code, JSON.stringify(r)).toBe('ConflictException');
+    expect(spent).toBe(false);
+    const objs = await tokenObjects(t.proxy.hsm, id);
+    expect([...objs.versions.keys()]).toEqual([1]);
+    expect(objs.candidates).toEqual([]);
+    expect(assemble(id, objs.all)?.strayMarkers).toEqual([]);
+    expect(await leases(t, id)).toEqual([]);
+    await t.proxy.catalogue.refresh(id);
+    expect(versionOf((await xksClient(t.httpUrl).encrypt(id, Buffer.from('x'))).json)).toBe(1);
+  }, 60_000);
+
+  it('a writer whose own renewals lapsed (its process stalled 4 s) does not trust its claim: it withdraws it and claims again', async () => {
+    const id = 'lapsed';
+    await t.proxy.lifecycle.create(id, { usage: { encrypt: true, decrypt: true } });
+    let made = 0;
+    const r = await t.proxy.lifecycle.addVersion(id, {
+      check: () => 'go',
+      make: async (spec) => {
+        const candidate = await t.proxy.hsm.generateKey(aes256KeyTemplate(spec));
+        // The first time, the whole process stops for 4 s (no renewal can run): an observer may take it for silent.
+        if (made++ === 0) {
+          const until = performance.now() + 4_000;
+          while (performance.now() < until);
+        }
+        return candidate;
+      },
+    });
+    expect(r).toEqual({ KeyId: id, Rotated: true, Version: 2 });
+    expect(made).toBe(2);
+    await expectCleanVersions(t.proxy.hsm, id, 2);
+    expect(await leases(t, id)).toEqual([]);
+  }, 60_000);
+
+  it('an import stalled elsewhere with the same token blocks an import with it (ConflictException, token unspent) until its lease is 60 s silent here', async () => {
+    const id = 'same-token';
+    await t.proxy.lifecycle.create(id, { usage: { encrypt: true, decrypt: true }, origin: 'EXTERNAL' });
+    const svc = new ImportService(t.proxy.hsm, t.proxy.catalogue, t.proxy.lifecycle);
+    const p = await svc.getParametersForImport({ KeyId: id, WrappingAlgorithm: 'RSA_AES_KEY_WRAP_SHA_256', WrappingKeySpec: 'RSA_2048' });
+    const tag = importTokenTag(openToken(p.ImportToken)!.fields.wrappingKeyNonce);
+    // Another host's import with this very token: its claim on version 1, renewed for 2 s, then stalled.
+    const w = await foreignWriter(id, 1, { token: tag });
+    await sleep(2_000);
+    await w.stop();
+    const material = randomBytes(32);
+    const req = {
+      KeyId: id,
+      ImportToken: p.ImportToken,
+      EncryptedKeyMaterial: wrapMaterial('RSA_AES_KEY_WRAP_SHA_256', p.PublicKey, material),
+      ExpirationModel: 'KEY_MATERIAL_DOES_NOT_EXPIRE' as const,
+    };
+    const started = performance.now();
+    const first = await svc.importKeyMaterial(req).catch((e: unknown) => e);
+    expect((first as KeyError).code, JSON.stringify(first)).toBe('ConflictException');
+    expect(performance.now() - started).toBeGreaterThanOrEqual(10_000);
+    // Nothing committed and the token unspent: the stalled import may still wake up and commit with it.
+    let objs = await tokenObjects(t.proxy.hsm, id);
+    expect(objs.versions.size).toBe(0);
+    expect(objs.all.some((o) => o.handle.equals(w.candidate))).toBe(true);
+    expect(await leases(t, id)).toHaveLength(1);
+    // Its lease unchanged for 60 s as this process watched it: abandoned. Cleared, and the import goes ahead.
+    await sleep(Math.max(0, started + 62_000 - performance.now()));
+    expect(await svc.importKeyMaterial(req)).toMatchObject({ KeyId: id, KeyMaterialVersion: 1, KeyState: 'Enabled' });
+    objs = await tokenObjects(t.proxy.hsm, id);
+    expect(objs.all.some((o) => o.handle.equals(w.candidate))).toBe(false);
+    await expectCleanVersions(t.proxy.hsm, id, 1);
+    expect(await leases(t, id)).toEqual([]);
+    await t.proxy.catalogue.refresh(id);
+    await expectProxyUses(t.httpUrl, id, material);
+  }, 120_000);
 });
