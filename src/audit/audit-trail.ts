@@ -50,6 +50,8 @@ export interface AuditTrailOptions {
 
 /** How soon a failed checkpoint is tried again (at most; checkpointIntervalMs when that is shorter). */
 const RETRY_MS = 5_000;
+/** The first retry of a failed write; each next one waits twice as long, at most RETRY_MS. */
+const FIRST_REPAIR_MS = 200;
 
 /** The steps of sealing a trail that can fail: the checkpoint's MAC in the HSM, the file write, the HSM anchor. */
 export type AuditFailureStage = 'checkpoint' | 'write' | 'anchor';
@@ -76,6 +78,13 @@ export class AuditTrail {
   private bytes = 0;
   private unsealed = 0;
   private buffered: string[] = [];
+  /** Bytes a write did not take (a full disk, an I/O error): written first, before anything newer. */
+  private unwritten: Buffer[] = [];
+  /** The newest checkpoint (or segment) pushed but not yet written and fsynced: anchored once it is. */
+  private toAnchor: { seq: number; hash: string; checkpoint: boolean } | undefined;
+  /** Retries of a failed write, with a doubling delay. */
+  private repairTimer: NodeJS.Timeout | undefined;
+  private repairs = 0;
   private flushScheduled = false;
   private sealing: Promise<void> | undefined;
   /** Entries that arrived while a checkpoint's MAC was being made: they chain after the checkpoint. */
@@ -151,11 +160,12 @@ export class AuditTrail {
     const line = JSON.stringify({ seq, time, prev, type: 'segment', ...rest, keyLabel: signer.keyLabel, mac: mac.toString('hex') } satisfies Segment);
     this.seq = seq - 1;
     this.push(line);
-    this.flush();
-    fsyncSync(this.fd);
     this.opts.onSegment?.({ file, seq, reason: plan.reason, notVouched: fields.notVouched, unsealedFile });
     this.lastSealAt = Date.now();
-    await this.recordAnchor({ trail: this.trail, seq, hash: anchorHash(this.prev) });
+    // Anchored once it is on disk (a write that fails is tried again).
+    this.toAnchor = { seq, hash: this.prev, checkpoint: false };
+    this.settle();
+    await this.anchoring;
   }
 
   /** A line's time: never before the line before it (a clock stepped back writes the last time again). */
@@ -244,22 +254,80 @@ export class AuditTrail {
     this.bytes += Buffer.byteLength(line) + 1;
     if (!this.flushScheduled) {
       this.flushScheduled = true;
-      setImmediate(() => this.flush());
+      setImmediate(() => this.settle());
     }
   }
 
-  /** Write what is buffered in one synchronous call: lines land in order, and rotation never races a write. */
-  private flush(): void {
+  /**
+   * Write what is buffered in synchronous calls (lines land in order, and rotation never races a write) until every
+   * byte is taken. What a failed write did not take is kept, in order, for the retry timer: a line is never dropped or
+   * left cut short, and seq and prev, already given to later lines, stay true. True when all is written.
+   */
+  private flush(): boolean {
     this.flushScheduled = false;
-    if (this.buffered.length === 0 || this.fd < 0) return;
-    const chunk = this.buffered.join('');
-    this.buffered = [];
-    try {
-      writeSync(this.fd, chunk);
-      this.failures.delete('write');
-    } catch (e) {
-      this.failed('write', e as Error);
+    if (this.fd < 0) return false;
+    if (this.buffered.length > 0) {
+      this.unwritten.push(Buffer.from(this.buffered.join(''), 'utf8'));
+      this.buffered = [];
     }
+    while (this.unwritten.length > 0) {
+      const chunk = this.unwritten[0]!;
+      let done = 0;
+      try {
+        while (done < chunk.length) {
+          const n = writeSync(this.fd, chunk, done, chunk.length - done);
+          if (n <= 0) throw new Error('the audit file took no bytes');
+          done += n;
+        }
+      } catch (e) {
+        this.unwritten[0] = chunk.subarray(done);
+        this.failed('write', e as Error);
+        this.scheduleRepair();
+        return false;
+      }
+      this.unwritten.shift();
+    }
+    this.failures.delete('write');
+    return true;
+  }
+
+  /**
+   * Write what is buffered; once everything up to the newest checkpoint is written and fsynced, anchor that checkpoint
+   * in the HSM (an anchor never names a line that is not on disk) and rotate the file if it is due. While a failed write
+   * waits for its retry, lines are only queued behind it: a failing disk is not tried again for every line.
+   */
+  private settle(): void {
+    if (this.repairTimer) {
+      this.flushScheduled = false;
+      if (this.buffered.length > 0) this.unwritten.push(Buffer.from(this.buffered.splice(0).join(''), 'utf8'));
+      return;
+    }
+    if (!this.flush()) return;
+    const sealed = this.toAnchor;
+    if (sealed) {
+      if (!this.sync()) {
+        this.scheduleRepair();
+        return;
+      }
+      this.toAnchor = undefined;
+      if (sealed.checkpoint) this.opts.onCheckpoint?.({ file: this.opts.file, seq: sealed.seq, hash: sealed.hash });
+      this.anchor({ trail: this.trail, seq: sealed.seq, hash: anchorHash(sealed.hash) });
+      // A finished file ends with a checkpoint (each rotated file is sealed on its own): not when lines written late
+      // with it follow it; the next checkpoint rotates then.
+      if (this.bytes >= this.opts.maxFileBytes && !this.closed && this.seq === sealed.seq) this.rotate();
+    }
+    this.repairs = 0;
+  }
+
+  /** Try a failed write (or fsync) again after a doubling delay, whether or not new lines arrive. */
+  private scheduleRepair(): void {
+    if (this.repairTimer || this.closed) return;
+    const delay = Math.min(RETRY_MS, FIRST_REPAIR_MS * 2 ** this.repairs++);
+    this.repairTimer = setTimeout(() => {
+      this.repairTimer = undefined;
+      this.settle();
+    }, delay);
+    this.repairTimer.unref();
   }
 
   /** Seal the chain so far with an HSM MAC. */
@@ -279,13 +347,9 @@ export class AuditTrail {
           this.counts.checkpoints++;
           this.lastSealAt = Date.now();
           this.failures.delete('checkpoint');
-          // On disk before its anchor exists: an anchor never names a line that a crash could lose.
-          this.flush();
-          this.sync();
-          this.opts.onCheckpoint?.({ file: this.opts.file, seq: c.seq, hash: this.prev });
-          this.anchor({ trail: this.trail, seq: c.seq, hash: anchorHash(this.prev) });
-          // A finished file ends with a checkpoint: each rotated file is sealed on its own.
-          if (this.bytes >= this.opts.maxFileBytes && !this.closed) this.rotate();
+          // On disk (written and fsynced) before its anchor exists: an anchor never names a line a crash could lose.
+          this.toAnchor = { seq: c.seq, hash: this.prev, checkpoint: true };
+          this.settle();
         },
         (err: Error) => {
           this.failed('checkpoint', err);
@@ -304,11 +368,13 @@ export class AuditTrail {
     return this.sealing;
   }
 
-  private sync(): void {
+  private sync(): boolean {
     try {
       fsyncSync(this.fd);
+      return true;
     } catch (e) {
       this.failed('write', e as Error);
+      return false;
     }
   }
 
@@ -350,8 +416,11 @@ export class AuditTrail {
     }
     this.closed = true;
     clearTimeout(this.timer);
-    this.flush();
-    fsyncSync(this.fd);
+    clearTimeout(this.repairTimer);
+    this.repairTimer = undefined;
+    // What cannot be written now stays unwritten: status.failing says so (the CLI then fails the command).
+    if (this.toAnchor) this.settle();
+    else if (this.flush()) this.sync();
     while (this.anchorNext) await this.anchoring;
     await this.anchoring;
     closeSync(this.fd);
