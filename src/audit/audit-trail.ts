@@ -358,6 +358,8 @@ export class AuditTrail {
           if (!this.closing) this.schedule(true);
         },
       )
+      // Callers do not wait for a checkpoint (`void this.checkpoint()`): a rejection would end the process.
+      .catch((err: Error) => this.failed('write', err))
       .finally(() => {
         this.sealing = undefined;
         const waiting = this.waiting;
@@ -390,13 +392,49 @@ export class AuditTrail {
     });
   }
 
-  /** Start a new file right after a checkpoint; the chain (seq and prev) continues in it. */
+  /**
+   * Start a new file right after a checkpoint; the chain (seq and prev) continues in it. Never throws: a rotation that
+   * fails is a write failure (status, metrics, onError), and the old file is written until a new one is open. A current
+   * file removed underneath (rename: ENOENT) took its lines with it; a new file at its path continues the chain, and
+   * verify reports the missing lines.
+   */
   private rotate(): void {
-    this.flush();
-    closeSync(this.fd);
-    renameSync(this.opts.file, rotatedName(this.opts.file, this.now()));
-    this.fd = openSync(this.opts.file, 'a', 0o640);
-    this.bytes = 0;
+    const file = this.opts.file;
+    const rotated = rotatedName(file, this.now());
+    let moved = false;
+    try {
+      renameSync(file, rotated);
+      moved = true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
+        this.failed('write', new Error(`the audit file could not be rotated, it stays the current file: ${(e as Error).message}`));
+        return;
+      }
+      this.failed('write', new Error(`the current audit file ${file} was removed: the lines it held are lost; a new file continues the chain`));
+    }
+    let fd: number;
+    try {
+      fd = openSync(file, 'a', 0o640);
+    } catch (e) {
+      let back = '';
+      if (moved) {
+        try {
+          renameSync(rotated, file);
+        } catch {
+          back = ` (lines go on into ${basename(rotated)})`;
+        }
+      }
+      this.failed('write', new Error(`a new audit file could not be opened, the current one is kept${back}: ${(e as Error).message}`));
+      return;
+    }
+    const old = this.fd;
+    this.fd = fd;
+    this.bytes = fstatSync(fd).size;
+    try {
+      closeSync(old);
+    } catch {
+      // already unusable: nothing more to write through it
+    }
   }
 
   /** Seal, write everything, fsync and close. */

@@ -2,9 +2,10 @@
 // written are kept and written by a retry, so the file never keeps a gap or a line cut short, and a checkpoint is
 // anchored in the HSM only once its line is written and fsynced. The failure is real: the file size limit of this test
 // process (RLIMIT_FSIZE, lowered with prlimit) makes the kernel write part of a chunk, then refuse with EFBIG
-// (Node ignores SIGXFSZ), exactly as a full disk does with ENOSPC.
+// (Node ignores SIGXFSZ), exactly as a full disk does with ENOSPC. A rotation that fails (the current file deleted
+// underneath) is reported as a write failure, and the process and the trail go on.
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -94,4 +95,47 @@ it('keeps the bytes a failed write did not write, writes them on retry, and anch
   expect(r.problem).toBeUndefined();
   expect(r.ok).toBe(true);
   expect(r.anchoredTrails).toEqual([file]);
+});
+
+it('survives a rotation whose file was deleted: the process goes on, the failure is reported, writing continues', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'xks-audit-rotate-'));
+  const file = join(dir, 'audit-rotate.jsonl');
+  const rejections: unknown[] = [];
+  const onRejection = (e: unknown) => rejections.push(e);
+  process.on('unhandledRejection', onRejection);
+  try {
+    const errors: string[] = [];
+    const t = await AuditTrail.open({
+      file,
+      signer: await auditSigner(hsm),
+      anchors: new AuditAnchors(hsm),
+      checkpointEvery: 4,
+      checkpointIntervalMs: 60_000,
+      maxFileBytes: 400, // the first checkpoint makes the file due for rotation
+      onError: (e) => errors.push(e.message),
+    });
+    for (let i = 0; i < 2; i++) t.append(entry(i));
+    await sleep(20);
+    unlinkSync(file); // the current file removed underneath: the rotation's rename finds nothing
+    for (let i = 2; i < 4; i++) t.append(entry(i)); // the fourth line starts a checkpoint, which rotates
+    await sleep(200);
+    expect(rejections).toEqual([]);
+    expect(t.status.failures.write).toBeGreaterThan(0);
+    expect(errors.join('\n')).toMatch(/was removed/);
+
+    // Writing goes on, in a new file at the current path that continues the chain, sealed and rotated as before.
+    for (let i = 4; i < 8; i++) t.append(entry(i));
+    await t.close();
+    expect(t.status.failing).toBeUndefined();
+    expect(t.status.checkpoints).toBe(2);
+    expect(existsSync(file)).toBe(true);
+    const files = readdirSync(dir).filter((f) => f.endsWith('.jsonl')).sort();
+    expect(files).toEqual([expect.stringMatching(/^audit-rotate\.\d{4}-.*Z\.jsonl$/), 'audit-rotate.jsonl']);
+    expect(readFileSync(file, 'utf8')).toBe(''); // rotated again after the second checkpoint
+    const lines = readFileSync(join(dir, files[0]!), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { seq: number; type: string; kmsRequestId?: string });
+    expect(lines.map((l) => l.kmsRequestId ?? l.type)).toEqual(['req-4', 'req-5', 'req-6', 'req-7', 'checkpoint']);
+    expect(lines[0]!.seq).toBe(6); // after the lost seq 1..5 (four lines and the checkpoint that went with the file)
+  } finally {
+    process.off('unhandledRejection', onRejection);
+  }
 });
