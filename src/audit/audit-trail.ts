@@ -50,8 +50,9 @@ export interface AuditTrailOptions {
 
 /** How soon a failed checkpoint is tried again (at most; checkpointIntervalMs when that is shorter). */
 const RETRY_MS = 5_000;
-/** The first retry of a failed write; each next one waits twice as long, at most RETRY_MS. */
+/** The first retry of a failed write or anchor; each next one waits twice as long, at most RETRY_MS. */
 const FIRST_REPAIR_MS = 200;
+const backoff = (attempt: number) => Math.min(RETRY_MS, FIRST_REPAIR_MS * 2 ** attempt);
 
 /** The steps of sealing a trail that can fail: the checkpoint's MAC in the HSM, the file write, the HSM anchor. */
 export type AuditFailureStage = 'checkpoint' | 'write' | 'anchor';
@@ -85,6 +86,10 @@ export class AuditTrail {
   /** Retries of a failed write, with a doubling delay. */
   private repairTimer: NodeJS.Timeout | undefined;
   private repairs = 0;
+  /** The newest anchor that could not be made: made again by a timer, with a doubling delay, lines or no lines. */
+  private anchorRetry: HsmAnchor | undefined;
+  private anchorTimer: NodeJS.Timeout | undefined;
+  private anchorRetries = 0;
   private flushScheduled = false;
   private sealing: Promise<void> | undefined;
   /** Entries that arrived while a checkpoint's MAC was being made: they chain after the checkpoint. */
@@ -217,10 +222,27 @@ export class AuditTrail {
   private async recordAnchor(a: HsmAnchor): Promise<void> {
     try {
       await this.opts.anchors.record(a);
-      this.failures.delete('anchor');
+      if (this.anchorRetry && this.anchorRetry.seq <= a.seq) {
+        this.anchorRetry = undefined;
+        this.anchorRetries = 0;
+        this.failures.delete('anchor');
+      } else if (!this.anchorRetry) this.failures.delete('anchor');
     } catch (e) {
       this.failed('anchor', e as Error);
+      // Until an anchor succeeds the trail counts as not sealed (with audit.onFailure refuse, key operations wait):
+      // it is tried again on its own, not only when a later checkpoint happens to be made.
+      if (!this.anchorRetry || this.anchorRetry.seq <= a.seq) this.anchorRetry = a;
+      this.scheduleAnchorRetry();
     }
+  }
+
+  private scheduleAnchorRetry(): void {
+    if (this.anchorTimer || this.closed) return;
+    this.anchorTimer = setTimeout(() => {
+      this.anchorTimer = undefined;
+      if (this.anchorRetry && !this.anchorNext) this.anchor(this.anchorRetry);
+    }, backoff(this.anchorRetries++));
+    this.anchorTimer.unref();
   }
 
   private failed(stage: AuditFailureStage, e: Error): void {
@@ -322,11 +344,10 @@ export class AuditTrail {
   /** Try a failed write (or fsync) again after a doubling delay, whether or not new lines arrive. */
   private scheduleRepair(): void {
     if (this.repairTimer || this.closed) return;
-    const delay = Math.min(RETRY_MS, FIRST_REPAIR_MS * 2 ** this.repairs++);
     this.repairTimer = setTimeout(() => {
       this.repairTimer = undefined;
       this.settle();
-    }, delay);
+    }, backoff(this.repairs++));
     this.repairTimer.unref();
   }
 
@@ -456,9 +477,13 @@ export class AuditTrail {
     clearTimeout(this.timer);
     clearTimeout(this.repairTimer);
     this.repairTimer = undefined;
+    clearTimeout(this.anchorTimer);
+    this.anchorTimer = undefined;
     // What cannot be written now stays unwritten: status.failing says so (the CLI then fails the command).
     if (this.toAnchor) this.settle();
     else if (this.flush()) this.sync();
+    // One more try of an anchor that failed, unless a newer one is on its way.
+    if (this.anchorRetry && !this.anchorNext && !this.toAnchor) this.anchor(this.anchorRetry);
     while (this.anchorNext) await this.anchoring;
     await this.anchoring;
     closeSync(this.fd);
