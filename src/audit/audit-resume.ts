@@ -177,8 +177,10 @@ export function newestRotated(file: string): string | undefined {
   } catch {
     return undefined;
   }
-  // Names carry the ISO time of the rotation: they sort in time order.
-  names.sort();
+  // Names carry the ISO time of the rotation: they sort in time order, compared without the extension, so that a second
+  // rotation in the same millisecond (`...000Z-1.jsonl`) sorts after the first (`...000Z.jsonl`; '-' < '.').
+  const key = (n: string) => (base.endsWith('.jsonl') ? n.slice(0, -6) : n);
+  names.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
   const newest = names.at(-1);
   return newest ? join(dir, newest) : undefined;
 }
