@@ -3,7 +3,8 @@
 // resume point the operator names (older files deleted by a retention policy), its seqs must not jump and its times
 // must not go backwards, every checkpoint must be made with the configured audit key, and the newest checkpoint the
 // HSM anchored for a trail must be in its files. Lines a segment does not vouch for (a writer found them unverified
-// when it opened the trail) are reported as not evidence. Reading is pure; only the MAC check goes to the HSM (through
+// when it opened the trail), and with allowUnsealedTail the lines after a chain's last checkpoint, are reported as not
+// evidence; a chain with no checkpoint at all always fails. Reading is pure; only the MAC check goes to the HSM (through
 // `checkMac`), and the HSM anchors are read by the caller.
 import { readFileSync } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
@@ -262,12 +263,12 @@ async function verifyChain(
   let prevHash: string | undefined;
   let prevSeq = 0;
   let prevTime = -Infinity;
-  let lastSeal: { file: string; line: number } | undefined;
+  let lastSeal: { file: string; line: number; index: number; seq: number } | undefined;
   let last: { file: string; line: number } | undefined;
   let lastLine: AuditLine | undefined;
   /** Lines of the file before a segment that the segment does not vouch for, waiting for the segment's reason. */
   let pendingUnvouched: { file: string; fromLine: number; toLine: number } | undefined;
-  for (const f of chain) {
+  for (const [fileIndex, f] of chain.entries()) {
     const limit = vouchedUntil.get(f) ?? f.raw.length - 1;
     for (let i = 0; i <= limit; i++) {
       const at = { file: f.file, line: i + 1 };
@@ -312,7 +313,7 @@ async function verifyChain(
           summary.notVouched.push(...notVouchedBy(line, pendingUnvouched, attached.get(f), f.file));
           pendingUnvouched = undefined;
         }
-        lastSeal = at;
+        lastSeal = { ...at, index: fileIndex, seq: line.seq };
       }
       if (line.type === 'event' && line.requestId !== undefined) {
         if (line.outcome === 'started') {
@@ -331,15 +332,37 @@ async function verifyChain(
     if (limit < f.raw.length - 1) pendingUnvouched = { file: f.file, fromLine: limit + 2, toLine: f.raw.length };
   }
   summary.started = [...started.values()];
-  if (lastLine?.type !== 'checkpoint' && lastLine?.type !== 'segment' && !opts.allowUnsealedTail && last) {
-    const from = lastSeal ? `after ${lastSeal.file} line ${lastSeal.line}` : 'from the start';
-    return {
-      summary,
-      problem: {
-        ...last,
-        reason: `the trail ends without a checkpoint: the lines ${from} are not sealed (truncated after this line, or still being written: check again after the next checkpoint, or pass --allow-unsealed-tail)`,
-      },
-    };
+  if (lastLine?.type !== 'checkpoint' && lastLine?.type !== 'segment' && last) {
+    // Even a trail still being written has a checkpoint: lines no HSM MAC covers are anyone's (a fabricated file).
+    if (!lastSeal) {
+      const unsealed = 'no line of this chain is sealed by an HSM checkpoint: nothing in it is evidence (written by hand, or its checkpoints deleted)';
+      return { summary, problem: { ...last, reason: opts.allowUnsealedTail ? unsealed : `the trail ends without a checkpoint: ${unsealed}` } };
+    }
+    if (!opts.allowUnsealedTail) {
+      return {
+        summary,
+        problem: {
+          ...last,
+          reason: `the trail ends without a checkpoint: the lines after ${lastSeal.file} line ${lastSeal.line} are not sealed (truncated after this line, or still being written: check again after the next checkpoint, or pass --allow-unsealed-tail)`,
+        },
+      };
+    }
+    // Accepted as a trail still being written, but what no checkpoint covers yet is not evidence.
+    for (let i = lastSeal.index; i < chain.length; i++) {
+      const f = chain[i]!;
+      const fromLine = i === lastSeal.index ? lastSeal.line + 1 : 1;
+      if (fromLine > f.raw.length) continue;
+      summary.notVouched.push({
+        file: f.file,
+        fromLine,
+        toLine: f.raw.length,
+        lines: f.raw.length - fromLine + 1,
+        fromSeq: lastSeal.seq + 1,
+        toSeq: summary.lastSeq,
+        reason: 'after the last checkpoint, not sealed yet (a trail still being written, or lines added by hand: --allow-unsealed-tail)',
+      });
+      summary.lines -= f.raw.length - fromLine + 1;
+    }
   }
   return { summary };
 }

@@ -21,7 +21,7 @@ export function auditCommand(): Command {
           'or a command started and left no outcome',
       )
       .argument('<files...>')
-      .option('--allow-unsealed-tail', 'accept lines written after the last checkpoint (a trail still being written)')
+      .option('--allow-unsealed-tail', 'accept lines written after the last checkpoint (a trail still being written): listed as not evidence (exit 2); a chain still needs a checkpoint')
       .option('--anchors <logs...>', 'process logs whose "audit checkpoint" lines must all be in the trail (catches a cut after a checkpoint)')
       .option('--from <seq:hash>', 'a chain may begin after this resume point (the last line of files deleted by a retention policy); repeat per trail', resumePoint)
       .option('--key-label <label>', 'the HSM key of the checkpoints (default: audit.keyLabel of the config)')

@@ -136,6 +136,20 @@ describe('xks audit verify', () => {
     expect(named.stdout).toContain(`after the resume point ${point}`);
   });
 
+  it('--allow-unsealed-tail: lines after the last checkpoint are not evidence (exit 2); a chain with no checkpoint fails', async () => {
+    const all = readLines(join(dir, trailFileName('cli')));
+    const lastCheckpoint = all.map((l) => JSON.parse(l).type).lastIndexOf('checkpoint', all.length - 2);
+    const open = copyOf((l) => l.slice(0, lastCheckpoint + 2));
+    const r = await xks(['audit', 'verify', '--allow-unsealed-tail', open], config);
+    expect(r.code, r.stdout + r.stderr).toBe(2);
+    expect(r.stdout).toMatch(new RegExp(`^NOT EVIDENCE \\S+ lines ${lastCheckpoint + 2}\\.\\.${lastCheckpoint + 2} .*not sealed yet`, 'm'));
+    // Only the lines before the first checkpoint: nothing in them is sealed.
+    const unsealed = copyOf((l) => l.slice(0, l.findIndex((x) => JSON.parse(x).type === 'checkpoint')));
+    const none = await xks(['audit', 'verify', '--allow-unsealed-tail', unsealed], config);
+    expect(none.code, none.stdout + none.stderr).toBe(1);
+    expect(none.stdout).toMatch(/^FAILED \S+ line \d+: no line of this chain is sealed by an HSM checkpoint/m);
+  });
+
   it('fails on time going backwards, at the line', async () => {
     const file = copyOf((lines) => {
       const out: string[] = [];
