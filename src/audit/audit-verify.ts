@@ -2,14 +2,14 @@
 // where an edit, a deletion, a reordering, an insertion or a truncation happened. A chain must start at genesis or at a
 // resume point the operator names (older files deleted by a retention policy), its seqs must not jump and its times
 // must not go backwards, every checkpoint must be made with the configured audit key, and the newest checkpoint the
-// HSM anchored for a trail must be in its files. Lines a segment does not vouch for (a writer found them unverified
+// HSM anchored for a trail must be in its files (rotated files alone: the trail is incomplete when it is beyond them). Lines a segment does not vouch for (a writer found them unverified
 // when it opened the trail), and with allowUnsealedTail the lines after a chain's last checkpoint, are reported as not
 // evidence; a chain with no checkpoint at all always fails. Reading is pure; only the MAC check goes to the HSM (through
 // `checkMac`), and the HSM anchors are read by the caller.
 import { readFileSync } from 'node:fs';
-import { basename, dirname, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import type { HsmAnchor } from './audit-anchor.js';
-import { AuditLineSchema, GENESIS, anchorHash, lineHash, sealMessage, trailId, type AuditLine, type Segment } from './audit-record.js';
+import { AuditLineSchema, GENESIS, anchorHash, currentFileName, lineHash, sealMessage, trailId, type AuditLine, type Segment } from './audit-record.js';
 
 export type MacCheck = (keyLabel: string, message: Buffer, mac: Buffer) => Promise<boolean>;
 
@@ -73,7 +73,18 @@ export interface VerifyResult {
   chains: ChainSummary[];
   /** The current files whose trail's HSM anchor was found in the files given. */
   anchoredTrails?: string[];
+  /** Trails whose files were given without their newest ones: the HSM anchor names a checkpoint beyond them. */
+  incomplete?: IncompleteTrail[];
   problem?: VerifyProblem | undefined;
+}
+
+export interface IncompleteTrail {
+  /** The trail's current file (where its newer lines are, or were). */
+  trail: string;
+  /** The newest checkpoint the HSM anchored for it. */
+  anchoredSeq: number;
+  /** The last seq in the files given. */
+  lastSeq: number;
 }
 
 export interface VerifyOptions {
@@ -195,16 +206,29 @@ export async function verifyTrail(files: string[], checkMac: MacCheck, opts: Ver
     chains.push(r.summary);
   }
 
-  // The newest checkpoint the HSM anchored for a trail whose current file is given must be in the files: otherwise the
-  // trail was cut after a checkpoint, or its newest file is missing (the CLI trail has no process log to tell).
+  // The newest checkpoint the HSM anchored for a trail whose files are given (its current file, or files rotated from
+  // it) must be in the files: otherwise the trail was cut after a checkpoint, or its newest files are missing (the CLI
+  // trail has no process log to tell). Without the current file, an anchor beyond the last line given is the trail
+  // going on in files not given (retention verifies old files alone; or they were deleted): verified, but incomplete.
   const checked: string[] = [];
+  const incomplete: IncompleteTrail[] = [];
+  const currentOf = (p: ParsedFile) => resolve(opts.trailDir ?? dirname(p.file), currentFileName(basename(p.file)));
   for (const a of opts.hsmAnchors ?? []) {
-    const current = given.filter((p) => trailId(resolve(opts.trailDir ?? dirname(p.file), basename(p.file))) === a.trail);
-    if (current.length === 0) continue;
-    checked.push(current[0]!.file);
+    const ofTrail = given.filter((p) => trailId(currentOf(p)) === a.trail);
+    if (ofTrail.length === 0) continue;
+    const currentFile = ofTrail.find((p) => currentFileName(basename(p.file)) === basename(p.file));
+    const trailFile = currentFile?.file ?? join(dirname(ofTrail[0]!.file), currentFileName(basename(ofTrail[0]!.file)));
     const found = parsed.some((p) => p.raw.some((l, i) => p.lines[i]?.seq === a.seq && anchorHash(lineHash(l)) === a.hash));
-    if (found) continue;
-    const f = current[0]!;
+    if (found) {
+      checked.push(trailFile);
+      continue;
+    }
+    const lastSeq = Math.max(0, ...ofTrail.flatMap((p) => p.lines.map((l) => l?.seq ?? 0)));
+    if (!currentFile && a.seq > lastSeq) {
+      incomplete.push({ trail: trailFile, anchoredSeq: a.seq, lastSeq });
+      continue;
+    }
+    const f = currentFile ?? ofTrail[ofTrail.length - 1]!;
     return {
       ok: false,
       chains,
@@ -238,7 +262,7 @@ export async function verifyTrail(files: string[], checkMac: MacCheck, opts: Ver
       };
     }
   }
-  return { ok: true, chains, anchoredTrails: checked };
+  return { ok: true, chains, anchoredTrails: checked, incomplete };
 }
 
 async function verifyChain(

@@ -258,6 +258,20 @@ describe('tampering is caught at the first line it touches', () => {
     expect(cut.problem).toMatchObject({ file: copies[0], line: 1 });
   });
 
+  it('the newest file missing (rotated files given alone): verified, but incomplete by the HSM anchor of their trail', async () => {
+    const hsmAnchors = await new AuditAnchors(hsm).list();
+    const all = await verifyTrail(files, check, { hsmAnchors });
+    expect(all.ok).toBe(true);
+    expect(all.anchoredTrails).toEqual([files.at(-1)]);
+    expect(all.incomplete ?? []).toEqual([]);
+    const older = await verifyTrail(files.slice(0, -1), check, { hsmAnchors });
+    expect(older.problem).toBeUndefined();
+    expect(older.ok).toBe(true);
+    const newest = JSON.parse(lastFileLines().at(-1)!) as { seq: number };
+    expect(older.incomplete).toEqual([{ trail: files.at(-1), anchoredSeq: newest.seq, lastSeq: older.chains[0]!.lastSeq }]);
+    expect(older.anchoredTrails).toEqual([]);
+  });
+
   it('retention: the files after a resume point verify with --from; the resume point is the last line of the files before', async () => {
     const older = await verifyTrail(files.slice(0, -1), check);
     expect(older.ok).toBe(true);
