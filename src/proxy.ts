@@ -1,10 +1,11 @@
 // Wires one proxy process together from a loaded configuration: HSM connection, key catalogue, health, listeners.
 import { mkdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import client from 'prom-client';
 import { ANCHOR_LABEL, AuditAnchors } from './audit/audit-anchor.js';
 import { auditSigner, DEFAULT_AUDIT_KEY_LABEL } from './audit/audit-key.js';
 import { AuditTrail, trailFileName } from './audit/audit-trail.js';
+import { TrailLock } from './audit/trail-lock.js';
 import type { LoadedConfig } from './config/load.js';
 import { HsmConnection } from './hsm/hsm-connection.js';
 import type { KeyStore } from './hsm/key-store.js';
@@ -55,13 +56,22 @@ export async function openHsm(
   });
 }
 
-/** Open (or continue) this process's audit trail, sealed with a MAC key that lives in the HSM. */
+/** The file of this process's audit trail (one per host and role), when the config has an audit section. */
+export function auditTrailFile(loaded: LoadedConfig, role: string): string | undefined {
+  const a = loaded.config.audit;
+  return a ? join(a.dir, trailFileName(role)) : undefined;
+}
+
+/**
+ * Open (or continue) this process's audit trail, sealed with a MAC key that lives in the HSM. The caller holds the
+ * trail's lock (trail-lock.ts): one writer per file.
+ */
 export async function openAuditTrail(hsm: KeyStore, loaded: LoadedConfig, role: string, logger?: Logger, incidents?: Incidents): Promise<AuditTrail | undefined> {
   const a = loaded.config.audit;
   if (!a) return undefined;
   mkdirSync(a.dir, { recursive: true, mode: 0o750 });
   return AuditTrail.open({
-    file: join(a.dir, trailFileName(role)),
+    file: auditTrailFile(loaded, role)!,
     signer: await auditSigner(hsm, a.keyLabel),
     anchors: new AuditAnchors(hsm),
     checkpointEvery: a.checkpointEvery,
@@ -150,6 +160,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
   const hsm = await openHsm(loaded, incidents, (call, seconds) => metrics.observeHsmCall(call, seconds), Math.max(2_000, loaded.config.hsm.operationTimeoutMs));
   let current = loaded;
   const closers: (() => Promise<void>)[] = [];
+  let trailLock: TrailLock | undefined;
   try {
     const catalogue = openCatalogue(hsm, loaded);
     const lifecycle = openLifecycle(hsm, catalogue, loaded);
@@ -187,11 +198,26 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
     }
     const encryptions = new EncryptionBudget(hsm, loaded.config.encryptionLimits, (event, detail) => logger.warn(detail, event));
     metrics.bind({ hsm, health, keyCount, encryptions, config: () => current });
-    audit = await openAuditTrail(hsm, loaded, opts.auditRole ?? 'main', logger, incidents);
+    // The trail's lock, held for the process's lifetime: a second process with the same host and role would otherwise
+    // resume the live file (and rename it) under this one. It fails start-up, by name, while a live process holds it.
+    const role = opts.auditRole ?? 'main';
+    const trailFile = auditTrailFile(loaded, role);
+    if (trailFile) {
+      mkdirSync(dirname(trailFile), { recursive: true, mode: 0o750 });
+      trailLock = await TrailLock.acquire(trailFile, {
+        onLost: () => logger.error({ file: trailFile }, 'audit trail lock taken over by another process (this one was silent for seconds): two writers may share the file'),
+      });
+    }
+    audit = await openAuditTrail(hsm, loaded, role, logger, incidents);
     const trail = audit;
     if (trail) {
       closers.push(() => trail.close());
       registerAuditMetrics(metrics.registry, () => trail.status);
+    }
+    // Released after the trail's last checkpoint is written.
+    if (trailLock) {
+      const held = trailLock;
+      closers.push(async () => held.release());
     }
     const handler = createXksHandler({
       audit: trail ? (e) => trail.append(e) : undefined,
@@ -268,6 +294,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
     };
   } catch (e) {
     for (const close of closers) await close().catch(() => undefined);
+    trailLock?.release();
     hsm.close();
     throw e;
   }

@@ -1,7 +1,8 @@
 // The audit trail's own failures, by name. A key-changing CLI command that cannot put its intent on the trail does
 // not make its change (AuditTrailUnavailable, AuditTrailLocked); the proxy in `audit.onFailure: refuse` mode answers
-// XKS calls with a named error while its trail cannot be sealed.
-export type AuditErrorName = 'AuditTrailUnavailable' | 'AuditTrailLocked';
+// XKS calls with a named error while its trail cannot be sealed. AuditKeyNotFound: the signer did not find its key after
+// the trail was opened (a failed checkpoint; the key is never made twice).
+export type AuditErrorName = 'AuditTrailUnavailable' | 'AuditTrailLocked' | 'AuditKeyNotFound';
 
 export class AuditError extends Error {
   override readonly name = 'AuditError';

@@ -1,12 +1,13 @@
 // The audit trail's MAC key: a generic secret that lives in the HSM (sensitive, non-extractable, sign/verify only),
-// found by its label and its CKA_ID "xks:audit;n=<nonce>" (none from earlier releases), or made on first use. A key
-// record or any other object that only carries the label is never taken for it. Checkpoints are made and checked with
-// it inside the HSM.
+// found by its label and its CKA_ID "xks:audit;n=<nonce>" (none from earlier releases), or made when a trail is first
+// opened on a token without it (never later: a key not found then is a failed checkpoint). A key record or any other
+// object that only carries the label is never taken for it. Checkpoints are made and checked with it inside the HSM.
 import { randomBytes } from 'node:crypto';
 import { HsmError } from '../hsm/errors.js';
 import type { Handle, KeyStore } from '../hsm/key-store.js';
 import { GENERIC_SECRET_KEY_GEN } from '../hsm/mechanisms.js';
 import { hmacKeyTemplate } from '../hsm/templates.js';
+import { AuditError } from './audit-error.js';
 import type { AuditSigner } from './audit-trail.js';
 
 export const DEFAULT_AUDIT_KEY_LABEL = 'xks-audit-hmac';
@@ -28,20 +29,23 @@ const AUDIT_KEY_ID = /^(?:xks:audit;n=[0-9a-f]{24})?$/;
  */
 export async function auditSigner(hsm: KeyStore, label: string = DEFAULT_AUDIT_KEY_LABEL): Promise<AuditSigner> {
   let key: { handle: Handle; generation: number } | undefined;
-  const find = async () => {
+  // Made only here, when a trail is first opened on a token without it. Not found later (destroyed, or a search that
+  // saw nothing after a recovery: a lost login hides private objects) is a failed checkpoint, never a second key.
+  const find = async (create: boolean) => {
     const generation = hsm.generation;
     let [handle] = await findAuditKeys(hsm, label);
+    if (!handle && !create) throw new AuditError('AuditKeyNotFound', `the audit key "${label}" was not found in the token (it is never made again once a trail was opened with it)`);
     handle ??= (await hsm.generateKey(hmacKeyTemplate(label, Buffer.from(`xks:audit;n=${randomBytes(12).toString('hex')}`, 'ascii')), GENERIC_SECRET_KEY_GEN)).handle;
     return { handle, generation };
   };
-  key = await find();
+  key = await find(true);
   const check = auditMacChecker(hsm);
   return {
     keyLabel: label,
     verify: (message, mac) => check(label, message, mac),
     mac: async (message) => {
       for (let attempt = 0; ; attempt++) {
-        if (!key || key.generation !== hsm.generation) key = await find();
+        if (!key || key.generation !== hsm.generation) key = await find(false);
         const used = key;
         try {
           const mac = await hsm.hmacSha256(used.handle, message);

@@ -114,6 +114,15 @@ export function trailId(currentFile: string): string {
   return createHash('sha256').update(currentFile, 'utf8').digest('hex').slice(0, 16);
 }
 
+/**
+ * The current file a trail's file belongs to: a rotated or set-aside name (audit-trail.ts rotatedName:
+ * `audit.2026-11-22T21-30-00-000Z[-unsealed|-cut][-1].jsonl`) maps to `audit.jsonl`; any other name is its own.
+ */
+export function currentFileName(name: string): string {
+  const m = /^(.+)\.\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-\d{3}Z(?:-[a-z]+)?(?:-\d+)?(\.jsonl)?$/.exec(name);
+  return m ? m[1]! + (m[2] ?? '') : name;
+}
+
 /** The prefix of a line's hash an HSM anchor keeps (CKA_ID stays short). */
 export function anchorHash(lineHashHex: string): string {
   return lineHashHex.slice(0, 32);

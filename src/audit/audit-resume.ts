@@ -177,13 +177,10 @@ export function newestRotated(file: string): string | undefined {
   } catch {
     return undefined;
   }
-  // Names carry the ISO time of the rotation, then "-1", "-2" ... for a second rotation in the same millisecond
-  // (rotatedName): by time, then by that number ("…616Z-1.jsonl" comes after "…616Z.jsonl", which a plain sort reverses).
-  const order = (n: string): [string, number] => [/\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d-\d{3}Z/.exec(n)?.[0] ?? '', Number(/-(\d+)\.jsonl$/.exec(n)?.[1] ?? 0)];
-  names.sort((a, b) => {
-    const [x, y] = [order(a), order(b)];
-    return x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : x[1] - y[1];
-  });
+  // Names carry the ISO time of the rotation: they sort in time order, compared without the extension, so that a second
+  // rotation in the same millisecond (`...000Z-1.jsonl`) sorts after the first (`...000Z.jsonl`; '-' < '.').
+  const key = (n: string) => (base.endsWith('.jsonl') ? n.slice(0, -6) : n);
+  names.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
   const newest = names.at(-1);
   return newest ? join(dir, newest) : undefined;
 }

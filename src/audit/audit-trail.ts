@@ -50,6 +50,9 @@ export interface AuditTrailOptions {
 
 /** How soon a failed checkpoint is tried again (at most; checkpointIntervalMs when that is shorter). */
 const RETRY_MS = 5_000;
+/** The first retry of a failed write or anchor; each next one waits twice as long, at most RETRY_MS. */
+const FIRST_REPAIR_MS = 200;
+const backoff = (attempt: number) => Math.min(RETRY_MS, FIRST_REPAIR_MS * 2 ** attempt);
 
 /** The steps of sealing a trail that can fail: the checkpoint's MAC in the HSM, the file write, the HSM anchor. */
 export type AuditFailureStage = 'checkpoint' | 'write' | 'anchor';
@@ -76,6 +79,17 @@ export class AuditTrail {
   private bytes = 0;
   private unsealed = 0;
   private buffered: string[] = [];
+  /** Bytes a write did not take (a full disk, an I/O error): written first, before anything newer. */
+  private unwritten: Buffer[] = [];
+  /** The newest checkpoint (or segment) pushed but not yet written and fsynced: anchored once it is. */
+  private toAnchor: { seq: number; hash: string; checkpoint: boolean } | undefined;
+  /** Retries of a failed write, with a doubling delay. */
+  private repairTimer: NodeJS.Timeout | undefined;
+  private repairs = 0;
+  /** The newest anchor that could not be made: made again by a timer, with a doubling delay, lines or no lines. */
+  private anchorRetry: HsmAnchor | undefined;
+  private anchorTimer: NodeJS.Timeout | undefined;
+  private anchorRetries = 0;
   private flushScheduled = false;
   private sealing: Promise<void> | undefined;
   /** Entries that arrived while a checkpoint's MAC was being made: they chain after the checkpoint. */
@@ -151,11 +165,12 @@ export class AuditTrail {
     const line = JSON.stringify({ seq, time, prev, type: 'segment', ...rest, keyLabel: signer.keyLabel, mac: mac.toString('hex') } satisfies Segment);
     this.seq = seq - 1;
     this.push(line);
-    this.flush();
-    fsyncSync(this.fd);
     this.opts.onSegment?.({ file, seq, reason: plan.reason, notVouched: fields.notVouched, unsealedFile });
     this.lastSealAt = Date.now();
-    await this.recordAnchor({ trail: this.trail, seq, hash: anchorHash(this.prev) });
+    // Anchored once it is on disk (a write that fails is tried again).
+    this.toAnchor = { seq, hash: this.prev, checkpoint: false };
+    this.settle();
+    await this.anchoring;
   }
 
   /** A line's time: never before the line before it (a clock stepped back writes the last time again). */
@@ -207,10 +222,27 @@ export class AuditTrail {
   private async recordAnchor(a: HsmAnchor): Promise<void> {
     try {
       await this.opts.anchors.record(a);
-      this.failures.delete('anchor');
+      if (this.anchorRetry && this.anchorRetry.seq <= a.seq) {
+        this.anchorRetry = undefined;
+        this.anchorRetries = 0;
+        this.failures.delete('anchor');
+      } else if (!this.anchorRetry) this.failures.delete('anchor');
     } catch (e) {
       this.failed('anchor', e as Error);
+      // Until an anchor succeeds the trail counts as not sealed (with audit.onFailure refuse, key operations wait):
+      // it is tried again on its own, not only when a later checkpoint happens to be made.
+      if (!this.anchorRetry || this.anchorRetry.seq <= a.seq) this.anchorRetry = a;
+      this.scheduleAnchorRetry();
     }
+  }
+
+  private scheduleAnchorRetry(): void {
+    if (this.anchorTimer || this.closed) return;
+    this.anchorTimer = setTimeout(() => {
+      this.anchorTimer = undefined;
+      if (this.anchorRetry && !this.anchorNext) this.anchor(this.anchorRetry);
+    }, backoff(this.anchorRetries++));
+    this.anchorTimer.unref();
   }
 
   private failed(stage: AuditFailureStage, e: Error): void {
@@ -244,22 +276,79 @@ export class AuditTrail {
     this.bytes += Buffer.byteLength(line) + 1;
     if (!this.flushScheduled) {
       this.flushScheduled = true;
-      setImmediate(() => this.flush());
+      setImmediate(() => this.settle());
     }
   }
 
-  /** Write what is buffered in one synchronous call: lines land in order, and rotation never races a write. */
-  private flush(): void {
+  /**
+   * Write what is buffered in synchronous calls (lines land in order, and rotation never races a write) until every
+   * byte is taken. What a failed write did not take is kept, in order, for the retry timer: a line is never dropped or
+   * left cut short, and seq and prev, already given to later lines, stay true. True when all is written.
+   */
+  private flush(): boolean {
     this.flushScheduled = false;
-    if (this.buffered.length === 0 || this.fd < 0) return;
-    const chunk = this.buffered.join('');
-    this.buffered = [];
-    try {
-      writeSync(this.fd, chunk);
-      this.failures.delete('write');
-    } catch (e) {
-      this.failed('write', e as Error);
+    if (this.fd < 0) return false;
+    if (this.buffered.length > 0) {
+      this.unwritten.push(Buffer.from(this.buffered.join(''), 'utf8'));
+      this.buffered = [];
     }
+    while (this.unwritten.length > 0) {
+      const chunk = this.unwritten[0]!;
+      let done = 0;
+      try {
+        while (done < chunk.length) {
+          const n = writeSync(this.fd, chunk, done, chunk.length - done);
+          if (n <= 0) throw new Error('the audit file took no bytes');
+          done += n;
+        }
+      } catch (e) {
+        this.unwritten[0] = chunk.subarray(done);
+        this.failed('write', e as Error);
+        this.scheduleRepair();
+        return false;
+      }
+      this.unwritten.shift();
+    }
+    this.failures.delete('write');
+    return true;
+  }
+
+  /**
+   * Write what is buffered; once everything up to the newest checkpoint is written and fsynced, anchor that checkpoint
+   * in the HSM (an anchor never names a line that is not on disk) and rotate the file if it is due. While a failed write
+   * waits for its retry, lines are only queued behind it: a failing disk is not tried again for every line.
+   */
+  private settle(): void {
+    if (this.repairTimer) {
+      this.flushScheduled = false;
+      if (this.buffered.length > 0) this.unwritten.push(Buffer.from(this.buffered.splice(0).join(''), 'utf8'));
+      return;
+    }
+    if (!this.flush()) return;
+    const sealed = this.toAnchor;
+    if (sealed) {
+      if (!this.sync()) {
+        this.scheduleRepair();
+        return;
+      }
+      this.toAnchor = undefined;
+      if (sealed.checkpoint) this.opts.onCheckpoint?.({ file: this.opts.file, seq: sealed.seq, hash: sealed.hash });
+      this.anchor({ trail: this.trail, seq: sealed.seq, hash: anchorHash(sealed.hash) });
+      // A finished file ends with a checkpoint (each rotated file is sealed on its own): not when lines written late
+      // with it follow it; the next checkpoint rotates then.
+      if (this.bytes >= this.opts.maxFileBytes && !this.closed && this.seq === sealed.seq) this.rotate();
+    }
+    this.repairs = 0;
+  }
+
+  /** Try a failed write (or fsync) again after a doubling delay, whether or not new lines arrive. */
+  private scheduleRepair(): void {
+    if (this.repairTimer || this.closed) return;
+    this.repairTimer = setTimeout(() => {
+      this.repairTimer = undefined;
+      this.settle();
+    }, backoff(this.repairs++));
+    this.repairTimer.unref();
   }
 
   /** Seal the chain so far with an HSM MAC. */
@@ -279,13 +368,9 @@ export class AuditTrail {
           this.counts.checkpoints++;
           this.lastSealAt = Date.now();
           this.failures.delete('checkpoint');
-          // On disk before its anchor exists: an anchor never names a line that a crash could lose.
-          this.flush();
-          this.sync();
-          this.opts.onCheckpoint?.({ file: this.opts.file, seq: c.seq, hash: this.prev });
-          this.anchor({ trail: this.trail, seq: c.seq, hash: anchorHash(this.prev) });
-          // A finished file ends with a checkpoint: each rotated file is sealed on its own.
-          if (this.bytes >= this.opts.maxFileBytes && !this.closed) this.rotate();
+          // On disk (written and fsynced) before its anchor exists: an anchor never names a line a crash could lose.
+          this.toAnchor = { seq: c.seq, hash: this.prev, checkpoint: true };
+          this.settle();
         },
         (err: Error) => {
           this.failed('checkpoint', err);
@@ -294,6 +379,8 @@ export class AuditTrail {
           if (!this.closing) this.schedule(true);
         },
       )
+      // Callers do not wait for a checkpoint (`void this.checkpoint()`): a rejection would end the process.
+      .catch((err: Error) => this.failed('write', err))
       .finally(() => {
         this.sealing = undefined;
         const waiting = this.waiting;
@@ -304,11 +391,13 @@ export class AuditTrail {
     return this.sealing;
   }
 
-  private sync(): void {
+  private sync(): boolean {
     try {
       fsyncSync(this.fd);
+      return true;
     } catch (e) {
       this.failed('write', e as Error);
+      return false;
     }
   }
 
@@ -324,13 +413,49 @@ export class AuditTrail {
     });
   }
 
-  /** Start a new file right after a checkpoint; the chain (seq and prev) continues in it. */
+  /**
+   * Start a new file right after a checkpoint; the chain (seq and prev) continues in it. Never throws: a rotation that
+   * fails is a write failure (status, metrics, onError), and the old file is written until a new one is open. A current
+   * file removed underneath (rename: ENOENT) took its lines with it; a new file at its path continues the chain, and
+   * verify reports the missing lines.
+   */
   private rotate(): void {
-    this.flush();
-    closeSync(this.fd);
-    renameSync(this.opts.file, rotatedName(this.opts.file, this.now()));
-    this.fd = openSync(this.opts.file, 'a', 0o640);
-    this.bytes = 0;
+    const file = this.opts.file;
+    const rotated = rotatedName(file, this.now());
+    let moved = false;
+    try {
+      renameSync(file, rotated);
+      moved = true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
+        this.failed('write', new Error(`the audit file could not be rotated, it stays the current file: ${(e as Error).message}`));
+        return;
+      }
+      this.failed('write', new Error(`the current audit file ${file} was removed: the lines it held are lost; a new file continues the chain`));
+    }
+    let fd: number;
+    try {
+      fd = openSync(file, 'a', 0o640);
+    } catch (e) {
+      let back = '';
+      if (moved) {
+        try {
+          renameSync(rotated, file);
+        } catch {
+          back = ` (lines go on into ${basename(rotated)})`;
+        }
+      }
+      this.failed('write', new Error(`a new audit file could not be opened, the current one is kept${back}: ${(e as Error).message}`));
+      return;
+    }
+    const old = this.fd;
+    this.fd = fd;
+    this.bytes = fstatSync(fd).size;
+    try {
+      closeSync(old);
+    } catch {
+      // already unusable: nothing more to write through it
+    }
   }
 
   /** Seal, write everything, fsync and close. */
@@ -350,8 +475,15 @@ export class AuditTrail {
     }
     this.closed = true;
     clearTimeout(this.timer);
-    this.flush();
-    fsyncSync(this.fd);
+    clearTimeout(this.repairTimer);
+    this.repairTimer = undefined;
+    clearTimeout(this.anchorTimer);
+    this.anchorTimer = undefined;
+    // What cannot be written now stays unwritten: status.failing says so (the CLI then fails the command).
+    if (this.toAnchor) this.settle();
+    else if (this.flush()) this.sync();
+    // One more try of an anchor that failed, unless a newer one is on its way.
+    if (this.anchorRetry && !this.anchorNext && !this.toAnchor) this.anchor(this.anchorRetry);
     while (this.anchorNext) await this.anchoring;
     await this.anchoring;
     closeSync(this.fd);

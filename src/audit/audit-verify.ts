@@ -2,13 +2,14 @@
 // where an edit, a deletion, a reordering, an insertion or a truncation happened. A chain must start at genesis or at a
 // resume point the operator names (older files deleted by a retention policy), its seqs must not jump and its times
 // must not go backwards, every checkpoint must be made with the configured audit key, and the newest checkpoint the
-// HSM anchored for a trail must be in its files. Lines a segment does not vouch for (a writer found them unverified
-// when it opened the trail) are reported as not evidence. Reading is pure; only the MAC check goes to the HSM (through
+// HSM anchored for a trail must be in its files (rotated files alone: the trail is incomplete when it is beyond them). Lines a segment does not vouch for (a writer found them unverified
+// when it opened the trail), and with allowUnsealedTail the lines after a chain's last checkpoint, are reported as not
+// evidence; a chain with no checkpoint at all always fails. Reading is pure; only the MAC check goes to the HSM (through
 // `checkMac`), and the HSM anchors are read by the caller.
 import { readFileSync } from 'node:fs';
-import { basename, dirname, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import type { HsmAnchor } from './audit-anchor.js';
-import { AuditLineSchema, GENESIS, anchorHash, lineHash, sealMessage, trailId, type AuditLine, type Segment } from './audit-record.js';
+import { AuditLineSchema, GENESIS, anchorHash, currentFileName, lineHash, sealMessage, trailId, type AuditLine, type Segment } from './audit-record.js';
 
 export type MacCheck = (keyLabel: string, message: Buffer, mac: Buffer) => Promise<boolean>;
 
@@ -72,7 +73,18 @@ export interface VerifyResult {
   chains: ChainSummary[];
   /** The current files whose trail's HSM anchor was found in the files given. */
   anchoredTrails?: string[];
+  /** Trails whose files were given without their newest ones: the HSM anchor names a checkpoint beyond them. */
+  incomplete?: IncompleteTrail[];
   problem?: VerifyProblem | undefined;
+}
+
+export interface IncompleteTrail {
+  /** The trail's current file (where its newer lines are, or were). */
+  trail: string;
+  /** The newest checkpoint the HSM anchored for it. */
+  anchoredSeq: number;
+  /** The last seq in the files given. */
+  lastSeq: number;
 }
 
 export interface VerifyOptions {
@@ -194,16 +206,29 @@ export async function verifyTrail(files: string[], checkMac: MacCheck, opts: Ver
     chains.push(r.summary);
   }
 
-  // The newest checkpoint the HSM anchored for a trail whose current file is given must be in the files: otherwise the
-  // trail was cut after a checkpoint, or its newest file is missing (the CLI trail has no process log to tell).
+  // The newest checkpoint the HSM anchored for a trail whose files are given (its current file, or files rotated from
+  // it) must be in the files: otherwise the trail was cut after a checkpoint, or its newest files are missing (the CLI
+  // trail has no process log to tell). Without the current file, an anchor beyond the last line given is the trail
+  // going on in files not given (retention verifies old files alone; or they were deleted): verified, but incomplete.
   const checked: string[] = [];
+  const incomplete: IncompleteTrail[] = [];
+  const currentOf = (p: ParsedFile) => resolve(opts.trailDir ?? dirname(p.file), currentFileName(basename(p.file)));
   for (const a of opts.hsmAnchors ?? []) {
-    const current = given.filter((p) => trailId(resolve(opts.trailDir ?? dirname(p.file), basename(p.file))) === a.trail);
-    if (current.length === 0) continue;
-    checked.push(current[0]!.file);
+    const ofTrail = given.filter((p) => trailId(currentOf(p)) === a.trail);
+    if (ofTrail.length === 0) continue;
+    const currentFile = ofTrail.find((p) => currentFileName(basename(p.file)) === basename(p.file));
+    const trailFile = currentFile?.file ?? join(dirname(ofTrail[0]!.file), currentFileName(basename(ofTrail[0]!.file)));
     const found = parsed.some((p) => p.raw.some((l, i) => p.lines[i]?.seq === a.seq && anchorHash(lineHash(l)) === a.hash));
-    if (found) continue;
-    const f = current[0]!;
+    if (found) {
+      checked.push(trailFile);
+      continue;
+    }
+    const lastSeq = Math.max(0, ...ofTrail.flatMap((p) => p.lines.map((l) => l?.seq ?? 0)));
+    if (!currentFile && a.seq > lastSeq) {
+      incomplete.push({ trail: trailFile, anchoredSeq: a.seq, lastSeq });
+      continue;
+    }
+    const f = currentFile ?? ofTrail[ofTrail.length - 1]!;
     return {
       ok: false,
       chains,
@@ -237,7 +262,7 @@ export async function verifyTrail(files: string[], checkMac: MacCheck, opts: Ver
       };
     }
   }
-  return { ok: true, chains, anchoredTrails: checked };
+  return { ok: true, chains, anchoredTrails: checked, incomplete };
 }
 
 async function verifyChain(
@@ -262,12 +287,12 @@ async function verifyChain(
   let prevHash: string | undefined;
   let prevSeq = 0;
   let prevTime = -Infinity;
-  let lastSeal: { file: string; line: number } | undefined;
+  let lastSeal: { file: string; line: number; index: number; seq: number } | undefined;
   let last: { file: string; line: number } | undefined;
   let lastLine: AuditLine | undefined;
   /** Lines of the file before a segment that the segment does not vouch for, waiting for the segment's reason. */
   let pendingUnvouched: { file: string; fromLine: number; toLine: number } | undefined;
-  for (const f of chain) {
+  for (const [fileIndex, f] of chain.entries()) {
     const limit = vouchedUntil.get(f) ?? f.raw.length - 1;
     for (let i = 0; i <= limit; i++) {
       const at = { file: f.file, line: i + 1 };
@@ -312,7 +337,7 @@ async function verifyChain(
           summary.notVouched.push(...notVouchedBy(line, pendingUnvouched, attached.get(f), f.file));
           pendingUnvouched = undefined;
         }
-        lastSeal = at;
+        lastSeal = { ...at, index: fileIndex, seq: line.seq };
       }
       if (line.type === 'event' && line.requestId !== undefined) {
         if (line.outcome === 'started') {
@@ -331,15 +356,37 @@ async function verifyChain(
     if (limit < f.raw.length - 1) pendingUnvouched = { file: f.file, fromLine: limit + 2, toLine: f.raw.length };
   }
   summary.started = [...started.values()];
-  if (lastLine?.type !== 'checkpoint' && lastLine?.type !== 'segment' && !opts.allowUnsealedTail && last) {
-    const from = lastSeal ? `after ${lastSeal.file} line ${lastSeal.line}` : 'from the start';
-    return {
-      summary,
-      problem: {
-        ...last,
-        reason: `the trail ends without a checkpoint: the lines ${from} are not sealed (truncated after this line, or still being written: check again after the next checkpoint, or pass --allow-unsealed-tail)`,
-      },
-    };
+  if (lastLine?.type !== 'checkpoint' && lastLine?.type !== 'segment' && last) {
+    // Even a trail still being written has a checkpoint: lines no HSM MAC covers are anyone's (a fabricated file).
+    if (!lastSeal) {
+      const unsealed = 'no line of this chain is sealed by an HSM checkpoint: nothing in it is evidence (written by hand, or its checkpoints deleted)';
+      return { summary, problem: { ...last, reason: opts.allowUnsealedTail ? unsealed : `the trail ends without a checkpoint: ${unsealed}` } };
+    }
+    if (!opts.allowUnsealedTail) {
+      return {
+        summary,
+        problem: {
+          ...last,
+          reason: `the trail ends without a checkpoint: the lines after ${lastSeal.file} line ${lastSeal.line} are not sealed (truncated after this line, or still being written: check again after the next checkpoint, or pass --allow-unsealed-tail)`,
+        },
+      };
+    }
+    // Accepted as a trail still being written, but what no checkpoint covers yet is not evidence.
+    for (let i = lastSeal.index; i < chain.length; i++) {
+      const f = chain[i]!;
+      const fromLine = i === lastSeal.index ? lastSeal.line + 1 : 1;
+      if (fromLine > f.raw.length) continue;
+      summary.notVouched.push({
+        file: f.file,
+        fromLine,
+        toLine: f.raw.length,
+        lines: f.raw.length - fromLine + 1,
+        fromSeq: lastSeal.seq + 1,
+        toSeq: summary.lastSeq,
+        reason: 'after the last checkpoint, not sealed yet (a trail still being written, or lines added by hand: --allow-unsealed-tail)',
+      });
+      summary.lines -= f.raw.length - fromLine + 1;
+    }
   }
   return { summary };
 }

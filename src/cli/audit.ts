@@ -17,11 +17,11 @@ export function auditCommand(): Command {
     withConfigOption(new Command('verify'))
       .description(
         'verify the chain, the HSM checkpoints and the HSM anchors of trail files (any order; rotated files included). ' +
-          'Exit 0: verified; 1: a problem (named at its line); 2: verified, but some lines are not evidence (a writer could not vouch for them) ' +
-          'or a command started and left no outcome',
+          'Exit 0: verified; 1: a problem (named at its line); 2: verified, but some lines are not evidence (a writer could not vouch for them), ' +
+          'a command started and left no outcome, or a trail goes on beyond the files given (its HSM anchor is later: newest files missing)',
       )
       .argument('<files...>')
-      .option('--allow-unsealed-tail', 'accept lines written after the last checkpoint (a trail still being written)')
+      .option('--allow-unsealed-tail', 'accept lines written after the last checkpoint (a trail still being written): listed as not evidence (exit 2); a chain still needs a checkpoint')
       .option('--anchors <logs...>', 'process logs whose "audit checkpoint" lines must all be in the trail (catches a cut after a checkpoint)')
       .option('--from <seq:hash>', 'a chain may begin after this resume point (the last line of files deleted by a retention policy); repeat per trail', resumePoint)
       .option('--key-label <label>', 'the HSM key of the checkpoints (default: audit.keyLabel of the config)')
@@ -68,15 +68,19 @@ export function auditCommand(): Command {
                 );
               }
               const anchored = r.anchoredTrails ?? [];
-              console.log(
-                anchored.length
-                  ? `OK the newest checkpoint the HSM anchored is in the files, for the trail of ${anchored.join(', ')}`
-                  : 'NOTE no HSM anchor names these files: a cut after the last checkpoint is not ruled out (copies? give --trail-dir)',
-              );
+              if (anchored.length) console.log(`OK the newest checkpoint the HSM anchored is in the files, for the trail of ${anchored.join(', ')}`);
+              for (const i of r.incomplete ?? []) {
+                console.log(
+                  `INCOMPLETE the trail of ${i.trail}: the HSM anchor records the checkpoint seq ${i.anchoredSeq}, beyond the files given (they end at seq ${i.lastSeq}): its newer files were not given, or were deleted`,
+                );
+              }
+              if (!anchored.length && !r.incomplete?.length) {
+                console.log('NOTE no HSM anchor names these files: a cut after the last checkpoint is not ruled out (copies? give --trail-dir)');
+              }
               if (anchors) console.log(`OK all ${anchors.length} checkpoints the process logs recorded are in the trail`);
             } else console.log(`FAILED ${r.problem!.file} line ${r.problem!.line}: ${r.problem!.reason}`);
             if (!r.ok) process.exitCode = 1;
-            else if (notEvidence.length > 0 || unfinished.length > 0) process.exitCode = 2;
+            else if (notEvidence.length > 0 || unfinished.length > 0 || (r.incomplete?.length ?? 0) > 0) process.exitCode = 2;
           }),
       ),
   );

@@ -273,8 +273,8 @@ interface WorkerHealth {
 }
 
 /**
- * Primary side: ACTIVE only when all `count` workers answer ACTIVE within a second (a worker still starting does not
- * answer: the process is not ready until every worker is). One 'message' listener for every query: a listener per
+ * Primary side: the worst answer of all `count` workers within a second (ACTIVE only when every one is; a worker still
+ * starting does not answer, and reads UNAVAILABLE: the process is not ready until every worker is). One 'message' listener for every query: a listener per
  * query and worker piled up under concurrent probes (MaxListenersExceededWarning).
  */
 function workersHealth(count: number): Promise<{ status: string; workers: WorkerHealth[] }> {
@@ -296,8 +296,10 @@ function workersHealth(count: number): Promise<{ status: string; workers: Worker
         if (!a) return { worker: w.id, status: 'UNAVAILABLE', detail: 'did not answer within a second' };
         return { worker: w.id, status: a.status, ...(a.token ? { token: a.token } : {}), ...(a.detail ? { detail: a.detail } : {}) };
       });
-      const all = list.length >= count && list.length > 0 && list.every((a) => a.status === 'ACTIVE');
-      resolve({ status: all ? 'ACTIVE' : 'UNAVAILABLE', workers: list });
+      // The worst of the workers' answers; UNAVAILABLE until every worker answers.
+      const all = list.length >= count && list.length > 0;
+      const status = !all || list.some((a) => a.status !== 'ACTIVE' && a.status !== 'DEGRADED') ? 'UNAVAILABLE' : list.some((a) => a.status === 'DEGRADED') ? 'DEGRADED' : 'ACTIVE';
+      resolve({ status, workers: list });
     };
     pendingHealth.set(query, (worker, m) => {
       answers.set(worker, m);

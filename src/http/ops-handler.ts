@@ -1,6 +1,7 @@
 // The operations listener (off by default, loopback when on): GET /metrics for Prometheus, GET /health for readiness
-// probes (the deep check: an encrypt and decrypt in the HSM, cached; 200 when ACTIVE, 503 otherwise; no SigV4, so
-// keep this listener off the network KMS reaches), GET /ping for liveness. Nothing else, and nothing secret.
+// probes (the deep check: an encrypt and decrypt in the HSM, cached; 200 while the process serves, ACTIVE or DEGRADED,
+// 503 when UNAVAILABLE; no SigV4, so keep this listener off the network KMS reaches), GET /ping for liveness. Nothing
+// else, and nothing secret.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
 export interface OpsSources {
@@ -31,7 +32,7 @@ export function createOpsHandler(src: OpsSources) {
         return;
       case '/health':
         src.health().then(
-          (h) => answer(h.status === 'ACTIVE' ? 200 : 503, 'application/json', JSON.stringify(h)),
+          (h) => answer(readiness(h.status), 'application/json', JSON.stringify(h)),
           (e: Error) => answer(503, 'application/json', JSON.stringify({ status: 'UNAVAILABLE', detail: e.message })),
         );
         return;
@@ -39,4 +40,13 @@ export function createOpsHandler(src: OpsSources) {
         answer(404, 'text/plain', 'not found: /metrics, /health, /ping\n');
     }
   };
+}
+
+/**
+ * The readiness answer for a health status. DEGRADED serves (audit.onFailure serve: requests are answered as usual while
+ * the trail cannot be sealed; a sibling worker fails): taking every replica out of service for it would turn an audit
+ * fault into an outage. The body says which.
+ */
+function readiness(status: string): number {
+  return status === 'ACTIVE' || status === 'DEGRADED' ? 200 : 503;
 }

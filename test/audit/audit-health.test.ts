@@ -9,14 +9,17 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { trailFileName } from '../../src/audit/audit-trail.js';
 import { ADMIN_ACCESS_KEY_ID, adminClient, adminConfig } from '../helpers/admin-client.js';
+import { ensureBuilt } from '../helpers/built-cli.js';
+import { freePort, runXks, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
 import { httpGet, parseMetrics } from '../helpers/ops-metrics.js';
 import { SECOND_ACCESS_KEY_ID, type TestProxy } from '../helpers/proxy.js';
-import { startProxyOnToken } from '../helpers/proxy-on-token.js';
+import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
 import { xksClient } from '../helpers/xks-client.js';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const count = (text: string, s: string) => text.split(s).length - 1;
 
 describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail that cannot be sealed', () => {
   let token: TestToken;
@@ -92,8 +95,9 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail that cannot be sealed
       for (let i = 0; i < 3; i++) expect((await xks.encrypt('foo', Buffer.from('while unsealed'))).status).toBe(200);
       await waitFor('a failed checkpoint', async () => ((await metric(t, 'xks_audit_checkpoint_failures_total', { stage: 'checkpoint' })) ?? 0) > 0);
       expect(await ekmHealth(t)).toBe('DEGRADED');
+      // The readiness probe keeps the pod in service: it serves (the body says DEGRADED and why).
       const h = await httpGet(`${opsUrl(t)}/health`);
-      expect(h.status).toBe(503);
+      expect(h.status).toBe(200);
       expect(JSON.parse(h.text)).toMatchObject({ status: 'DEGRADED', detail: expect.stringMatching(/audit trail cannot be sealed/) });
       expect(await metric(t, 'xks_audit_sealing')).toBe(0);
       expect(await metric(t, 'xks_audit_unsealed_lines')).toBeGreaterThan(0);
@@ -167,6 +171,10 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail that cannot be sealed
       const h = await xks.health();
       expect(h.status).toBe(200);
       expect(h.json.ekmFleetDetails[0].healthStatus).toBe('UNAVAILABLE');
+      // It refuses: out of service for the readiness probe.
+      const probe = await httpGet(`${opsUrl(t)}/health`);
+      expect(probe.status).toBe(503);
+      expect(JSON.parse(probe.text)).toMatchObject({ status: 'UNAVAILABLE', detail: expect.stringMatching(/audit trail cannot be sealed/) });
       const a = await admin.call('DisableKey', { KeyId: 'foo' });
       expect(a.status, a.text).toBe(503);
       expect(a.json.__type).toBe('DependencyTimeoutException');
@@ -183,5 +191,49 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail that cannot be sealed
       expect(lines.filter((l) => l.errorName === 'DependencyTimeoutException' && l.source === 'xks').length).toBeGreaterThanOrEqual(1);
       expect(lines.some((l) => l.source === 'admin' && l.operation === 'DisableKey' && l.errorName === 'DependencyTimeoutException')).toBe(true);
     });
+  });
+
+  describe('under --workers, audit.onFailure: serve', () => {
+    let serve: ServeProcess;
+    let ops: string;
+    let xksUrl: string;
+    beforeAll(async () => {
+      setControl('');
+      ensureBuilt();
+      const [port, opsPort] = [await freePort(), await freePort()];
+      xksUrl = `http://127.0.0.1:${port}`;
+      ops = `http://127.0.0.1:${opsPort}`;
+      const file = writeTestConfig(
+        token,
+        {
+          hsm: { module: join(ROOT, 'test/emulator/build/libxks-emulator.so'), libraryParameters: `vendor=none control=${control}` },
+          listeners: { http: { host: '127.0.0.1', port }, ops: { host: '127.0.0.1', port: opsPort } },
+          audit: { dir: join(token.dir, 'audit-workers'), checkpointEvery: 2, checkpointSeconds: 1 },
+        },
+        'workers.yaml',
+      );
+      expect((await runXks(token, file, ['keys', 'create', 'bar'])).code).toBe(0);
+      serve = spawnServe(token, file, ['--workers', '2']);
+      await serve.waitFor((out) => count(out, '"xks proxy listening"') >= 2, 40_000, 'two workers listening');
+      await waitFor('ACTIVE', async () => (await httpGet(`${ops}/health`)).status === 200);
+    }, 60_000);
+    afterAll(async () => {
+      setControl('');
+      serve?.child.kill('SIGTERM');
+      await serve?.exited;
+    });
+
+    it('answers /health 200 DEGRADED from the primary while a worker cannot seal its trail', async () => {
+      setControl('fail C_Sign CKR_DEVICE_ERROR\n');
+      const xks = xksClient(xksUrl);
+      let h = await httpGet(`${ops}/health`);
+      for (const end = Date.now() + 15_000; JSON.parse(h.text).status !== 'DEGRADED' && Date.now() < end; h = await httpGet(`${ops}/health`)) {
+        for (let i = 0; i < 4; i++) await xks.encrypt('bar', Buffer.from('x'));
+        await sleep(200);
+      }
+      expect(JSON.parse(h.text)).toMatchObject({ status: 'DEGRADED' });
+      expect(h.status).toBe(200);
+      expect(JSON.parse(h.text).workers.some((w: { detail?: string }) => /audit trail cannot be sealed/.test(w.detail ?? ''))).toBe(true);
+    }, 30_000);
   });
 });

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ANCHOR_LABEL, AuditAnchors } from '../../src/audit/audit-anchor.js';
 import { auditMacChecker, auditSigner, DEFAULT_AUDIT_KEY_LABEL } from '../../src/audit/audit-key.js';
 import { anchorHash, lineHash, trailId } from '../../src/audit/audit-record.js';
+import { newestRotated } from '../../src/audit/audit-resume.js';
 import { AuditTrail, type AuditSigner } from '../../src/audit/audit-trail.js';
 import { verifyTrail } from '../../src/audit/audit-verify.js';
 import type { HsmConnection } from '../../src/hsm/hsm-connection.js';
@@ -126,4 +127,12 @@ it('a last checkpoint rewritten (not the anchored one): a segment; verify still 
   writeFileSync(file, [...all.slice(0, -1), JSON.stringify(c)].map((l) => l + '\n').join(''));
   await write(file, 3, 1);
   expect(parsed(file)[0], readdirSync(file.replace(/\/[^/]+$/, '')).join() + readFileSync(file, 'utf8')).toMatchObject({ type: 'segment', reason: expect.stringMatching(/is not the one the HSM anchor records|does not verify/) });
+});
+
+it('takes the newest of two files rotated in one millisecond (`...Z-1.jsonl` after `...Z.jsonl`) as the newest', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'xks-audit-names-'));
+  for (const n of ['audit-h-cli.2026-11-22T21-30-00-000Z.jsonl', 'audit-h-cli.2026-11-22T21-30-00-000Z-1.jsonl', 'audit-h-cli.2026-11-22T21-29-59-999Z.jsonl', 'audit-h-cli.jsonl']) {
+    writeFileSync(join(dir, n), '');
+  }
+  expect(newestRotated(join(dir, 'audit-h-cli.jsonl'))).toBe(join(dir, 'audit-h-cli.2026-11-22T21-30-00-000Z-1.jsonl'));
 });

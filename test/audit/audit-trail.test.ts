@@ -161,8 +161,29 @@ describe('tampering is caught at the first line it touches', () => {
     const r = await verifyTrail(tampered((l) => l.slice(0, lines.length - 2)), check);
     expect(r.problem).toMatchObject({ line: lines.length - 2 });
     expect(r.problem!.reason).toMatch(/without a checkpoint/);
-    // ... which a trail still being written may accept explicitly.
-    expect((await verifyTrail(tampered((l) => l.slice(0, lines.length - 2)), check, { allowUnsealedTail: true })).ok).toBe(true);
+    // ... which a trail still being written may accept explicitly: the lines after its last checkpoint are not evidence.
+    const copy = tampered((l) => l.slice(0, lines.length - 2));
+    const open = await verifyTrail(copy, check, { allowUnsealedTail: true });
+    expect(open.ok).toBe(true);
+    const lastSeal = lines.slice(0, lines.length - 2).map((l) => JSON.parse(l).type).lastIndexOf('checkpoint');
+    expect(open.chains[0]!.notVouched).toEqual([
+      expect.objectContaining({ file: copy.at(-1), fromLine: lastSeal + 2, toLine: lines.length - 2, lines: lines.length - 3 - lastSeal, reason: expect.stringMatching(/not sealed yet/) }),
+    ]);
+  });
+
+  it('--allow-unsealed-tail still needs a checkpoint: a chain of lines with none (a fabricated file) fails', async () => {
+    const fabricated = join(mkdtempSync(join(tmpdir(), 'xks-audit-fabricated-')), 'audit-test.jsonl');
+    let prev = '0'.repeat(64);
+    const out: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const line = JSON.stringify({ seq: i + 1, time: new Date(Date.UTC(2026, 0, 1, 0, 0, i)).toISOString(), prev, type: 'event', ...entry(i) });
+      out.push(line);
+      prev = lineHash(line);
+    }
+    writeFileSync(fabricated, out.map((l) => l + '\n').join(''));
+    const r = await verifyTrail([fabricated], check, { allowUnsealedTail: true });
+    expect(r.ok).toBe(false);
+    expect(r.problem).toMatchObject({ file: fabricated, line: 3, reason: expect.stringMatching(/no line of this chain is sealed by an HSM checkpoint/) });
   });
 
   it('a forged line with the whole chain recomputed after it: the next checkpoint MAC fails', async () => {
@@ -235,6 +256,20 @@ describe('tampering is caught at the first line it touches', () => {
     const cut = await verifyTrail(copies, check);
     expect(cut.ok).toBe(false);
     expect(cut.problem).toMatchObject({ file: copies[0], line: 1 });
+  });
+
+  it('the newest file missing (rotated files given alone): verified, but incomplete by the HSM anchor of their trail', async () => {
+    const hsmAnchors = await new AuditAnchors(hsm).list();
+    const all = await verifyTrail(files, check, { hsmAnchors });
+    expect(all.ok).toBe(true);
+    expect(all.anchoredTrails).toEqual([files.at(-1)]);
+    expect(all.incomplete ?? []).toEqual([]);
+    const older = await verifyTrail(files.slice(0, -1), check, { hsmAnchors });
+    expect(older.problem).toBeUndefined();
+    expect(older.ok).toBe(true);
+    const newest = JSON.parse(lastFileLines().at(-1)!) as { seq: number };
+    expect(older.incomplete).toEqual([{ trail: files.at(-1), anchoredSeq: newest.seq, lastSeq: older.chains[0]!.lastSeq }]);
+    expect(older.anchoredTrails).toEqual([]);
   });
 
   it('retention: the files after a resume point verify with --from; the resume point is the last line of the files before', async () => {

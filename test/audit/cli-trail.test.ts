@@ -2,7 +2,7 @@
 // verify` reading it) on a real token: a line added by hand is never sealed by the next command; a cut after a
 // checkpoint is caught by the HSM anchor without any process log; a chain that does not start at genesis fails unless
 // its resume point is named; time must not go backwards; checkpoints must be made with the configured key.
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -102,6 +102,29 @@ describe('the CLI trail', () => {
   });
 });
 
+describe('a CLI trail whose newest file was deleted', () => {
+  it('verifies the rotated files, but exits 2: the HSM anchor of their trail names a checkpoint beyond them', async () => {
+    const dir = join(token.dir, 'audit-3');
+    const config = writeTestConfig(token, { audit: { dir } }, 'config-3.yaml');
+    const current = join(dir, trailFileName('cli'));
+    expect((await xks(['keys', 'create', 'n1'], config)).code).toBe(0);
+    // A rotation, as the writer makes it past maxFileMB; the next command continues the chain in a new current file.
+    const rotated = current.replace(/\.jsonl$/, '.2026-01-01T00-00-00-000Z.jsonl');
+    renameSync(current, rotated);
+    expect((await xks(['keys', 'create', 'n2'], config)).code).toBe(0);
+    expect(readLines(current).length).toBeGreaterThan(0);
+    const whole = await xks(['audit', 'verify', rotated, current], config);
+    expect(whole.code, whole.stdout + whole.stderr).toBe(0);
+
+    unlinkSync(current);
+    const r = await xks(['audit', 'verify', rotated], config);
+    expect(r.code, r.stdout + r.stderr).toBe(2);
+    expect(r.stdout).toMatch(/^OK /m);
+    expect(r.stdout).toMatch(new RegExp(`^INCOMPLETE the trail of ${current.replace(/[.]/g, '\\.')}: the HSM anchor records the checkpoint seq \\d+, beyond the files given \\(they end at seq \\d+\\)`, 'm'));
+    expect(r.stdout).not.toMatch(/^NOTE /m);
+  });
+});
+
 describe('xks audit verify', () => {
   let dir: string;
   let config: string;
@@ -134,6 +157,20 @@ describe('xks audit verify', () => {
     const named = await xks(['audit', 'verify', '--from', point, file], config);
     expect(named.code, named.stdout + named.stderr).toBe(0);
     expect(named.stdout).toContain(`after the resume point ${point}`);
+  });
+
+  it('--allow-unsealed-tail: lines after the last checkpoint are not evidence (exit 2); a chain with no checkpoint fails', async () => {
+    const all = readLines(join(dir, trailFileName('cli')));
+    const lastCheckpoint = all.map((l) => JSON.parse(l).type).lastIndexOf('checkpoint', all.length - 2);
+    const open = copyOf((l) => l.slice(0, lastCheckpoint + 2));
+    const r = await xks(['audit', 'verify', '--allow-unsealed-tail', open], config);
+    expect(r.code, r.stdout + r.stderr).toBe(2);
+    expect(r.stdout).toMatch(new RegExp(`^NOT EVIDENCE \\S+ lines ${lastCheckpoint + 2}\\.\\.${lastCheckpoint + 2} .*not sealed yet`, 'm'));
+    // Only the lines before the first checkpoint: nothing in them is sealed.
+    const unsealed = copyOf((l) => l.slice(0, l.findIndex((x) => JSON.parse(x).type === 'checkpoint')));
+    const none = await xks(['audit', 'verify', '--allow-unsealed-tail', unsealed], config);
+    expect(none.code, none.stdout + none.stderr).toBe(1);
+    expect(none.stdout).toMatch(/^FAILED \S+ line \d+: no line of this chain is sealed by an HSM checkpoint/m);
   });
 
   it('fails on time going backwards, at the line', async () => {

@@ -233,9 +233,10 @@ describe('xks audit verify (the built CLI, same config)', () => {
     const keep = lines.length - 2;
     const file = tampered((raw) => joined(raw.slice(0, keep)));
     await expectFailure(file, keep, /without a checkpoint/);
-    // ... which a trail still being written may accept explicitly.
+    // ... which a trail still being written may accept explicitly: verified, the unsealed lines listed as not evidence.
     const r = await runXks(token, configFile, ['audit', 'verify', '--allow-unsealed-tail', file]);
-    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(r.code, r.stdout + r.stderr).toBe(2);
+    expect(r.stdout).toMatch(/^NOT EVIDENCE .*not sealed yet/m);
   });
 
   it('a forged line with the chain recomputed after it: the next HSM checkpoint fails', async () => {
