@@ -327,7 +327,8 @@ function watchWorkers(replaceAfterMs: number, logger: Logger, stopping: () => bo
       // A worker still starting has not answered yet: it is neither failing nor a sibling that fails.
       const workers = (await workersHealth(0)).workers.filter((w) => serving(w.worker));
       const now = Date.now();
-      const failing = new Set(workers.filter((w) => w.status !== 'ACTIVE').map((w) => w.worker));
+      // DEGRADED serves (an audit trail that cannot be sealed under audit.onFailure serve): not a reason to replace.
+      const failing = new Set(workers.filter((w) => w.status === 'UNAVAILABLE').map((w) => w.worker));
       for (const id of [...failingSince.keys()]) if (!failing.has(id)) failingSince.delete(id);
       for (const id of failing) if (!failingSince.has(id)) failingSince.set(id, now);
       for (const w of workers) {
