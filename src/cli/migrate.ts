@@ -83,6 +83,7 @@ function writeMigration(settingsFile: string, opts: AwsSampleOptions): Written {
   const { settings, unknownSections } = parseAwsSampleSettings(text, file);
   const out = resolve(opts.out);
   const dir = dirname(out);
+  if (!existsSync(dir)) throw new Error(`${dir} does not exist: make the directory of --out first`);
   const stem = basename(out, extname(out));
   const migration = migrateAwsSample(settings, {
     tokenLabel: opts.tokenLabel,
