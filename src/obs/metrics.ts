@@ -241,7 +241,7 @@ export class Metrics {
     // Label values are bounded: operations and error names are fixed sets, prefixes come from the config.
     this.requests.inc(`${operation}\u0000${outcome}\u0000${error}\u0000${prefix}`, () => ({ operation, outcome, error, prefix }));
     if (r.ms !== undefined) this.latency.observe(this.latency.child(operation, { operation }), r.ms / 1000);
-    // How much of the sample's data is still read: when it stays at zero, the fallback can be turned off.
+    // How much of the sample's data is still read, per key (only keys that decrypted: bounded like the token's keys).
     if (r.aadLayout) {
       const key = r.keyId ?? '';
       this.legacyDecrypts.inc(`${prefix}\u0000${key}`, () => ({ prefix, key }));
