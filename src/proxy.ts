@@ -223,7 +223,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
       audit: trail ? (e) => trail.append(e) : undefined,
       refusal,
       observe: (log) => metrics.observeRequest(log),
-      deps: { hsm, catalogue, encryptions },
+      deps: { hsm, catalogue, encryptions, awsSampleAadFallback: loaded.config.xks.awsSampleAadFallback },
       health,
       prefixes: loaded.prefixes,
       bodyLimit: loaded.config.limits.bodyBytes,

@@ -34,6 +34,8 @@ export const AuditEventSchema = z.object({
   operation: z.string(),
   keyId: z.string().optional(),
   keyVersion: z.number().int().optional(),
+  /** A decrypt that authenticated only under AWS's sample proxy's AAD layout (its ciphertexts: docs/migrate-from-aws-sample.md). */
+  aadLayout: z.literal('aws-sample').optional(),
   /** `started`: a CLI command's intent, written and sealed before it changes anything; its outcome follows. */
   outcome: z.enum(['ok', 'error', 'started']),
   errorName: z.string().optional(),

@@ -8,6 +8,7 @@ import { auditCliCall, beginCliCall, describeCall, type CliCall } from './cli-au
 import { hsmCommand } from './hsm.js';
 import { importCommand } from './import.js';
 import { kekCommand } from './kek.js';
+import { migrateCommand } from './migrate.js';
 import { reportCommand } from './report.js';
 import { keysCommand } from './keys.js';
 import { serveCommand } from './serve.js';
@@ -23,6 +24,7 @@ program.addCommand(importCommand());
 program.addCommand(kekCommand());
 program.addCommand(auditCommand());
 program.addCommand(reportCommand());
+program.addCommand(migrateCommand());
 
 // Commands that change keys or the token put their intent on the audit trail before they run (they do not run when
 // it cannot be sealed), and their outcome after, whatever it is.

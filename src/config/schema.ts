@@ -205,6 +205,16 @@ export const ConfigSchema = z
       })
       .default({ maxAgeMs: 10_000, fleetSize: 1, replaceWorkerAfterSeconds: 30 }),
     prefixes: z.array(PrefixSchema).min(1, 'needs at least one key store prefix'),
+    xks: z
+      .strictObject({
+        /**
+         * A decrypt without this proxy's ciphertextMetadata that does not authenticate under the spec's AAD layout is
+         * tried once more under AWS's sample proxy's layout (its ciphertexts: docs/migrate-from-aws-sample.md). Costs
+         * one HSM call more on a failed decrypt only; false for key stores that never ran the sample. Read at start-up.
+         */
+        awsSampleAadFallback: z.boolean().default(true),
+      })
+      .prefault({}),
     admin: AdminSchema.optional(),
     /**
      * Secret files (the PIN, SigV4 and admin secrets, the TLS key) open to other users, or to a group other than this

@@ -8,6 +8,7 @@ import { HsmError } from '../hsm/errors.js';
 import type { AuditEntry } from '../audit/audit-record.js';
 import type { Incidents } from '../obs/incidents.js';
 import { REQUEST_LINE, type Logger } from '../obs/logger.js';
+import type { AadLayout } from '../xks/aad.js';
 import { XksError, toXksError, type XksErrorName } from '../xks/errors.js';
 import type { HealthChecker } from '../xks/health.js';
 import { decrypt, encrypt, getKeyMetadata, type XksDeps } from '../xks/operations.js';
@@ -49,6 +50,8 @@ export interface RequestLog {
   prefix: string | undefined;
   keyId: string | undefined;
   keyVersion: number | undefined;
+  /** A decrypt that authenticated only under another proxy's AAD layout (AWS's sample proxy's ciphertexts). */
+  aadLayout: AadLayout | undefined;
   accessKeyId: string | undefined;
   /** The access key id a request that did not authenticate claimed (its Authorization header), as it was tried. */
   triedAccessKeyId: string | undefined;
@@ -78,6 +81,7 @@ function newLog(): RequestLog {
     prefix: undefined,
     keyId: undefined,
     keyVersion: undefined,
+    aadLayout: undefined,
     accessKeyId: undefined,
     triedAccessKeyId: undefined,
     from: undefined,
@@ -211,7 +215,7 @@ export function createXksHandler(opts: XksHandlerOptions) {
         throw new XksError('AccessDeniedException', 'the request is not allowed by the key store policy');
       }
     };
-    let result: { body: unknown; keyVersion: number | undefined };
+    let result: { body: unknown; keyVersion: number | undefined; aadLayout?: AadLayout | undefined };
     switch (route.operation) {
       case 'Encrypt': {
         const request = parse(EncryptRequestSchema, json);
@@ -236,6 +240,7 @@ export function createXksHandler(opts: XksHandlerOptions) {
       }
     }
     log.keyVersion = result.keyVersion;
+    if (result.aadLayout) log.aadLayout = result.aadLayout;
     send(res, 200, result.body);
   }
 
@@ -339,6 +344,7 @@ function auditEntry(log: RequestLog): AuditEntry {
     operation: log.operation ?? 'unknown',
     ...(log.keyId ? { keyId: log.keyId } : {}),
     ...(log.keyVersion !== undefined ? { keyVersion: log.keyVersion } : {}),
+    ...(log.aadLayout ? { aadLayout: log.aadLayout } : {}),
     outcome: log.outcome ?? 'error',
     ...(log.errorName ? { errorName: log.errorName } : {}),
   };

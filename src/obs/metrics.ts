@@ -28,6 +28,7 @@ export interface MetricsSources {
 export class Metrics {
   readonly registry: client.Registry;
   private readonly requests: FastCounter;
+  private readonly legacyDecrypts: FastCounter;
   private readonly latency: FastHistogram;
   private readonly hsmLatency: FastHistogram;
   private sources: MetricsSources | undefined;
@@ -36,6 +37,11 @@ export class Metrics {
     this.registry = registry;
     client.collectDefaultMetrics({ register: registry, prefix: 'xks_process_' });
     this.requests = new FastCounter('xks_requests_total', 'XKS requests by operation, outcome and error name', registry);
+    this.legacyDecrypts = new FastCounter(
+      'xks_legacy_decrypts_total',
+      "Decrypts that authenticated only under AWS's sample proxy's AAD layout (ciphertexts it made), by prefix and key",
+      registry,
+    );
     this.latency = new FastHistogram(
       'xks_request_duration_seconds',
       'XKS request latency, from the first byte read to the response written',
@@ -219,7 +225,15 @@ export class Metrics {
     }
   }
 
-  observeRequest(r: { operation: string | undefined; outcome: string | undefined; errorName: string | undefined; prefix: string | undefined; ms: number | undefined }): void {
+  observeRequest(r: {
+    operation: string | undefined;
+    outcome: string | undefined;
+    errorName: string | undefined;
+    prefix: string | undefined;
+    keyId?: string | undefined;
+    aadLayout?: string | undefined;
+    ms: number | undefined;
+  }): void {
     const operation = r.operation ?? 'none';
     const outcome = r.outcome ?? 'error';
     const error = r.errorName ?? '';
@@ -227,6 +241,11 @@ export class Metrics {
     // Label values are bounded: operations and error names are fixed sets, prefixes come from the config.
     this.requests.inc(`${operation}\u0000${outcome}\u0000${error}\u0000${prefix}`, () => ({ operation, outcome, error, prefix }));
     if (r.ms !== undefined) this.latency.observe(this.latency.child(operation, { operation }), r.ms / 1000);
+    // How much of the sample's data is still read, per key (only keys that decrypted: bounded like the token's keys).
+    if (r.aadLayout) {
+      const key = r.keyId ?? '';
+      this.legacyDecrypts.inc(`${prefix}\u0000${key}`, () => ({ prefix, key }));
+    }
   }
 
   observeHsmCall(call: string, seconds: number): void {

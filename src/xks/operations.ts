@@ -5,7 +5,7 @@ import type { KeyStore } from '../hsm/key-store.js';
 import { materialExpired } from '../import/expiry.js';
 import { usageOf, type ExternalKey, type KeyCatalogue, type KeyVersion } from '../keys/catalogue.js';
 import { refusedExposure } from '../keys/exposure.js';
-import { buildGcmAad } from './aad.js';
+import { buildAwsSampleAad, buildGcmAad, type AadLayout } from './aad.js';
 import { ciphertextDataIntegrityValue } from './cdiv.js';
 import { decodeCiphertextMetadata, encodeCiphertextMetadata } from './ciphertext-metadata.js';
 import type { EncryptionBudget } from './encryption-budget.js';
@@ -17,6 +17,11 @@ export interface XksDeps {
   catalogue: KeyCatalogue;
   /** Counts encryptions per key version against the blocks reserved in the HSM (NIST SP 800-38D's 2^32 bound). */
   encryptions: EncryptionBudget;
+  /**
+   * A decrypt without this proxy's ciphertextMetadata that does not authenticate under the spec's AAD layout is tried
+   * once more under AWS's sample proxy's layout (config xks.awsSampleAadFallback; absent: on, the config's default).
+   */
+  awsSampleAadFallback?: boolean | undefined;
 }
 
 // Each operation returns { body, keyVersion }: the response body and, for the request log, the key version used.
@@ -154,28 +159,55 @@ export async function decrypt(deps: XksDeps, keyId: string, req: DecryptRequest)
   const key = await resolveKey(deps, keyId);
   checkEnabled(keyId, key);
   if (!usageOf(key).decrypt && ![...key.versions.values()].some((v) => v.decrypt)) throw new XksError('InvalidKeyUsageException', `external key ${keyId} may not decrypt`);
+  const metadata = req.ciphertextMetadata;
   // No metadata: a ciphertext from a proxy that does not version keys; it can only be version 1.
-  const version = req.ciphertextMetadata === undefined ? 1 : decodeCiphertextMetadata(req.ciphertextMetadata);
-  if (version === undefined) throw bad();
-  const gcmAad = buildGcmAad(req.additionalAuthenticatedData, req.ciphertextMetadata);
-  const plaintext = await withVersion(deps, keyId, (k) => k.versions.get(version), bad, decryptWith, key);
-  return { body: { plaintext: plaintext.toString('base64') }, keyVersion: version };
+  const version = metadata === undefined ? 1 : decodeCiphertextMetadata(metadata);
+  // AWS's sample proxy wrote no metadata or a static value of its own, under its own AAD layout (aad.ts), with the key
+  // that is version 1 here. Its ciphertexts must keep decrypting for as long as their data lives.
+  const fallback = deps.awsSampleAadFallback !== false;
+  const sample = fallback && version === undefined;
+  if (version === undefined && !sample) throw bad();
+  let layout: AadLayout | undefined;
+  const plaintext = sample
+    ? await withVersion(deps, keyId, (k) => k.versions.get(1), bad, sampleOnly, key)
+    : await withVersion(deps, keyId, (k) => k.versions.get(version!), bad, decryptWith, key);
+  return { body: { plaintext: plaintext.toString('base64') }, keyVersion: sample ? 1 : version, aadLayout: layout };
 
   async function decryptWith(v: KeyVersion): Promise<Buffer> {
     if (!v.decrypt) throw new XksError('InvalidKeyUsageException', `external key ${keyId} may not decrypt`);
+    const gcmAad = buildGcmAad(req.additionalAuthenticatedData, metadata);
     try {
       return await deps.hsm.decryptGcm(v.handle, req.initializationVector, req.ciphertext, req.authenticationTag, gcmAad);
     } catch (e) {
+      if (!badTag(e)) throw e;
       // Other objects committed as the same version (catalogue.ts): the GCM tag says which one encrypted.
-      if (!(e instanceof HsmError) || e.kind !== 'DataInvalid' || v.alternates.length === 0) throw e;
       for (const alt of v.alternates) {
         try {
           return await deps.hsm.decryptGcm(alt.handle, req.initializationVector, req.ciphertext, req.authenticationTag, gcmAad);
         } catch (again) {
-          if (!(again instanceof HsmError) || again.kind !== 'DataInvalid') throw again;
+          if (!badTag(again)) throw again;
         }
       }
-      throw e;
+      // Only after a failed tag check, so the spec's path costs nothing more: one more HSM call, under the sample's layout.
+      if (metadata !== undefined || !fallback) throw e;
+      try {
+        return await sampleOnly(v);
+      } catch (again) {
+        throw badTag(again) ? e : again;
+      }
     }
   }
+
+  async function sampleOnly(v: KeyVersion): Promise<Buffer> {
+    if (!v.decrypt) throw new XksError('InvalidKeyUsageException', `external key ${keyId} may not decrypt`);
+    const gcmAad = buildAwsSampleAad(req.additionalAuthenticatedData, metadata);
+    const out = await deps.hsm.decryptGcm(v.handle, req.initializationVector, req.ciphertext, req.authenticationTag, gcmAad);
+    layout = 'aws-sample';
+    return out;
+  }
+}
+
+/** A GCM tag that did not authenticate (the inputs, not the HSM, are wrong). */
+function badTag(e: unknown): boolean {
+  return e instanceof HsmError && e.kind === 'DataInvalid';
 }
