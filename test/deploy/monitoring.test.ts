@@ -230,8 +230,9 @@ describe('the scrape example', () => {
     expect(jobs).toContain('xks-proxy');
     const rules = readFileSync(RULES, 'utf8');
     for (const j of rules.matchAll(/job="([^"]+)"/g)) expect(jobs).toContain(j[1]);
-    const cm = parse(readFileSync(join(ROOT, 'deploy/kubernetes/configmap.yaml'), 'utf8'));
-    const opsPort = parse(cm.data['config.yaml']).listeners.ops.port;
-    expect(readFileSync(join(MON, 'prometheus-scrape.yaml'), 'utf8')).toContain(String(opsPort));
+    for (const vendor of ['luna', 'cloudhsm', 'nshield']) {
+      const opsPort = parse(readFileSync(join(ROOT, 'deploy/kubernetes/overlays', vendor, 'config.yaml'), 'utf8')).listeners.ops.port;
+      expect(readFileSync(join(MON, 'prometheus-scrape.yaml'), 'utf8'), vendor).toContain(String(opsPort));
+    }
   });
 });
