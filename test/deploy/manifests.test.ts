@@ -270,7 +270,7 @@ it('keeps the operations port off the network KMS reaches: not in the Service, a
   expect(service.spec.ports.map((p: { targetPort: string | number }) => p.targetPort)).toEqual(['xks']);
   // A NetworkPolicy isolates the pods for ingress (the kubelet's probes come from the node, which is always allowed).
   const policies = all.filter((j) => j?.kind === 'NetworkPolicy');
-  const selects = (p: { spec: { podSelector: { matchLabels?: Record<string, string> } } }) =>
+  const selects = (p: Obj) =>
     Object.entries(p.spec.podSelector.matchLabels ?? {}).every(([k, v]) => podLabels[k] === v);
   const mine = policies.filter(selects);
   expect(mine.length, 'a NetworkPolicy selecting the proxy pods').toBeGreaterThan(0);
