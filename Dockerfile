@@ -13,6 +13,9 @@ WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund --loglevel=error \
  && test -f node_modules/pkcs11js/build/Release/pkcs11.node
+# The SBOM of the production dependencies (CycloneDX, from package-lock.json): the image carries it as /app/sbom.cdx.json.
+COPY scripts/sbom.mjs ./scripts/
+RUN node scripts/sbom.mjs --out /src/sbom.cdx.json
 COPY tsconfig.json ./
 COPY src ./src
 RUN npm run build \
@@ -30,6 +33,7 @@ WORKDIR /app
 COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
+COPY --from=build /src/sbom.cdx.json ./sbom.cdx.json
 COPY hsm ./hsm
 COPY softhsm-config ./softhsm-config
 COPY config.sample.yaml ./

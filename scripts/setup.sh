@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the proxy needs on Debian/Ubuntu and builds it. Safe to run any number of times.
 #   apt:  softhsm2 (the PKCS#11 token for dev/CI), opensc (pkcs11-tool), openssl (demo TLS certificate), curl,
-#         libnss3-tools (certutil: makes the NSS softoken databases of the tests' second token kind; brings libnss3)
+#         libnss3-tools (certutil: makes the NSS softoken databases of the tests' second token kind; brings libnss3),
+#         prometheus (for promtool only: the tests check deploy/monitoring/'s alert rules with it; the server it also
+#         brings is stopped and disabled, since it would listen on 9090, the admin API's port in the demo)
+# This is the development and CI setup (SoftHSM, the test tools, dev dependencies). A production host uses
+# scripts/install.sh instead: no SoftHSM, no test tools, production dependencies only.
 #   npm:  the dependencies in package-lock.json (pkcs11js compiles with node-gyp: python3, make, g++)
 #   gcc (brought by g++) builds the PKCS#11 HSM emulator used by the tests (scripts/build-emulator.sh)
 set -euo pipefail
@@ -16,11 +20,16 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v make >/dev/null || need_apt+=(make)
 command -v g++ >/dev/null || need_apt+=(g++)
 command -v python3 >/dev/null || need_apt+=(python3)
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} with apt-get"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # Only promtool is wanted from the prometheus package: its server would hold port 9090 (the demo's admin API).
+  if [[ " ${need_apt[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
 fi
 
 # crypto.hash (one-shot SHA-256 on the SigV4 path) arrived in Node 20.12.

@@ -20,8 +20,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 npx tsc -p tsconfig.test.json
 
-# Token-free tests (parsing, pure functions, manifests, profiles) and the emulator's own test (it forwards to SoftHSM
-# whatever the kind): the same on every token kind, run once in the SoftHSM run.
+# Token-free tests (parsing, pure functions, manifests, profiles), the emulator's own test (it forwards to SoftHSM
+# whatever the kind) and the deployment kit's (test/deploy: its monitoring test checks the dashboard and alert rules
+# against a proxy on a SoftHSM token, which says nothing more on another kind): run once, in the SoftHSM run.
 NSS_EXCLUDE=(
   'test/config/**' 'test/deploy/**' 'test/xks/**' 'test/emulator/**'
   test/hsm/profiles.test.ts test/http/sigv4.test.ts
