@@ -14,8 +14,8 @@ import { withTrailLock } from '../audit/trail-lock.js';
 import { configPath, loadConfig, type LoadedConfig } from '../config/load.js';
 import { openAuditTrail, openHsm } from '../proxy.js';
 
-/** Commands that only read (list, describe, report, status, verify, serve) are not audited here. */
-const READ_ONLY = new Set(['list', 'describe', 'status', 'verify', 'serve', 'report', 'help']);
+/** Commands that only read (list, describe, report, status, verify, serve, aws setup) are not audited here. */
+const READ_ONLY = new Set(['list', 'describe', 'status', 'verify', 'serve', 'report', 'help', 'setup']);
 
 /**
  * Commands audited after they ran only, as before intents existed: the token's initialisation (there is no token to
