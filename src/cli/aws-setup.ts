@@ -8,6 +8,7 @@
 // only, so the template makes the calls from a Lambda-backed custom resource. docs/connect-to-aws-kms.md cites them.
 import { usageOf, type ExternalKey } from '../keys/catalogue.js';
 import { refusedExposure } from '../keys/exposure.js';
+import type { Config } from '../config/schema.js';
 import { materialExpired } from '../import/expiry.js';
 
 export type Connectivity = 'PUBLIC_ENDPOINT' | 'VPC_ENDPOINT_SERVICE';
@@ -34,6 +35,24 @@ export interface KeyStorePlan {
   keys: string[];
   /** The others the prefix could serve, and why no KMS key is made over them. */
   skipped: { id: string; why: string }[];
+  /** What in the config KMS will not work with as it stands (listener port, TLS, mTLS subjects). */
+  notes?: string[] | undefined;
+}
+
+/** What in the listeners KMS will not work with as it stands; KMS connects over TLS to port 443 only. */
+export function listenerNotes(listeners: Config['listeners'], region: string): string[] {
+  const notes: string[] = [];
+  const https = listeners.https;
+  if (!https) {
+    notes.push('The config has no https listener: a TLS load balancer on port 443, with a certificate KMS trusts, must forward to the http listener.');
+  } else {
+    if (https.port !== 443) notes.push(`The https listener is on port ${https.port}; KMS connects to port 443, so a load balancer or port mapping must forward 443 to it.`);
+    const subject = `cks.kms.${region}.amazonaws.com`;
+    if (https.mtls && !https.mtls.allowedSubjects.includes(subject)) {
+      notes.push(`listeners.https.mtls.allowedSubjects lacks ${subject}, the subject of KMS's client certificate in ${region}: the handshake would be refused.`);
+    }
+  }
+  return notes;
 }
 
 /** XksProxyUriPath: the prefix's path followed by the API's own. */
@@ -111,6 +130,7 @@ function header(plan: KeyStorePlan, comment: string): string[] {
     lines.push(`KMS calls ${plan.endpoint}${xksUriPath(plan.prefix)} on port 443, signed for region ${plan.region}.`);
   }
   lines.push('docs/connect-to-aws-kms.md explains each step, and what each KMS error means on the proxy.');
+  for (const n of plan.existingKeyStoreId ? [] : (plan.notes ?? [])) lines.push(`Note: ${n}`);
   return lines.map((l) => `${comment} ${l}`);
 }
 
@@ -550,6 +570,16 @@ export function renderCloudFormation(plan: KeyStorePlan): string {
       'store resource type and AWS::KMS::Key cannot make a key in one, so a Lambda-backed custom resource calls KMS. ' +
       'Resources are retained when the stack is deleted.',
     ...(Object.keys(parameters).length ? { Parameters: parameters } : {}),
+    Rules: {
+      KeyStoreRegion: {
+        Assertions: [
+          {
+            Assert: { 'Fn::Equals': [{ Ref: 'AWS::Region' }, plan.region] },
+            AssertDescription: `KMS signs its requests to the proxy for ${plan.region} (the prefix's region): create the stack there`,
+          },
+        ],
+      },
+    },
     Resources: resources,
     ...(Object.keys(outputs).length ? { Outputs: outputs } : {}),
     Metadata: {
@@ -557,6 +587,7 @@ export function renderCloudFormation(plan: KeyStorePlan): string {
         Region: plan.region,
         ConfigFile: plan.configFile,
         NotReady: plan.skipped.map((s) => `${s.id}: ${s.why}`),
+        Notes: plan.existingKeyStoreId ? [] : (plan.notes ?? []),
       },
     },
   };

@@ -10,6 +10,7 @@ import { openCatalogue, openHsm, openLifecycle } from '../proxy.js';
 import {
   defaultKeyStoreName,
   endpointProblem,
+  listenerNotes,
   render,
   vpcServiceProblem,
   whyNotReady,
@@ -87,7 +88,14 @@ function planFor(file: string, config: Config, prefix: PrefixConfig, opts: Setup
   const i = config.prefixes.indexOf(prefix);
   const credential = chooseCredential(prefix, opts.accessKeyId);
   const connectivity = opts.connectivity ?? (opts.vpcEndpointServiceName ? 'VPC_ENDPOINT_SERVICE' : 'PUBLIC_ENDPOINT');
-  const base = { configFile: file, prefix: prefix.path, region: prefix.region, accessKeyId: credential.accessKeyId, connectivity };
+  const base = {
+    configFile: file,
+    prefix: prefix.path,
+    region: prefix.region,
+    accessKeyId: credential.accessKeyId,
+    connectivity,
+    notes: listenerNotes(config.listeners, prefix.region),
+  };
   if (opts.keyStoreId !== undefined) {
     if (!/^[A-Za-z0-9-]{1,64}$/.test(opts.keyStoreId)) throw new Error(`--key-store-id takes a key store id such as cks-1234567890abcdef0, not "${opts.keyStoreId}"`);
     return { ...base, existingKeyStoreId: opts.keyStoreId, name: '', endpoint: '', secret: { from: '' } };

@@ -4,7 +4,7 @@
 // Lambda function by python3 with boto3 against the same stand-in (where boto3 is installed), the Terraform text by
 // `terraform fmt` (where terraform is installed) and the connect step's shell by sh.
 import { execFile, execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -239,6 +239,31 @@ describe('xks aws setup --format cli', () => {
     expect(out).toMatch(/#\s+off: its state is Disabled/);
     expect(out).toMatch(/#\s+imported: its state is PendingImport/);
     expect(out).not.toContain('xks-proxy-health-check');
+    // What in the config KMS cannot reach as it is.
+    expect(out).toContain('# Note: The https listener is on port 8443; KMS connects to port 443');
+  });
+
+  it('works from a config with one prefix and an audit trail, writes nothing to the trail, and says what KMS needs of the listeners', async () => {
+    const dir = join(token.dir, 'conf');
+    const audited = join(dir, 'audited.yaml');
+    const trail = mkdtempSync(join(work, 'trail-'));
+    writeFileSync(
+      audited,
+      stringify({
+        hsm: { ...token.hsmConfig(), pin: { file: 'pin' } },
+        listeners: { http: { host: '127.0.0.1', port: 8080 } },
+        audit: { dir: trail },
+        prefixes: [{ path: '', region: REGION, credentials: [{ accessKeyId: NEW_ID, secret: { file: 'new-secret' } }], keys: ['ready-1'] }],
+      }),
+    );
+    const r = await xks(['aws', 'setup', '--endpoint', ENDPOINT], audited);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('--xks-proxy-uri-path /kms/xks/v1 ');
+    expect(r.stdout).toContain('--custom-key-store-name xks-hsm-proxy ');
+    expect(r.stdout).toContain('# Note: The config has no https listener: a TLS load balancer on port 443');
+    // It changes nothing, so it is not an audited command (and needs no audit key).
+    expect(readdirSync(trail)).toEqual([]);
   });
 
   it('stops before calling AWS when the secret is not in the environment, and says which file holds it', async () => {
@@ -478,6 +503,8 @@ describe('xks aws setup --format cloudformation', () => {
     const code = (t.Resources.XksSetupFunction!.Properties.Code as { ZipFile: string }).ZipFile;
     expect(code.length).toBeLessThanOrEqual(4096); // CloudFormation's limit for inline code
     expect(Object.keys(t.Outputs!)).toEqual(['CustomKeyStoreId', 'XksKeyready1Arn', 'XksKeyready2Arn']);
+    // A stack made in another region would make a key store KMS signs for the wrong region: refused up front.
+    expect(JSON.stringify((t as { Rules?: unknown }).Rules)).toContain(`{"Fn::Equals":[{"Ref":"AWS::Region"},"${REGION}"]}`);
 
     const shown = JSON.parse(await setup(['--prefix', PATH, '--endpoint', ENDPOINT, '--format', 'cloudformation', '--show-secret'])) as Template;
     expect(shown.Parameters!.XksProxySecret!.Default).toBe(NEW_SECRET);
@@ -512,7 +539,7 @@ describe('xks aws setup --format cloudformation', () => {
       await new Promise<void>((ok) => responses.listen(0, '127.0.0.1', ok));
       const responseUrl = `http://127.0.0.1:${(responses.address() as { port: number }).port}/response`;
       // What CloudFormation would send: the template's properties with the parameter and ServiceToken resolved.
-      const props = (name: string, extra: Record<string, unknown> = {}) => {
+      const props = (name: string, extra: Record<string, unknown> = {}): Record<string, unknown> => {
         const p = JSON.parse(JSON.stringify(t.Resources[name]!.Properties)) as Record<string, unknown>;
         if (p.XksProxyAuthenticationCredential) (p.XksProxyAuthenticationCredential as Record<string, unknown>).RawSecretAccessKey = NEW_SECRET;
         return { ...p, ServiceToken: 'arn:aws:lambda:eu-west-1:111122223333:function:x', ...extra };
