@@ -782,3 +782,59 @@ describe('xks aws setup --format terraform', () => {
     }
   });
 });
+
+// --- docs/connect-to-aws-kms.md -----------------------------------------------------------------------------------
+
+// From the KMS API reference: the ConnectionErrorCode values for external key stores (CustomKeyStoresListEntry), and the
+// exceptions of CreateCustomKeyStore, UpdateCustomKeyStore and CreateKey that concern an external key store, plus the
+// one cryptographic operations return.
+const CONNECTION_ERROR_CODES = [
+  'INVALID_CREDENTIALS',
+  'NETWORK_ERRORS',
+  'INTERNAL_ERROR',
+  'XKS_PROXY_ACCESS_DENIED',
+  'XKS_PROXY_INVALID_CONFIGURATION',
+  'XKS_PROXY_INVALID_RESPONSE',
+  'XKS_PROXY_INVALID_TLS_CONFIGURATION',
+  'XKS_PROXY_NOT_REACHABLE',
+  'XKS_PROXY_TIMED_OUT',
+  'XKS_VPC_ENDPOINT_SERVICE_INVALID_CONFIGURATION',
+  'XKS_VPC_ENDPOINT_SERVICE_NOT_FOUND',
+];
+const KMS_EXCEPTIONS = [
+  'XksProxyUriUnreachableException',
+  'XksProxyIncorrectAuthenticationCredentialException',
+  'XksProxyInvalidConfigurationException',
+  'XksProxyInvalidResponseException',
+  'XksProxyVpcEndpointServiceNotFoundException',
+  'XksProxyVpcEndpointServiceInvalidConfigurationException',
+  'XksProxyVpcEndpointServiceInUseException',
+  'XksProxyUriInUseException',
+  'XksProxyUriEndpointInUseException',
+  'CustomKeyStoreInvalidStateException',
+  'XksKeyNotFoundException',
+  'XksKeyInvalidConfigurationException',
+  'XksKeyAlreadyInUseException',
+  'KMSInvalidStateException',
+];
+
+describe('docs/connect-to-aws-kms.md', () => {
+  const doc = execFileSync('cat', [join(ROOT, 'docs/connect-to-aws-kms.md')], { encoding: 'utf8' });
+  const firstColumns = doc
+    .split('\n')
+    .filter((l) => l.startsWith('| `'))
+    .map((l) => l.split('|')[1]!);
+
+  it('has a troubleshooting row for every connection error code and every external key store exception of KMS', () => {
+    for (const code of CONNECTION_ERROR_CODES) expect(firstColumns.some((c) => c.includes(`\`${code}\``)), code).toBe(true);
+    for (const e of KMS_EXCEPTIONS) expect(firstColumns.some((c) => c.includes(`\`${e}\``)), e).toBe(true);
+  });
+
+  it('names only metrics the proxy exports, and the README links it', () => {
+    const names = new Set([...doc.matchAll(/`(xks_[a-z_]+)(\{[^`]*\})?( 0)?`/g)].map((m) => m[1]!).filter((n) => !n.startsWith('xks_proxy_') && n !== 'xks_key_id'));
+    expect(names.size).toBeGreaterThan(4);
+    const sources = execFileSync('cat', [join(ROOT, 'src/obs/metrics.ts'), join(ROOT, 'src/obs/audit-metrics.ts')], { encoding: 'utf8' });
+    for (const n of names) expect(sources, n).toContain(`'${n}'`);
+    expect(execFileSync('cat', [join(ROOT, 'README.md')], { encoding: 'utf8' })).toContain('(docs/connect-to-aws-kms.md)');
+  });
+});
