@@ -176,10 +176,13 @@ export function renderCli(plan: KeyStorePlan): string {
     }
     out.push(
       '# AWS CLI version 1 replaces an https:// value with what that address serves, unless told not to.',
-      `if aws --version 2>&1 | grep -q '^aws-cli/1\\.' && [ "$(aws configure get cli_follow_urlparam || true)" != false ]; then`,
-      `  echo "AWS CLI version 1: run 'aws configure set cli_follow_urlparam false' first" >&2`,
-      '  exit 1',
-      'fi',
+      'case "$(aws --version 2>&1)" in',
+      '  aws-cli/1.*)',
+      '    if [ "$(aws configure get cli_follow_urlparam || true)" != false ]; then',
+      `      echo "AWS CLI version 1: run 'aws configure set cli_follow_urlparam false' first" >&2`,
+      '      exit 1',
+      '    fi ;;',
+      'esac',
       '',
       'key_store_id=$(aws kms create-custom-key-store \\',
       `  --region ${r} \\`,

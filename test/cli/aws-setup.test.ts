@@ -393,6 +393,21 @@ describe('xks aws setup --format cli', () => {
         Description: 'External key ready-1 in the HSM behind xks-hsm-proxy',
       });
       expect(kms.regions.every((r) => r === REGION)).toBe(true);
+
+      // AWS CLI version 1 without cli_follow_urlparam would send KMS the page at the endpoint: the script stops first.
+      const version = spawnSync('aws', ['--version'], { encoding: 'utf8' });
+      if (/^aws-cli\/1\./.test(version.stdout + version.stderr)) {
+        kms.calls.length = 0;
+        writeFileSync(awsConfig, '[default]\n');
+        const v1 = await new Promise<{ status: number | null; stderr: string }>((done) => {
+          const child = execFile('bash', ['--norc', '--noprofile', script], { timeout: 60_000, env: { PATH: process.env.PATH!, HOME: work, XKS_PROXY_SECRET: NEW_SECRET, AWS_CONFIG_FILE: awsConfig } }, (_e, _o, stderr) =>
+            done({ status: child.exitCode, stderr }),
+          );
+        });
+        expect(v1.status).toBe(1);
+        expect(v1.stderr).toContain("run 'aws configure set cli_follow_urlparam false' first");
+        expect(kms.calls).toEqual([]);
+      }
     } finally {
       await kms.close();
     }
