@@ -14,8 +14,11 @@ import { withTrailLock } from '../audit/trail-lock.js';
 import { configPath, loadConfig, type LoadedConfig } from '../config/load.js';
 import { openAuditTrail, openHsm } from '../proxy.js';
 
-/** Commands that only read (list, describe, report, status, verify, serve) are not audited here; nor is a migration, which writes a config file and changes nothing in a token. */
-const READ_ONLY = new Set(['list', 'describe', 'status', 'verify', 'serve', 'report', 'help', 'aws-sample']);
+/**
+ * Commands that only read (list, describe, report, status, verify, serve, aws setup) are not audited here; nor is a
+ * migration, which writes a config file and changes nothing in a token.
+ */
+const READ_ONLY = new Set(['list', 'describe', 'status', 'verify', 'serve', 'report', 'help', 'aws-sample', 'setup']);
 
 /**
  * Commands audited after they ran only, as before intents existed: the token's initialisation (there is no token to

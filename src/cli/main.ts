@@ -3,6 +3,7 @@
 import { Command } from 'commander';
 import { VERSION } from '../proxy.js';
 import { auditCommand } from './audit.js';
+import { awsCommand } from './aws.js';
 import { AuditError } from '../audit/audit-error.js';
 import { auditCliCall, beginCliCall, describeCall, type CliCall } from './cli-audit.js';
 import { hsmCommand } from './hsm.js';
@@ -25,6 +26,7 @@ program.addCommand(kekCommand());
 program.addCommand(auditCommand());
 program.addCommand(reportCommand());
 program.addCommand(migrateCommand());
+program.addCommand(awsCommand());
 
 // Commands that change keys or the token put their intent on the audit trail before they run (they do not run when
 // it cannot be sealed), and their outcome after, whatever it is.
