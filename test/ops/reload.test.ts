@@ -203,7 +203,9 @@ describe('hot reload under continuous load', () => {
     writeAtomically(stringify(withCredentials(FIRST, SECOND)));
     const reloaded = await bothWorkers(mark, 'configuration reloaded', 10_000);
     expect(reloaded - written).toBeLessThan(8_000); // the poll runs every 2 s
-    // The primary noticed the change and signalled both workers at once (they never disagree for a poll interval).
+    // The primary noticed the change and signalled both workers at once (they never disagree for a poll interval). Its
+    // own line may reach the output after theirs: the processes write to one pipe each.
+    await serve.waitFor(() => linesSince(mark, 'configuration file changed: reloading every worker').length >= 1, 5_000, 'the primary\'s line');
     expect(linesSince(mark, 'configuration file changed: reloading every worker')).toHaveLength(1);
     expect(linesSince(mark, 'configuration reloaded').every((l) => l.why === 'SIGHUP')).toBe(true);
     secondEverywhere = reloaded;
