@@ -5,6 +5,7 @@ import { VERSION } from '../proxy.js';
 import { auditCommand } from './audit.js';
 import { AuditError } from '../audit/audit-error.js';
 import { auditCliCall, beginCliCall, describeCall, type CliCall } from './cli-audit.js';
+import { callCommand } from './call.js';
 import { configCommand } from './config.js';
 import { hsmCommand } from './hsm.js';
 import { importCommand } from './import.js';
@@ -25,6 +26,7 @@ program.addCommand(kekCommand());
 program.addCommand(auditCommand());
 program.addCommand(reportCommand());
 program.addCommand(configCommand());
+program.addCommand(callCommand());
 
 // Commands that change keys or the token put their intent on the audit trail before they run (they do not run when
 // it cannot be sealed), and their outcome after, whatever it is.
