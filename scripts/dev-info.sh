@@ -20,7 +20,7 @@ XKS proxy demo on the $KIND token "xks-demo" (state in $DEV/)
   Keys     foo (encrypt+decrypt), encrypt_only_key, decrypt_only_key, impotent_key
   Ops      http://127.0.0.1:$OPS/metrics and /health (Prometheus, readiness)
   Admin    http://127.0.0.1:$ADMIN/  access key id XKSDEMOADMIN0000000001, secret in $DEV/admin-secret, service xks-admin
-  Audit    $DEV/audit/ (a checkpoint sealed in the HSM 5 s after each new line)
+  Audit    $DEV/audit/ (sealed by a checkpoint in the HSM 5 s after new lines: verify the calls 5 s after them)
   Settings $DEV/local.yaml: yours, kept by scripts/dev.sh and merged over config.yaml (which it rewrites)
 Try, in another shell, from any directory:
   export $ENV

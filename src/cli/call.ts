@@ -8,7 +8,7 @@ import https from 'node:https';
 import { rootCertificates } from 'node:tls';
 import { Command } from 'commander';
 import { readSigV4Secret, type LoadedFile } from '../config/load.js';
-import { loadFor, withConfigOption } from './context.js';
+import { loadFor, warnOnStderr, withConfigOption } from './context.js';
 import { signSigV4 } from './sigv4-sign.js';
 
 const XKS_SERVICE = 'kms-xks-proxy';
@@ -147,7 +147,9 @@ async function send(cmd: Command, opts: CallOptions, path: string, body: object 
   const loaded = loadFor(cmd, { pin: false });
   const { prefixIndex, credentialIndex } = chooseCredential(loaded, opts);
   const prefix = loaded.config.prefixes[prefixIndex]!;
-  const secret = readSigV4Secret(loaded, prefixIndex, credentialIndex);
+  const policy = { mode: loaded.config.secretFilePermissions, warnings: [] as string[] };
+  const secret = readSigV4Secret(loaded, prefixIndex, credentialIndex, policy);
+  for (const w of policy.warnings) warnOnStderr(w);
   const base = opts.url ? new URL(opts.url) : defaultUrl(loaded);
   const url = new URL(`${base.pathname.replace(/\/$/, '')}/${prefix.path ? `${prefix.path}/` : ''}kms/xks/v1/${path}`, base);
   const text = JSON.stringify(typeof body === 'function' ? body(prefix.region) : body);
