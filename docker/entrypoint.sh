@@ -13,7 +13,7 @@ set -euo pipefail
 if [ $# -eq 0 ]; then set -- serve; fi
 XKS_MAIN=/app/dist/cli/main.js
 case "$1" in
-  serve | keys | hsm | kek | import | audit | report) ;;
+  serve | keys | hsm | kek | import | audit | report | config | call | aws | migrate) ;;
   help | -h | --help | -V | --version) exec node "$XKS_MAIN" "$@" ;;
   *) exec "$@" ;;
 esac

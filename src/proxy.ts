@@ -6,7 +6,7 @@ import { ANCHOR_LABEL, AuditAnchors } from './audit/audit-anchor.js';
 import { auditSigner, DEFAULT_AUDIT_KEY_LABEL } from './audit/audit-key.js';
 import { AuditTrail, trailFileName } from './audit/audit-trail.js';
 import { TrailLock } from './audit/trail-lock.js';
-import type { LoadedConfig } from './config/load.js';
+import type { LoadedConfig, LoadedFile } from './config/load.js';
 import { HsmConnection } from './hsm/hsm-connection.js';
 import type { KeyStore } from './hsm/key-store.js';
 import { loadProfile, resolveLibrary } from './hsm/profile.js';
@@ -28,7 +28,7 @@ import { HealthChecker } from './xks/health.js';
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 export async function openHsm(
-  loaded: LoadedConfig,
+  loaded: LoadedFile,
   incidents?: Incidents,
   observeCall?: (call: 'encrypt' | 'decrypt', seconds: number) => void,
   /** The budget of a call on the control thread (HsmOptions.controlTimeoutMs); an operator's command waits longer. */
@@ -57,7 +57,7 @@ export async function openHsm(
 }
 
 /** The file of this process's audit trail (one per host and role), when the config has an audit section. */
-export function auditTrailFile(loaded: LoadedConfig, role: string): string | undefined {
+export function auditTrailFile(loaded: LoadedFile, role: string): string | undefined {
   const a = loaded.config.audit;
   return a ? join(a.dir, trailFileName(role)) : undefined;
 }
@@ -66,7 +66,7 @@ export function auditTrailFile(loaded: LoadedConfig, role: string): string | und
  * Open (or continue) this process's audit trail, sealed with a MAC key that lives in the HSM. The caller holds the
  * trail's lock (trail-lock.ts): one writer per file.
  */
-export async function openAuditTrail(hsm: KeyStore, loaded: LoadedConfig, role: string, logger?: Logger, incidents?: Incidents): Promise<AuditTrail | undefined> {
+export async function openAuditTrail(hsm: KeyStore, loaded: LoadedFile, role: string, logger?: Logger, incidents?: Incidents): Promise<AuditTrail | undefined> {
   const a = loaded.config.audit;
   if (!a) return undefined;
   mkdirSync(a.dir, { recursive: true, mode: 0o750 });
@@ -86,7 +86,7 @@ export async function openAuditTrail(hsm: KeyStore, loaded: LoadedConfig, role: 
 }
 
 /** The import of key material on this connection, with the operator's opt-in from the config. */
-export function openImports(hsm: KeyStore, catalogue: KeyCatalogue, lifecycle: KeyLifecycle, loaded: LoadedConfig, logger?: Logger, orAllow = false): ImportService {
+export function openImports(hsm: KeyStore, catalogue: KeyCatalogue, lifecycle: KeyLifecycle, loaded: LoadedFile, logger?: Logger, orAllow = false): ImportService {
   return new ImportService(hsm, catalogue, lifecycle, {
     allowInProcessMaterial: orAllow || loaded.config.import.allowInProcessMaterial,
     ...(logger ? { logger } : {}),
@@ -110,11 +110,11 @@ export interface ProxyOptions {
 }
 
 /** Labels the proxy uses for its own keys: never an external key id (KMS could otherwise be pointed at them). */
-function reservedLabels(loaded: LoadedConfig): Set<string> {
+function reservedLabels(loaded: LoadedFile): Set<string> {
   return new Set([loaded.config.hsm.healthKeyLabel, loaded.config.audit?.keyLabel ?? DEFAULT_AUDIT_KEY_LABEL, ANCHOR_LABEL]);
 }
 
-export function openCatalogue(hsm: KeyStore, loaded: LoadedConfig): KeyCatalogue {
+export function openCatalogue(hsm: KeyStore, loaded: LoadedFile): KeyCatalogue {
   return new KeyCatalogue(hsm, {
     ttlMs: loaded.config.hsm.keyCacheTtlMs,
     negativeTtlMs: 1_000,
@@ -125,7 +125,7 @@ export function openCatalogue(hsm: KeyStore, loaded: LoadedConfig): KeyCatalogue
 }
 
 /** Key management on this connection; the proxy's own keys (health check, audit) are out of its reach. */
-export function openLifecycle(hsm: KeyStore, catalogue: KeyCatalogue, loaded: LoadedConfig, now?: () => Date): KeyLifecycle {
+export function openLifecycle(hsm: KeyStore, catalogue: KeyCatalogue, loaded: LoadedFile, now?: () => Date): KeyLifecycle {
   return new KeyLifecycle(hsm, catalogue, {
     reserved: reservedLabels(loaded),
     encryptionLimits: loaded.config.encryptionLimits,

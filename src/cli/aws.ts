@@ -1,10 +1,9 @@
 // `xks aws setup`: what AWS KMS needs to use one prefix of this proxy as an external key store, printed as AWS CLI
 // commands, a CloudFormation template or Terraform (rendered by aws-setup.ts). It reads the token for the keys that
 // are ready, and the prefix's SigV4 secret only when --show-secret asks for it in the output.
-import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { Command, Option } from 'commander';
-import { configPath, ConfigError, parseConfig, readSecret, resolvePaths, type LoadedConfig, type SecretFilePolicy } from '../config/load.js';
+import { configPath, loadFile, readSecret, type LoadedConfig, type SecretFilePolicy } from '../config/load.js';
 import type { Config, PrefixConfig } from '../config/schema.js';
 import { openCatalogue, openHsm, openLifecycle } from '../proxy.js';
 import {
@@ -62,14 +61,9 @@ export function awsCommand(): Command {
   return aws;
 }
 
+/** The config (with its overrides file), without reading any secret: only --show-secret reads one. */
 function readConfig(file: string): Config {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new ConfigError(`cannot read configuration ${file} (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
-  }
-  return resolvePaths(parseConfig(text, file), dirname(file));
+  return loadFile(file, { pin: false }).config;
 }
 
 function choosePrefix(config: Config, wanted: string | undefined): PrefixConfig {
@@ -147,11 +141,10 @@ function chooseCredential(prefix: PrefixConfig, accessKeyId: string | undefined)
 
 /** The prefix's keys in the token (its allow-list, or every key), split into ready and not, with why not. */
 async function readyKeys(file: string, config: Config, prefix: PrefixConfig): Promise<{ ready: string[]; skipped: { id: string; why: string }[] }> {
-  const policy: SecretFilePolicy = { mode: config.secretFilePermissions, warnings: [] };
-  const pin = readSecret(config.hsm.pin, dirname(file), 'hsm.pin', policy);
-  for (const w of policy.warnings) console.error(`xks: warning: ${w}`);
-  // This command never serves: the key stores' secrets are not read, so the loaded config carries no prefixes.
-  const loaded: LoadedConfig = { file, config, pin, prefixes: [], warnings: [] };
+  // This command never serves: only the PIN is read (loadFile), not the key stores' secrets, so no prefixes.
+  const read = loadFile(file);
+  for (const w of read.warnings) console.error(`xks: warning: ${w}`);
+  const loaded: LoadedConfig = { ...read, config, prefixes: [] };
   const hsm = await openHsm(loaded);
   try {
     const keys = await openLifecycle(hsm, openCatalogue(hsm, loaded), loaded).list();

@@ -11,14 +11,19 @@ import type { AuditEntry } from '../audit/audit-record.js';
 import { AuditError } from '../audit/audit-error.js';
 import { trailFileName } from '../audit/audit-trail.js';
 import { withTrailLock } from '../audit/trail-lock.js';
-import { configPath, loadConfig, type LoadedConfig } from '../config/load.js';
+import { configPath, loadFile, type LoadedFile } from '../config/load.js';
 import { openAuditTrail, openHsm } from '../proxy.js';
 
 /**
- * Commands that only read (list, describe, report, status, verify, serve, aws setup) are not audited here; nor is a
- * migration, which writes a config file and changes nothing in a token.
+ * Commands that only read (list, describe, report, status, verify, serve) are not audited here; nor is a migration
+ * (`migrate aws-sample`), which writes a config file and changes nothing in a token.
  */
-const READ_ONLY = new Set(['list', 'describe', 'status', 'verify', 'serve', 'report', 'help', 'aws-sample', 'setup']);
+const READ_ONLY = new Set(['list', 'describe', 'status', 'verify', 'serve', 'report', 'help', 'aws-sample']);
+/**
+ * Groups whose commands change nothing in the token: `config check` reads files (and keys, with --hsm), `call` sends
+ * XKS requests (the serving proxy audits them), `aws` prints what AWS needs.
+ */
+const READ_ONLY_GROUPS = new Set(['config', 'call', 'aws']);
 
 /**
  * Commands audited after they ran only, as before intents existed: the token's initialisation (there is no token to
@@ -49,6 +54,7 @@ export function describeCall(action: Command): CliCall | undefined {
   if (READ_ONLY.has(action.name())) return undefined;
   const names: string[] = [];
   for (let c: Command | null = action; c && c.parent; c = c.parent) names.unshift(c.name());
+  if (READ_ONLY_GROUPS.has(names[0]!)) return undefined;
   const opts = action.optsWithGlobals<{ config?: string; keyId?: string }>();
   const first = action.args[0];
   return {
@@ -102,9 +108,9 @@ export async function auditCliCall(call: CliCall, outcome: 'ok' | 'error', error
   }
 }
 
-function configFor(call: CliCall): LoadedConfig | undefined {
+function configFor(call: CliCall): LoadedFile | undefined {
   try {
-    return loadConfig(configPath(call.configFile));
+    return loadFile(configPath(call.configFile));
   } catch {
     return undefined; // no configuration at all: the command itself says so
   }
@@ -115,7 +121,7 @@ function entryFor(call: CliCall): Omit<AuditEntry, 'outcome'> {
 }
 
 /** One line on the CLI trail, sealed (checkpoint, fsync, HSM anchor) before this returns; a named AuditError if not. */
-async function writeCliLine(loaded: LoadedConfig, entry: AuditEntry): Promise<void> {
+async function writeCliLine(loaded: LoadedFile, entry: AuditEntry): Promise<void> {
   const unavailable = (why: string) => new AuditError('AuditTrailUnavailable', `the audit trail cannot be written (${why})`);
   let hsm;
   try {

@@ -1,7 +1,7 @@
 // `xks hsm`: the token, its mechanisms and the capabilities the proxy chose; a pre-deployment check of everything the
 // proxy needs from a token; token initialisation for SoftHSM.
 import { Command } from 'commander';
-import type { LoadedConfig } from '../config/load.js';
+import type { LoadedFile } from '../config/load.js';
 import { checkHsm, type CheckReport } from '../hsm/check.js';
 import { loadProfile, resolveLibrary } from '../hsm/profile.js';
 import { initToken } from '../hsm/token-init.js';
@@ -69,7 +69,7 @@ export function hsmCommand(): Command {
 }
 
 /** `xks hsm check` on the configured token; opens and finalises the library itself (no HsmConnection). */
-export function runHsmCheck(loaded: LoadedConfig): Promise<CheckReport> {
+export function runHsmCheck(loaded: LoadedFile): Promise<CheckReport> {
   const h = loaded.config.hsm;
   const profile = loadProfile(h.profile);
   return checkHsm({ library: resolveLibrary(profile, h), profile, tokenLabel: h.tokenLabel, tokenSerial: h.tokenSerial, pin: loaded.pin, ivMode: h.ivMode });

@@ -2,14 +2,14 @@
 // (docs/backup.md). Ceremonies need the security officer: SO PIN from XKS_HSM_SO_PIN, user PIN from the config.
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { Command } from 'commander';
-import type { LoadedConfig } from '../config/load.js';
+import type { LoadedFile } from '../config/load.js';
 import { ckrMeanings } from '../hsm/errors.js';
 import { loadProfile, resolveLibrary } from '../hsm/profile.js';
 import { createKek, createTransportKey, listKeks, receiveKek, sendKek, type CeremonyAccess } from '../keys/kek.js';
 import { loadFor, withConfigOption, withHsm } from './context.js';
 
 /** The token and both PINs for a ceremony; run without an HsmConnection open in this process. */
-export function ceremonyAccess(loaded: LoadedConfig): CeremonyAccess {
+export function ceremonyAccess(loaded: LoadedFile): CeremonyAccess {
   const soPin = process.env.XKS_HSM_SO_PIN;
   if (!soPin) throw new Error('set XKS_HSM_SO_PIN to the security officer PIN: this step needs the security officer');
   const h = loaded.config.hsm;

@@ -2,7 +2,7 @@
 // for people or, with --json, the key as the admin API describes it.
 import { Command, Option } from 'commander';
 import type { ExternalKey } from '../keys/catalogue.js';
-import { describeKey } from '../keys/key-description.js';
+import { describeKey, type KeyDescription } from '../keys/key-description.js';
 import { PENDING_WINDOW_DAYS } from '../keys/key-record.js';
 import type { KeyLifecycle } from '../keys/lifecycle.js';
 import { openCatalogue, openLifecycle } from '../proxy.js';
@@ -24,30 +24,49 @@ function parseDays(name: string) {
   };
 }
 
+/** A date as operators read it in a line: the day and the time to the minute, UTC. */
+function when(iso: string): string {
+  return `${iso.slice(0, 10)} ${iso.slice(11, 16)} UTC`;
+}
+
+/** The rotation setting of a key: its period and next due date, or off. */
+function rotationText(d: KeyDescription): string {
+  if (d.RotationPeriodInDays === undefined) return 'automatic rotation off';
+  return `rotates every ${d.RotationPeriodInDays} days, next due ${d.NextRotationDate ? when(d.NextRotationDate) : 'unknown'}`;
+}
+
+/** One line: state, spec, usage, current version; then rotation and exportability when set. */
 function summary(k: ExternalKey): string {
   const d = describeKey(k);
   const version = d.CurrentVersion !== undefined ? `version ${d.CurrentVersion}` : 'no key material';
-  return `${k.id}: ${d.KeyState}, AES_256, ${d.KeyUsage.join(',') || 'NONE'}, ${version}`;
+  const extras = [d.RotationPeriodInDays !== undefined ? rotationText(d) : undefined, d.Exportable ? 'exportable (xks keys export)' : undefined].filter(Boolean);
+  return `${k.id}: ${d.KeyState}, AES_256, ${d.KeyUsage.join(',') || 'NONE'}, ${version}${extras.map((e) => `, ${e}`).join('')}`;
 }
 
-/** Open the token, run one lifecycle call, print its result (a key: one line or JSON). */
-function run(cmd: Command, json: boolean | undefined, fn: (keys: KeyLifecycle) => Promise<ExternalKey | string>): Promise<void> {
+/** Open the token, run one lifecycle call, print its result (a key: one line, or JSON; `say` words the line). */
+function run(
+  cmd: Command,
+  json: boolean | undefined,
+  fn: (keys: KeyLifecycle) => Promise<ExternalKey | string>,
+  say: (k: ExternalKey) => string = summary,
+): Promise<void> {
   return withHsm(cmd, async (hsm, loaded) => {
     const out = await fn(openLifecycle(hsm, openCatalogue(hsm, loaded), loaded));
     if (typeof out === 'string') console.log(out);
     else {
       noteAuditVersion(out.current?.version);
-      console.log(json ? JSON.stringify(describeKey(out)) : summary(out));
+      console.log(json ? JSON.stringify(describeKey(out)) : say(out));
     }
   });
 }
 
-function keyCommand(name: string, description: string, fn: (keys: KeyLifecycle, id: string) => Promise<ExternalKey>): Command {
+/** A command on one key that prints what it changed (`say`), or the key as JSON. */
+function keyCommand(name: string, description: string, fn: (keys: KeyLifecycle, id: string) => Promise<ExternalKey>, say: (k: ExternalKey) => string): Command {
   return withConfigOption(new Command(name))
     .description(description)
     .argument('<externalKeyId>')
     .option('--json', 'print the key as JSON')
-    .action((id: string, opts: { json?: boolean }, cmd: Command) => run(cmd, opts.json, (keys) => fn(keys, id)));
+    .action((id: string, opts: { json?: boolean }, cmd: Command) => run(cmd, opts.json, (keys) => fn(keys, id), say));
 }
 
 export function keysCommand(): Command {
@@ -99,13 +118,15 @@ export function keysCommand(): Command {
           }
           const rows = all.map((k) => {
             const d = describeKey(k);
-            const note = k.id === loaded.config.hsm.healthKeyLabel ? 'health check' : (d.Problems ?? []).join('; ');
-            return [k.id, d.KeyState, d.KeyUsage.join(',') || 'NONE', String(d.CurrentVersion ?? '-'), d.Origin, note];
+            const note = k.id === loaded.config.hsm.healthKeyLabel ? 'health check' : [...(d.Problems ?? []), ...(d.DeletionDate ? [`deletion ${when(d.DeletionDate)}`] : [])].join('; ');
+            const rotation = d.RotationPeriodInDays !== undefined ? `${d.RotationPeriodInDays}d, next ${d.NextRotationDate?.slice(0, 10) ?? '?'}` : 'off';
+            return [k.id, d.KeyState, d.KeyUsage.join(',') || 'NONE', String(d.CurrentVersion ?? '-'), d.Origin, rotation, d.Exportable ? 'yes' : 'no', note];
           });
           const width = Math.max(5, ...rows.map((r) => r[0]!.length));
-          console.log(`${'KeyId'.padEnd(width)}  ${'State'.padEnd(15)}  ${'Usage'.padEnd(15)}  Version  ${'Origin'.padEnd(8)}  Note`);
+          const rotationWidth = Math.max(8, ...rows.map((r) => r[5]!.length));
+          console.log(`${'KeyId'.padEnd(width)}  ${'State'.padEnd(15)}  ${'Usage'.padEnd(15)}  Version  ${'Origin'.padEnd(8)}  ${'Rotation'.padEnd(rotationWidth)}  Exportable  Note`);
           for (const r of rows) {
-            console.log(`${r[0]!.padEnd(width)}  ${r[1]!.padEnd(15)}  ${r[2]!.padEnd(15)}  ${r[3]!.padEnd(7)}  ${r[4]!.padEnd(8)}  ${r[5]}`.trimEnd());
+            console.log(`${r[0]!.padEnd(width)}  ${r[1]!.padEnd(15)}  ${r[2]!.padEnd(15)}  ${r[3]!.padEnd(7)}  ${r[4]!.padEnd(8)}  ${r[5]!.padEnd(rotationWidth)}  ${r[6]!.padEnd(10)}  ${r[7]}`.trimEnd());
           }
         });
       }),
@@ -126,17 +147,39 @@ export function keysCommand(): Command {
       ),
   );
 
-  keys.addCommand(keyCommand('enable', 'enable a disabled key', (k, id) => k.enable(id)));
-  keys.addCommand(keyCommand('disable', 'disable a key: XKS calls answer DISABLED / InvalidStateException', (k, id) => k.disable(id)));
-  keys.addCommand(keyCommand('cancel-deletion', 'stop a scheduled deletion; the key comes back Disabled', (k, id) => k.cancelDeletion(id)));
+  keys.addCommand(keyCommand('enable', 'enable a disabled key', (k, id) => k.enable(id), (k) => `enabled ${summary(k)}`));
+  keys.addCommand(
+    keyCommand(
+      'disable',
+      'disable a key: XKS calls answer DISABLED / InvalidStateException',
+      (k, id) => k.disable(id),
+      (k) => `disabled ${summary(k)}; KMS sees it DISABLED until \`xks keys enable ${k.id}\``,
+    ),
+  );
+  keys.addCommand(
+    keyCommand(
+      'cancel-deletion',
+      'stop a scheduled deletion; the key comes back Disabled',
+      (k, id) => k.cancelDeletion(id),
+      (k) => `deletion cancelled for ${summary(k)}, no deletion date; \`xks keys enable ${k.id}\` to use it again`,
+    ),
+  );
   keys.addCommand(
     keyCommand(
       'allow-exposed',
       'serve the versions of a key whose material can leave the HSM (CKA_SENSITIVE false, or extractable to any key), which are refused otherwise',
       (k, id) => k.allowExposed(id),
+      (k) => `${k.id}: exposed version(s) ${(describeKey(k).AllowExposedVersions ?? []).join(', ')} served by your choice (a version exposed later is refused); \`xks keys refuse-exposed ${k.id}\` withdraws it`,
     ),
   );
-  keys.addCommand(keyCommand('refuse-exposed', 'withdraw allow-exposed: XKS calls refuse the exposed versions again', (k, id) => k.refuseExposed(id)));
+  keys.addCommand(
+    keyCommand(
+      'refuse-exposed',
+      'withdraw allow-exposed: XKS calls refuse the exposed versions again',
+      (k, id) => k.refuseExposed(id),
+      (k) => `${k.id}: versions whose material can leave the HSM are refused again`,
+    ),
+  );
 
   keys.addCommand(
     withConfigOption(new Command('rotate'))
@@ -147,7 +190,11 @@ export function keysCommand(): Command {
         run(cmd, false, async (keys) => {
           const r = await keys.rotate(id);
           noteAuditVersion(r.Version);
-          return opts.json ? JSON.stringify(r) : `rotated ${id}: version ${r.Version} is current`;
+          if (opts.json) return JSON.stringify(r);
+          // The new version's date starts the next period: say when that is.
+          const d = describeKey(await keys.get(id));
+          const made = d.Versions.find((v) => v.Version === r.Version)?.CreationDate;
+          return `rotated ${id}: version ${r.Version} is current${made ? ` since ${when(made)}` : ''}; ${rotationText(d)}; older versions still decrypt`;
         }),
       ),
   );
@@ -161,7 +208,22 @@ export function keysCommand(): Command {
       .option('--json', 'print the key as JSON')
       .action((id: string, opts: { periodDays?: number; off?: boolean; json?: boolean }, cmd: Command) => {
         if ((opts.periodDays === undefined) === !opts.off) throw new Error('give either --period-days N or --off');
-        return run(cmd, opts.json, (keys) => keys.setRotation(id, opts.off ? undefined : opts.periodDays));
+        let before: KeyDescription | undefined;
+        return run(
+          cmd,
+          opts.json,
+          async (keys) => {
+            before = describeKey(await keys.get(id));
+            return keys.setRotation(id, opts.off ? undefined : opts.periodDays);
+          },
+          (k) => {
+            const was = before?.RotationPeriodInDays !== undefined ? `every ${before.RotationPeriodInDays} days` : 'off';
+            const d = describeKey(k);
+            return d.RotationPeriodInDays === undefined
+              ? `${id}: automatic rotation off (was ${was}); rotate by hand with \`xks keys rotate ${id}\``
+              : `${id}: automatic rotation every ${d.RotationPeriodInDays} days (was ${was}); next due ${d.NextRotationDate ? when(d.NextRotationDate) : 'unknown'}, done by \`xks keys rotate-due\``;
+          },
+        );
       }),
   );
 
@@ -196,7 +258,15 @@ export function keysCommand(): Command {
       )
       .option('--json', 'print the key as JSON')
       .action((id: string, opts: { pendingWindowDays: number; json?: boolean }, cmd: Command) =>
-        run(cmd, opts.json, (keys) => keys.scheduleDeletion(id, opts.pendingWindowDays)),
+        run(
+          cmd,
+          opts.json,
+          (keys) => keys.scheduleDeletion(id, opts.pendingWindowDays),
+          (k) => {
+            const d = describeKey(k);
+            return `${id}: PendingDeletion, unusable now; deletion date ${d.DeletionDate ? when(d.DeletionDate) : 'unknown'} (in ${opts.pendingWindowDays} days: \`xks keys purge-due\` destroys it from then on); \`xks keys cancel-deletion ${id}\` until then`;
+          },
+        ),
       ),
   );
 

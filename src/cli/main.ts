@@ -6,6 +6,8 @@ import { auditCommand } from './audit.js';
 import { awsCommand } from './aws.js';
 import { AuditError } from '../audit/audit-error.js';
 import { auditCliCall, beginCliCall, describeCall, type CliCall } from './cli-audit.js';
+import { callCommand } from './call.js';
+import { configCommand } from './config.js';
 import { hsmCommand } from './hsm.js';
 import { importCommand } from './import.js';
 import { kekCommand } from './kek.js';
@@ -27,6 +29,8 @@ program.addCommand(auditCommand());
 program.addCommand(reportCommand());
 program.addCommand(migrateCommand());
 program.addCommand(awsCommand());
+program.addCommand(configCommand());
+program.addCommand(callCommand());
 
 // Commands that change keys or the token put their intent on the audit trail before they run (they do not run when
 // it cannot be sealed), and their outcome after, whatever it is.

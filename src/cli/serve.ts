@@ -9,8 +9,10 @@ import { SMALL_LISTENER_CONNECTIONS, startListeners } from '../http/listeners.js
 import { Incidents } from '../obs/incidents.js';
 import { createLogger, type Logger } from '../obs/logger.js';
 import { startProxy, type RunningProxy } from '../proxy.js';
-import { loadConfig, type LoadedConfig } from '../config/load.js';
-import { loadFor, withConfigOption } from './context.js';
+import { serveFileFindings, startUpRefusal } from '../config/config-check.js';
+import { configPath, ConfigError, loadConfig, servingIssues, type LoadedConfig } from '../config/load.js';
+import { changesNeedingRestart } from '../config/reload-scope.js';
+import { withConfigOption } from './context.js';
 import { runHsmCheck } from './hsm.js';
 
 function parseWorkers(v: string): number {
@@ -27,10 +29,19 @@ export function serveCommand(): Command {
       parseWorkers,
     )
     .action(async (opts: { workers?: number }, cmd: Command) => {
-      const warnings: string[] = [];
-      const loaded = loadFor(cmd, (w) => warnings.push(w));
+      // Every secret: serving needs the PIN, the key stores' and the admin API's.
+      const loaded = loadConfig(configPath(cmd.optsWithGlobals<{ config?: string }>().config));
+      const cannot = servingIssues(loaded.config);
+      if (cannot.length) throw new ConfigError(`${loaded.file} cannot serve:\n${cannot.map((i) => `  ${i.path}: ${i.message}`).join('\n')}`);
       const logger = createLogger(loaded.config.log.level);
-      for (const w of warnings) logger.warn({ warning: w }, 'configuration warning');
+      for (const w of loaded.warnings) logger.warn({ warning: w }, 'configuration warning');
+      // `xks config check`'s checks of the TLS files, the mTLS CA and the ports, once (workers run this action too).
+      if (cluster.isPrimary) {
+        const findings = serveFileFindings(loaded.config);
+        const refusal = startUpRefusal(loaded.file, findings);
+        if (refusal) throw refusal;
+        for (const f of findings.filter((x) => x.status === 'warn')) logger.warn({ setting: f.where, warning: f.message }, 'configuration warning');
+      }
       const workers = opts.workers ?? Math.min(64, availableParallelism());
       // Workers get a larger young generation (below); a single process started without it runs as one worker too.
       if (cluster.isPrimary && (workers > 1 || !hasSemiSpaceFlag(process.execArgv))) {
@@ -68,20 +79,27 @@ async function serveOne(loaded: LoadedConfig, logger: Logger): Promise<void> {
   // SIGHUP, or a change of the config file, re-reads it: prefixes, SigV4 credentials, key allow-lists, policies and
   // rate limits change without a restart or a dropped connection (this is how credentials are rotated: add the new
   // one, update the key store in KMS, remove the old one). A config that does not load is refused with a log line and
-  // the running one stays. HSM and listener settings need a restart.
+  // the running one stays. The settings read at start-up only (HSM, listeners, audit...) are accepted but wait for a
+  // restart: one warning per section that changed, so an edit is never silently without effect.
   const reload = (why: string) => {
     try {
       const next = loadConfig(loaded.file);
+      const cannot = servingIssues(next.config);
+      if (cannot.length) throw new ConfigError(cannot.map((i) => `${i.path}: ${i.message}`).join('; '));
       proxy.reload(next);
       for (const w of next.warnings) logger.warn({ warning: w }, 'configuration warning');
-      logger.info({ file: loaded.file, why, prefixes: next.prefixes.map((p) => p.path) }, 'configuration reloaded');
+      for (const c of changesNeedingRestart(loaded.config, next.config)) {
+        logger.warn({ file: loaded.file, section: c.section, fields: c.fields }, 'configuration change ignored until a restart');
+      }
+      logger.info({ file: loaded.file, why, files: next.files, prefixes: next.prefixes.map((p) => p.path) }, 'configuration reloaded');
+      if (!cluster.isWorker) watchConfig(next.files, () => reload('file changed'));
     } catch (e) {
       logger.error({ file: loaded.file, why, reason: (e as Error).message }, 'configuration reload refused; keeping the running one');
     }
   };
   process.on('SIGHUP', () => reload('SIGHUP'));
   // Under --workers the primary watches the file and signals every worker at once, so they never disagree for long.
-  if (!cluster.isWorker) watchConfig(loaded.file, () => reload('file changed'));
+  if (!cluster.isWorker) watchConfig(loaded.files, () => reload('file changed'));
   const { http, https } = proxy.listening;
   logger.info(
     {
@@ -99,7 +117,7 @@ async function serveOne(loaded: LoadedConfig, logger: Logger): Promise<void> {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'shutting down');
-    unwatchFile(loaded.file);
+    unwatchAll();
     const force = setTimeout(() => process.exit(1), 10_000);
     force.unref();
     // Drain requests in flight, then C_Finalize.
@@ -205,7 +223,8 @@ async function superviseWorkers(count: number, loaded: LoadedConfig, logger: Log
     for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP');
   };
   process.on('SIGHUP', signalWorkers);
-  watchConfig(loaded.file, () => {
+  // The config file and its overrides file; an overrides file named later is watched from the next restart.
+  watchConfig(loaded.files, () => {
     logger.info({ file: loaded.file }, 'configuration file changed: reloading every worker');
     signalWorkers();
   });
@@ -230,11 +249,25 @@ async function superviseWorkers(count: number, loaded: LoadedConfig, logger: Log
   }
 }
 
-/** Polling the file's stat follows symlinks, so a Kubernetes ConfigMap update (an atomic symlink swap) is seen too. */
-function watchConfig(file: string, changed: () => void): void {
-  watchFile(file, { interval: 2_000, persistent: false }, (now, before) => {
-    if (now.mtimeMs !== before.mtimeMs || now.size !== before.size || now.ino !== before.ino) changed();
-  });
+const watched = new Set<string>();
+
+/**
+ * Polling the file's stat follows symlinks, so a Kubernetes ConfigMap update (an atomic symlink swap) is seen too.
+ * The config file and its overrides file; a file already watched is not watched twice.
+ */
+function watchConfig(files: string[], changed: () => void): void {
+  for (const file of files) {
+    if (watched.has(file)) continue;
+    watched.add(file);
+    watchFile(file, { interval: 2_000, persistent: false }, (now, before) => {
+      if (now.mtimeMs !== before.mtimeMs || now.size !== before.size || now.ino !== before.ino) changed();
+    });
+  }
+}
+
+function unwatchAll(): void {
+  for (const file of watched) unwatchFile(file);
+  watched.clear();
 }
 
 interface HealthAnswer {

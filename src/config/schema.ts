@@ -79,6 +79,11 @@ export const AdminSchema = z
 
 export const ConfigSchema = z
   .strictObject({
+    /**
+     * A file whose settings are merged over this file's (load.ts readConfigSource): mappings key by key, anything else
+     * replaced, null removes. scripts/dev.sh regenerates its config and keeps the user's overrides file.
+     */
+    overrides: z.string().min(1).optional(),
     hsm: z.strictObject({
       profile: z.string().default('softhsm2'),
       module: z.string().optional(),
@@ -152,7 +157,8 @@ export const ConfigSchema = z
          */
         idleTimeoutMs: z.number().int().min(1_000).max(3_600_000).default(65_000),
       })
-      .refine((l) => l.http !== undefined || l.https !== undefined, { message: 'needs an http or https listener' }),
+      // Absent on a CLI-only host: `xks serve` needs an http or https listener (load.ts servingIssues), other commands none.
+      .prefault({}),
     limits: z
       .strictObject({
         /** Request bodies above this are refused before they are read in full (KMS sends at most about 20 KB). */
@@ -204,7 +210,8 @@ export const ConfigSchema = z
         replaceWorkerAfterSeconds: z.number().int().min(1).max(3_600).default(30),
       })
       .default({ maxAgeMs: 10_000, fleetSize: 1, replaceWorkerAfterSeconds: 30 }),
-    prefixes: z.array(PrefixSchema).min(1, 'needs at least one key store prefix'),
+    /** The key stores; `xks serve` needs at least one, other commands none (a CLI-only host). */
+    prefixes: z.array(PrefixSchema).default([]),
     xks: z
       .strictObject({
         /**

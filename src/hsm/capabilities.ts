@@ -1,5 +1,6 @@
 // What the token can do, read once at start-up and merged with the HSM profile.
 import { chooseKeyWrap, CKM_AES_KEY_WRAP_KWP, type KeyWrap } from './key-wrap.js';
+import { V3_MECHANISM_NAMES } from './mechanism-names.js';
 import { P, type Handle, type Pkcs11 } from './module.js';
 import type { CallMode, HsmProfile, IvMode } from './profile.js';
 
@@ -26,11 +27,16 @@ const NAMES = new Map<number, string>();
 for (const [name, value] of Object.entries(P)) {
   if (name.startsWith('CKM_') && typeof value === 'number' && !NAMES.has(value)) NAMES.set(value, name);
 }
-NAMES.set(0x1054, 'CKM_RSA_AES_KEY_WRAP'); // pkcs11js has no constant for it
-NAMES.set(CKM_AES_KEY_WRAP_KWP, 'CKM_AES_KEY_WRAP_KWP'); // PKCS#11 v3.0; pkcs11js has none
+// PKCS#11 v3.0 mechanisms (pkcs11js has v2.40's): CKM_AES_KEY_WRAP_KWP, CKM_RSA_AES_KEY_WRAP, CKM_EDDSA ...
+for (const [value, name] of V3_MECHANISM_NAMES) if (!NAMES.has(value)) NAMES.set(value, name);
+NAMES.set(CKM_AES_KEY_WRAP_KWP, 'CKM_AES_KEY_WRAP_KWP');
+const CKM_VENDOR_DEFINED = 0x80000000;
 
+/** The mechanism's PKCS#11 name; a vendor's own number as CKM_VENDOR_DEFINED+0x..., which only its vendor can name. */
 export function mechanismName(m: number): string {
-  return NAMES.get(m) ?? `0x${m.toString(16)}`;
+  const name = NAMES.get(m);
+  if (name) return name;
+  return m >= CKM_VENDOR_DEFINED ? `CKM_VENDOR_DEFINED+0x${(m - CKM_VENDOR_DEFINED).toString(16)}` : `0x${m.toString(16)}`;
 }
 
 export function readCapabilities(

@@ -282,7 +282,7 @@ describe('keys made outside the proxy, and by the CLI, served over XKS', () => {
   it('lists the health-check key the server created, marked as such', async () => {
     const r = await xks(['keys', 'list']);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/xks-proxy-health-check\s+Enabled\s+ENCRYPT,DECRYPT\s+1\s+ADOPTED\s+health check/);
+    expect(r.stdout).toMatch(/xks-proxy-health-check\s+Enabled\s+ENCRYPT,DECRYPT\s+1\s+ADOPTED\s+off\s+no\s+health check/);
     expect(r.stdout).toMatch(/adopted1/);
   });
 });

@@ -1,0 +1,44 @@
+// `xks call`'s SigV4 signer (src/cli/sigv4-sign.ts, node:crypto) against AWS's own (@smithy/signature-v4): the same
+// request at the same time must get the same Authorization header, for XKS and admin-style requests.
+import { Sha256 } from '@aws-crypto/sha256-js';
+import { SignatureV4 } from '@smithy/signature-v4';
+import { describe, expect, it } from 'vitest';
+import { signSigV4 } from '../../src/cli/sigv4-sign.js';
+
+const SECRET = 'PleaseReplaceThisWithSomeSecretOfLength43To64';
+
+async function smithy(url: URL, headers: Record<string, string>, body: string, service: string, date: Date): Promise<string> {
+  const signer = new SignatureV4({ credentials: { accessKeyId: 'BETWEEN2TENAND3TENCHARACTERS', secretAccessKey: SECRET }, region: 'us-east-1', service, sha256: Sha256, applyChecksum: false });
+  const signed = await signer.sign(
+    {
+      method: 'POST',
+      protocol: url.protocol,
+      hostname: url.hostname,
+      ...(url.port ? { port: Number(url.port) } : {}),
+      path: url.pathname,
+      query: Object.fromEntries(url.searchParams),
+      headers: { host: url.host, ...headers },
+      body,
+    },
+    { signingDate: date },
+  );
+  return signed.headers.authorization as string;
+}
+
+describe('signSigV4', () => {
+  const date = new Date('2026-12-07T12:34:56.789Z');
+  it.each([
+    ['an XKS encrypt', 'http://127.0.0.1:8080/example/uri/path/prefix/kms/xks/v1/keys/foo/encrypt', {}, 'kms-xks-proxy'],
+    ['a default HTTPS port and a key id with dots', 'https://xks.example.com/kms/xks/v1/keys/a.b-c_d/decrypt', {}, 'kms-xks-proxy'],
+    ['an admin call with X-Amz-Target', 'http://127.0.0.1:9090/', { 'x-amz-target': 'XksAdmin.DescribeKey' }, 'xks-admin'],
+    ['a query string', 'http://127.0.0.1:9090/x?b=2&a=1&c=x%20y', {}, 'xks-admin'],
+  ])('signs %s as AWS does', async (_what, href, extra, service) => {
+    const url = new URL(href);
+    const body = JSON.stringify({ requestMetadata: { kmsRequestId: 'r1', kmsOperation: 'Encrypt' }, plaintext: 'aGVsbG8=' });
+    const headers = { 'content-type': 'application/json', ...extra };
+    const mine = signSigV4({ method: 'POST', url, headers, body, accessKeyId: 'BETWEEN2TENAND3TENCHARACTERS', secret: SECRET, region: 'us-east-1', service, date });
+    expect(mine['x-amz-date']).toBe('20261207T123456Z');
+    expect(mine.host).toBe(url.host);
+    expect(mine.authorization).toBe(await smithy(url, headers, body, service, date));
+  });
+});
