@@ -87,6 +87,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm').each(['cloudhsm', 'luna', 'nshield'] a
   it.runIf(vendor === 'cloudhsm')('answers throttling as ThrottlingException without re-initialising, and serves again after', async () => {
     const xks = xksClient(t.httpUrl);
     setControl('throttle\n');
+    await new Promise((r) => setTimeout(r, 10)); // the emulator looks at its control file at most every 2 ms
     // The key is read again from the token (C_GetAttributeValue on each object): throttled, the device still answers.
     t.proxy.catalogue.invalidate('foo');
     await expect(t.proxy.lifecycle.get('foo')).rejects.toMatchObject({ kind: 'Busy', ckr: 'CKR_DEVICE_ERROR' });
@@ -95,6 +96,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm').each(['cloudhsm', 'luna', 'nshield'] a
     expect(m.status, m.text).toBe(429);
     expect(m.json.errorName).toBe('ThrottlingException');
     setControl('');
+    await new Promise((r) => setTimeout(r, 10));
     const enc = await xks.encrypt('foo', Buffer.from('after throttling'));
     expect(enc.status, enc.text).toBe(200);
     expect(t.logs.some((l) => l.includes('hsm.recover'))).toBe(false);
