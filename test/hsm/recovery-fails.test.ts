@@ -42,6 +42,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('an HSM that cannot be recovered', () 
     expect((await xks.encrypt('foo', Buffer.from('before'))).status).toBe(200);
     // Every call fails as if the token were removed, C_Initialize included: recovery cannot succeed.
     setControl('fail * CKR_DEVICE_REMOVED\n');
+    await new Promise((r) => setTimeout(r, 10)); // the emulator looks at its control file at most every 2 ms
     const answers = [];
     for (let i = 0; i < 10; i++) answers.push(await xks.encrypt('foo', Buffer.from('while gone')));
     for (const a of answers) {
