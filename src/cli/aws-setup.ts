@@ -165,15 +165,23 @@ export function renderCli(plan: KeyStorePlan): string {
   if (plan.existingKeyStoreId) {
     out.push(`key_store_id=${shellWord(plan.existingKeyStoreId)}`);
   } else {
-    let credential: string;
+    let secret: string;
     if ('value' in plan.secret) {
-      credential = shellWord(`AccessKeyId=${plan.accessKeyId},RawSecretAccessKey=${plan.secret.value}`);
+      secret = shellWord(plan.secret.value);
     } else {
       out.push(
         `: "\${${SECRET_ENV}:?set ${SECRET_ENV} to the secret of access key id ${plan.accessKeyId} (${plan.secret.from.replace(/[^A-Za-z0-9 _./:,()=+@-]/g, '')})}"`,
       );
-      credential = `"AccessKeyId=${plan.accessKeyId},RawSecretAccessKey=$${SECRET_ENV}"`;
+      secret = `"$${SECRET_ENV}"`;
     }
+    // The credential goes to the AWS CLI in a file only you can read, written by printf (a shell builtin): on the
+    // command line, the secret would be in every local user's `ps` (the SigV4 secret's alphabet needs no JSON escape).
+    out.push(
+      'cred=$(umask 077 && mktemp)',
+      `trap 'rm -f "$cred"' EXIT`,
+      `printf '{"AccessKeyId":"%s","RawSecretAccessKey":"%s"}' ${shellWord(plan.accessKeyId)} ${secret} > "$cred"`,
+    );
+    const credential = '"file://$cred"';
     out.push(
       '# AWS CLI version 1 replaces an https:// value with what that address serves, unless told not to.',
       'case "$(aws --version 2>&1)" in',

@@ -164,7 +164,8 @@ function runWithRecordingAws(script: string, env: Record<string, string> = {}): 
   writeFileSync(log, '');
   const fake = `aws() {
   case "$1" in --version) echo "aws-cli/2.15.0 Python/3.11"; return ;; configure) return ;; esac
-  printf '%s\\037' "$@" >> "$AWS_LOG"; printf '\\036' >> "$AWS_LOG"
+  for a in "$@"; do case "$a" in file://*) printf '%s\\037' "$(cat "\${a#file://}")" ;; *) printf '%s\\037' "$a" ;; esac; done >> "$AWS_LOG"
+  printf '\\036' >> "$AWS_LOG"
   case "$2" in
     create-custom-key-store) echo ${STORE_ID} ;;
     describe-custom-key-stores) printf 'CONNECTED\\tNone\\n' ;;
@@ -203,6 +204,9 @@ describe('xks aws setup --format cli', () => {
   it('creates the key store for the prefix, connects it and makes a KMS key per ready external key; the secret comes from the environment', async () => {
     const out = await setup(['--prefix', PATH, '--endpoint', ENDPOINT]);
     expectNoSecrets(out);
+    // The credential reaches the AWS CLI in a file only its owner reads, never on a command line (`ps` shows those).
+    expect(out).toContain('--xks-proxy-authentication-credential "file://$cred"');
+    expect(out).not.toMatch(/RawSecretAccessKey=\$/);
     const r = runWithRecordingAws(out, { XKS_PROXY_SECRET: NEW_SECRET });
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
@@ -220,7 +224,7 @@ describe('xks aws setup --format cli', () => {
       '--xks-proxy-connectivity': 'PUBLIC_ENDPOINT',
       '--xks-proxy-uri-endpoint': ENDPOINT,
       '--xks-proxy-uri-path': `/${PATH}/kms/xks/v1`,
-      '--xks-proxy-authentication-credential': `AccessKeyId=${NEW_ID},RawSecretAccessKey=${NEW_SECRET}`,
+      '--xks-proxy-authentication-credential': JSON.stringify({ AccessKeyId: NEW_ID, RawSecretAccessKey: NEW_SECRET }),
     });
     expect(r.calls[0]!.options['--xks-proxy-vpc-endpoint-service-name']).toBeUndefined();
     expect(r.calls[1]!.options['--custom-key-store-id']).toBe(STORE_ID);
@@ -282,7 +286,7 @@ describe('xks aws setup --format cli', () => {
     expect(out).not.toContain('XKS_PROXY_SECRET');
     const r = runWithRecordingAws(out);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.calls[0]!.options['--xks-proxy-authentication-credential']).toBe(`AccessKeyId=${OLD_ID},RawSecretAccessKey=${OLD_SECRET}`);
+    expect(r.calls[0]!.options['--xks-proxy-authentication-credential']).toBe(JSON.stringify({ AccessKeyId: OLD_ID, RawSecretAccessKey: OLD_SECRET }));
   });
 
   it('reads a secret only for --show-secret: a missing secret file matters to it alone', async () => {
