@@ -29,7 +29,7 @@ Try, in another shell, from any directory:
   xks call encrypt foo --plaintext hello | xks call decrypt foo --text
   xks keys list
   curl -s http://127.0.0.1:$OPS/metrics | grep '^xks_requests_total'
-  curl -s --aws-sigv4 aws:amz:us-east-1:xks-admin --user "XKSDEMOADMIN0000000001:\$(cat $DEV/admin-secret)" -H 'Content-Type: application/x-amz-json-1.1' -H 'X-Amz-Target: XksAdmin.DescribeKey' -d '{"KeyId":"foo"}' http://127.0.0.1:$ADMIN/
+  curl -s --aws-sigv4 aws:amz:us-east-1:xks-admin -K <(printf 'user = "XKSDEMOADMIN0000000001:%s"\\n' "\$(cat $DEV/admin-secret)") -H 'Content-Type: application/x-amz-json-1.1' -H 'X-Amz-Target: XksAdmin.DescribeKey' -d '{"KeyId":"foo"}' http://127.0.0.1:$ADMIN/
   xks audit verify --allow-unsealed-tail $DEV/audit/*.jsonl
   xks config check
 Stop with Ctrl-C.
