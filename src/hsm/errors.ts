@@ -137,6 +137,7 @@ export function availabilityOf(kind: HsmErrorKind): 'busy' | 'timeout' | 'unavai
     case 'Timeout':
       return 'timeout';
     case 'SessionInvalid':
+    case 'ObjectHandleInvalid': // still stale after the caller re-resolved it: the HSM is being recovered, retry
     case 'NotLoggedIn':
     case 'DeviceError':
     case 'Closed':

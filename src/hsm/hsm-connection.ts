@@ -88,6 +88,11 @@ export class HsmConnection implements KeyStore, HsmOperations {
    * away does not re-initialise the library for every request.
    */
   private down: { error: HsmError; retryAt: number; delayMs: number; timer: NodeJS.Timeout | undefined } | undefined;
+  /**
+   * Set from the moment a recovery decides to re-initialise the library until it is back: no AES-GCM or RSA call is
+   * sent to another thread meanwhile, since C_Finalize (queued on the control thread) must not run under one.
+   */
+  private finalizing = false;
   /** Session copies of token keys (SoftHSM): token handle hex -> copy, valid for one recovery generation. */
   private readonly copies = new Map<string, { copy: Handle; generation: number }>();
   private readonly copying = new Map<string, Promise<Handle>>();
@@ -311,6 +316,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
   private gcm(op: 'encrypt' | 'decrypt', s: Handle, key: Handle, iv: Buffer, aad: Buffer, data: Buffer, outBytes: number): Promise<Buffer> {
     const tagBits = TAG_BYTES * 8;
     const mode = this.capabilities.callMode;
+    if (this.finalizing) throw new HsmError('SessionInvalid', 'the HSM library is being re-initialised');
     this.live(key);
     if (mode === 'thread') {
       const thread = this.callThread();
@@ -655,6 +661,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
 
   /** A call on the thread pool in async mode (counted for drain()), without the AES-GCM budget. */
   private async callUnbounded<T>(sync: () => T, async: () => Promise<T>): Promise<T> {
+    if (this.finalizing) throw new HsmError('SessionInvalid', 'the HSM library is being re-initialised');
     if (this.capabilities.callMode === 'sync') return sync();
     this.inFlight++;
     try {
@@ -872,6 +879,16 @@ export class HsmConnection implements KeyStore, HsmOperations {
     // Re-initialise the library: every handle from before is void. Calls still running on other threads first: one
     // that runs on after C_Finalize and C_Initialize would use an old session and key number in the new library (or
     // crash it). While they hang, the connection stays down and tries again later.
+    this.finalizing = true;
+    try {
+      await this.reinitialize();
+    } finally {
+      this.finalizing = false;
+    }
+  }
+
+  /** C_Finalize and C_Initialize once no call is out on another thread, then find the token and log in again. */
+  private async reinitialize(): Promise<void> {
     await this.drain(2_000);
     if (this.asyncCallsInFlight > 0) {
       throw new HsmError('Timeout', `the HSM was not re-initialised: ${this.asyncCallsInFlight} calls are still out, waiting for the HSM`);
