@@ -4,12 +4,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
 import { createServer } from 'node:net';
-import { readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
 import { xksClient } from '../helpers/xks-client.js';
@@ -29,11 +29,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('one of two workers broken', () => {
   let server: ChildProcess;
   let out = '';
   let url: string;
-  let control: string;
-  const setControl = (text: string) => {
-    writeFileSync(`${control}.new`, text);
-    renameSync(`${control}.new`, control);
-  };
+  let control: EmulatorControl;
   /** The pids of the workers listening now, from their "xks proxy listening" lines. */
   const listening = () =>
     out
@@ -44,12 +40,11 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('one of two workers broken', () => {
   beforeAll(async () => {
     ensureBuilt();
     token = createTestToken('workers-health');
-    control = join(token.dir, 'emulator-control');
-    writeFileSync(control, '');
+    control = emulatorControl(token);
     const port = await freePort();
     url = `http://127.0.0.1:${port}`;
     const file = writeTestConfig(token, {
-      hsm: { module: join(ROOT, 'test/emulator/build/libxks-emulator.so'), libraryParameters: `vendor=none control=${control}` },
+      hsm: control.hsm(),
       health: { maxAgeMs: 200, replaceWorkerAfterSeconds: 4 },
     });
     const config = parse(readFileSync(file, 'utf8'));
@@ -74,10 +69,9 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('one of two workers broken', () => {
     const xks = xksClient(url, { agent: new http.Agent({ keepAlive: false }) });
     const [broken] = listening();
     // That worker's token goes away for good (its re-initialisation finds none); the other worker's does not.
-    setControl(
+    await control.set(
       [`@${broken} fail C_Encrypt CKR_DEVICE_ERROR 1`, `@${broken} fail C_GetTokenInfo CKR_TOKEN_NOT_PRESENT`, `@${broken} fail C_GetSlotList CKR_TOKEN_NOT_PRESENT`, `@${broken} fail C_OpenSession CKR_TOKEN_NOT_PRESENT`].join('\n') + '\n',
     );
-    await sleep(20);
     const statuses = new Set<number>();
     for (let i = 0; i < 20; i++) statuses.add((await xks.encrypt('foo', Buffer.from('x'))).status);
     expect([...statuses].sort(), 'one worker serves, the other answers a named 503').toEqual([200, 503]);

@@ -1,19 +1,15 @@
 // An HSM that hangs (a call that does not return for seconds) costs a request at most its budget and never the event
 // loop: requests get a named answer in time, /ping answers at once, GetHealthStatus says the HSM is not answering, and
 // the request log shows how long requests really took. Hangs come from our emulator's control file (test/emulator).
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { renameSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildEmulator, emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND } from '../helpers/test-token.js';
 import { xksClient } from '../helpers/xks-client.js';
-
-const ROOT = new URL('../../', import.meta.url).pathname;
 
 /** GET /ping on the XKS listener, timed. */
 function ping(url: string): Promise<{ status: number; ms: number }> {
@@ -35,27 +31,22 @@ async function timed<T>(p: Promise<T>): Promise<{ r: T; ms: number }> {
 // The emulator forwards to SoftHSM: this runs in the SoftHSM pass.
 describe.skipIf(TOKEN_KIND !== 'softhsm')('an HSM whose calls hang', () => {
   let t: TestProxy;
-  let control: string;
-  const setControl = async (text: string) => {
-    writeFileSync(`${control}.new`, text);
-    renameSync(`${control}.new`, control);
-    await sleep(10); // the emulator looks at its control file at most every 2 ms
-  };
+  let control: EmulatorControl;
+  const setControl = (text: string) => control.set(text);
 
   beforeAll(async () => {
-    execFileSync('bash', [join(ROOT, 'scripts/build-emulator.sh')], { stdio: 'pipe' });
+    buildEmulator();
     const token = createTestToken('hung-hsm');
-    control = join(token.dir, 'emulator-control');
-    writeFileSync(control, '');
+    control = emulatorControl(token);
     t = await startProxyOnToken({
       token,
       // The SoftHSM profile's call mode (thread) and defaults: what a proxy on SoftHSM runs with.
-      config: { hsm: { module: join(ROOT, 'test/emulator/build/libxks-emulator.so'), libraryParameters: `vendor=none control=${control}` } },
+      config: { hsm: control.hsm() },
       keys: { foo: { encrypt: true, decrypt: true }, bar: { encrypt: true, decrypt: true } },
     });
   }, 60_000);
   afterAll(async () => {
-    writeFileSync(control, '');
+    await control?.set('');
     await sleep(3_500); // calls still hanging return before the library is finalised
     await t?.stop();
   });

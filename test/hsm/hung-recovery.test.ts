@@ -2,48 +2,41 @@
 // (test/emulator): a session that opens after its caller gave up is closed, not leaked; and the library is never
 // finalised and re-initialised while a call is still out (that call would then run with an old session and key number
 // in the new library), but tried again once it has returned.
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { HsmConnection } from '../../src/hsm/hsm-connection.js';
+import { buildEmulator, emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
 import { createKnownAesKey, openTestHsm } from '../helpers/test-hsm.js';
 import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
 
-const ROOT = new URL('../../', import.meta.url).pathname;
-const EMULATOR = join(ROOT, 'test/emulator/build/libxks-emulator.so');
 
 // The emulator forwards to SoftHSM: this runs in the SoftHSM pass.
 describe.skipIf(TOKEN_KIND !== 'softhsm')('calls past their budget', () => {
   let token: TestToken;
   let hsm: HsmConnection;
-  let control: string;
+  let control: EmulatorControl;
   let counted: string;
-  const setControl = async (text: string) => {
-    writeFileSync(`${control}.new`, text);
-    renameSync(`${control}.new`, control);
-    await sleep(10); // the emulator looks at its control file at most every 2 ms
-  };
+  const setControl = (text: string) => control.set(text);
   const calls = (fn: string) => (existsSync(counted) ? readFileSync(counted, 'utf8').split('\n').filter((l) => l === fn).length : 0);
 
   beforeEach(async () => {
-    execFileSync('bash', [join(ROOT, 'scripts/build-emulator.sh')], { stdio: 'pipe' });
+    buildEmulator();
     token = createTestToken('hung-recovery');
-    control = join(token.dir, 'emulator-control');
+    control = emulatorControl(token);
     counted = join(token.dir, 'calls');
-    writeFileSync(control, '');
     hsm = await openTestHsm(token, {
-      modulePath: EMULATOR,
-      libraryParameters: `vendor=none control=${control}`,
+      modulePath: control.hsm().module,
+      libraryParameters: control.hsm().libraryParameters,
       poolSize: 2,
       operationTimeoutMs: 200,
       controlTimeoutMs: 300,
     });
   });
   afterEach(async () => {
-    writeFileSync(control, '');
+    await control?.set('');
     await sleep(50);
     hsm?.close();
     token?.cleanup();

@@ -1,39 +1,31 @@
 // When recovery itself fails (the token removed, C_Initialize refusing), every request gets a named 503 that KMS reads
 // as "retry later", never a 500 InternalException; once the HSM is back, the proxy serves again without a restart.
 // Faults come from our PKCS#11 emulator's control file (test/emulator), forwarding to a SoftHSM token.
-import { execFileSync } from 'node:child_process';
-import { renameSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildEmulator, emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND } from '../helpers/test-token.js';
 import { xksClient } from '../helpers/xks-client.js';
 
-const ROOT = new URL('../../', import.meta.url).pathname;
-
 // The emulator forwards to SoftHSM: this runs in the SoftHSM pass.
 describe.skipIf(TOKEN_KIND !== 'softhsm')('an HSM that cannot be recovered', () => {
   let t: TestProxy;
-  let control: string;
-  const setControl = (text: string) => {
-    writeFileSync(`${control}.new`, text);
-    renameSync(`${control}.new`, control);
-  };
+  let control: EmulatorControl;
+  const setControl = (text: string) => control.set(text);
 
   beforeAll(async () => {
-    execFileSync('bash', [join(ROOT, 'scripts/build-emulator.sh')], { stdio: 'pipe' });
+    buildEmulator();
     const token = createTestToken('unrecoverable');
-    control = join(token.dir, 'emulator-control');
-    writeFileSync(control, '');
+    control = emulatorControl(token);
     t = await startProxyOnToken({
       token,
-      config: { hsm: { module: join(ROOT, 'test/emulator/build/libxks-emulator.so'), libraryParameters: `vendor=none control=${control}` } },
+      config: { hsm: control.hsm() },
       keys: { foo: { encrypt: true, decrypt: true } },
     });
   }, 60_000);
   afterAll(async () => {
-    setControl('');
+    await setControl('');
     await t?.stop();
   });
 
@@ -41,15 +33,14 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('an HSM that cannot be recovered', () 
     const xks = xksClient(t.httpUrl);
     expect((await xks.encrypt('foo', Buffer.from('before'))).status).toBe(200);
     // Every call fails as if the token were removed, C_Initialize included: recovery cannot succeed.
-    setControl('fail * CKR_DEVICE_REMOVED\n');
-    await new Promise((r) => setTimeout(r, 10)); // the emulator looks at its control file at most every 2 ms
+    await setControl('fail * CKR_DEVICE_REMOVED\n');
     const answers = [];
     for (let i = 0; i < 10; i++) answers.push(await xks.encrypt('foo', Buffer.from('while gone')));
     for (const a of answers) {
       expect(a.status, a.text).toBe(503);
       expect(a.json.errorName).toBe('DependencyTimeoutException');
     }
-    setControl('');
+    await setControl('');
     // Recovery is tried again with a doubling delay (at most 2 s), with or without requests.
     let back = false;
     for (let i = 0; i < 60 && !back; i++) {
@@ -64,14 +55,13 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('an HSM that cannot be recovered', () 
     const xks = xksClient(t.httpUrl);
     expect((await xks.encrypt('foo', Buffer.from('before'))).status).toBe(200);
     // A device error, then the token is gone: the probe fails, the re-initialisation finds no token, recovery fails.
-    setControl('fail C_Encrypt CKR_DEVICE_ERROR 1\nfail C_GetTokenInfo CKR_TOKEN_NOT_PRESENT\nfail C_GetSlotList CKR_TOKEN_NOT_PRESENT\nfail C_OpenSession CKR_TOKEN_NOT_PRESENT\n');
-    await new Promise((r) => setTimeout(r, 10)); // the emulator looks at its control file at most every 2 ms
+    await setControl('fail C_Encrypt CKR_DEVICE_ERROR 1\nfail C_GetTokenInfo CKR_TOKEN_NOT_PRESENT\nfail C_GetSlotList CKR_TOKEN_NOT_PRESENT\nfail C_OpenSession CKR_TOKEN_NOT_PRESENT\n');
     for (let i = 0; i < 5; i++) {
       const a = await xks.encrypt('foo', Buffer.from('while gone'));
       expect(a.status, a.text).toBe(503);
     }
     // The token is back, enumerated under a new slot id: the one the proxy holds answers CKR_SLOT_ID_INVALID.
-    setControl('slot_offset 256\n');
+    await setControl('slot_offset 256\n');
     // No request comes: the proxy tries again on its own (with backoff) and finds the token.
     let up = false;
     for (let i = 0; i < 60 && !up; i++) {

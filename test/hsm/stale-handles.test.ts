@@ -1,22 +1,18 @@
 // A key handle carries the library generation it came from. After a re-initialisation (C_Finalize + C_Initialize) the
 // library numbers its objects afresh, so an old number can name another key: a handle held across one must be
 // refused (and re-resolved by its caller), never used, or a ciphertext is made under a key other than the one asked for.
-import { execFileSync } from 'node:child_process';
 import { createDecipheriv, randomBytes } from 'node:crypto';
-import { renameSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HsmError } from '../../src/hsm/errors.js';
 import type { HsmConnection } from '../../src/hsm/hsm-connection.js';
 import { P } from '../../src/hsm/module.js';
+import { buildEmulator, emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createKnownAesKey, openTestHsm } from '../helpers/test-hsm.js';
 import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
-
-const ROOT = new URL('../../', import.meta.url).pathname;
 
 describe('one connection', () => {
   let token: TestToken;
@@ -86,24 +82,19 @@ describe('one connection', () => {
 // requests hold handles. The emulator forwards to SoftHSM: this runs in the SoftHSM pass.
 describe.skipIf(TOKEN_KIND !== 'softhsm')('a server under load while the library is re-initialised again and again', () => {
   let t: TestProxy;
-  let control: string;
-  const setControl = (text: string) => {
-    writeFileSync(`${control}.new`, text);
-    renameSync(`${control}.new`, control);
-  };
+  let control: EmulatorControl;
   beforeAll(async () => {
-    execFileSync('bash', [join(ROOT, 'scripts/build-emulator.sh')], { stdio: 'pipe' });
+    buildEmulator();
     const token = createTestToken('reinit-load');
-    control = join(token.dir, 'emulator-control');
-    writeFileSync(control, '');
+    control = emulatorControl(token);
     t = await startProxyOnToken({
       token,
-      config: { hsm: { module: join(ROOT, 'test/emulator/build/libxks-emulator.so'), libraryParameters: `vendor=none control=${control}` } },
+      config: { hsm: control.hsm() },
       keys: { foo: { encrypt: true, decrypt: true }, bar: { encrypt: true, decrypt: true } },
     });
   }, 60_000);
   afterAll(async () => {
-    setControl('');
+    await control?.set('');
     await t?.stop();
   });
 
@@ -116,10 +107,10 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a server under load while the library
     const breaker = (async () => {
       for (let i = 0; i < 15; i++) {
         await sleep(60);
-        setControl(`# round ${i}\nfail C_Encrypt CKR_DEVICE_ERROR 1\nfail C_GetTokenInfo CKR_DEVICE_ERROR 1\n`);
+        await control.set(`# round ${i}\nfail C_Encrypt CKR_DEVICE_ERROR 1\nfail C_GetTokenInfo CKR_DEVICE_ERROR 1\n`);
       }
       await sleep(60);
-      setControl('');
+      await control.set('');
       stop = true;
     })();
     const client = async (key: string) => {

@@ -3,38 +3,28 @@
 // A token whose searches and session opens are slow (our PKCS#11 emulator makes C_FindObjectsInit and C_OpenSession
 // take 300 ms, as a network HSM or a SoftHSM token with thousands of objects can) shows what a cold start costs: every
 // first request waited for them past its 240 ms budget.
-import { execFileSync } from 'node:child_process';
-import { renameSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ROOT } from '../helpers/built-cli.js';
+import { buildEmulator, emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
 import { ACCESS_KEY_ID, PREFIX, REGION, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
 import { xksClient } from '../helpers/xks-client.js';
 
-const EMULATOR = join(ROOT, 'test/emulator/build/libxks-emulator.so');
-
 // The emulator forwards to SoftHSM: this runs in the SoftHSM pass.
 describe.skipIf(TOKEN_KIND !== 'softhsm')('a proxy started on a slow token', () => {
   let token: TestToken;
   let t: TestProxy;
-  let control: string;
-  const setControl = (text: string) => {
-    writeFileSync(`${control}.new`, text);
-    renameSync(`${control}.new`, control);
-  };
+  let control: EmulatorControl;
 
   beforeAll(async () => {
-    execFileSync('bash', [join(ROOT, 'scripts/build-emulator.sh')], { stdio: 'pipe' });
+    buildEmulator();
     token = createTestToken('warm-up');
-    control = join(token.dir, 'emulator-control');
-    writeFileSync(control, '');
-    const hsm = { module: EMULATOR, libraryParameters: `vendor=none control=${control}`, keyCacheTtlMs: 60_000 };
+    control = emulatorControl(token);
+    const hsm = { ...control.hsm(), keyCacheTtlMs: 60_000 };
     // The keys exist before the proxy starts, as in production.
     const maker = await startProxyOnToken({ token, cleanupToken: false, config: { hsm }, keys: { foo: { encrypt: true, decrypt: true }, bar: { encrypt: true, decrypt: true } } });
     await maker.stop();
-    setControl('hang C_FindObjectsInit 300\nhang C_OpenSession 300\n');
+    await control.set('hang C_FindObjectsInit 300\nhang C_OpenSession 300\n');
     // The key store's allow-list names its keys: their first blocks of encryptions are reserved at warm-up too.
     const prefixes = [
       { path: PREFIX, region: REGION, keys: ['foo', 'bar'], credentials: [{ accessKeyId: ACCESS_KEY_ID, secret: { file: 'secret1' } }] },
@@ -42,7 +32,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a proxy started on a slow token', () 
     t = await startProxyOnToken({ token, config: { hsm, prefixes } });
   }, 120_000);
   afterAll(async () => {
-    setControl('');
+    await control?.set('');
     await t?.stop();
   });
 
