@@ -8,8 +8,8 @@
 // only, so the template makes the calls from a Lambda-backed custom resource. docs/connect-to-aws-kms.md cites them.
 import { usageOf, type ExternalKey } from '../keys/catalogue.js';
 import { refusedExposure } from '../keys/exposure.js';
+import { materialExpired } from '../keys/imported-material.js';
 import type { Config } from '../config/schema.js';
-import { materialExpired } from '../import/expiry.js';
 
 export type Connectivity = 'PUBLIC_ENDPOINT' | 'VPC_ENDPOINT_SERVICE';
 export type SetupFormat = 'cli' | 'cloudformation' | 'terraform';

@@ -4,10 +4,10 @@ import { Command } from 'commander';
 import { checkConfigFile, type ConfigFinding } from '../config/config-check.js';
 import { configPath, loadFile } from '../config/load.js';
 import type { Config } from '../config/schema.js';
-import { materialExpired } from '../import/expiry.js';
 import { usageOf, type ExternalKey } from '../keys/catalogue.js';
 import { refusedExposure } from '../keys/exposure.js';
 import { KeyError } from '../keys/errors.js';
+import { materialExpired } from '../keys/imported-material.js';
 import { openCatalogue, openHsm, openLifecycle } from '../proxy.js';
 import { withConfigOption } from './context.js';
 

@@ -1,25 +1,10 @@
 // Expiry of imported key material, as pure functions of the key record and a clock. Material whose ValidTo has passed
-// is unusable at once, before any sweep destroys it (the XKS path asks materialExpired); the sweep (ImportService.sweep,
-// `xks import sweep`, safe from cron on any number of hosts) then destroys it and records that it is gone.
+// is unusable at once, before any sweep destroys it (the XKS path asks keys/imported-material.ts's materialExpired);
+// the sweep (ImportService.sweep, `xks import sweep`, safe from cron on any number of hosts) then destroys it and
+// records that it is gone.
+import { latestImported, tryReadImport, type ImportBookkeeping } from '../keys/imported-material.js';
 import type { KeyRecord } from '../keys/key-record.js';
-import { latestImported, tryReadImport, withImport, type ImportBookkeeping } from './import-record.js';
-
-/**
- * True when imported material may not be used at `now`: that of `version`, or by default of the key's newest imported
- * version (the one it encrypts with). Material is unusable once its ValidTo has passed, even before the sweep, and
- * after it was deleted. False for a key without imported material; true for damaged bookkeeping (fail closed).
- */
-export function materialExpired(record: KeyRecord | undefined, now: Date | number, version?: number): boolean {
-  if (!record?.import) return false;
-  const bk = tryReadImport(record);
-  if (!bk) return true;
-  const v = version ?? latestImported(bk);
-  if (v === undefined) return false;
-  const entry = bk.versions[String(v)];
-  // A version the bookkeeping does not know (made before any import: not this key's case) is not its business.
-  if (!entry) return false;
-  return entry.gone !== undefined || (entry.validTo !== undefined && Date.parse(entry.validTo) <= +now);
-}
+import { withImport } from './import-record.js';
 
 /** Versions whose ValidTo has passed at `now` and whose material is not yet recorded as gone. */
 export function expiredVersions(record: KeyRecord | undefined, now: Date): number[] {

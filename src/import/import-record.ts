@@ -1,30 +1,9 @@
-// Import bookkeeping inside the key record (keys/key-record.ts keeps `import` opaque; its shape is owned here).
-// Per imported version: the material's fingerprint (a key check value computed in the HSM), when the version was
-// made (its CKA_ID date, reused when the same material is imported again), the expiration, and whether the material
-// is gone (deleted by the operator or expired) and so waits for the same material to come back.
-import { z } from 'zod';
+// Import bookkeeping inside the key record, as the import changes it. Its shape, and reading it on the XKS path, are
+// key-record logic in keys/imported-material.ts; here, the strict read that refuses damaged bookkeeping with the
+// import's error, and writing it back into a record.
 import type { KeyRecord } from '../keys/key-record.js';
+import { ImportBookkeepingSchema, type ImportBookkeeping } from '../keys/imported-material.js';
 import { ImportError } from './errors.js';
-import { ExpirationModelSchema } from './schemas.js';
-
-export const ImportedVersionSchema = z.strictObject({
-  /** HMAC-SHA256(material, KCV_LABEL) computed in the HSM, first 16 bytes, base64url. */
-  kcv: z.string().regex(/^[A-Za-z0-9_-]{22}$/),
-  created: z.iso.datetime(),
-  imported: z.iso.datetime(),
-  expirationModel: ExpirationModelSchema,
-  validTo: z.iso.datetime().optional(),
-  /** The material was destroyed; the version is usable again once the same material is imported. */
-  gone: z.enum(['Deleted', 'Expired']).optional(),
-  goneAt: z.iso.datetime().optional(),
-});
-export type ImportedVersion = z.infer<typeof ImportedVersionSchema>;
-
-export const ImportBookkeepingSchema = z.strictObject({
-  f: z.literal(1),
-  versions: z.record(z.string().regex(/^[1-9][0-9]{0,8}$/), ImportedVersionSchema),
-});
-export type ImportBookkeeping = z.infer<typeof ImportBookkeepingSchema>;
 
 /** The bookkeeping of a record: empty when nothing was imported; a damaged one refuses the key rather than guess. */
 export function readImport(record: KeyRecord | undefined): ImportBookkeeping {
@@ -34,29 +13,6 @@ export function readImport(record: KeyRecord | undefined): ImportBookkeeping {
   return parsed.data;
 }
 
-/** Parsed bookkeeping per record object: the XKS path asks on every request, and cached keys keep their record. */
-const parsedOf = new WeakMap<object, ImportBookkeeping | null>();
-
-/** Like readImport, for pure checks on the XKS path: undefined when absent or damaged. */
-export function tryReadImport(record: KeyRecord | undefined): ImportBookkeeping | undefined {
-  if (!record?.import) return undefined;
-  const cached = parsedOf.get(record.import);
-  if (cached !== undefined) return cached ?? undefined;
-  const parsed = ImportBookkeepingSchema.safeParse(record.import);
-  parsedOf.set(record.import, parsed.success ? parsed.data : null);
-  return parsed.success ? parsed.data : undefined;
-}
-
 export function withImport(record: KeyRecord, bk: ImportBookkeeping): KeyRecord {
   return { ...record, import: bk as unknown as Record<string, unknown> };
-}
-
-export function importedVersions(bk: ImportBookkeeping): number[] {
-  return Object.keys(bk.versions).map(Number).sort((a, b) => a - b);
-}
-
-/** The newest imported version: the one a key with imported material encrypts with. */
-export function latestImported(bk: ImportBookkeeping): number | undefined {
-  const all = importedVersions(bk);
-  return all.length ? all[all.length - 1] : undefined;
 }

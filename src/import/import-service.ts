@@ -10,15 +10,16 @@ import { importedAesKeyTemplate, importTokenKeyTemplate, wrappingPrivateKeyTempl
 import { GENERIC_SECRET_KEY_GEN, HMAC_SHA256, RSA_KEY_PAIR_GEN } from '../hsm/mechanisms.js';
 import type { ExternalKey, KeyCatalogue } from '../keys/catalogue.js';
 import { importTokenTag, type ClaimView } from '../keys/claims.js';
+import { importedVersions, latestImported, materialExpired, type ExpirationModel, type ImportBookkeeping, type ImportedVersion } from '../keys/imported-material.js';
 import { newNonce } from '../keys/key-objects.js';
 import type { AddVersionOptions, KeyLifecycle } from '../keys/lifecycle.js';
 import type { Logger } from '../obs/logger.js';
 import { ImportError, invalidToken } from './errors.js';
-import { expiredVersions, markMaterialGone, materialExpired } from './expiry.js';
-import { importedVersions, latestImported, readImport, withImport, type ImportBookkeeping, type ImportedVersion } from './import-record.js';
+import { expiredVersions, markMaterialGone } from './expiry.js';
+import { readImport, withImport } from './import-record.js';
 import { isTokenKeyId, parseWrappingKeyId, TOKEN_KEY_LABEL, tokenKeyId, WRAPPING_KEY_LABEL, wrappingKeyId } from './import-objects.js';
 import { encodeTokenBody, openToken, sealToken, WRAPPING_NONCE_BYTES } from './import-token.js';
-import { MAX_VALID_TO_DAYS, MODULUS_BITS, type ExpirationModel, type GetParametersForImportRequest, type ImportType, type WrappingAlgorithm } from './schemas.js';
+import { MAX_VALID_TO_DAYS, MODULUS_BITS, type GetParametersForImportRequest, type ImportType, type WrappingAlgorithm } from './schemas.js';
 import { algorithmParts, checkMaterial, isInfrastructure, nativeOaepSha256, openMaterialSource, publicKeyDer, type MaterialSource } from './unwrap.js';
 
 const HOUR_MS = 3_600_000;

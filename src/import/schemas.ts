@@ -1,6 +1,7 @@
 // The import's names and the admin API bodies, with KMS's field names (GetParametersForImport, ImportKeyMaterial,
 // DeleteImportedKeyMaterial). Blobs travel in Base64, dates as ISO 8601 (or, as AWS SDKs send them, epoch seconds).
 import { z } from 'zod';
+import { ExpirationModelSchema } from '../keys/imported-material.js';
 import { EXTERNAL_KEY_ID } from '../keys/key-objects.js';
 
 export const WrappingAlgorithmSchema = z.enum(['RSAES_OAEP_SHA_1', 'RSAES_OAEP_SHA_256', 'RSA_AES_KEY_WRAP_SHA_1', 'RSA_AES_KEY_WRAP_SHA_256'], {
@@ -10,11 +11,6 @@ export type WrappingAlgorithm = z.infer<typeof WrappingAlgorithmSchema>;
 
 export const WrappingKeySpecSchema = z.enum(['RSA_2048', 'RSA_3072', 'RSA_4096'], { error: 'must be RSA_2048, RSA_3072 or RSA_4096' });
 export type WrappingKeySpec = z.infer<typeof WrappingKeySpecSchema>;
-
-export const ExpirationModelSchema = z.enum(['KEY_MATERIAL_EXPIRES', 'KEY_MATERIAL_DOES_NOT_EXPIRE'], {
-  error: 'must be KEY_MATERIAL_EXPIRES or KEY_MATERIAL_DOES_NOT_EXPIRE',
-});
-export type ExpirationModel = z.infer<typeof ExpirationModelSchema>;
 
 export const ImportTypeSchema = z.enum(['NEW_KEY_MATERIAL', 'EXISTING_KEY_MATERIAL'], { error: 'must be NEW_KEY_MATERIAL or EXISTING_KEY_MATERIAL' });
 export type ImportType = z.infer<typeof ImportTypeSchema>;

@@ -31,7 +31,7 @@ export const KeyRecordSchema = z.looseObject({
    * made with `xks keys allow-exposed` (on the audit trail). Absent: every exposed version is refused.
    */
   allowExposed: z.array(z.number().int().min(1)).optional(),
-  /** Bring-your-own-key bookkeeping (src/import): owned and validated there; opaque to the lifecycle. */
+  /** Bring-your-own-key bookkeeping: its shape and reading in imported-material.ts, changed only by src/import; opaque to the lifecycle. */
   import: z.record(z.string(), z.unknown()).optional(),
 });
 export type KeyRecord = z.infer<typeof KeyRecordSchema>;

@@ -2,9 +2,9 @@
 import { timingSafeEqual } from 'node:crypto';
 import { HsmError } from '../hsm/errors.js';
 import type { KeyStore } from '../hsm/key-store.js';
-import { materialExpired } from '../import/expiry.js';
 import { usageOf, type ExternalKey, type KeyCatalogue, type KeyVersion } from '../keys/catalogue.js';
 import { refusedExposure } from '../keys/exposure.js';
+import { materialExpired } from '../keys/imported-material.js';
 import { buildAwsSampleAad, buildGcmAad, type AadLayout } from './aad.js';
 import { ciphertextDataIntegrityValue } from './cdiv.js';
 import { decodeCiphertextMetadata, encodeCiphertextMetadata } from './ciphertext-metadata.js';

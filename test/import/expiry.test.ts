@@ -2,9 +2,10 @@
 // any sweep has destroyed the material), and KMS's rules for ExpirationModel and ValidTo.
 import { describe, expect, it } from 'vitest';
 import { ImportError } from '../../src/import/errors.js';
-import { expiredVersions, markMaterialGone, materialExpired } from '../../src/import/expiry.js';
+import { expiredVersions, markMaterialGone } from '../../src/import/expiry.js';
 import { checkExpiration } from '../../src/import/import-service.js';
 import { readImport } from '../../src/import/import-record.js';
+import { materialExpired } from '../../src/keys/imported-material.js';
 import type { KeyRecord } from '../../src/keys/key-record.js';
 
 const T0 = new Date('2026-11-23T00:00:00.000Z');

@@ -4,7 +4,7 @@
 // ImportKeyMaterial still imports.
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { materialExpired } from '../../src/import/expiry.js';
+import { materialExpired } from '../../src/keys/imported-material.js';
 import { WRAPPING_KEY_LABEL } from '../../src/import/import-objects.js';
 import { ImportService } from '../../src/import/import-service.js';
 import { P } from '../../src/hsm/module.js';
