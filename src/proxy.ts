@@ -16,6 +16,7 @@ import { createXksHandler } from './http/xks-handler.js';
 import { SMALL_LISTENER_CONNECTIONS, startListeners, xksConnectionLimit, type ConnectionLimits, type Listening } from './http/listeners.js';
 import { ImportService } from './import/import-service.js';
 import { KeyCatalogue } from './keys/catalogue.js';
+import { KeyStateSchema } from './keys/key-record.js';
 import { KeyLifecycle } from './keys/lifecycle.js';
 import { Incidents } from './obs/incidents.js';
 import type { Logger } from './obs/logger.js';
@@ -191,7 +192,7 @@ export async function startProxy(loaded: LoadedConfig, logger: Logger, opts: Pro
     // xks_keys: counted in the background, never at scrape time (a count searches the whole token).
     let keyCount: KeyCount | undefined;
     if (opts.countKeys ?? loaded.config.listeners.ops !== undefined) {
-      keyCount = new KeyCount(() => lifecycle.list(), loaded.config.hsm.keyCountIntervalMs);
+      keyCount = new KeyCount(() => lifecycle.list(), KeyStateSchema.options, loaded.config.hsm.keyCountIntervalMs);
       await keyCount.start();
       const counting = keyCount;
       closers.push(async () => counting.stop());

@@ -3,9 +3,20 @@
 // `xks_audit_sealing == 0` (a step keeps failing) and on `xks_audit_unsealed_lines > 0 and
 // xks_audit_last_checkpoint_age_seconds > 2 * checkpointSeconds` (lines wait for a seal that does not come).
 import client from 'prom-client';
-import type { AuditTrailStatus } from '../audit/audit-trail.js';
 
-export function registerAuditMetrics(registry: client.Registry, status: () => AuditTrailStatus | undefined): void {
+/** What these metrics read (audit/audit-trail.ts's AuditTrailStatus has it; obs imports nothing from the rest of src). */
+export interface AuditSealStatus {
+  /** The step that last failed and has not succeeded since: the trail is not being sealed. */
+  failing: string | undefined;
+  unsealedLines: number;
+  lastSealAt: number | undefined;
+  openedAt: number;
+  lines: number;
+  checkpoints: number;
+  failures: Readonly<Record<string, number>>;
+}
+
+export function registerAuditMetrics(registry: client.Registry, status: () => AuditSealStatus | undefined): void {
   new client.Counter({
     name: 'xks_audit_lines_total',
     help: 'Lines written to the audit trail by this process since it started (events, checkpoints, segments)',

@@ -7,22 +7,49 @@ import { X509Certificate } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import client from 'prom-client';
-import type { LoadedConfig } from '../config/load.js';
-import type { HsmOperations } from '../hsm/key-store.js';
-import type { EncryptionBudget } from '../xks/encryption-budget.js';
-import type { HealthChecker } from '../xks/health.js';
 import { FastCounter, FastHistogram } from './fast-metrics.js';
 import type { KeyCount } from './key-count.js';
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
 
+// What the scrape-time gauges read, as the shapes they need: obs imports nothing from the rest of src (docs/design.md,
+// "Layers"), and proxy.ts passes the real objects, which have these shapes.
+
+/** The token and its session pool (hsm/key-store.ts's HsmOperations). */
+export interface MetricsHsm {
+  readonly info: { readonly label: string; readonly serial: string };
+  readonly sessionStats: { open: number; idle: number; waiting: number; size: number; waited: number; refused: number };
+  readonly callThreadStats: { calls: number; batches: number };
+}
+
+/** The last deep health check (xks/health.ts's HealthChecker). */
+export interface MetricsHealth {
+  readonly latest: { status: string; checkedAt: number } | undefined;
+}
+
+/** Encryptions per key version (xks/encryption-budget.ts's EncryptionBudget). */
+export interface MetricsEncryptions {
+  counts(): readonly { keyId: string; version: number; encryptions: number; reserved: number }[];
+}
+
+type SecretRef = { env: string } | { file: string };
+
+/** The parts of the loaded config file the credential and certificate gauges read (config/load.ts's LoadedConfig). */
+export interface MetricsConfig {
+  file: string;
+  config: {
+    prefixes: readonly { path: string; credentials: readonly { accessKeyId: string; created?: string | undefined; secret: SecretRef }[] }[];
+    listeners: { https?: { certFile: string } | undefined };
+  };
+}
+
 export interface MetricsSources {
-  hsm: HsmOperations;
-  health: HealthChecker;
+  hsm: MetricsHsm;
+  health: MetricsHealth;
   /** Keys by state; absent in a worker that does not count them (the primary shows the first worker's count). */
   keyCount?: KeyCount | undefined;
-  encryptions: EncryptionBudget;
-  config: () => LoadedConfig;
+  encryptions: MetricsEncryptions;
+  config: () => MetricsConfig;
 }
 
 export class Metrics {
@@ -253,7 +280,7 @@ export class Metrics {
   }
 }
 
-function credentialSince(c: { created?: string | undefined; secret: { env: string } | { file: string } }, configFile: string): number | undefined {
+function credentialSince(c: { created?: string | undefined; secret: SecretRef }, configFile: string): number | undefined {
   if (c.created) return Date.parse(c.created);
   if ('file' in c.secret) {
     try {
