@@ -1,9 +1,11 @@
 // Typed key templates: a spec names each attribute, and the ones that decide who may see a key and what it may do are
 // required fields, so no template leaves them to a token's defaults (SoftHSM's are permissive: a key made without
 // explicit attributes is readable). The template lists the attributes in the spec's property order: SoftHSM applies
-// them in order, and some orders matter to it (import-templates.ts, CKA_MODIFIABLE on unwrap).
+// them in order, and some orders matter to it (import/import-templates.ts, CKA_MODIFIABLE on unwrap). These builders
+// know attributes, not the key model: the key model's templates (keys/wrap-templates.ts, import/import-templates.ts)
+// are specs given to them.
 import { classNumber, keyTypeNumber, type KeyType, type ObjectClass } from './attributes.js';
-import { P, type Template } from './module.js';
+import { P, type Mechanism, type Template } from './module.js';
 
 /**
  * A template made by a builder in src/hsm from a typed spec: the only kind of template a KeyStore takes, so no code
@@ -46,7 +48,7 @@ interface KeyAttributes {
   verifyRecover: boolean;
   derive: boolean;
   /** CKA_ALLOWED_MECHANISMS (left out by the connection where the token's objects cannot hold it). */
-  allowedMechanisms: readonly number[];
+  allowedMechanisms: readonly (number | Mechanism)[];
   label: string;
   id: Buffer;
   value: Buffer;
@@ -101,14 +103,28 @@ export function allowedMechanisms(...mechanisms: readonly number[]): Buffer {
 
 /** The template of a spec, attribute by attribute in the spec's property order; undefined fields are left out. */
 export function keyTemplate(spec: KeySpec): KeyTemplate {
+  return fromAttributes(spec);
+}
+
+/** What a C_CopyObject changes; the copy keeps every other attribute of the original. */
+export type CopySpec = Partial<Pick<KeyAttributes, 'token' | 'private' | 'modifiable' | 'label' | 'id'>>;
+
+/** The template of a copy: only the attributes it changes, in the spec's property order. */
+export function copyTemplate(spec: CopySpec): KeyTemplate {
+  return fromAttributes(spec);
+}
+
+function fromAttributes(spec: Partial<KeyAttributes>): KeyTemplate {
   const t: Template = [];
   for (const [name, value] of Object.entries(spec) as [keyof KeyAttributes, KeyAttributes[keyof KeyAttributes] | undefined][]) {
     if (value === undefined) continue;
     const type = CKA[name];
     if (name === 'class') t.push({ type, value: classNumber(value as ObjectClass) });
     else if (name === 'keyType') t.push({ type, value: keyTypeNumber(value as KeyType) });
-    else if (name === 'allowedMechanisms') t.push({ type, value: allowedMechanisms(...(value as readonly number[])) });
-    else t.push({ type, value: value as boolean | number | string | Buffer });
+    else if (name === 'allowedMechanisms') {
+      const numbers = (value as readonly (number | Mechanism)[]).map((m) => (typeof m === 'number' ? m : m.mechanism));
+      t.push({ type, value: allowedMechanisms(...numbers) });
+    } else t.push({ type, value: value as boolean | number | string | Buffer });
   }
   return built(t);
 }

@@ -14,6 +14,9 @@ export const AES_CMAC: Mechanism = { mechanism: P.CKM_AES_CMAC };
 /** Raw RSA (CKM_RSA_X_509): imports whose OAEP the token cannot do with SHA-256; the proxy decodes the output. */
 export const RSA_RAW: Mechanism = { mechanism: P.CKM_RSA_X_509 };
 
+/** RSA-OAEP by itself, as CKA_ALLOWED_MECHANISMS names it; a call takes rsaOaepMechanism(hash). */
+export const RSA_OAEP: Mechanism = { mechanism: P.CKM_RSA_PKCS_OAEP };
+
 /** CKM_RSA_PKCS_OAEP with MGF1 over the same hash and an empty label (what openssl and node:crypto make). */
 export function rsaOaepMechanism(hash: 'sha1' | 'sha256'): Mechanism {
   const parameter: pkcs11js.RsaOAEP = {

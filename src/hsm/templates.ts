@@ -2,9 +2,9 @@
 // out through a typed spec (key-spec.ts): SoftHSM's defaults are permissive (a key made without explicit attributes is
 // readable).
 import { P } from './module.js';
-import { keyTemplate, type KeyTemplate } from './key-spec.js';
+import { built, keyTemplate, type KeyTemplate } from './key-spec.js';
 
-export { allowedMechanisms, built, withValue, type KeyTemplate } from './key-spec.js';
+export { allowedMechanisms, built, copyTemplate, keyTemplate, withValue, type CopySpec, type KeyTemplate } from './key-spec.js';
 
 export interface AesKeySpec {
   label: string;
@@ -21,6 +21,7 @@ export interface AesKeySpec {
   exportable: boolean;
 }
 
+/** A secret key generated in the token (C_GenerateKey): 32 bytes. */
 export function aes256KeyTemplate(spec: AesKeySpec): KeyTemplate {
   return keyTemplate({
     class: 'secret-key',
@@ -42,6 +43,14 @@ export function aes256KeyTemplate(spec: AesKeySpec): KeyTemplate {
     label: spec.label,
     id: spec.id,
   });
+}
+
+/**
+ * An AES-256 key made from material (C_UnwrapKey, or C_CreateObject withValue): aes256KeyTemplate minus CKA_VALUE_LEN,
+ * which the token takes from the material (SoftHSM answers CKR_ATTRIBUTE_READ_ONLY when it is given).
+ */
+export function aes256MaterialKeyTemplate(spec: AesKeySpec): KeyTemplate {
+  return built(aes256KeyTemplate(spec).filter((a) => a.type !== P.CKA_VALUE_LEN));
 }
 
 /**

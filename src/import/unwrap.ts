@@ -13,10 +13,10 @@
 import { createPublicKey, publicEncrypt, constants, randomBytes } from 'node:crypto';
 import { HsmError } from '../hsm/errors.js';
 import type { Handle, KeyStore } from '../hsm/key-store.js';
-import { cmacProbeTemplate, ephemeralAesKeyTemplate, hmacProbeTemplate, wrappingPrivateKeyTemplate, wrappingPublicKeyTemplate, type WrappingKeyUse } from '../hsm/import-templates.js';
 import { AES_CMAC, HMAC_SHA256, RSA_KEY_PAIR_GEN, RSA_RAW, rsaOaepMechanism as oaepMechanism, type Mechanism } from '../hsm/mechanisms.js';
 import { withValue, type KeyTemplate } from '../hsm/templates.js';
 import { ImportError, notUnwrappable } from './errors.js';
+import { cmacProbeTemplate, ephemeralAesKeyTemplate, hmacProbeTemplate, wrappingPrivateKeyTemplate, wrappingPublicKeyTemplate, type WrappingKeyUse } from './import-templates.js';
 import { oaepDecode, type OaepHash } from './oaep.js';
 import { KEY_MATERIAL_BYTES, type WrappingAlgorithm } from './schemas.js';
 

@@ -15,13 +15,13 @@ import type { Handle, KeyStore } from '../hsm/key-store.js';
 import { HsmError } from '../hsm/errors.js';
 import { GENERIC_SECRET_KEY_GEN, HMAC_SHA256 } from '../hsm/mechanisms.js';
 import { inertSecretTemplate } from '../hsm/templates.js';
-import { backupMacKeyTemplate, backupMacVerifyTemplate, restoredAesKeyTemplate } from '../hsm/wrap-templates.js';
 import { assemble, searchKeyObjects, uncommitted, type ExternalKey } from './catalogue.js';
 import { KeyError } from './errors.js';
 import { findKek, kekCheckValue, type KekInfo } from './kek.js';
 import { commitId, EXTERNAL_KEY_ID, materialId, newNonce, recordId } from './key-objects.js';
 import { encodeRecord, KeyRecordSchema, KeyUsageSchema, type KeyRecord } from './key-record.js';
 import type { KeyLifecycle } from './lifecycle.js';
+import { backupMacKeyTemplate, backupMacVerifyTemplate, restoredAesKeyTemplate } from './wrap-templates.js';
 
 export const BACKUP_FORMAT = 'xks-key-backup-v1';
 /** A restore's staged version older than this belongs to a restore that died midway: cleared by the next one. */

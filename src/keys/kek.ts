@@ -15,6 +15,8 @@ import { z } from 'zod';
 import { AES_KEY_GEN, RSA_KEY_PAIR_GEN, RSA_OAEP_SHA1, type Mechanism } from '../hsm/mechanisms.js';
 import { readBool, type Handle, type KeyStore, type KeyTemplate, type ObjectClass, type ObjectMatch } from '../hsm/key-store.js';
 import { withCeremony, type CeremonyOptions, type CeremonySession } from '../hsm/so-session.js';
+import { KeyError } from './errors.js';
+import { newNonce } from './key-objects.js';
 import {
   checkValueKeyTemplate,
   kekTemplate,
@@ -22,9 +24,7 @@ import {
   TRANSPORT_KEY_BITS,
   transportKeyPairTemplates,
   trustedPublicKeyTemplate,
-} from '../hsm/wrap-templates.js';
-import { KeyError } from './errors.js';
-import { newNonce } from './key-objects.js';
+} from './wrap-templates.js';
 
 /** The few calls a check value needs; both HsmConnection and CeremonySession have them. */
 export interface WrapOps {

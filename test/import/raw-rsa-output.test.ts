@@ -4,7 +4,7 @@
 import { constants, createPublicKey, publicEncrypt, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { HsmConnection } from '../../src/hsm/hsm-connection.js';
-import { wrappingPrivateKeyTemplate, wrappingPublicKeyTemplate } from '../../src/hsm/import-templates.js';
+import { wrappingPrivateKeyTemplate, wrappingPublicKeyTemplate } from '../../src/import/import-templates.js';
 import { RSA_KEY_PAIR_GEN, RSA_RAW } from '../../src/hsm/mechanisms.js';
 import { publicKeyDer } from '../../src/import/unwrap.js';
 import { openTestHsm } from '../helpers/test-hsm.js';

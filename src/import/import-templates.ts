@@ -1,10 +1,10 @@
-// Templates of the import of customer key material (src/import), every security attribute spelled out as in
-// templates.ts: SoftHSM's defaults are permissive. Objects that hold customer material (the imported key, the probes
-// and the ephemeral AES key of an RSA-AES blob) are sensitive and non-extractable from their first instant.
-import { P, type Mechanism } from './module.js';
-import type { KeyType } from './attributes.js';
-import { built, keyTemplate, type KeyTemplate } from './key-spec.js';
-import { aes256KeyTemplate, hmacKeyTemplate, type AesKeySpec } from './templates.js';
+// Templates of the import of customer key material, every security attribute spelled out as in hsm/templates.ts:
+// SoftHSM's defaults are permissive. Objects that hold customer material (the imported key, the probes and the
+// ephemeral AES key of an RSA-AES blob) are sensitive and non-extractable from their first instant. They are the
+// import's specs, built by src/hsm's builders, which know attributes and no key model.
+import type { KeyType } from '../hsm/key-store.js';
+import { AES_CMAC, HMAC_SHA256, RSA_OAEP, RSA_RAW, type Mechanism } from '../hsm/mechanisms.js';
+import { aes256MaterialKeyTemplate, hmacKeyTemplate, keyTemplate, type AesKeySpec, type KeyTemplate } from '../hsm/templates.js';
 
 /** How the wrapping private key is used: unwrap by CKM_RSA_PKCS_OAEP in the HSM, or raw RSA decrypt (CKM_RSA_X_509). */
 export type WrappingKeyUse = 'oaep-unwrap' | 'raw-decrypt';
@@ -57,18 +57,18 @@ export function wrappingPrivateKeyTemplate(spec: WrappingKeyPairSpec): KeyTempla
     sign: false,
     signRecover: false,
     derive: false,
-    allowedMechanisms: [unwrap ? P.CKM_RSA_PKCS_OAEP : P.CKM_RSA_X_509],
+    allowedMechanisms: [unwrap ? RSA_OAEP : RSA_RAW],
     label: spec.label,
     id: spec.id,
   });
 }
 
-/** The key that authenticates import tokens: an HMAC key generated in the HSM, never readable (templates.ts). */
+/** The key that authenticates import tokens: an HMAC key generated in the HSM, never readable (hsm/templates.ts). */
 export function importTokenKeyTemplate(label: string, id: Buffer): KeyTemplate {
   return hmacKeyTemplate(label, id);
 }
 
-function sessionSecret(keyType: KeyType, usage: { sign?: boolean; unwrap?: boolean }, mechanism: number): KeyTemplate {
+function sessionSecret(keyType: KeyType, usage: { sign?: boolean; unwrap?: boolean }, mechanism: Mechanism): KeyTemplate {
   return keyTemplate({
     class: 'secret-key',
     keyType,
@@ -95,7 +95,7 @@ function sessionSecret(keyType: KeyType, usage: { sign?: boolean; unwrap?: boole
  * the token gives it (`kwp`, capabilities.keyWrap).
  */
 export function ephemeralAesKeyTemplate(kwp: Mechanism): KeyTemplate {
-  return sessionSecret('aes', { unwrap: true }, kwp.mechanism);
+  return sessionSecret('aes', { unwrap: true }, kwp);
 }
 
 /**
@@ -103,17 +103,17 @@ export function ephemeralAesKeyTemplate(kwp: Mechanism): KeyTemplate {
  * may only HMAC-SHA256 (the fingerprint), and an AES key that may only AES-CMAC (the material is a valid AES key).
  */
 export function hmacProbeTemplate(): KeyTemplate {
-  return sessionSecret('generic-secret', { sign: true }, P.CKM_SHA256_HMAC);
+  return sessionSecret('generic-secret', { sign: true }, HMAC_SHA256);
 }
 
 export function cmacProbeTemplate(): KeyTemplate {
-  return sessionSecret('aes', { sign: true }, P.CKM_AES_CMAC);
+  return sessionSecret('aes', { sign: true }, AES_CMAC);
 }
 
 /**
- * The imported key: the same template as a generated key (templates.ts), minus CKA_VALUE_LEN, which an unwrap or a
- * create takes from the material (SoftHSM answers CKR_ATTRIBUTE_READ_ONLY when it is given).
+ * The imported key: the same template as a generated key (hsm/templates.ts), minus CKA_VALUE_LEN, which an unwrap or
+ * a create takes from the material (SoftHSM answers CKR_ATTRIBUTE_READ_ONLY when it is given).
  */
 export function importedAesKeyTemplate(spec: AesKeySpec): KeyTemplate {
-  return built(aes256KeyTemplate(spec).filter((a) => a.type !== P.CKA_VALUE_LEN));
+  return aes256MaterialKeyTemplate(spec);
 }

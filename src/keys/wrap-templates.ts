@@ -1,8 +1,7 @@
 // Templates for backup by wrapping and for key-encryption keys (KEKs), every attribute spelled out
-// (SoftHSM's defaults are permissive). Facts checked on SoftHSM 2.6.1 are noted where a line depends on one.
-import { P } from './module.js';
-import { built, keyTemplate, type KeyTemplate } from './key-spec.js';
-import { aes256KeyTemplate, type AesKeySpec } from './templates.js';
+// (SoftHSM's defaults are permissive). Facts checked on SoftHSM 2.6.1 are noted where a line depends on one. They are
+// the key model's specs (kek.ts, backup.ts), built by src/hsm's builders, which know attributes and no key model.
+import { aes256MaterialKeyTemplate, copyTemplate, keyTemplate, type AesKeySpec, type KeyTemplate } from '../hsm/templates.js';
 
 export const TRANSPORT_KEY_BITS = 3072;
 
@@ -41,10 +40,7 @@ export function kekTemplate(label: string, id: Buffer, op: 'generate' | 'unwrap'
  * The user's C_CopyObject of the SO's public KEK: private (its value encrypted under the user PIN's key, usable only
  * after login) and no longer modifiable. SoftHSM's copy keeps CKA_TRUSTED; CKA_COPYABLE cannot be changed by a copy.
  */
-export const SEALED_KEK_COPY: KeyTemplate = built([
-  { type: P.CKA_PRIVATE, value: true },
-  { type: P.CKA_MODIFIABLE, value: false },
-]);
+export const SEALED_KEK_COPY: KeyTemplate = copyTemplate({ private: true, modifiable: false });
 
 /**
  * The receiving side's transport key pair, made by the SO (so public objects): the private half can only unwrap, is
@@ -166,5 +162,5 @@ export function backupMacVerifyTemplate(): KeyTemplate {
  * only under a trusted key), minus CKA_VALUE_LEN, which C_UnwrapKey takes from the blob.
  */
 export function restoredAesKeyTemplate(spec: Omit<AesKeySpec, 'exportable' | 'token'>): KeyTemplate {
-  return built(aes256KeyTemplate({ ...spec, token: true, exportable: true }).filter((a) => a.type !== P.CKA_VALUE_LEN));
+  return aes256MaterialKeyTemplate({ ...spec, token: true, exportable: true });
 }
