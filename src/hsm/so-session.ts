@@ -104,7 +104,11 @@ export class CeremonySession {
     });
   }
 
-  generateKey(template: Template, mechanism: number | Mechanism): Handle {
+  /**
+   * C_GenerateKey, and the new key's handle: nothing is read back (HsmConnection.generateKey checks the template was
+   * honoured and answers the key's description; the ceremony reads what it needs itself).
+   */
+  generateKeyHandle(template: Template, mechanism: number | Mechanism): Handle {
     return this.call(() => this.mod.C_GenerateKey(this.session, asMechanism(mechanism), template));
   }
 

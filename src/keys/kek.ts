@@ -232,7 +232,7 @@ export async function createKek(access: CeremonyAccess, label: string): Promise<
   return withCeremony(access, async (s) => {
     refuseExistingKek(s, access, label);
     s.login('so', access.soPin);
-    s.generateKey(kekTemplate(label, kekId(), 'generate'), AES_KEY_GEN);
+    s.generateKeyHandle(kekTemplate(label, kekId(), 'generate'), AES_KEY_GEN);
     s.login('user', access.userPin);
     const kek = sealKek(s, label);
     return { label, checkValue: await kekCheckValue(s, kek) };
