@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 npx tsc -p tsconfig.test.json
 
-# Token-free tests (parsing, pure functions, manifests, profiles), the emulator's own test (it forwards to SoftHSM
+# Token-free tests (parsing, pure functions, manifests, profiles, the layer rule), the emulator's own test (it forwards to SoftHSM
 # whatever the kind) and the deployment kit's (test/deploy: its monitoring test checks the dashboard and alert rules
 # against a proxy on a SoftHSM token, which says nothing more on another kind): run once, in the SoftHSM run.
 NSS_EXCLUDE=(
