@@ -4,7 +4,7 @@
 // is gone (deleted by the operator or expired) and so waits for the same material to come back.
 import { z } from 'zod';
 import type { KeyRecord } from '../keys/key-record.js';
-import { ImportError } from './errors.js';
+import { KeyError } from '../keys/errors.js';
 import { ExpirationModelSchema } from './schemas.js';
 
 export const ImportedVersionSchema = z.strictObject({
@@ -30,7 +30,7 @@ export type ImportBookkeeping = z.infer<typeof ImportBookkeepingSchema>;
 export function readImport(record: KeyRecord | undefined): ImportBookkeeping {
   if (!record?.import) return { f: 1, versions: {} };
   const parsed = ImportBookkeepingSchema.safeParse(record.import);
-  if (!parsed.success) throw new ImportError('KMSInvalidStateException', 'the import bookkeeping in the key record cannot be read; see xks keys describe');
+  if (!parsed.success) throw new KeyError('KMSInvalidStateException', 'the import bookkeeping in the key record cannot be read; see xks keys describe');
   return parsed.data;
 }
 
