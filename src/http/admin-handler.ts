@@ -43,16 +43,8 @@ interface AdminLog extends CycleLog {
   accessKeyId: string | undefined;
   /** The access key id verified by the signature (accessKeyId alone may be only claimed). */
   authenticated: boolean;
-  /** The client's address (the TCP peer). */
-  from: string | undefined;
-  outcome: 'ok' | 'error' | undefined;
-  status: number | undefined;
-  errorName: string | undefined;
-  reason: string | undefined;
-  hsmError: string | undefined;
   /** The key version the operation made or left current (a rotation's new version, an import's version). */
   keyVersion: number | undefined;
-  ms: number | undefined;
 }
 
 function send(res: ServerResponse, status: number, requestId: string, body: unknown, close = false): void {

@@ -20,6 +20,7 @@ export interface Operation<Call, Answer> {
 
 /** The fields of a request line that the cycle fills in; each surface's line has more. */
 export interface CycleLog {
+  /** The client's address (the TCP peer: a load balancer's when one is in front). */
   from: string | undefined;
   outcome: 'ok' | 'error' | undefined;
   status: number | undefined;
