@@ -25,7 +25,8 @@ npx tsc -p tsconfig.test.json
 # against a proxy on a SoftHSM token, which says nothing more on another kind): run once, in the SoftHSM run.
 NSS_EXCLUDE=(
   'test/config/**' 'test/deploy/**' 'test/xks/**' 'test/emulator/**'
-  test/layers.test.ts test/hsm/profiles.test.ts test/http/sigv4.test.ts
+  test/layers.test.ts test/hsm/profiles.test.ts test/http/sigv4.test.ts test/http/admin-errors.test.ts
+  test/http/request-cycle.test.ts test/cli/cli-errors.test.ts
   test/import/expiry.test.ts test/import/import-token.test.ts test/import/oaep.test.ts test/import/schemas.test.ts
 )
 nss_args=(--passWithNoTests)

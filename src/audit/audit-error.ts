@@ -2,14 +2,13 @@
 // not make its change (AuditTrailUnavailable, AuditTrailLocked); the proxy in `audit.onFailure: refuse` mode answers
 // XKS calls with a named error while its trail cannot be sealed. AuditKeyNotFound: the signer did not find its key after
 // the trail was opened (a failed checkpoint; the key is never made twice).
+import { ProxyError } from '../errors.js';
+
 export type AuditErrorName = 'AuditTrailUnavailable' | 'AuditTrailLocked' | 'AuditKeyNotFound';
 
-export class AuditError extends Error {
+export class AuditError extends ProxyError<AuditErrorName> {
   override readonly name = 'AuditError';
-  constructor(
-    readonly errorName: AuditErrorName,
-    message: string,
-  ) {
-    super(`${errorName}: ${message}`);
+  constructor(code: AuditErrorName, message: string) {
+    super(code, `${code}: ${message}`);
   }
 }

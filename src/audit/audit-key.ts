@@ -51,7 +51,7 @@ export async function auditSigner(hsm: KeyStore, label: string = DEFAULT_AUDIT_K
           const mac = await hsm.hmacSha256(used.handle, message);
           if (hsm.generation === used.generation) return mac;
         } catch (e) {
-          if (!(e instanceof HsmError) || (e.kind !== 'ObjectHandleInvalid' && hsm.generation === used.generation) || attempt > 0) throw e;
+          if (!(e instanceof HsmError) || (e.code !== 'ObjectHandleInvalid' && hsm.generation === used.generation) || attempt > 0) throw e;
         }
         if (attempt > 0) throw new HsmError('ObjectHandleInvalid', 'the audit key was found again, but the HSM recovered again while it was used');
         key = undefined;
@@ -75,7 +75,7 @@ export function auditMacChecker(hsm: KeyStore): (label: string, message: Buffer,
         for (const k of await found.handles) if (!ok && (await hsm.verifyHmacSha256(k, message, mac))) ok = true;
         if (hsm.generation === found.generation) return ok;
       } catch (e) {
-        if (!(e instanceof HsmError) || (e.kind !== 'ObjectHandleInvalid' && hsm.generation === found.generation) || attempt > 0) throw e;
+        if (!(e instanceof HsmError) || (e.code !== 'ObjectHandleInvalid' && hsm.generation === found.generation) || attempt > 0) throw e;
       }
       if (attempt > 0) throw new HsmError('ObjectHandleInvalid', 'the audit key was found again, but the HSM recovered again while it was used');
       keys.delete(label);

@@ -82,7 +82,7 @@ export async function beginCliCall(call: CliCall): Promise<void> {
     await writeCliLine(loaded, { ...entryFor(call), outcome: 'started', requestId: id });
   } catch (e) {
     const err = e as AuditError;
-    throw new AuditError(err.errorName, `${err.message.replace(/^\w+: /, '')}; the command did not run, nothing was changed`);
+    throw new AuditError(err.code, `${err.message.replace(/^\w+: /, '')}; the command did not run, nothing was changed`);
   }
   call.requestId = id;
   call.audited = true;

@@ -4,7 +4,6 @@
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, Option } from 'commander';
-import { ImportError } from '../import/errors.js';
 import type { ImportService } from '../import/import-service.js';
 import { ImportTypeSchema, WrappingAlgorithmSchema, WrappingKeySpecSchema, type ImportType, type WrappingAlgorithm, type WrappingKeySpec } from '../import/schemas.js';
 import { KeyError } from '../keys/errors.js';
@@ -26,7 +25,7 @@ function run<T>(cmd: Command, allowInProcess: boolean, fn: (svc: ImportService) 
       return await fn(svc);
     } catch (e) {
       // The KMS name first, as a person reads it; `code` kept for the audit line.
-      if (e instanceof ImportError || e instanceof KeyError) throw Object.assign(new Error(`${e.code}: ${e.message}`), { code: e.code });
+      if (e instanceof KeyError) throw new KeyError(e.code, `${e.code}: ${e.message}`);
       throw e;
     }
   });

@@ -4,9 +4,9 @@ import { Command } from 'commander';
 import { VERSION } from '../proxy.js';
 import { auditCommand } from './audit.js';
 import { awsCommand } from './aws.js';
-import { AuditError } from '../audit/audit-error.js';
 import { auditCliCall, beginCliCall, describeCall, type CliCall } from './cli-audit.js';
 import { callCommand } from './call.js';
+import { cliErrorName, cliExitCode } from './cli-errors.js';
 import { configCommand } from './config.js';
 import { hsmCommand } from './hsm.js';
 import { importCommand } from './import.js';
@@ -47,15 +47,8 @@ program.parseAsync(process.argv).then(
   async (e: unknown) => {
     // One sentence for a person: what was wrong. No stack, no secrets.
     process.stderr.write(`xks: ${(e as Error)?.message ?? String(e)}\n`);
-    if (call) await auditCliCall(call, 'error', errorName(e));
-    process.exit(e instanceof AuditError ? 3 : 1);
+    if (call) await auditCliCall(call, 'error', cliErrorName(e));
+    process.exit(cliExitCode(e));
   },
 );
 
-/** The KMS-style name of a failure (KeyError, ImportError ...), else the error class. */
-function errorName(e: unknown): string {
-  const err = e as { code?: unknown; errorName?: unknown; name?: unknown };
-  if (typeof err?.code === 'string' && /Exception$/.test(err.code)) return err.code;
-  if (typeof err?.errorName === 'string') return err.errorName;
-  return typeof err?.name === 'string' ? err.name : 'Error';
-}

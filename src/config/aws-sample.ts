@@ -5,12 +5,16 @@
 import { basename, isAbsolute, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { z } from 'zod';
+import { ProxyError } from '../errors.js';
 import type { IvMode } from '../hsm/profile.js';
 import { ConfigSchema } from './schema.js';
 
 /** Why a settings file cannot be converted; the message names the setting, never its value. */
-export class AwsSampleError extends Error {
+export class AwsSampleError extends ProxyError<'AwsSampleSettingsInvalid'> {
   override readonly name = 'AwsSampleError';
+  constructor(message: string) {
+    super('AwsSampleSettingsInvalid', message);
+  }
 }
 
 const int = z.number().int();

@@ -2,19 +2,17 @@
 import { readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
+import { ProxyError } from '../errors.js';
 import { compilePolicy, type CompiledPolicy } from '../keys/policy.js';
 import { ConfigSchema, type Config, type SecretRef } from './schema.js';
 
-/** Why a configuration is refused: Invalid (the file or a value), SecretFileExposed (a secret file open to others). */
-export type ConfigErrorKind = 'Invalid' | 'SecretFileExposed';
+/** Why a configuration is refused: ConfigInvalid (the file or a value), SecretFileExposed (a secret file open to others). */
+export type ConfigErrorName = 'ConfigInvalid' | 'SecretFileExposed';
 
-export class ConfigError extends Error {
+export class ConfigError extends ProxyError<ConfigErrorName> {
   override readonly name = 'ConfigError';
-  constructor(
-    message: string,
-    readonly kind: ConfigErrorKind = 'Invalid',
-  ) {
-    super(message);
+  constructor(message: string, code: ConfigErrorName = 'ConfigInvalid') {
+    super(code, message);
   }
 }
 

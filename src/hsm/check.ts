@@ -571,7 +571,7 @@ class Probe {
       return;
     }
     const ckr = dec.ckr;
-    const kind = toHsmError(new Error(ckr), 'decrypt', ckrMeanings(this.opts.profile)).kind;
+    const kind = toHsmError(new Error(ckr), 'decrypt', ckrMeanings(this.opts.profile)).code;
     const standard = STANDARD_BAD_TAG.has(ckr);
     const profiled = this.opts.profile.errors.badTag.includes(ckr);
     this.add({

@@ -1,8 +1,9 @@
 // Every PKCS#11 return code becomes a named HsmError here, and only here (architecture: "every failure has a name").
 import pkcs11js from 'pkcs11js';
+import { ProxyError } from '../errors.js';
 
 /** What went wrong, in the terms the rest of the proxy acts on. */
-export type HsmErrorKind =
+export type HsmErrorCode =
   | 'KeyFunctionNotPermitted' // the key's CKA_ENCRYPT/CKA_DECRYPT forbids the operation
   | 'DataInvalid' // ciphertext, tag, IV or AAD do not authenticate (or the data is malformed for the mechanism)
   | 'ObjectHandleInvalid' // the cached handle no longer names an object: re-resolve
@@ -24,19 +25,19 @@ export type HsmErrorKind =
   | 'Closed' // the HSM layer is shutting down
   | 'Unknown';
 
-export class HsmError extends Error {
+export class HsmError extends ProxyError<HsmErrorCode> {
   override readonly name = 'HsmError';
   constructor(
-    readonly kind: HsmErrorKind,
+    code: HsmErrorCode,
     message: string,
     /** The CKR name, when the error came from the module. */
     readonly ckr?: string,
   ) {
-    super(message);
+    super(code, message);
   }
 }
 
-const CKR_KIND: Record<string, HsmErrorKind> = {
+const CKR_CODE: Record<string, HsmErrorCode> = {
   CKR_KEY_FUNCTION_NOT_PERMITTED: 'KeyFunctionNotPermitted',
   CKR_KEY_TYPE_INCONSISTENT: 'KeyFunctionNotPermitted',
   CKR_ENCRYPTED_DATA_INVALID: 'DataInvalid',
@@ -116,41 +117,55 @@ export function toHsmError(err: unknown, context: 'decrypt' | 'other' = 'other',
   if (ckr !== undefined && context === 'decrypt' && meanings.badTag.has(ckr)) {
     return new HsmError('DataInvalid', 'the ciphertext did not authenticate', ckr);
   }
-  const kind: HsmErrorKind = (ckr !== undefined ? CKR_KIND[ckr] : undefined) ?? (ckr === 'CKR_GENERAL_ERROR' ? 'DeviceError' : 'Unknown');
-  return new HsmError(kind, ckr ? `PKCS#11 call failed: ${ckr}` : 'PKCS#11 call failed', ckr);
+  const code: HsmErrorCode = (ckr !== undefined ? CKR_CODE[ckr] : undefined) ?? (ckr === 'CKR_GENERAL_ERROR' ? 'DeviceError' : 'Unknown');
+  return new HsmError(code, ckr ? `PKCS#11 call failed: ${ckr}` : 'PKCS#11 call failed', ckr);
 }
 
-/** Kinds after which the session must not go back to the pool. */
-export function poisonsSession(kind: HsmErrorKind): boolean {
-  return kind !== 'KeyFunctionNotPermitted' && kind !== 'DataInvalid' && kind !== 'ObjectHandleInvalid' && kind !== 'TemplateRefused';
+/** Codes after which the session must not go back to the pool. */
+export function poisonsSession(code: HsmErrorCode): boolean {
+  return code !== 'KeyFunctionNotPermitted' && code !== 'DataInvalid' && code !== 'ObjectHandleInvalid' && code !== 'TemplateRefused';
 }
 
 /**
  * What a failure means to a caller that must answer now, whatever its protocol: `busy` (retry soon: no session came
- * free), `timeout` (the HSM did not answer in time), `unavailable` (the HSM or its login is gone), or `other`.
+ * free), `timeout` (the HSM did not answer in time), `unavailable` (the HSM or its login is gone), or `other` (about
+ * this request: its data, its key, its template). Every code is classified here; the compiler refuses a new one that is not.
  */
-export function availabilityOf(kind: HsmErrorKind): 'busy' | 'timeout' | 'unavailable' | 'other' {
-  switch (kind) {
-    case 'PoolExhausted':
-    case 'Busy':
-      return 'busy';
-    case 'Timeout':
-      return 'timeout';
-    case 'SessionInvalid':
-    case 'ObjectHandleInvalid': // still stale after the caller re-resolved it: the HSM is being recovered, retry
-    case 'NotLoggedIn':
-    case 'DeviceError':
-    case 'Closed':
-    case 'PinIncorrect':
-    case 'PinLocked':
-    case 'TokenNotFound':
-      return 'unavailable';
-    default:
-      return 'other';
-  }
+export type Availability = 'busy' | 'timeout' | 'unavailable' | 'other';
+
+const AVAILABILITY = {
+  KeyFunctionNotPermitted: 'other',
+  DataInvalid: 'other',
+  ObjectHandleInvalid: 'unavailable', // still stale after the caller re-resolved it: the HSM is being recovered, retry
+  SessionInvalid: 'unavailable',
+  NotLoggedIn: 'unavailable',
+  DeviceError: 'unavailable',
+  PinIncorrect: 'unavailable',
+  PinLocked: 'unavailable',
+  TokenNotFound: 'unavailable',
+  MechanismUnsupported: 'other',
+  OperationActive: 'other',
+  BufferTooSmall: 'other',
+  ArgumentsBad: 'other',
+  AttributeReadOnly: 'other',
+  TemplateRefused: 'other',
+  Busy: 'busy',
+  PoolExhausted: 'busy',
+  Timeout: 'timeout',
+  Closed: 'unavailable',
+  Unknown: 'other',
+} as const satisfies Record<HsmErrorCode, Availability>;
+
+export function availabilityOf(code: HsmErrorCode): Availability {
+  return AVAILABILITY[code];
 }
 
-/** Kinds after which the whole module should be recovered (reopen sessions, log in again, or re-initialise). */
-export function needsRecovery(kind: HsmErrorKind): boolean {
-  return kind === 'SessionInvalid' || kind === 'NotLoggedIn' || kind === 'DeviceError';
+/** The HSM itself failed or is busy (retry later), as against a refusal of this request's data, key or template. */
+export function isHsmUnavailable(e: unknown): e is HsmError {
+  return e instanceof HsmError && AVAILABILITY[e.code] !== 'other';
+}
+
+/** Codes after which the whole module should be recovered (reopen sessions, log in again, or re-initialise). */
+export function needsRecovery(code: HsmErrorCode): boolean {
+  return code === 'SessionInvalid' || code === 'NotLoggedIn' || code === 'DeviceError';
 }

@@ -230,8 +230,8 @@ export class HsmConnection implements KeyStore, HsmOperations {
           this.loggedIn = true;
           return;
         }
-        if (err.kind === 'PinIncorrect') throw new HsmError('PinIncorrect', 'the HSM refused the user PIN (CKR_PIN_INCORRECT)', err.ckr);
-        if (err.kind === 'PinLocked') throw new HsmError('PinLocked', 'the user PIN is locked on the token (CKR_PIN_LOCKED)', err.ckr);
+        if (err.code === 'PinIncorrect') throw new HsmError('PinIncorrect', 'the HSM refused the user PIN (CKR_PIN_INCORRECT)', err.ckr);
+        if (err.code === 'PinLocked') throw new HsmError('PinLocked', 'the user PIN is locked on the token (CKR_PIN_LOCKED)', err.ckr);
         if (attempt >= this.opts.profile.loginRetries) throw err;
         await sleep(50 * 2 ** attempt + Math.random() * 50);
       }
@@ -727,7 +727,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
       if (this.closed) throw new HsmError('Closed', 'the HSM connection is closed');
       if (this.recovering) await this.waitForRecovery();
       const down = this.down;
-      if (down && Date.now() < down.retryAt) throw new HsmError(down.error.kind, down.error.message, down.error.ckr);
+      if (down && Date.now() < down.retryAt) throw new HsmError(down.error.code, down.error.message, down.error.ckr);
       let session: PooledSession;
       try {
         session = this.pool.tryAcquire() ?? (await this.pool.acquire());
@@ -737,8 +737,8 @@ export class HsmConnection implements KeyStore, HsmOperations {
         // No session came free because the calls holding them have waited longer than a session wait may (they take
         // a millisecond when the HSM answers): that is the HSM not answering (503), not load (429).
         const stuck = Math.max(this.thread?.oldestCallMs ?? 0, this.overdueMs);
-        if (err.kind === 'PoolExhausted' && stuck >= this.opts.acquireTimeoutMs) throw new HsmError('Timeout', `the HSM has not answered a call for ${Math.round(stuck)} ms`);
-        if (!needsRecovery(err.kind) || attempt > 0) throw err;
+        if (err.code === 'PoolExhausted' && stuck >= this.opts.acquireTimeoutMs) throw new HsmError('Timeout', `the HSM has not answered a call for ${Math.round(stuck)} ms`);
+        if (!needsRecovery(err.code) || attempt > 0) throw err;
         await this.recover(err);
         continue;
       }
@@ -755,7 +755,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
       } catch (e) {
         err = toHsmError(e, context, this.meanings);
       }
-      if (err.kind === 'Timeout') {
+      if (err.code === 'Timeout') {
         // The call is still running on the thread pool: close its session once it returns, never reuse it.
         const settled = (err as HsmError & { settled?: Promise<unknown> }).settled ?? Promise.resolve();
         void settled.then(() => this.pool.discard(session));
@@ -763,17 +763,17 @@ export class HsmConnection implements KeyStore, HsmOperations {
       }
       // A code from the module that reads as a device failure re-initialises the library only when a cheap probe
       // confirms the device is gone: CloudHSM answers CKR_DEVICE_ERROR while it throttles, NSS for a wrong MAC.
-      if (err.ckr !== undefined && (err.kind === 'DeviceError' || this.meanings.busy.has(err.ckr)) && (await this.deviceAnswers())) {
+      if (err.ckr !== undefined && (err.code === 'DeviceError' || this.meanings.busy.has(err.ckr)) && (await this.deviceAnswers())) {
         const busy = this.meanings.busy.has(err.ckr);
         // A refused call leaves the session clean; an operation left active (CKR_OPERATION_ACTIVE) does not.
-        if (busy && err.kind === 'DeviceError') this.pool.release(session);
+        if (busy && err.code === 'DeviceError') this.pool.release(session);
         else this.pool.discard(session);
         throw busy ? new HsmError('Busy', `the HSM is busy (${err.ckr}); retry`, err.ckr) : new HsmError('DeviceError', `${err.message}; the device still answers, so it was not re-initialised`, err.ckr);
       }
-      if (poisonsSession(err.kind)) this.pool.discard(session);
+      if (poisonsSession(err.code)) this.pool.discard(session);
       else this.pool.release(session);
-      if (err.kind === 'ObjectHandleInvalid' && !(await this.isLoggedIn())) err = new HsmError('NotLoggedIn', 'the HSM login was lost', err.ckr);
-      if (!needsRecovery(err.kind) || attempt > 0) throw err;
+      if (err.code === 'ObjectHandleInvalid' && !(await this.isLoggedIn())) err = new HsmError('NotLoggedIn', 'the HSM login was lost', err.ckr);
+      if (!needsRecovery(err.code) || attempt > 0) throw err;
       // A session from before the latest recovery failed late: that recovery already happened, just retry.
       if (session.generation === this.generation) await this.recover(err);
     }
@@ -841,16 +841,16 @@ export class HsmConnection implements KeyStore, HsmOperations {
     const first = this.down === undefined;
     clearTimeout(this.down?.timer);
     // A refused PIN is never retried on its own: each try counts towards locking the token.
-    const retry = error.kind !== 'PinIncorrect' && error.kind !== 'PinLocked';
+    const retry = error.code !== 'PinIncorrect' && error.code !== 'PinLocked';
     const delayMs = Math.min(2_000, (this.down?.delayMs ?? 50) * 2);
     const timer = retry ? setTimeout(() => void this.recover(error).catch(() => undefined), delayMs) : undefined;
     timer?.unref();
     this.down = { error, retryAt: retry ? Date.now() + delayMs : Infinity, delayMs, timer };
-    if (first) this.opts.onEvent?.('hsm.unavailable', { cause: error.kind, ckr: error.ckr, retry });
+    if (first) this.opts.onEvent?.('hsm.unavailable', { cause: error.code, ckr: error.ckr, retry });
   }
 
   private async doRecover(cause: HsmError): Promise<void> {
-    this.opts.onEvent?.('hsm.recover', { cause: cause.kind, ckr: cause.ckr });
+    this.opts.onEvent?.('hsm.recover', { cause: cause.code, ckr: cause.ckr });
     // Session copies made before may survive a re-login: destroy them so none leaks, then forget them all.
     // Not while calls hang (each destroy would wait out its budget): the copies then go with the library.
     for (const c of this.overdueMs > 0 ? [] : this.copies.values()) {
@@ -860,7 +860,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
     this.copies.clear();
     this.generation++;
     this.pool.drainIdle();
-    if (cause.kind !== 'DeviceError') {
+    if (cause.code !== 'DeviceError') {
       try {
         try {
           await this.x('C_GetSessionInfo', this.loginSession);
@@ -870,7 +870,7 @@ export class HsmConnection implements KeyStore, HsmOperations {
         await this.login();
         return;
       } catch (e) {
-        const kind = toHsmError(e).kind;
+        const kind = toHsmError(e).code;
         if (kind === 'PinIncorrect' || kind === 'PinLocked') throw e;
         // Anything else (NSS answers a finalised library with CKR_SESSION_HANDLE_INVALID or CKR_ARGUMENTS_BAD, not
         // CKR_CRYPTOKI_NOT_INITIALIZED): the library itself must start again.
@@ -903,9 +903,9 @@ export class HsmConnection implements KeyStore, HsmOperations {
       // The HSM is not back (token removed, library refusing to start): a named unavailability, tried again by the
       // next call, never a bare internal error.
       const err = toHsmError(e);
-      throw err.kind === 'PinIncorrect' || err.kind === 'PinLocked' || err.kind === 'MechanismUnsupported'
+      throw err.code === 'PinIncorrect' || err.code === 'PinLocked' || err.code === 'MechanismUnsupported'
         ? err
-        : new HsmError(err.kind === 'Unknown' ? 'TokenNotFound' : 'DeviceError', `the HSM could not be re-initialised: ${(e as Error).message}`, err.ckr);
+        : new HsmError(err.code === 'Unknown' ? 'TokenNotFound' : 'DeviceError', `the HSM could not be re-initialised: ${(e as Error).message}`, err.ckr);
     }
   }
 

@@ -61,9 +61,9 @@ export class CeremonySession {
     } catch (e) {
       const err = toHsmError(e);
       const who = role === 'so' ? 'security officer' : 'user';
-      if (err.kind === 'PinIncorrect') throw new HsmError('PinIncorrect', `the HSM refused the ${who} PIN (${err.ckr})`, err.ckr);
-      if (err.kind === 'PinLocked') throw new HsmError('PinLocked', `the ${who} PIN is locked on the token (${err.ckr})`, err.ckr);
-      throw new HsmError(err.kind, `the ${who} login failed: ${err.message}`, err.ckr);
+      if (err.code === 'PinIncorrect') throw new HsmError('PinIncorrect', `the HSM refused the ${who} PIN (${err.ckr})`, err.ckr);
+      if (err.code === 'PinLocked') throw new HsmError('PinLocked', `the ${who} PIN is locked on the token (${err.ckr})`, err.ckr);
+      throw new HsmError(err.code, `the ${who} login failed: ${err.message}`, err.ckr);
     }
     this.role = role;
   }

@@ -56,8 +56,6 @@ export const ADMIN_SCHEMAS = {
 export type AdminOperation = keyof typeof ADMIN_SCHEMAS;
 export type AdminRequest<O extends AdminOperation> = z.infer<(typeof ADMIN_SCHEMAS)[O]>;
 
-export const ADMIN_OPERATIONS = Object.keys(ADMIN_SCHEMAS) as AdminOperation[];
-
 export function isAdminOperation(name: string): name is AdminOperation {
   return Object.hasOwn(ADMIN_SCHEMAS, name);
 }

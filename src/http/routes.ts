@@ -1,9 +1,9 @@
 // Routing an XKS URI (spec "URIs"): /<prefix>/kms/xks/v1/health or /<prefix>/kms/xks/v1/keys/<id>/<operation>.
-export type XksOperation = 'GetHealthStatus' | 'GetKeyMetadata' | 'Encrypt' | 'Decrypt';
+import type { XksOperationName } from '../xks/requests.js';
 
 export interface XksRoute {
   prefix: string;
-  operation: XksOperation;
+  operation: XksOperationName;
   keyId?: string;
 }
 

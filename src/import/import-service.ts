@@ -9,11 +9,12 @@ import type { AesKeySpec } from '../hsm/templates.js';
 import { GENERIC_SECRET_KEY_GEN, HMAC_SHA256, RSA_KEY_PAIR_GEN } from '../hsm/mechanisms.js';
 import type { ExternalKey, KeyCatalogue } from '../keys/catalogue.js';
 import { importTokenTag, type ClaimView } from '../keys/claims.js';
+import { KeyError } from '../keys/errors.js';
 import { importedVersions, latestImported, materialExpired, type ExpirationModel, type ImportBookkeeping, type ImportedVersion } from '../keys/imported-material.js';
 import { newNonce } from '../keys/key-objects.js';
 import type { AddVersionOptions, KeyLifecycle } from '../keys/lifecycle.js';
 import type { Logger } from '../obs/logger.js';
-import { ImportError, invalidToken } from './errors.js';
+import { invalidToken } from './errors.js';
 import { expiredVersions, markMaterialGone } from './expiry.js';
 import { readImport, withImport } from './import-record.js';
 import { isTokenKeyId, parseWrappingKeyId, TOKEN_KEY_LABEL, tokenKeyId, WRAPPING_KEY_LABEL, wrappingKeyId } from './import-objects.js';
@@ -118,17 +119,17 @@ export class ImportService {
       !c.aesCmac && 'CKM_AES_CMAC',
       kind === 'rsa-aes' && !c.keyWrap && 'RFC 5649 AES key wrap (CKM_AES_KEY_WRAP_KWP)',
     ].filter((m): m is string => typeof m === 'string');
-    if (missing.length) throw new ImportError('UnsupportedOperationException', `this HSM cannot import key material: it lacks ${missing.join(', ')}`);
+    if (missing.length) throw new KeyError('UnsupportedOperationException', `this HSM cannot import key material: it lacks ${missing.join(', ')}`);
     const native = hash === 'sha1' ? c.rsaOaepUnwrap : await nativeOaepSha256(this.hsm);
     if (native) return 'oaep-unwrap';
-    if (!c.rsaX509) throw new ImportError('UnsupportedOperationException', `this HSM offers neither CKM_RSA_PKCS_OAEP with ${hash.toUpperCase()} nor CKM_RSA_X_509: use another wrapping algorithm`);
+    if (!c.rsaX509) throw new KeyError('UnsupportedOperationException', `this HSM offers neither CKM_RSA_PKCS_OAEP with ${hash.toUpperCase()} nor CKM_RSA_X_509: use another wrapping algorithm`);
     if (kind === 'direct') this.checkInProcessAllowed(algorithm);
     return 'raw-decrypt';
   }
 
   private checkInProcessAllowed(algorithm: WrappingAlgorithm): void {
     if (!this.opts.allowInProcessMaterial) {
-      throw new ImportError(
+      throw new KeyError(
         'UnsupportedOperationException',
         `${algorithm} would decode your key material in the proxy's memory on this HSM (its CKM_RSA_PKCS_OAEP has no ${algorithmParts(algorithm).hash.toUpperCase()}); ` +
           `use RSA_AES_KEY_WRAP_${algorithmParts(algorithm).hash === 'sha1' ? 'SHA_1' : 'SHA_256'}, which keeps it inside the HSM, or have the operator allow in-process unwrapping`,
@@ -149,7 +150,7 @@ export class ImportService {
     const t = opened.fields;
     if (t.keyId !== req.KeyId) throw invalidToken();
     if (now.getTime() >= t.expiresAt.getTime()) {
-      throw new ImportError('ExpiredImportTokenException', 'the import token has expired (24 hours): call GetParametersForImport again');
+      throw new KeyError('ExpiredImportTokenException', 'the import token has expired (24 hours): call GetParametersForImport again');
     }
     const pairId = wrappingKeyId(t.wrappingKeyNonce, t.expiresAt);
     const [privateKey] = await this.findWrapping('private-key', pairId);
@@ -203,14 +204,14 @@ export class ImportService {
   /** New material: a new version, after any material imported before (which must still be there). */
   private checkNew(key: ExternalKey, bk: ImportBookkeeping, match: number | undefined, now: Date): void {
     if (match !== undefined) {
-      throw new ImportError(
+      throw new KeyError(
         'IncorrectKeyMaterialException',
         `this key material is already version ${match} of key "${key.id}": import it with ImportType EXISTING_KEY_MATERIAL`,
       );
     }
     const latest = latestImported(bk);
     if (latest !== undefined && (materialExpired(key.record, now, latest) || !key.versions.has(latest))) {
-      throw new ImportError(
+      throw new KeyError(
         'KMSInvalidStateException',
         `the newest key material of key "${key.id}" (version ${latest}) is deleted or expired: import it again (EXISTING_KEY_MATERIAL) before new material`,
       );
@@ -219,10 +220,10 @@ export class ImportService {
 
   private checkExisting(key: ExternalKey, bk: ImportBookkeeping, match: number | undefined): void {
     if (importedVersions(bk).length === 0) {
-      throw new ImportError('KMSInvalidStateException', `no key material was imported into key "${key.id}" yet: use ImportType NEW_KEY_MATERIAL`);
+      throw new KeyError('KMSInvalidStateException', `no key material was imported into key "${key.id}" yet: use ImportType NEW_KEY_MATERIAL`);
     }
     if (match === undefined) {
-      throw new ImportError('IncorrectKeyMaterialException', `this is not the key material imported into key "${key.id}" before`);
+      throw new KeyError('IncorrectKeyMaterialException', `this is not the key material imported into key "${key.id}" before`);
     }
   }
 
@@ -266,7 +267,7 @@ export class ImportService {
    */
   private async commitExisting(first: ExternalKey, version: number, source: MaterialSource, expiration: Expiration, now: Date, token: TokenInUse): Promise<number> {
     const entry = readImport(first.record).versions[String(version)];
-    if (!entry) throw new ImportError('IncorrectKeyMaterialException', `this is not the key material imported into key "${first.id}" before`);
+    if (!entry) throw new KeyError('IncorrectKeyMaterialException', `this is not the key material imported into key "${first.id}" before`);
     await this.lifecycle.addVersion(first.id, {
       ...this.spending(token),
       version: { number: version, createdAt: new Date(entry.created) },
@@ -274,7 +275,7 @@ export class ImportService {
         await this.refuseSpent(token, claims);
         this.checkImportable(k);
         if (!readImport(k.record).versions[String(version)]) {
-          throw new ImportError('IncorrectKeyMaterialException', `this is not the key material imported into key "${k.id}" before`);
+          throw new KeyError('IncorrectKeyMaterialException', `this is not the key material imported into key "${k.id}" before`);
         }
         return 'go' as const;
       },
@@ -432,7 +433,7 @@ export class ImportService {
 
   private checkImportable(key: ExternalKey): void {
     if (key.origin !== 'EXTERNAL') throw notExternal(key.id);
-    if (key.state === 'PendingDeletion') throw new ImportError('KMSInvalidStateException', `key "${key.id}" is pending deletion`);
+    if (key.state === 'PendingDeletion') throw new KeyError('KMSInvalidStateException', `key "${key.id}" is pending deletion`);
   }
 
   /**
@@ -494,15 +495,15 @@ interface Expiration {
 export function checkExpiration(model: ExpirationModel | undefined, validTo: Date | undefined, now: Date): Expiration {
   const m = model ?? 'KEY_MATERIAL_EXPIRES';
   if (m === 'KEY_MATERIAL_DOES_NOT_EXPIRE') {
-    if (validTo) throw new ImportError('ValidationException', 'ValidTo must be absent when ExpirationModel is KEY_MATERIAL_DOES_NOT_EXPIRE');
+    if (validTo) throw new KeyError('ValidationException', 'ValidTo must be absent when ExpirationModel is KEY_MATERIAL_DOES_NOT_EXPIRE');
     return { model: m };
   }
   if (!validTo || Number.isNaN(validTo.getTime())) {
-    throw new ImportError('ValidationException', 'ValidTo is required when ExpirationModel is KEY_MATERIAL_EXPIRES (the default); or use KEY_MATERIAL_DOES_NOT_EXPIRE');
+    throw new KeyError('ValidationException', 'ValidTo is required when ExpirationModel is KEY_MATERIAL_EXPIRES (the default); or use KEY_MATERIAL_DOES_NOT_EXPIRE');
   }
-  if (validTo.getTime() <= now.getTime()) throw new ImportError('ValidationException', 'ValidTo must be in the future');
+  if (validTo.getTime() <= now.getTime()) throw new KeyError('ValidationException', 'ValidTo must be in the future');
   if (validTo.getTime() > now.getTime() + MAX_VALID_TO_DAYS * DAY_MS) {
-    throw new ImportError('ValidationException', `ValidTo must be at most ${MAX_VALID_TO_DAYS} days away`);
+    throw new KeyError('ValidationException', `ValidTo must be at most ${MAX_VALID_TO_DAYS} days away`);
   }
   return { model: m, validTo };
 }
@@ -512,8 +513,8 @@ function versionWithKcv(bk: ImportBookkeeping, kcv: string): number | undefined 
   return undefined;
 }
 
-function notExternal(id: string): ImportError {
-  return new ImportError('UnsupportedOperationException', `key "${id}" was not created for imported material (origin EXTERNAL); its material cannot be imported or deleted`);
+function notExternal(id: string): KeyError {
+  return new KeyError('UnsupportedOperationException', `key "${id}" was not created for imported material (origin EXTERNAL); its material cannot be imported or deleted`);
 }
 
 function isTrue(b: Buffer | undefined): boolean {

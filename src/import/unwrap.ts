@@ -11,11 +11,12 @@
 // CKM_RSA_AES_KEY_WRAP itself is never used: pkcs11js cannot pass its parameter structure, and the two steps give the
 // same result (pkcs11-softhsm.md). Every failure of any step is the same InvalidCiphertextException.
 import { createPublicKey, publicEncrypt, constants, randomBytes } from 'node:crypto';
-import { HsmError } from '../hsm/errors.js';
+import { HsmError, isHsmUnavailable } from '../hsm/errors.js';
 import type { Handle, KeyStore } from '../hsm/key-store.js';
 import { AES_CMAC, HMAC_SHA256, RSA_KEY_PAIR_GEN, RSA_RAW, rsaOaepMechanism as oaepMechanism, type Mechanism } from '../hsm/mechanisms.js';
 import { withValue, type KeyTemplate } from '../hsm/templates.js';
-import { ImportError, notUnwrappable } from './errors.js';
+import { KeyError } from '../keys/errors.js';
+import { notUnwrappable } from './errors.js';
 import { cmacProbeTemplate, ephemeralAesKeyTemplate, hmacProbeTemplate, wrappingPrivateKeyTemplate, wrappingPublicKeyTemplate, type WrappingKeyUse } from './import-templates.js';
 import { oaepDecode, type OaepHash } from './oaep.js';
 import { KEY_MATERIAL_BYTES, type WrappingAlgorithm } from './schemas.js';
@@ -36,10 +37,12 @@ export function algorithmParts(a: WrappingAlgorithm): AlgorithmParts {
 /** RFC 5649: 32 bytes of material wrap into 40. */
 const KWP_OF_MATERIAL_BYTES = 8 + KEY_MATERIAL_BYTES;
 
-/** Errors that say the HSM is unavailable or busy, not that the blob is bad: passed on, so the caller may retry. */
+/**
+ * Errors that say the HSM is unavailable or busy, not that the blob is bad: passed on, so the caller may retry. A stale
+ * handle is not one of them here: an import's wrapping key that vanished was used or swept by another process.
+ */
 export function isInfrastructure(e: unknown): boolean {
-  if (!(e instanceof HsmError)) return false;
-  return ['SessionInvalid', 'NotLoggedIn', 'DeviceError', 'Busy', 'PoolExhausted', 'Timeout', 'Closed', 'PinIncorrect', 'PinLocked', 'TokenNotFound'].includes(e.kind);
+  return isHsmUnavailable(e) && e.code !== 'ObjectHandleInvalid';
 }
 
 /** Any other failure of a step on the blob becomes the one InvalidCiphertextException. */
@@ -160,8 +163,8 @@ function leftPad(b: Buffer, k: number): Buffer {
 /** HMAC-SHA256 of the material over this label, first 16 bytes: the fingerprint kept per imported version. */
 export const KCV_LABEL = Buffer.from('xks-proxy import key check value v1', 'ascii');
 
-function incorrectLength(): ImportError {
-  return new ImportError('IncorrectKeyMaterialException', `the key material must be ${KEY_MATERIAL_BYTES} bytes (AES-256)`);
+function incorrectLength(): KeyError {
+  return new KeyError('IncorrectKeyMaterialException', `the key material must be ${KEY_MATERIAL_BYTES} bytes (AES-256)`);
 }
 
 /**

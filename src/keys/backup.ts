@@ -181,7 +181,7 @@ async function verifiedBackup(hsm: KeyStore, contents: string, kek: KekInfo): Pr
   try {
     macKey = await hsm.unwrapUntrusted(hsm.keyWrap(), kek.handle, Buffer.from(file.mac.wrappedKey, 'base64'), backupMacVerifyTemplate());
   } catch (e) {
-    if (!(e instanceof HsmError) || e.kind !== 'DataInvalid') throw e;
+    if (!(e instanceof HsmError) || e.code !== 'DataInvalid') throw e;
     // Another KEK than the one the file was made under: say so, rather than "altered".
     const here = await kekCheckValue(hsm, kek.handle);
     if (here !== file.kek.checkValue) {
@@ -248,7 +248,7 @@ export async function importWrapped(deps: BackupDeps, contents: string, kekLabel
       try {
         handle = await hsm.unwrapUntrusted(hsm.keyWrap(), kek.handle, wrapped, template);
       } catch (e) {
-        if (e instanceof HsmError && e.kind === 'DataInvalid') throw altered();
+        if (e instanceof HsmError && e.code === 'DataInvalid') throw altered();
         throw e;
       }
       made.push(handle);

@@ -223,7 +223,7 @@ export async function searchKeyObjects(hsm: KeyStore, match: { label?: string; k
     try {
       return await hsm.findSecretKeys(match);
     } catch (e) {
-      if (!(e instanceof HsmError) || e.kind !== 'ObjectHandleInvalid' || attempt >= SEARCH_ATTEMPTS) throw e;
+      if (!(e instanceof HsmError) || e.code !== 'ObjectHandleInvalid' || attempt >= SEARCH_ATTEMPTS) throw e;
     }
   }
 }

@@ -170,7 +170,7 @@ export async function reservedPerVersion(hsm: KeyStore, keyId: string, versions:
 export async function destroyBlocks(hsm: KeyStore, handles: readonly Handle[]): Promise<void> {
   for (const h of handles) {
     await hsm.destroyObject(h).catch((e: unknown) => {
-      if (!(e instanceof HsmError) || e.kind !== 'ObjectHandleInvalid') throw e;
+      if (!(e instanceof HsmError) || e.code !== 'ObjectHandleInvalid') throw e;
     });
   }
 }

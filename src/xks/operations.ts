@@ -32,8 +32,19 @@ async function resolveKey(deps: XksDeps, keyId: string): Promise<ExternalKey> {
   return key;
 }
 
-/** The version to use; undefined when the cached key does not have it (it may be newer than the cache). */
-type Pick = (key: ExternalKey) => KeyVersion | undefined;
+/** Chooses the version to use; undefined when the cached key does not have it (it may be newer than the cache). */
+type ChooseVersion = (key: ExternalKey) => KeyVersion | undefined;
+
+/** One use of a key version by an operation. */
+interface VersionUse<T> {
+  keyId: string;
+  choose: ChooseVersion;
+  /** The error when no version fits, even after the token was read again. */
+  missing: () => XksError;
+  run: (v: KeyVersion) => Promise<T>;
+  /** The key when the caller has already resolved and checked it (decrypt does, for the spec's order of checks). */
+  resolved?: ExternalKey | undefined;
+}
 
 /** Encrypt and decrypt need an enabled key (spec: InvalidStateException for a disabled one). */
 function checkEnabled(keyId: string, key: ExternalKey): void {
@@ -62,37 +73,30 @@ function usable(keyId: string, key: ExternalKey, v: KeyVersion): KeyVersion {
 }
 
 /**
- * Run `op` on a key version. A version missing from the cache re-reads the token (another process may have added it),
+ * Run `use.run` on the version `use.choose` picks. A version missing from the cache re-reads the token (another process may have added it),
  * at most once a second per key (catalogue.refreshForVersion); a stale handle (the object or its session copy was replaced) re-resolves the key once.
  */
-async function withVersion<T>(
-  deps: XksDeps,
-  keyId: string,
-  pick: Pick,
-  missing: () => XksError,
-  op: (v: KeyVersion) => Promise<T>,
-  /** The key when the caller has already resolved and checked it (decrypt does, for the spec's order of checks). */
-  resolved?: ExternalKey,
-): Promise<T> {
+async function withVersion<T>(deps: XksDeps, use: VersionUse<T>): Promise<T> {
+  const { keyId, choose, missing, run, resolved } = use;
   let key = resolved ?? (await resolveKey(deps, keyId));
   if (!resolved) checkEnabled(keyId, key);
-  let v = pick(key);
+  let v = choose(key);
   if (!v) {
     key = (await deps.catalogue.refreshForVersion(keyId)) ?? key;
     checkEnabled(keyId, key);
-    v = pick(key);
+    v = choose(key);
     if (!v) throw missing();
   }
   try {
-    return await op(usable(keyId, key, v));
+    return await run(usable(keyId, key, v));
   } catch (e) {
-    if (!(e instanceof HsmError) || e.kind !== 'ObjectHandleInvalid') throw e;
+    if (!(e instanceof HsmError) || e.code !== 'ObjectHandleInvalid') throw e;
     deps.catalogue.invalidate(keyId, v.handle);
     key = await resolveKey(deps, keyId);
     checkEnabled(keyId, key);
-    const again = pick(key);
+    const again = choose(key);
     if (!again) throw missing();
-    return op(usable(keyId, key, again));
+    return run(usable(keyId, key, again));
   }
 }
 
@@ -120,7 +124,7 @@ export async function encrypt(deps: XksDeps, keyId: string, req: EncryptRequest)
   const wantCdiv = req.ciphertextDataIntegrityValueAlgorithm === 'SHA_256';
   let used = 0;
   const noKey = () => new XksError('KeyNotFoundException', `external key ${keyId} does not exist`);
-  const result = await withVersion(deps, keyId, (k) => k.current, noKey, async (v) => {
+  const result = await withVersion(deps, { keyId, choose: (k) => k.current, missing: noKey, run: async (v) => {
     used = v.version;
     if (!v.encrypt) throw new XksError('InvalidKeyUsageException', `external key ${keyId} may not encrypt`);
     // The CDIV is proved by decrypting the fresh ciphertext, so it needs a key that may also decrypt.
@@ -140,7 +144,7 @@ export async function encrypt(deps: XksDeps, keyId: string, req: EncryptRequest)
       }
     }
     return { out, metadata, cdiv };
-  });
+  } });
   return {
     body: {
       authenticationTag: result.out.tag.toString('base64'),
@@ -169,8 +173,8 @@ export async function decrypt(deps: XksDeps, keyId: string, req: DecryptRequest)
   if (version === undefined && !sample) throw bad();
   let layout: AadLayout | undefined;
   const plaintext = sample
-    ? await withVersion(deps, keyId, (k) => k.versions.get(1), bad, sampleOnly, key)
-    : await withVersion(deps, keyId, (k) => k.versions.get(version!), bad, decryptWith, key);
+    ? await withVersion(deps, { keyId, choose: (k) => k.versions.get(1), missing: bad, run: sampleOnly, resolved: key })
+    : await withVersion(deps, { keyId, choose: (k) => k.versions.get(version!), missing: bad, run: decryptWith, resolved: key });
   return { body: { plaintext: plaintext.toString('base64') }, keyVersion: sample ? 1 : version, aadLayout: layout };
 
   async function decryptWith(v: KeyVersion): Promise<Buffer> {
@@ -209,5 +213,5 @@ export async function decrypt(deps: XksDeps, keyId: string, req: DecryptRequest)
 
 /** A GCM tag that did not authenticate (the inputs, not the HSM, are wrong). */
 function badTag(e: unknown): boolean {
-  return e instanceof HsmError && e.kind === 'DataInvalid';
+  return e instanceof HsmError && e.code === 'DataInvalid';
 }

@@ -61,7 +61,7 @@ describe('secret files', () => {
     chmodSync(join(dir, 'pin'), 0o644);
     const e = refusal(file);
     expect(e).toBeInstanceOf(ConfigError);
-    expect(e.kind).toBe('SecretFileExposed');
+    expect(e.code).toBe('SecretFileExposed');
     expect(e.message).toContain(`hsm.pin: ${join(dir, 'pin')}`);
     expect(e.message).toContain('0644');
     expect(e.message).toContain('secretFilePermissions');
@@ -76,7 +76,7 @@ describe('secret files', () => {
     const { dir, file } = setup(0o600);
     chmodSync(join(dir, name), 0o604);
     const e = refusal(file);
-    expect(e.kind).toBe('SecretFileExposed');
+    expect(e.code).toBe('SecretFileExposed');
     expect(e.message).toContain(field);
     for (const secret of [PIN, SIGV4, ADMIN]) expect(e.message).not.toContain(secret);
   });
@@ -97,7 +97,7 @@ describe('secret files', () => {
       symlinkSync('/etc/shadow', join(dir, 'pin'));
     }
     const e = refusal(file);
-    expect(e.kind).toBe('SecretFileExposed');
+    expect(e.code).toBe('SecretFileExposed');
     expect(e.message).toMatch(/group/);
     expect(e.message).not.toContain(PIN);
   });
@@ -108,7 +108,7 @@ describe('secret files', () => {
     chmodSync(join(dir, 'real-pin'), 0o644);
     rmSync(join(dir, 'pin'));
     symlinkSync(join(dir, 'real-pin'), join(dir, 'pin'));
-    expect(refusal(file).kind).toBe('SecretFileExposed');
+    expect(refusal(file).code).toBe('SecretFileExposed');
     chmodSync(join(dir, 'real-pin'), 0o400);
     expect(loadConfig(file).pin).toBe(PIN);
   });

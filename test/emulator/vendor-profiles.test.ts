@@ -90,7 +90,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm').each(['cloudhsm', 'luna', 'nshield'] a
     await new Promise((r) => setTimeout(r, 10)); // the emulator looks at its control file at most every 2 ms
     // The key is read again from the token (C_GetAttributeValue on each object): throttled, the device still answers.
     t.proxy.catalogue.invalidate('foo');
-    await expect(t.proxy.lifecycle.get('foo')).rejects.toMatchObject({ kind: 'Busy', ckr: 'CKR_DEVICE_ERROR' });
+    await expect(t.proxy.lifecycle.get('foo')).rejects.toMatchObject({ code: 'Busy', ckr: 'CKR_DEVICE_ERROR' });
     t.proxy.catalogue.invalidate('foo');
     const m = await xks.metadata('foo');
     expect(m.status, m.text).toBe(429);

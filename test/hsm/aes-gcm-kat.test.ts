@@ -39,7 +39,7 @@ async function expectHsmError(p: Promise<unknown>, kind: string) {
     (x: unknown) => x,
   );
   expect(e, 'the call should have failed').toBeInstanceOf(HsmError);
-  expect((e as HsmError).kind).toBe(kind);
+  expect((e as HsmError).code).toBe(kind);
 }
 
 beforeAll(async () => {
@@ -133,7 +133,7 @@ describe.each(['sync', 'async', 'thread'] as const)(`AES-256-GCM on ${TOKEN_KIND
     const results = await Promise.allSettled(Array.from({ length: 12 }, () => hsm.decryptGcm(key, iv, ref.ciphertext, badTag, Buffer.alloc(0))));
     for (const r of results) {
       expect(r.status).toBe('rejected');
-      expect(((r as PromiseRejectedResult).reason as HsmError).kind).toBe('DataInvalid');
+      expect(((r as PromiseRejectedResult).reason as HsmError).code).toBe('DataInvalid');
     }
     const ok = await Promise.all(Array.from({ length: 12 }, () => hsm.decryptGcm(key, iv, ref.ciphertext, ref.tag, Buffer.alloc(0))));
     for (const b of ok) expect(b).toEqual(Buffer.from('x'));

@@ -72,7 +72,7 @@ describe('one batch', () => {
         (e: unknown) => toHsmError(e, 'decrypt', MEANINGS),
       );
       if (c.want) expect(got, `${c.kind} answers the right bytes`).toEqual(c.want);
-      else expect(got instanceof HsmError && got.kind).toBe('DataInvalid');
+      else expect(got instanceof HsmError && got.code).toBe('DataInvalid');
     }
     expect(thread.pending).toBe(0);
   });
@@ -96,12 +96,12 @@ describe('timeouts', () => {
       const outcomes = await Promise.all(calls.map((p) => p.then(() => undefined, (e: unknown) => e)));
       const last = outcomes.at(-1) as HsmError & { settled?: Promise<void> };
       expect(last).toBeInstanceOf(HsmError);
-      expect(last.kind).toBe('Timeout');
+      expect(last.code).toBe('Timeout');
       expect(thread.pending, 'timed-out calls still count until the thread returns them').toBeGreaterThan(0);
       await last.settled;
       expect(thread.pending).toBe(0);
       // Every call either succeeded or timed out; nothing else.
-      for (const o of outcomes) if (o !== undefined) expect((o as HsmError).kind).toBe('Timeout');
+      for (const o of outcomes) if (o !== undefined) expect((o as HsmError).code).toBe('Timeout');
       const iv = randomBytes(12);
       const fresh = new CallThread(token.modulePath, 5_000);
       const out = await fresh.encrypt(session, key, iv, Buffer.alloc(0), pt, pt.length + 16, 128);
@@ -147,7 +147,7 @@ describe('a thread that cannot start (a broken install)', () => {
       const call = thread.encrypt(Buffer.alloc(8), Buffer.alloc(8), randomBytes(12), Buffer.alloc(0), Buffer.from('x'), 17, 128);
       const e = await call.then(() => undefined, (x: unknown) => x);
       expect(e).toBeInstanceOf(HsmError);
-      expect((e as HsmError).kind).toBe('DeviceError');
+      expect((e as HsmError).code).toBe('DeviceError');
       const until = Date.now() + 5_000;
       while (thread.unusable === undefined && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
       expect(thread.unusable).toMatch(/nonexistent/);

@@ -53,7 +53,7 @@ describe('one connection', () => {
       (e: unknown) => e,
     );
     expect(stale, 'the stale handle never reaches the library').toBeInstanceOf(HsmError);
-    expect((stale as HsmError).kind).toBe('ObjectHandleInvalid');
+    expect((stale as HsmError).code).toBe('ObjectHandleInvalid');
     expect((stale as HsmError).ckr).toBeUndefined();
     for (const call of [() => hsm.sign({ mechanism: 0x251 }, foo, Buffer.from('x')), () => hsm.describeObject(foo), () => hsm.destroyObject(foo)]) {
       await expect(call()).rejects.toMatchObject({ kind: 'ObjectHandleInvalid' });

@@ -203,7 +203,7 @@ describe('the cost of a failed decrypt', () => {
       await decrypt(deps, KEY, req);
       return { calls: calls(), outcome: 'ok' };
     } catch (e) {
-      return { calls: calls(), outcome: toXksError(e).errorName };
+      return { calls: calls(), outcome: toXksError(e).code };
     }
   }
 

@@ -1,10 +1,10 @@
 // Expiry of imported material as pure functions of the record and a clock (the XKS path asks materialExpired before
 // any sweep has destroyed the material), and KMS's rules for ExpirationModel and ValidTo.
 import { describe, expect, it } from 'vitest';
-import { ImportError } from '../../src/import/errors.js';
 import { expiredVersions, markMaterialGone } from '../../src/import/expiry.js';
 import { checkExpiration } from '../../src/import/import-service.js';
 import { readImport } from '../../src/import/import-record.js';
+import { KeyError } from '../../src/keys/errors.js';
 import { materialExpired } from '../../src/keys/imported-material.js';
 import type { KeyRecord } from '../../src/keys/key-record.js';
 
@@ -49,7 +49,7 @@ describe('materialExpired', () => {
   it('fails closed on damaged bookkeeping', () => {
     const r = { ...record({}), import: { f: 2, nonsense: true } } as KeyRecord;
     expect(materialExpired(r, T0)).toBe(true);
-    expect(() => readImport(r)).toThrow(ImportError);
+    expect(() => readImport(r)).toThrow(KeyError);
   });
 });
 
@@ -76,7 +76,7 @@ describe('checkExpiration (KMS rules)', () => {
     try {
       f();
     } catch (e) {
-      return (e as ImportError).code;
+      return (e as KeyError).code;
     }
     return 'ok';
   };

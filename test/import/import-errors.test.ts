@@ -3,7 +3,7 @@
 // 32 bytes, different material on re-import. A token refused for its blob can still be used with a good blob.
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { ImportError } from '../../src/import/errors.js';
+import { KeyError } from '../../src/keys/errors.js';
 import { ImportService, type ImportMaterialInput } from '../../src/import/import-service.js';
 import type { WrappingAlgorithm } from '../../src/import/schemas.js';
 import { describeKey } from '../../src/keys/key-description.js';
@@ -51,10 +51,10 @@ async function refused(id: string, req: ImportMaterialInput, code: string): Prom
     () => undefined,
     (e: unknown) => e,
   );
-  expect(err, `expected ${code}`).toBeInstanceOf(ImportError);
-  expect((err as ImportError).code).toBe(code);
+  expect(err, `expected ${code}`).toBeInstanceOf(KeyError);
+  expect((err as KeyError).code).toBe(code);
   expect(await snapshot(id)).toEqual(before);
-  return (err as ImportError).message;
+  return (err as KeyError).message;
 }
 
 describe('the import token', () => {
@@ -113,7 +113,7 @@ describe('the import token', () => {
     const blob = wrapMaterial('RSA_AES_KEY_WRAP_SHA_256', p.PublicKey, randomBytes(32));
     const results = await Promise.allSettled([1, 2, 3].map(() => svc.importKeyMaterial(input(id, p.ImportToken, blob))));
     expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
-    for (const r of results) if (r.status === 'rejected') expect((r.reason as ImportError).code).toBe('InvalidImportTokenException');
+    for (const r of results) if (r.status === 'rejected') expect((r.reason as KeyError).code).toBe('InvalidImportTokenException');
     expect((await t.proxy.lifecycle.get(id)).versions.size).toBe(1);
   });
 });

@@ -76,7 +76,7 @@ describe.skipIf(NO_SO)('KEK ceremonies', () => {
       (e: unknown) => e,
     );
     expect(err).toBeInstanceOf(HsmError);
-    expect((err as HsmError).kind).toBe('PinIncorrect');
+    expect((err as HsmError).code).toBe('PinIncorrect');
     expect((err as Error).message).toMatch(/security officer PIN/);
   });
 
