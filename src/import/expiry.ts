@@ -2,9 +2,8 @@
 // is unusable at once, before any sweep destroys it (the XKS path asks keys/imported-material.ts's materialExpired);
 // the sweep (ImportService.sweep, `xks import sweep`, safe from cron on any number of hosts) then destroys it and
 // records that it is gone.
-import { latestImported, tryReadImport, type ImportBookkeeping } from '../keys/imported-material.js';
+import { latestImported, tryReadImport, withImport, type ImportBookkeeping } from '../keys/imported-material.js';
 import type { KeyRecord } from '../keys/key-record.js';
-import { withImport } from './import-record.js';
 
 /** Versions whose ValidTo has passed at `now` and whose material is not yet recorded as gone. */
 export function expiredVersions(record: KeyRecord | undefined, now: Date): number[] {

@@ -10,13 +10,21 @@ import { GENERIC_SECRET_KEY_GEN, HMAC_SHA256, RSA_KEY_PAIR_GEN } from '../hsm/me
 import type { ExternalKey, KeyCatalogue } from '../keys/catalogue.js';
 import { importTokenTag, type ClaimView } from '../keys/claims.js';
 import { KeyError } from '../keys/errors.js';
-import { importedVersions, latestImported, materialExpired, type ExpirationModel, type ImportBookkeeping, type ImportedVersion } from '../keys/imported-material.js';
+import {
+  importedVersions,
+  latestImported,
+  materialExpired,
+  readImport,
+  withImport,
+  type ExpirationModel,
+  type ImportBookkeeping,
+  type ImportedVersion,
+} from '../keys/imported-material.js';
 import { newNonce } from '../keys/key-objects.js';
 import type { AddVersionOptions, KeyLifecycle } from '../keys/lifecycle.js';
 import type { Logger } from '../obs/logger.js';
 import { invalidToken } from './errors.js';
 import { expiredVersions, markMaterialGone } from './expiry.js';
-import { readImport, withImport } from './import-record.js';
 import { isTokenKeyId, parseWrappingKeyId, TOKEN_KEY_LABEL, tokenKeyId, WRAPPING_KEY_LABEL, wrappingKeyId } from './import-objects.js';
 import { importedAesKeyTemplate, importTokenKeyTemplate, wrappingPrivateKeyTemplate, wrappingPublicKeyTemplate, type WrappingKeyUse } from './import-templates.js';
 import { encodeTokenBody, openToken, sealToken, WRAPPING_NONCE_BYTES } from './import-token.js';

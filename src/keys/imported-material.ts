@@ -1,9 +1,10 @@
 // Imported material as the key record keeps it (the record's `import` field, key-record.ts): per imported version, the
 // material's fingerprint (a key check value computed in the HSM), when the version was made (its CKA_ID date, reused
 // when the same material is imported again), the expiration, and whether the material is gone (deleted by the
-// operator or expired) and so waits for the same material to come back. Reading it, and whether material may be used,
-// is key-record logic the XKS path needs (materialExpired); changing it is the import's (src/import).
+// operator or expired) and so waits for the same material to come back. Reading and writing it, and whether material
+// may be used (materialExpired, asked on the XKS path), are key-record logic; only the import (src/import) changes it.
 import { z } from 'zod';
+import { KeyError } from './errors.js';
 import type { KeyRecord } from './key-record.js';
 
 export const ExpirationModelSchema = z.enum(['KEY_MATERIAL_EXPIRES', 'KEY_MATERIAL_DOES_NOT_EXPIRE'], {
@@ -30,10 +31,18 @@ export const ImportBookkeepingSchema = z.strictObject({
 });
 export type ImportBookkeeping = z.infer<typeof ImportBookkeepingSchema>;
 
+/** The bookkeeping of a record: empty when nothing was imported; a damaged one refuses the key rather than guess. */
+export function readImport(record: KeyRecord | undefined): ImportBookkeeping {
+  if (!record?.import) return { f: 1, versions: {} };
+  const parsed = ImportBookkeepingSchema.safeParse(record.import);
+  if (!parsed.success) throw new KeyError('KMSInvalidStateException', 'the import bookkeeping in the key record cannot be read; see xks keys describe');
+  return parsed.data;
+}
+
 /** Parsed bookkeeping per record object: the XKS path asks on every request, and cached keys keep their record. */
 const parsedOf = new WeakMap<object, ImportBookkeeping | null>();
 
-/** The bookkeeping of a record, for pure checks on the XKS path: undefined when absent or damaged. */
+/** Like readImport, for pure checks on the XKS path: undefined when absent or damaged. */
 export function tryReadImport(record: KeyRecord | undefined): ImportBookkeeping | undefined {
   if (!record?.import) return undefined;
   const cached = parsedOf.get(record.import);
@@ -41,6 +50,10 @@ export function tryReadImport(record: KeyRecord | undefined): ImportBookkeeping 
   const parsed = ImportBookkeepingSchema.safeParse(record.import);
   parsedOf.set(record.import, parsed.success ? parsed.data : null);
   return parsed.success ? parsed.data : undefined;
+}
+
+export function withImport(record: KeyRecord, bk: ImportBookkeeping): KeyRecord {
+  return { ...record, import: bk as unknown as Record<string, unknown> };
 }
 
 export function importedVersions(bk: ImportBookkeeping): number[] {

@@ -3,9 +3,8 @@
 import { describe, expect, it } from 'vitest';
 import { expiredVersions, markMaterialGone } from '../../src/import/expiry.js';
 import { checkExpiration } from '../../src/import/import-service.js';
-import { readImport } from '../../src/import/import-record.js';
 import { KeyError } from '../../src/keys/errors.js';
-import { materialExpired } from '../../src/keys/imported-material.js';
+import { materialExpired, readImport } from '../../src/keys/imported-material.js';
 import type { KeyRecord } from '../../src/keys/key-record.js';
 
 const T0 = new Date('2026-11-23T00:00:00.000Z');
