@@ -2,7 +2,7 @@
 // `xks`: the proxy's command line. Each command group lives in its own file; this one only assembles them.
 import { Command } from 'commander';
 import { VERSION } from '../proxy.js';
-import { auditCommand } from './audit.js';
+import { auditCommand } from './audit-command.js';
 import { awsCommand } from './aws.js';
 import { auditCliCall, beginCliCall, describeCall, type CliCall } from './cli-audit.js';
 import { callCommand } from './call.js';

@@ -1,5 +1,5 @@
 // pino JSON logs. What is logged is built from typed records that have no field for plaintext, key material, PINs or
-// secrets (the request log is http/xks-handler.ts's RequestLog); test/obs/log-secrets.test.ts greps a run's log to
+// secrets (the request log is xks/request-log.ts's RequestLog); test/obs/log-secrets.test.ts greps a run's log to
 // prove it. No redaction pass: it would cost more per request line than the line itself.
 import { pino, type Logger, type DestinationStream } from 'pino';
 
