@@ -12,13 +12,17 @@ import { runXks } from '../helpers/ops-process.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND } from '../helpers/test-token.js';
+import { tokenLibrary, type TokenLibrary } from '../helpers/token-library.js';
 import { xksClient } from '../helpers/xks-client.js';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail across HSM recoveries', () => {
+  const EMULATOR = join(ROOT, 'test/emulator/build/libxks-emulator.so');
   let t: TestProxy;
+  /** The library the proxy loaded (the emulator), loaded by this test: a C_Logout or C_Finalize through it is the proxy's too. */
+  let lib: TokenLibrary;
   let control: string;
   let auditDir: string;
   const setControl = (text: string) => {
@@ -39,11 +43,12 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail across HSM recoveries
       token,
       cleanupToken: false,
       config: {
-        hsm: { module: join(ROOT, 'test/emulator/build/libxks-emulator.so'), libraryParameters: `vendor=none control=${control}` },
+        hsm: { module: EMULATOR, libraryParameters: `vendor=none control=${control}` },
         audit: { dir: auditDir, checkpointEvery: 4, checkpointSeconds: 1 },
       },
       keys: { foo: { encrypt: true, decrypt: true } },
     });
+    lib = tokenLibrary(token, EMULATOR);
   }, 120_000);
   afterAll(async () => {
     setControl('');
@@ -66,10 +71,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail across HSM recoveries
   }
 
   it('goes on making checkpoints after a lost login', async () => {
-    await expectSealedAfter('a lost login', () => {
-      const { mod, loginSession } = t.proxy.hsm.moduleForTests;
-      mod.C_Logout(loginSession);
-    });
+    await expectSealedAfter('a lost login', () => lib.logout());
   });
 
   it('goes on making checkpoints after a failing HMAC re-initialised the library', async () => {
@@ -78,7 +80,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail across HSM recoveries
   });
 
   it('goes on making checkpoints after the library was finalised underneath it', async () => {
-    await expectSealedAfter('C_Finalize', () => t.proxy.hsm.moduleForTests.mod.C_Finalize());
+    await expectSealedAfter('C_Finalize', () => lib.finalize());
   });
 
   it('leaves a trail that `xks audit verify` accepts', async () => {
