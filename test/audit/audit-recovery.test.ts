@@ -84,9 +84,11 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail across HSM recoveries
     if (opts.settleFirst) await settled();
     fault();
     for (let i = 0; i < 10; i++) expect((await xks.encrypt('foo', Buffer.from(`after ${what} ${i}`))).status).toBe(200);
-    setControl('');
     const lastEvent = Math.max(...trailLines().filter((l) => l.type === 'event').map((l) => l.seq));
+    // Emulator faults stay armed until then: one that no checkpoint met during the requests meets the next one's MAC
+    // (cleared before, it could go unused, and no recovery happen).
     for (let i = 0; i < 50 && !trailLines().some((l) => l.type === 'checkpoint' && l.seq > lastEvent); i++) await sleep(100);
+    setControl('');
     expect(t.proxy.hsm.generation, `${what}: a recovery happened`).toBeGreaterThan(generation);
     expect(trailLines().some((l) => l.type === 'checkpoint' && l.seq > lastEvent), `${what}: sealed after the recovery`).toBe(true);
   }
