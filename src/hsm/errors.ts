@@ -98,7 +98,9 @@ export function ckrName(err: unknown): string | undefined {
   const m = /(CKR_[A-Z0-9_]+)/.exec(err.message);
   if (m) return m[1];
   const code = (err as { code?: unknown }).code;
-  if (typeof code === 'number') {
+  // 0 is CKR_OK, never a failure: pkcs11js gives its own errors that carry no CKR ("PKCS11 module not loaded yet",
+  // a bad argument) code 0, and those must not read as CKR_OK.
+  if (typeof code === 'number' && code !== 0) {
     for (const [name, value] of Object.entries(pkcs11js)) {
       if (name.startsWith('CKR_') && value === code) return name;
     }

@@ -269,11 +269,6 @@ export class HsmConnection implements KeyStore, HsmOperations {
     throw new HsmError('ObjectHandleInvalid', origin ? 'the handle is from before the HSM was recovered: re-resolve the key' : 'the handle was not handed out by this HSM connection');
   }
 
-  /** The PKCS#11 module itself, for tests that break sessions underneath a running server. */
-  get moduleForTests(): { mod: Pkcs11; slot: Handle; loginSession: Handle } {
-    return { mod: this.mod, slot: this.slot, loginSession: this.loginSession };
-  }
-
   // ---- operations ---------------------------------------------------------------------------------------------
 
   encryptGcm(key: Handle, plaintext: Buffer, aad: Buffer): Promise<GcmResult> {

@@ -5,9 +5,13 @@ import { HsmConnection, type Handle, type HsmOptions } from '../../src/hsm/hsm-c
 import { P, type Template } from '../../src/hsm/module.js';
 import { loadProfile } from '../../src/hsm/profile.js';
 import type { TestToken } from './test-token.js';
+import { tokenLibrary, type TokenLibrary } from './token-library.js';
 
-export function openTestHsm(token: TestToken, options: Partial<HsmOptions> = {}): Promise<HsmConnection> {
-  return HsmConnection.open({
+/** The library and token each connection opened here was opened on. */
+const opened = new WeakMap<HsmConnection, { label: string; modulePath: string }>();
+
+export async function openTestHsm(token: TestToken, options: Partial<HsmOptions> = {}): Promise<HsmConnection> {
+  const opts: HsmOptions = {
     ...token.library,
     profile: loadProfile(token.profile),
     tokenLabel: token.label,
@@ -16,7 +20,20 @@ export function openTestHsm(token: TestToken, options: Partial<HsmOptions> = {})
     acquireTimeoutMs: 1_000,
     operationTimeoutMs: 5_000,
     ...options,
-  });
+  };
+  const hsm = await HsmConnection.open(opts);
+  opened.set(hsm, { label: opts.tokenLabel ?? token.label, modulePath: opts.modulePath });
+  return hsm;
+}
+
+/**
+ * The PKCS#11 library under a connection opened by openTestHsm, loaded by the test itself (test/helpers/token-library.ts):
+ * what a test does through it (a C_Finalize, a C_Logout, a key made with a known value) happens to the connection too.
+ */
+export function libraryOf(hsm: HsmConnection): TokenLibrary {
+  const at = opened.get(hsm);
+  if (!at) throw new Error('libraryOf: the connection was not opened by openTestHsm');
+  return tokenLibrary(at, at.modulePath);
 }
 
 /**
@@ -47,9 +64,8 @@ export async function createKnownAesKey(
  * through the connection: the connection uses only handles it handed out itself.
  */
 export async function createTokenObject(hsm: HsmConnection, template: Template): Promise<Handle> {
-  const { mod, loginSession } = hsm.moduleForTests;
   const id = randomBytes(8);
-  mod.C_CreateObject(loginSession, [...template.filter((a) => a.type !== P.CKA_TOKEN && a.type !== P.CKA_ID), { type: P.CKA_TOKEN, value: true }, { type: P.CKA_ID, value: id }]);
+  libraryOf(hsm).createObject([...template.filter((a) => a.type !== P.CKA_TOKEN && a.type !== P.CKA_ID), { type: P.CKA_TOKEN, value: true }, { type: P.CKA_ID, value: id }]);
   const [handle] = await hsm.findObjects({ id });
   if (!handle) throw new Error('the test object was not found after it was made');
   return handle;

@@ -6,7 +6,7 @@ import { HsmError } from '../../src/hsm/errors.js';
 import type { HsmConnection, Handle } from '../../src/hsm/hsm-connection.js';
 import { P } from '../../src/hsm/module.js';
 import { createTestToken, TOKEN_FACTS, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
-import { createKnownAesKey, openTestHsm } from '../helpers/test-hsm.js';
+import { createKnownAesKey, libraryOf, openTestHsm } from '../helpers/test-hsm.js';
 
 const KEY = Buffer.from('000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f', 'hex');
 
@@ -63,8 +63,8 @@ describe.each(['sync', 'async', 'thread'] as const)(`AES-256-GCM on ${TOKEN_KIND
 
   // NSS keeps its token keys sensitive whatever the template says (its value cannot be read back).
   it.skipIf(!TOKEN_FACTS.nonSensitiveKeys)('the test key holds the known value', () => {
-    const { mod, loginSession } = hsm.moduleForTests;
-    const [v] = mod.C_GetAttributeValue(loginSession, key, [{ type: P.CKA_VALUE }]);
+    const { mod, withSession } = libraryOf(hsm);
+    const [v] = withSession((s) => mod.C_GetAttributeValue(s, key, [{ type: P.CKA_VALUE }]));
     expect(v!.value).toEqual(KEY);
   });
 

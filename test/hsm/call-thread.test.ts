@@ -7,9 +7,8 @@ import { CallThread } from '../../src/hsm/call-thread.js';
 import { ckrMeanings, HsmError, toHsmError } from '../../src/hsm/errors.js';
 import { loadProfile } from '../../src/hsm/profile.js';
 import type { HsmConnection, Handle } from '../../src/hsm/hsm-connection.js';
-import { P } from '../../src/hsm/module.js';
 import { createTestToken, type TestToken } from '../helpers/test-token.js';
-import { createKnownAesKey, openTestHsm } from '../helpers/test-hsm.js';
+import { createKnownAesKey, libraryOf, openTestHsm } from '../helpers/test-hsm.js';
 
 /** What the token's codes mean (SoftHSM 2.6 answers a failed tag check with CKR_GENERAL_ERROR): its profile says so. */
 let MEANINGS: ReturnType<typeof ckrMeanings>;
@@ -45,12 +44,12 @@ describe('one batch', () => {
   let sessions: Handle[];
   beforeAll(() => {
     thread = new CallThread(token.modulePath, 5_000);
-    const { mod, slot } = hsm.moduleForTests;
-    sessions = Array.from({ length: 24 }, () => mod.C_OpenSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION));
+    const { openSession } = libraryOf(hsm);
+    sessions = Array.from({ length: 24 }, () => openSession());
   });
   afterAll(() => {
     thread.close();
-    const { mod } = hsm.moduleForTests;
+    const { mod } = libraryOf(hsm);
     for (const s of sessions) mod.C_CloseSession(s);
   });
 
@@ -87,8 +86,8 @@ describe('one batch', () => {
 describe('timeouts', () => {
   it('calls past the budget fail with Timeout at once; each one says when the thread is done with its session', async () => {
     const thread = new CallThread(token.modulePath, 20);
-    const { mod, slot } = hsm.moduleForTests;
-    const session = mod.C_OpenSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION);
+    const { mod, openSession } = libraryOf(hsm);
+    const session = openSession();
     try {
       // 3,000 Init+Encrypt pairs on one session, one after another on the thread: far more than 20 ms of work.
       const pt = randomBytes(1024);

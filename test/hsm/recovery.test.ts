@@ -9,8 +9,8 @@ import { decryptFields, xksClient, type XksResponse } from '../helpers/xks-clien
 import { XKS_ERRORS } from '../../src/xks/errors.js';
 import { aes256KeyTemplate } from '../../src/hsm/templates.js';
 import { legacyVersionId as versionId } from '../helpers/legacy-layout.js';
+import { tokenLibrary, type TokenLibrary } from '../helpers/token-library.js';
 
-const CKU_USER = 1;
 // Short enough to expire within a test, long enough that the other tests run on fresh cache entries.
 const KEY_CACHE_TTL_MS = 1_000;
 const KEYS = { foo: { encrypt: true, decrypt: true }, bar: { encrypt: true, decrypt: true } };
@@ -56,12 +56,15 @@ function namedOrOk(r: XksResponse): string | undefined {
 function suite(label: string, hsm: Record<string, unknown>) {
   describe(label, () => {
     let t: TestProxy;
+    /** The library under the proxy, loaded by this test: what it does there happens to the proxy's sessions. */
+    let lib: TokenLibrary;
     let old: any; // a ciphertext made before any break
     const oldPt = Buffer.from('encrypted before the HSM broke');
 
     beforeAll(async () => {
       // health.maxAgeMs 0: every health request runs a real check on the HSM instead of answering from a cached result.
       t = await startProxyOnToken({ keys: KEYS, config: { hsm: { keyCacheTtlMs: KEY_CACHE_TTL_MS, ...hsm }, health: { maxAgeMs: 0, fleetSize: 1 } } });
+      lib = tokenLibrary(t.token);
       const enc = await xksClient(t.httpUrl).encrypt('foo', oldPt);
       expect(enc.status).toBe(200);
       old = enc.json;
@@ -70,8 +73,7 @@ function suite(label: string, hsm: Record<string, unknown>) {
     // Each test starts logged in, whatever the previous one left behind (a failed test may leave the login lost).
     beforeEach(async () => {
       if (await t.proxy.hsm.ping()) return;
-      const { mod, loginSession } = t.proxy.hsm.moduleForTests;
-      mod.C_Login(loginSession, CKU_USER, t.token.userPin);
+      lib.login(t.token.userPin);
     });
 
     // Recoveries so far: each one bumps the generation (the log has one hsm.recover line per incident, not per recovery).
@@ -79,9 +81,8 @@ function suite(label: string, hsm: Record<string, unknown>) {
 
     it('keeps serving after C_CloseAllSessions (sessions closed, login dropped), without a restart', async () => {
       await everythingWorks(t);
-      const { mod, slot } = t.proxy.hsm.moduleForTests;
       const before = recoveries();
-      mod.C_CloseAllSessions(slot);
+      lib.closeAllSessions();
       expect(await t.proxy.hsm.ping()).toBe(false); // really broken
       await everythingWorks(t);
       const dec = await xksClient(t.httpUrl).decrypt('foo', decryptFields(old));
@@ -90,9 +91,8 @@ function suite(label: string, hsm: Record<string, unknown>) {
       expect(await t.proxy.hsm.ping()).toBe(true);
     });
 
-    it('keeps serving after C_Logout on the login session', async () => {
-      const { mod, loginSession } = t.proxy.hsm.moduleForTests;
-      mod.C_Logout(loginSession);
+    it('keeps serving after C_Logout (on any session: the login session is logged out with it)', async () => {
+      lib.logout();
       expect(await t.proxy.hsm.ping()).toBe(false);
       await everythingWorks(t);
       expect(await t.proxy.hsm.ping()).toBe(true);
@@ -101,8 +101,7 @@ function suite(label: string, hsm: Record<string, unknown>) {
     it('finds a key created in the token while the login is lost (no false KeyNotFoundException)', async () => {
       // As `xks keys create` in another process would: the key is in the token, the server has never looked it up.
       await t.proxy.hsm.generateKey(aes256KeyTemplate({ label: 'created_later', id: versionId(1), encrypt: true, decrypt: true, exportable: false }));
-      const { mod, loginSession } = t.proxy.hsm.moduleForTests;
-      mod.C_Logout(loginSession);
+      lib.logout();
       // Private objects are invisible to a session that is not logged in: the search must not conclude "no such key".
       const r = await xksClient(t.httpUrl).metadata('created_later');
       expect(r.status, r.text).toBe(200);
@@ -111,8 +110,7 @@ function suite(label: string, hsm: Record<string, unknown>) {
 
     it('keeps finding a key whose cache entry expires while the login is lost', async () => {
       await everythingWorks(t, 'bar');
-      const { mod, loginSession } = t.proxy.hsm.moduleForTests;
-      mod.C_Logout(loginSession);
+      lib.logout();
       await sleep(KEY_CACHE_TTL_MS + 50); // the entry is now stale: the next lookup re-reads the token
       const xks = xksClient(t.httpUrl);
       const first = await xks.metadata('bar');
@@ -124,8 +122,7 @@ function suite(label: string, hsm: Record<string, unknown>) {
     });
 
     it('does not create a second health-check key when a health check runs while the login is lost', async () => {
-      const { mod, loginSession } = t.proxy.hsm.moduleForTests;
-      mod.C_Logout(loginSession);
+      lib.logout();
       const h = await xksClient(t.httpUrl).health(); // maxAgeMs 0: a real check, now
       expect(h.status).toBe(200);
       const healthKeys = await t.proxy.hsm.findSecretKeys({ label: 'xks-proxy-health-check' });
@@ -141,12 +138,11 @@ function suite(label: string, hsm: Record<string, unknown>) {
       let breaks = 0;
       const recoveriesBefore = recoveries();
       for (let round = 0; round < 6; round++) {
-        const { mod, slot } = t.proxy.hsm.moduleForTests; // the login session may have been replaced by a recovery
         // Every round starts broken (nothing runs yet, so it is safe), so that its first requests must recover; the
         // breaker below adds more while they run, as often as the gaps between HSM calls allow.
         try {
-          if (round % 2 === 0) mod.C_CloseAllSessions(slot);
-          else mod.C_Logout(t.proxy.hsm.moduleForTests.loginSession);
+          if (round % 2 === 0) lib.closeAllSessions();
+          else lib.logout();
           breaks++;
         } catch {
           // already logged out or closed: the break is in place anyway
@@ -181,8 +177,8 @@ function suite(label: string, hsm: Record<string, unknown>) {
             // thread is inside a call on it (a crash, not a PKCS#11 error), which a real HSM does not do to its client.
             if (t.proxy.hsm.asyncCallsInFlight > 0) continue;
             try {
-              if ((round + j) % 2 === 0) mod.C_CloseAllSessions(slot);
-              else mod.C_Logout(t.proxy.hsm.moduleForTests.loginSession);
+              if ((round + j) % 2 === 0) lib.closeAllSessions();
+              else lib.logout();
               breaks++;
             } catch {
               // already logged out or closed: the break is in place anyway

@@ -5,11 +5,15 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { startTestProxy, type TestProxy } from '../helpers/proxy.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
 import { TOKEN_FACTS } from '../helpers/test-token.js';
+import { tokenLibrary, type TokenLibrary } from '../helpers/token-library.js';
 
 let t: TestProxy;
+/** The library under the proxy, loaded by this test: a C_Finalize or C_Logout through it is the proxy's too. */
+let lib: TokenLibrary;
 
 beforeAll(async () => {
   t = await startTestProxy({ keys: { foo: { encrypt: true, decrypt: true } } });
+  lib = tokenLibrary(t.token);
 });
 afterAll(async () => t?.stop());
 
@@ -20,7 +24,7 @@ it.each(['sync', 'async', 'thread'] as const)('re-initialises the PKCS#11 librar
   expect(before.status).toBe(200);
   const generation = t.proxy.hsm.generation;
 
-  t.proxy.hsm.moduleForTests.mod.C_Finalize();
+  lib.finalize();
 
   const pt = randomBytes(48);
   const enc = await xks.encrypt('foo', pt);
@@ -42,7 +46,7 @@ it.each(['sync', 'async', 'thread'] as const)('re-initialises the PKCS#11 librar
 it.skipIf(!TOKEN_FACTS.softhsm)('leaks no sessions across repeated lost logins', async () => {
   t.proxy.hsm.capabilities.callMode = 'async';
   const xks = xksClient(t.httpUrl);
-  const { mod } = t.proxy.hsm.moduleForTests;
+  const { mod } = lib;
   // SoftHSM does not report ulSessionCount, but its session handles are small integers: count the valid ones.
   const sessions = () => {
     let open = 0;
@@ -61,7 +65,7 @@ it.skipIf(!TOKEN_FACTS.softhsm)('leaks no sessions across repeated lost logins',
   // Warm the pool with concurrent work so that several sessions are open.
   await Promise.all(Array.from({ length: 20 }, () => xks.encrypt('foo', randomBytes(16))));
   for (let i = 0; i < 5; i++) {
-    t.proxy.hsm.moduleForTests.mod.C_Logout(t.proxy.hsm.moduleForTests.loginSession);
+    lib.logout(); // on a session of the test's own, closed again: it is not counted below
     const results = await Promise.all(Array.from({ length: 20 }, () => xks.encrypt('foo', randomBytes(16))));
     expect(results.every((r) => r.status === 200)).toBe(true);
   }

@@ -10,7 +10,7 @@ import { P } from '../../src/hsm/module.js';
 import { buildEmulator, emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
-import { createKnownAesKey, openTestHsm } from '../helpers/test-hsm.js';
+import { createKnownAesKey, libraryOf, openTestHsm } from '../helpers/test-hsm.js';
 import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
 
@@ -44,7 +44,7 @@ describe('one connection', () => {
 
     // The library is finalised underneath the connection; the next call re-initialises it. Finding bar first gives it
     // one of the first numbers of the new library, which is what foo's handle was (SoftHSM counts from 1 again).
-    hsm.moduleForTests.mod.C_Finalize();
+    libraryOf(hsm).finalize();
     const [bar] = await hsm.findObjects({ label: `bar-${mode}` });
     expect(bar).toBeDefined();
 
@@ -65,15 +65,21 @@ describe('one connection', () => {
   });
 
   it('refuses a handle this connection did not hand out', async () => {
-    // A key made behind the connection's back, on its own login session: a valid number, but not one it handed out.
-    const { mod, loginSession } = hsm.moduleForTests;
-    const raw = mod.C_CreateObject(loginSession, [
-      { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
-      { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
-      { type: P.CKA_VALUE, value: FOO },
-      { type: P.CKA_ENCRYPT, value: true },
-    ]);
-    await expect(hsm.encryptGcm(raw, Buffer.from('x'), Buffer.alloc(0))).rejects.toMatchObject({ kind: 'ObjectHandleInvalid', ckr: undefined });
+    // A key made behind the connection's back, a session object on a session of the test's own (open until the end):
+    // a valid number in this process, but not one the connection handed out.
+    const { mod, openSession } = libraryOf(hsm);
+    const session = openSession();
+    try {
+      const raw = mod.C_CreateObject(session, [
+        { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
+        { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
+        { type: P.CKA_VALUE, value: FOO },
+        { type: P.CKA_ENCRYPT, value: true },
+      ]);
+      await expect(hsm.encryptGcm(raw, Buffer.from('x'), Buffer.alloc(0))).rejects.toMatchObject({ kind: 'ObjectHandleInvalid', ckr: undefined });
+    } finally {
+      mod.C_CloseSession(session);
+    }
   });
 });
 

@@ -6,14 +6,16 @@ import { P } from '../../src/hsm/module.js';
 import { reportKey } from '../../src/keys/report.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startTestProxy } from '../helpers/proxy.js';
+import { tokenLibrary } from '../helpers/token-library.js';
 import { xksClient } from '../helpers/xks-client.js';
 
 let t: TestProxy;
 beforeAll(async () => {
   t = await startTestProxy({ keys: { good: { encrypt: true, decrypt: true } } });
-  const { mod, loginSession } = t.proxy.hsm.moduleForTests;
-  // What pkcs11-tool --keygen --key-type aes:16 --sensitive makes: a token AES key of 16 bytes, no CKA_ID.
-  mod.C_GenerateKey(loginSession, { mechanism: P.CKM_AES_KEY_GEN }, [
+  // What pkcs11-tool --keygen --key-type aes:16 --sensitive makes: a token AES key of 16 bytes, no CKA_ID (made here,
+  // on a session of the test's own, as pkcs11-tool would beside the server).
+  const { mod, withSession } = tokenLibrary(t.token);
+  withSession((s) => mod.C_GenerateKey(s, { mechanism: P.CKM_AES_KEY_GEN }, [
     { type: P.CKA_CLASS, value: P.CKO_SECRET_KEY },
     { type: P.CKA_KEY_TYPE, value: P.CKK_AES },
     { type: P.CKA_VALUE_LEN, value: 16 },
@@ -24,7 +26,7 @@ beforeAll(async () => {
     { type: P.CKA_ENCRYPT, value: true },
     { type: P.CKA_DECRYPT, value: true },
     { type: P.CKA_LABEL, value: 'short' },
-  ]);
+  ]));
 });
 afterAll(async () => t?.stop());
 
