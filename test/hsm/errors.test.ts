@@ -13,7 +13,7 @@ import {
   poisonsSession,
   STANDARD_MEANINGS,
   toHsmError,
-  type HsmErrorKind,
+  type HsmErrorCode,
 } from '../../src/hsm/errors.js';
 import { loadProfile } from '../../src/hsm/profile.js';
 
@@ -87,7 +87,7 @@ describe('ckrName', () => {
 
 describe('toHsmError', () => {
   // The standard's meanings, by name: the whole table, spelled out independently of the source.
-  const STANDARD: [string, HsmErrorKind][] = [
+  const STANDARD: [string, HsmErrorCode][] = [
     ['CKR_KEY_FUNCTION_NOT_PERMITTED', 'KeyFunctionNotPermitted'],
     ['CKR_KEY_TYPE_INCONSISTENT', 'KeyFunctionNotPermitted'],
     ['CKR_ENCRYPTED_DATA_INVALID', 'DataInvalid'],
@@ -134,7 +134,7 @@ describe('toHsmError', () => {
     for (const e of codeOf(name) === undefined ? [threadError(name)] : [pkcs11Error(name), threadError(name, codeOf(name))]) {
       const h = toHsmError(e);
       expect(h).toBeInstanceOf(HsmError);
-      expect(h.kind).toBe(kind);
+      expect(h.code).toBe(kind);
       expect(h.ckr).toBe(name);
       expect(h.message).toBe(`PKCS#11 call failed: ${name}`);
     }
@@ -142,25 +142,25 @@ describe('toHsmError', () => {
 
   it.each(KNOWN_TO_PKCS11JS)('%s by its numeric code alone is %s too', (name, kind) => {
     const h = toHsmError(threadError('PKCS#11 call failed', codeOf(name)));
-    expect(h.kind).toBe(kind);
+    expect(h.code).toBe(kind);
     expect(h.ckr).toBe(name);
   });
 
   it('a CKR the proxy gives no meaning is Unknown, and still named', () => {
     for (const name of ['CKR_RANDOM_NO_RNG', 'CKR_USER_ALREADY_LOGGED_IN', 'CKR_ATTRIBUTE_SENSITIVE', 'CKR_CANCEL', 'CKR_FUNCTION_NOT_SUPPORTED']) {
       const h = toHsmError(pkcs11Error(name));
-      expect(h.kind, name).toBe('Unknown');
+      expect(h.code, name).toBe('Unknown');
       expect(h.ckr).toBe(name);
       expect(h.message).toBe(`PKCS#11 call failed: ${name}`);
     }
     const vendor = toHsmError(new pkcs11js.Pkcs11Error('CKR_VENDOR_DEFINED:2147483939'));
-    expect(vendor).toMatchObject({ kind: 'Unknown', ckr: 'CKR_VENDOR_DEFINED', message: 'PKCS#11 call failed: CKR_VENDOR_DEFINED' });
+    expect(vendor).toMatchObject({ code: 'Unknown', ckr: 'CKR_VENDOR_DEFINED', message: 'PKCS#11 call failed: CKR_VENDOR_DEFINED' });
   });
 
   it('anything without a CKR is Unknown, with no ckr', () => {
     for (const e of [new Error('boom'), new TypeError('Parameter 1 must be a Buffer'), new pkcs11js.NativeError('PKCS11 module not loaded yet'), 'CKR_DEVICE_ERROR', undefined, null, { code: 0x30 }, threadError('x', 0x8000_0001)]) {
       const h = toHsmError(e);
-      expect(h.kind).toBe('Unknown');
+      expect(h.code).toBe('Unknown');
       expect(h.ckr).toBeUndefined();
       expect(h.message).toBe('PKCS#11 call failed');
     }
@@ -175,33 +175,33 @@ describe('toHsmError', () => {
   describe("a profile's bad-tag codes", () => {
     it('are DataInvalid only on a decrypt (SoftHSM 2.6: CKR_GENERAL_ERROR)', () => {
       const onDecrypt = toHsmError(pkcs11Error('CKR_GENERAL_ERROR'), 'decrypt', SOFTHSM);
-      expect(onDecrypt).toMatchObject({ kind: 'DataInvalid', ckr: 'CKR_GENERAL_ERROR', message: 'the ciphertext did not authenticate' });
-      expect(toHsmError(pkcs11Error('CKR_GENERAL_ERROR'), 'other', SOFTHSM).kind, 'elsewhere a device failure').toBe('DeviceError');
-      expect(toHsmError(pkcs11Error('CKR_GENERAL_ERROR'), undefined, SOFTHSM).kind, 'the default context is other').toBe('DeviceError');
+      expect(onDecrypt).toMatchObject({ code: 'DataInvalid', ckr: 'CKR_GENERAL_ERROR', message: 'the ciphertext did not authenticate' });
+      expect(toHsmError(pkcs11Error('CKR_GENERAL_ERROR'), 'other', SOFTHSM).code, 'elsewhere a device failure').toBe('DeviceError');
+      expect(toHsmError(pkcs11Error('CKR_GENERAL_ERROR'), undefined, SOFTHSM).code, 'the default context is other').toBe('DeviceError');
     });
 
     it("are another profile's device failure (nShield: CKR_FUNCTION_FAILED)", () => {
-      expect(toHsmError(pkcs11Error('CKR_FUNCTION_FAILED'), 'decrypt', NSHIELD).kind).toBe('DataInvalid');
-      expect(toHsmError(pkcs11Error('CKR_FUNCTION_FAILED'), 'other', NSHIELD).kind).toBe('DeviceError');
-      expect(toHsmError(pkcs11Error('CKR_GENERAL_ERROR'), 'decrypt', NSHIELD).kind, 'not in its list').toBe('DeviceError');
-      expect(toHsmError(pkcs11Error('CKR_FUNCTION_FAILED'), 'decrypt', SOFTHSM).kind, "not in SoftHSM's list").toBe('DeviceError');
+      expect(toHsmError(pkcs11Error('CKR_FUNCTION_FAILED'), 'decrypt', NSHIELD).code).toBe('DataInvalid');
+      expect(toHsmError(pkcs11Error('CKR_FUNCTION_FAILED'), 'other', NSHIELD).code).toBe('DeviceError');
+      expect(toHsmError(pkcs11Error('CKR_GENERAL_ERROR'), 'decrypt', NSHIELD).code, 'not in its list').toBe('DeviceError');
+      expect(toHsmError(pkcs11Error('CKR_FUNCTION_FAILED'), 'decrypt', SOFTHSM).code, "not in SoftHSM's list").toBe('DeviceError');
     });
 
     it('without a profile (the standard meanings) a decrypt failure keeps its standard kind', () => {
       expect(STANDARD_MEANINGS.badTag.size).toBe(0);
-      expect(toHsmError(pkcs11Error('CKR_GENERAL_ERROR'), 'decrypt').kind).toBe('DeviceError');
-      expect(toHsmError(pkcs11Error('CKR_GENERAL_ERROR'), 'decrypt', NSS).kind).toBe('DeviceError');
-      expect(toHsmError(pkcs11Error('CKR_ENCRYPTED_DATA_INVALID'), 'decrypt', NSS).kind, 'the standard bad tag').toBe('DataInvalid');
+      expect(toHsmError(pkcs11Error('CKR_GENERAL_ERROR'), 'decrypt').code).toBe('DeviceError');
+      expect(toHsmError(pkcs11Error('CKR_GENERAL_ERROR'), 'decrypt', NSS).code).toBe('DeviceError');
+      expect(toHsmError(pkcs11Error('CKR_ENCRYPTED_DATA_INVALID'), 'decrypt', NSS).code, 'the standard bad tag').toBe('DataInvalid');
     });
 
     it('leave other codes on a decrypt as they are', () => {
-      expect(toHsmError(pkcs11Error('CKR_DEVICE_ERROR'), 'decrypt', SOFTHSM).kind).toBe('DeviceError');
-      expect(toHsmError(pkcs11Error('CKR_SESSION_HANDLE_INVALID'), 'decrypt', SOFTHSM).kind).toBe('SessionInvalid');
-      expect(toHsmError(new Error('boom'), 'decrypt', SOFTHSM).kind).toBe('Unknown');
+      expect(toHsmError(pkcs11Error('CKR_DEVICE_ERROR'), 'decrypt', SOFTHSM).code).toBe('DeviceError');
+      expect(toHsmError(pkcs11Error('CKR_SESSION_HANDLE_INVALID'), 'decrypt', SOFTHSM).code).toBe('SessionInvalid');
+      expect(toHsmError(new Error('boom'), 'decrypt', SOFTHSM).code).toBe('Unknown');
     });
 
     it('are read by code as well as by message (an error from the call thread)', () => {
-      expect(toHsmError(threadError('failed', 0x5), 'decrypt', SOFTHSM).kind).toBe('DataInvalid');
+      expect(toHsmError(threadError('failed', 0x5), 'decrypt', SOFTHSM).code).toBe('DataInvalid');
     });
   });
 
@@ -224,7 +224,7 @@ describe('toHsmError', () => {
 describe('what each kind means', () => {
   type Meaning = { poisons: boolean; availability: ReturnType<typeof availabilityOf>; recover: boolean };
   // Every kind (a Record: the compiler insists on all of them), with its meaning for the pool, the caller, recovery.
-  const MEANING: Record<HsmErrorKind, Meaning> = {
+  const MEANING: Record<HsmErrorCode, Meaning> = {
     // The request's own fault, or a stale handle the caller re-resolves: the session is fine.
     KeyFunctionNotPermitted: { poisons: false, availability: 'other', recover: false },
     DataInvalid: { poisons: false, availability: 'other', recover: false },
@@ -252,14 +252,14 @@ describe('what each kind means', () => {
     Unknown: { poisons: true, availability: 'other', recover: false },
   };
 
-  it.each(Object.entries(MEANING) as [HsmErrorKind, Meaning][])('%s: %o', (kind, m) => {
+  it.each(Object.entries(MEANING) as [HsmErrorCode, Meaning][])('%s: %o', (kind, m) => {
     expect(poisonsSession(kind), 'poisonsSession').toBe(m.poisons);
     expect(availabilityOf(kind), 'availabilityOf').toBe(m.availability);
     expect(needsRecovery(kind), 'needsRecovery').toBe(m.recover);
   });
 
   it('every kind that needs recovery also poisons its session and reads as unavailable', () => {
-    for (const kind of Object.keys(MEANING) as HsmErrorKind[]) {
+    for (const kind of Object.keys(MEANING) as HsmErrorCode[]) {
       if (!needsRecovery(kind)) continue;
       expect(poisonsSession(kind), kind).toBe(true);
       expect(availabilityOf(kind), kind).toBe('unavailable');
@@ -267,10 +267,10 @@ describe('what each kind means', () => {
   });
 
   it('a bad tag on a decrypt costs no session and no recovery, on SoftHSM where the code is CKR_GENERAL_ERROR', () => {
-    const kind = toHsmError(pkcs11Error('CKR_GENERAL_ERROR'), 'decrypt', SOFTHSM).kind;
+    const kind = toHsmError(pkcs11Error('CKR_GENERAL_ERROR'), 'decrypt', SOFTHSM).code;
     expect(poisonsSession(kind)).toBe(false);
     expect(needsRecovery(kind)).toBe(false);
-    const elsewhere = toHsmError(pkcs11Error('CKR_GENERAL_ERROR'), 'other', SOFTHSM).kind;
+    const elsewhere = toHsmError(pkcs11Error('CKR_GENERAL_ERROR'), 'other', SOFTHSM).code;
     expect(poisonsSession(elsewhere)).toBe(true);
     expect(needsRecovery(elsewhere)).toBe(true);
   });
