@@ -44,7 +44,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('calls past their budget', () => {
 
   it('closes a session that opened after its caller timed out', async () => {
     await setControl(`hang C_OpenSession 800\ncount C_CloseSession ${counted}\n`);
-    await expect(hsm.findObjects({ label: 'anything' })).rejects.toMatchObject({ kind: 'Timeout' });
+    await expect(hsm.findObjects({ label: 'anything' })).rejects.toMatchObject({ code: 'Timeout' });
     await sleep(1_000); // the open returns
     expect(calls('C_CloseSession'), 'the late session is closed').toBeGreaterThanOrEqual(1);
   });
@@ -55,7 +55,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('calls past their budget', () => {
     await setControl(`hang C_Encrypt 2500 1\ncount C_Finalize ${counted}\n`);
     const started = performance.now();
     // Out on the call thread for 2.5 s; its caller is told Timeout at 200 ms.
-    await expect(hsm.encryptGcm(key, Buffer.from('x'), Buffer.alloc(0))).rejects.toMatchObject({ kind: 'Timeout' });
+    await expect(hsm.encryptGcm(key, Buffer.from('x'), Buffer.alloc(0))).rejects.toMatchObject({ code: 'Timeout' });
     // A device error that the probe confirms: the connection wants to re-initialise the library.
     await setControl(`hang C_Encrypt 2500 0\ncount C_Finalize ${counted}\nfail C_FindObjectsInit CKR_DEVICE_ERROR 1\nfail C_GetTokenInfo CKR_DEVICE_ERROR 1\n`);
     await expect(hsm.findObjects({ label: 'anything' })).rejects.toBeDefined();
