@@ -9,8 +9,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { trailFileName } from '../../src/audit/audit-trail.js';
 import { ADMIN_ACCESS_KEY_ID, adminClient, adminConfig } from '../helpers/admin-client.js';
-import { ensureBuilt } from '../helpers/built-cli.js';
-import { freePort, runXks, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
+import { freePort, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
 import { httpGet, parseMetrics } from '../helpers/ops-metrics.js';
 import { SECOND_ACCESS_KEY_ID, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
@@ -212,7 +212,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail that cannot be sealed
         },
         'workers.yaml',
       );
-      expect((await runXks(token, file, ['keys', 'create', 'bar'])).code).toBe(0);
+      expect((await runXks(['keys', 'create', 'bar'], { token, configFile: file })).code).toBe(0);
       serve = spawnServe(token, file, ['--workers', '2']);
       await serve.waitFor((out) => count(out, '"xks proxy listening"') >= 2, 40_000, 'two workers listening');
       await waitFor('ACTIVE', async () => (await httpGet(`${ops}/health`)).status === 200);

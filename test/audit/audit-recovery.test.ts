@@ -7,8 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureBuilt } from '../helpers/built-cli.js';
-import { runXks } from '../helpers/ops-process.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND } from '../helpers/test-token.js';
@@ -85,7 +84,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail across HSM recoveries
     await t.proxy.audit!.close();
     const failures = t.logs.filter((l) => l.includes('audit trail write failed'));
     expect(failures.length, failures.slice(0, 3).join('\n')).toBeLessThan(10);
-    const r = await runXks(t.token, t.configFile, ['audit', 'verify', ...readdirSync(auditDir).filter((f) => f.endsWith('.jsonl')).map((f) => join(auditDir, f))]);
+    const r = await runXks(['audit', 'verify', ...readdirSync(auditDir).filter((f) => f.endsWith('.jsonl')).map((f) => join(auditDir, f))], { token: t.token, configFile: t.configFile });
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(r.stdout).toMatch(/^OK /m);
   });

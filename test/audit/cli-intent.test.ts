@@ -2,13 +2,12 @@
 // killed after its HSM change leaves a visible "started, no outcome"; a lock left by a killed command is taken over at
 // once; and a command whose intent cannot be sealed changes nothing. The built CLI, killed with SIGKILL at a known
 // point: a PKCS#11 call our emulator module (test/emulator) holds for a few seconds, over a SoftHSM token.
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { trailFileName } from '../../src/audit/audit-trail.js';
-import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
-import { runXks } from '../helpers/ops-process.js';
+import { ensureBuilt, ROOT, runXks, startXks } from '../helpers/built-cli.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
 
@@ -24,7 +23,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('key-changing CLI commands and the aud
     writeFileSync(`${control}.new`, text);
     renameSync(`${control}.new`, control);
   };
-  const xks = (args: string[]) => runXks(token, configFile, args);
+  const xks = (args: string[]) => runXks(args, { token, configFile });
   const events = () =>
     existsSync(cliTrail)
       ? readFileSync(cliTrail, 'utf8')
@@ -41,11 +40,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('key-changing CLI commands and the aud
       : [];
   const trailFiles = () => readdirSync(auditDir).filter((f) => f.endsWith('.jsonl')).map((f) => join(auditDir, f));
   /** `xks <args>` in the background, to be killed. */
-  const start = (args: string[]) => {
-    const child = spawn('node', [MAIN, ...args], { cwd: ROOT, env: { ...process.env, ...token.env, XKS_CONFIG: configFile }, stdio: 'ignore' });
-    const exited = new Promise<void>((r) => child.once('exit', () => r()));
-    return { child, exited };
-  };
+  const start = (args: string[]) => startXks(args, { token, configFile });
   async function waitUntil(what: string, pred: () => boolean, ms = 20_000) {
     for (const end = Date.now() + ms; !pred(); ) {
       if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);

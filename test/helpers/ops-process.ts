@@ -1,32 +1,9 @@
-// The built CLI (dist/cli/main.js) in child processes for the operations tests: one-shot commands (`xks keys ...`,
-// `xks audit verify`) and a long-running `xks serve` whose JSON log lines the test reads.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+// A long-running `xks serve` (the built CLI, in a child process) whose JSON log lines the test reads, and a free port
+// for its listeners. One-shot commands: runXks (built-cli.ts).
 import { createServer } from 'node:net';
-import { promisify } from 'node:util';
-import { MAIN, ROOT } from './built-cli.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startXks, type CliProcess } from './built-cli.js';
 import type { TestToken } from './test-token.js';
-
-export interface CliRun {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs `xks <args>` against `token` (its env) with `configFile` (XKS_CONFIG); never throws on a non-zero exit. */
-export async function runXks(token: TestToken, configFile: string, args: string[], env: Record<string, string> = {}): Promise<CliRun> {
-  try {
-    const r = await promisify(execFile)('node', [MAIN, ...args], {
-      cwd: ROOT,
-      env: { ...process.env, ...token.env, XKS_CONFIG: configFile, ...env },
-      timeout: 30_000,
-    });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const err = e as { code?: number; stdout?: string; stderr?: string; killed?: boolean };
-    if (err.killed) throw new Error(`xks ${args.join(' ')} timed out`);
-    return { code: typeof err.code === 'number' ? err.code : -1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
-  }
-}
 
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -38,36 +15,21 @@ export function freePort(): Promise<number> {
   });
 }
 
-export interface ServeProcess {
-  child: ChildProcess;
-  /** Everything the process wrote so far (stdout and stderr). */
-  output(): string;
+export interface ServeProcess extends CliProcess {
   /** The JSON log lines written so far. */
   logLines(): Record<string, any>[];
   /** Waits until `pred` holds for the output (polling), or fails with the output after `timeoutMs`. */
   waitFor(pred: (out: string) => boolean, timeoutMs?: number, what?: string): Promise<void>;
-  /** Resolves with the exit code and signal once the process has exited. */
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
 /** Spawns `xks serve --config <file> <args>` on `token`. */
 export function spawnServe(token: TestToken, configFile: string, args: string[] = [], env: Record<string, string> = {}): ServeProcess {
-  const child = spawn('node', [MAIN, 'serve', '--config', configFile, ...args], {
-    cwd: ROOT,
-    env: { ...process.env, ...token.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout!.on('data', (c) => (out += c));
-  child.stderr!.on('data', (c) => (out += c));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
-  );
+  const run = startXks(['serve', '--config', configFile, ...args], { token, env });
+  const { child, output } = run;
   return {
-    child,
-    output: () => out,
+    ...run,
     logLines: () =>
-      out
+      output()
         .split('\n')
         .filter((l) => l.startsWith('{'))
         .flatMap((l) => {
@@ -79,13 +41,41 @@ export function spawnServe(token: TestToken, configFile: string, args: string[] 
         }),
     waitFor: async (pred, timeoutMs = 20_000, what = 'a log line') => {
       const until = Date.now() + timeoutMs;
-      while (!pred(out)) {
-        if (Date.now() > until) throw new Error(`timed out waiting for ${what}; output so far:\n${out.slice(-4000)}`);
-        if (child.exitCode !== null) throw new Error(`xks serve exited (${child.exitCode}) while waiting for ${what}:\n${out.slice(-4000)}`);
-        await new Promise((r) => setTimeout(r, 50));
+      while (!pred(output())) {
+        if (Date.now() > until) throw new Error(`timed out waiting for ${what}; output so far:\n${output().slice(-4000)}`);
+        if (child.exitCode !== null) throw new Error(`xks serve exited (${child.exitCode}) while waiting for ${what}:\n${output().slice(-4000)}`);
+        await sleep(50);
       }
     },
-    exited,
+  };
+}
+
+export interface ListeningServe extends ServeProcess {
+  /** The XKS HTTP listener's URL, as the process logged it (its config may ask for port 0). */
+  url: string;
+  /** SIGTERM, then SIGKILL if it has not exited within 10 s. */
+  stop(): Promise<void>;
+}
+
+/** spawnServe, resolved once the process listens (within 30 s, or it is killed and this fails with its output). */
+export async function serveListening(token: TestToken, configFile: string, args: string[] = []): Promise<ListeningServe> {
+  const serve = spawnServe(token, configFile, args);
+  const listening = /"http":"127\.0\.0\.1:(\d+)".*xks proxy listening/;
+  try {
+    await serve.waitFor((out) => listening.test(out), 30_000, 'xks serve to listen');
+  } catch (e) {
+    serve.child.kill('SIGKILL');
+    throw e;
+  }
+  const { child } = serve;
+  return {
+    ...serve,
+    url: `http://127.0.0.1:${listening.exec(serve.output())![1]}`,
+    stop: async () => {
+      if (child.exitCode !== null) return;
+      child.kill('SIGTERM');
+      await Promise.race([serve.exited, sleep(10_000).then(() => child.kill('SIGKILL'))]);
+    },
   };
 }
 

@@ -11,8 +11,7 @@ import { openCatalogue } from '../../src/proxy.js';
 import { encodeCiphertextMetadata } from '../../src/xks/ciphertext-metadata.js';
 import { EncryptionBudget } from '../../src/xks/encryption-budget.js';
 import { encrypt } from '../../src/xks/operations.js';
-import { ensureBuilt } from '../helpers/built-cli.js';
-import { runXks } from '../helpers/ops-process.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND } from '../helpers/test-token.js';
@@ -86,7 +85,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a decrypt naming a version the cache 
     const early = await xks.decrypt('foo', { ...decryptFields(enc1.json), ciphertextMetadata: encodeCiphertextMetadata(next).toString('base64') });
     expect(early.json.errorName).toBe('InvalidCiphertextException');
     // Another process rotates.
-    const rotated = await runXks(t.token, t.configFile, ['keys', 'rotate', 'foo']);
+    const rotated = await runXks(['keys', 'rotate', 'foo'], { token: t.token, configFile: t.configFile });
     expect(rotated.code, rotated.stderr).toBe(0);
     const rotatedAt = performance.now();
     // A ciphertext under the new version, as another replica (its own catalogue, reading the token afresh) makes it.

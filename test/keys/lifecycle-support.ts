@@ -1,5 +1,4 @@
-// What the key lifecycle tests share: the built CLI run as its own process on a test token, polling, token checks.
-import { execFile, spawn } from 'node:child_process';
+// What the key lifecycle tests share: the CLI's description of a key, polling, token checks.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { expect } from 'vitest';
 import type { HsmConnection } from '../../src/hsm/hsm-connection.js';
@@ -7,38 +6,12 @@ import { P } from '../../src/hsm/module.js';
 import { assemble } from '../../src/keys/catalogue.js';
 import { secretObjectRole } from '../../src/keys/key-objects.js';
 import { decodeCiphertextMetadata } from '../../src/xks/ciphertext-metadata.js';
-import { MAIN, ROOT } from '../helpers/built-cli.js';
+import { runXks } from '../helpers/built-cli.js';
 import type { TestToken } from '../helpers/test-token.js';
-
-export interface CliRun {
-  code: number;
-  stdout: string;
-  stderr: string;
-  /** When the process started and ended (ms since epoch). */
-  startedMs: number;
-  endedMs: number;
-}
-
-/** `node dist/cli/main.js ...args` on the token, with the config in XKS_CONFIG. */
-export function runCli(token: TestToken, configFile: string, args: string[], timeoutMs = 60_000): Promise<CliRun> {
-  const startedMs = Date.now();
-  return new Promise((resolve, reject) => {
-    execFile(
-      'node',
-      [MAIN, ...args],
-      { cwd: ROOT, env: { ...process.env, ...token.env, XKS_CONFIG: configFile }, timeout: timeoutMs },
-      (err, stdout, stderr) => {
-        const e = err as (Error & { code?: number | string; killed?: boolean }) | null;
-        if (e?.killed) return reject(new Error(`xks ${args.join(' ')} timed out: ${stderr}`));
-        resolve({ code: e ? (typeof e.code === 'number' ? e.code : -1) : 0, stdout, stderr, startedMs, endedMs: Date.now() });
-      },
-    );
-  });
-}
 
 /** `xks keys describe <id>` (a separate process reading the token), parsed. */
 export async function describeViaCli(token: TestToken, configFile: string, id: string): Promise<any> {
-  const r = await runCli(token, configFile, ['keys', 'describe', id, '--json']);
+  const r = await runXks(['keys', 'describe', id, '--json'], { token, configFile });
   expect(r.code, r.stderr).toBe(0);
   return JSON.parse(r.stdout);
 }
@@ -82,38 +55,4 @@ export async function expectCleanVersions(hsm: HsmConnection, id: string, n: num
   expect([...t.versions.entries()].sort((a, b) => a[0] - b[0])).toEqual(Array.from({ length: n }, (_, i) => [i + 1, 1]));
   expect(t.candidates).toEqual([]);
   expect(t.records).toBe(1);
-}
-
-/** A long-running `xks serve` child process on the token; resolves once it listens, with its URL. */
-export async function spawnServe(token: TestToken, configFile: string) {
-  const child = spawn('node', [MAIN, 'serve', '--config', configFile], {
-    cwd: ROOT,
-    env: { ...process.env, ...token.env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout!.on('data', (c) => (out += c));
-  child.stderr!.on('data', (c) => (out += c));
-  let port: number | undefined;
-  for (let i = 0; i < 300 && port === undefined; i++) {
-    const m = /"http":"127\.0\.0\.1:(\d+)".*xks proxy listening/.exec(out);
-    if (m) port = Number(m[1]);
-    else if (child.exitCode !== null) break;
-    else await sleep(100);
-  }
-  if (port === undefined) {
-    child.kill('SIGKILL');
-    throw new Error(`xks serve did not start: ${out}`);
-  }
-  return {
-    child,
-    url: `http://127.0.0.1:${port}`,
-    output: () => out,
-    stop: async () => {
-      if (child.exitCode !== null) return;
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await Promise.race([exited, sleep(10_000).then(() => child.kill('SIGKILL'))]);
-    },
-  };
 }

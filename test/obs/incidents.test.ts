@@ -11,8 +11,8 @@ import { pino } from 'pino';
 import { createLogger } from '../../src/obs/logger.js';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureBuilt, ROOT } from '../helpers/built-cli.js';
-import { freePort, runXks, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
+import { ensureBuilt, ROOT, runXks } from '../helpers/built-cli.js';
+import { freePort, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
@@ -137,7 +137,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('xks serve under bursts of warnings an
       hsm: { module: EMULATOR, libraryParameters: `vendor=none control=${control.path}` },
       listeners: { http: { host: '127.0.0.1', port }, ops: { host: '127.0.0.1', port: opsPort } },
     });
-    const created = await runXks(token, file, ['keys', 'create', 'foo']);
+    const created = await runXks(['keys', 'create', 'foo'], { token, configFile: file });
     expect(created.code, created.stderr).toBe(0);
     serve = spawnServe(token, file, ['--workers', '2']);
     await serve.waitFor((out) => (out.match(/xks proxy listening/g) ?? []).length === 2, 60_000, 'both workers listening');
