@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { trailFileName } from '../../src/audit/audit-trail.js';
 import { ensureBuilt, runXks } from '../helpers/built-cli.js';
-import { count, freePort, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
+import { count, freePort, spawnServe, type ServeProcess } from '../helpers/serve-process.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/test-token.js';
 import { xksClient } from '../helpers/xks-client.js';

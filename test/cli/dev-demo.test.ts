@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadFile } from '../../src/config/load.js';
 import { ensureBuilt, MAIN, ROOT, runProcess, startXks, type CliProcess } from '../helpers/built-cli.js';
-import { freePort } from '../helpers/ops-process.js';
+import { freePort } from '../helpers/serve-process.js';
 import { TOKEN_KIND } from '../helpers/test-token.js';
 
 let dir: string;

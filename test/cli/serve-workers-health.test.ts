@@ -8,7 +8,7 @@ import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBuilt, runXks } from '../helpers/built-cli.js';
 import { emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
-import { freePort, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
+import { freePort, spawnServe, type ServeProcess } from '../helpers/serve-process.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
 import { xksClient } from '../helpers/xks-client.js';

@@ -10,7 +10,7 @@ import { checkHsm, type CheckReport, type CheckRow } from '../../src/hsm/check.j
 import { findSlot, loadModule, P } from '../../src/hsm/module.js';
 import { loadProfile } from '../../src/hsm/profile.js';
 import { ensureBuilt, runXks } from '../helpers/built-cli.js';
-import { spawnServe } from '../helpers/ops-process.js';
+import { spawnServe } from '../helpers/serve-process.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND, tokenSecrets, type TestToken } from '../helpers/test-token.js';
 

@@ -5,11 +5,12 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { KeyLifecycle } from '../../src/keys/lifecycle.js';
 import { ensureBuilt, runXks } from '../helpers/built-cli.js';
-import { serveListening, type ListeningServe } from '../helpers/ops-process.js';
+import { serveListening, type ListeningServe } from '../helpers/serve-process.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { decryptFields, xksClient, type XksResponse } from '../helpers/xks-client.js';
-import { pollUntil, versionOf } from '../keys/lifecycle-support.js';
+import { versionOf } from '../helpers/key-versions.js';
+import { pollUntil } from '../helpers/poll.js';
 
 const SEEN_WITHIN_MS = 5_000;
 const DAY_MS = 86_400_000;

@@ -9,7 +9,7 @@ import { ensureBuilt, MAIN, ROOT, runProcess, type CliRun } from '../helpers/bui
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { TOKEN_FACTS, createTestToken, type TestToken } from '../helpers/test-token.js';
-import { expectProxyUses, wrapMaterial } from './byok.js';
+import { expectProxyUses, wrapMaterial } from '../helpers/byok-customer.js';
 
 let token: TestToken;
 let t: TestProxy;

@@ -6,7 +6,7 @@ import { ImportService } from '../../src/import/import-service.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
-import { wrapMaterial } from './byok.js';
+import { wrapMaterial } from '../helpers/byok-customer.js';
 
 let t: TestProxy;
 

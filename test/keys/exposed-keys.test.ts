@@ -16,7 +16,7 @@ import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, makeForeignAesKey, TOKEN_FACTS } from '../helpers/test-token.js';
 import { xksClient } from '../helpers/xks-client.js';
-import { pollUntil } from './lifecycle-support.js';
+import { pollUntil } from '../helpers/poll.js';
 
 let t: TestProxy;
 let xks: ReturnType<typeof xksClient>;

@@ -25,8 +25,9 @@ import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
-import { expectProxyUses, wrapMaterial } from '../import/byok.js';
-import { describeViaCli, expectCleanVersions, pollUntil, tokenObjects, versionOf } from './lifecycle-support.js';
+import { expectProxyUses, wrapMaterial } from '../helpers/byok-customer.js';
+import { describeViaCli, expectCleanVersions, tokenObjects, versionOf } from '../helpers/key-versions.js';
+import { pollUntil } from '../helpers/poll.js';
 
 const leases = async (t: TestProxy, id: string) =>
   (await t.proxy.hsm.findSecretKeys({ label: id })).filter((o) => o.id.toString('latin1').startsWith('xks:l2;'));

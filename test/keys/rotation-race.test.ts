@@ -24,7 +24,8 @@ import { ensureBuilt, ROOT, runXks, type CliRun } from '../helpers/built-cli.js'
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
-import { describeViaCli, expectCleanVersions, pollUntil, tokenObjects, versionOf } from './lifecycle-support.js';
+import { describeViaCli, expectCleanVersions, tokenObjects, versionOf } from '../helpers/key-versions.js';
+import { pollUntil } from '../helpers/poll.js';
 import { TOKEN_FACTS } from '../helpers/test-token.js';
 
 const DAY_MS = 86_400_000;

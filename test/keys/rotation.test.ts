@@ -13,7 +13,7 @@ import { ensureBuilt, runXks } from '../helpers/built-cli.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
-import { describeViaCli, expectCleanVersions, tokenObjects, versionOf } from './lifecycle-support.js';
+import { describeViaCli, expectCleanVersions, tokenObjects, versionOf } from '../helpers/key-versions.js';
 import { evidence, TOKEN_FACTS } from '../helpers/test-token.js';
 
 let t: TestProxy;

@@ -10,7 +10,8 @@ import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { makeForeignAesKey } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
-import { describeViaCli, pollUntil, tokenObjects, versionOf } from './lifecycle-support.js';
+import { describeViaCli, tokenObjects, versionOf } from '../helpers/key-versions.js';
+import { pollUntil } from '../helpers/poll.js';
 
 const DAY_MS = 86_400_000;
 let t: TestProxy;

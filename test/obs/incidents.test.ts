@@ -12,7 +12,7 @@ import { createLogger } from '../../src/obs/logger.js';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBuilt, ROOT, runXks } from '../helpers/built-cli.js';
-import { freePort, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
+import { freePort, spawnServe, type ServeProcess } from '../helpers/serve-process.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';

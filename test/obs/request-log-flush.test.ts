@@ -3,7 +3,7 @@
 // written before the process exits.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ensureBuilt, runXks } from '../helpers/built-cli.js';
-import { freePort, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
+import { freePort, spawnServe, type ServeProcess } from '../helpers/serve-process.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/test-token.js';
 import { metadata, xksClient } from '../helpers/xks-client.js';

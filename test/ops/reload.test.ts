@@ -12,7 +12,7 @@ import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { trailFileName } from '../../src/audit/audit-trail.js';
 import { ensureBuilt, runXks } from '../helpers/built-cli.js';
-import { freePort, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
+import { freePort, spawnServe, type ServeProcess } from '../helpers/serve-process.js';
 import { ACCESS_KEY_ID, SECOND_ACCESS_KEY_ID, SECOND_SECRET, SECRET } from '../helpers/proxy.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/test-token.js';

@@ -16,7 +16,7 @@ import { decodeCiphertextMetadata } from '../../src/xks/ciphertext-metadata.js';
 import { ADMIN_ACCESS_KEY_ID, adminClient, adminConfig } from '../helpers/admin-client.js';
 import { ensureBuilt, runXks } from '../helpers/built-cli.js';
 import { httpGet, scrape, total } from '../helpers/ops-metrics.js';
-import { freePort, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
+import { freePort, spawnServe, type ServeProcess } from '../helpers/serve-process.js';
 import { SECRET } from '../helpers/proxy.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/test-token.js';

@@ -10,7 +10,7 @@ import { BlockIndex } from '../../src/keys/encryption-blocks.js';
 import { openLifecycle } from '../../src/proxy.js';
 import { ensureBuilt, runXks } from '../helpers/built-cli.js';
 import { scrape } from '../helpers/ops-metrics.js';
-import { freePort, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
+import { freePort, spawnServe, type ServeProcess } from '../helpers/serve-process.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/test-token.js';

@@ -1,33 +1,18 @@
-// What the key lifecycle tests share: the CLI's description of a key, polling, token checks.
-import { setTimeout as sleep } from 'node:timers/promises';
+// A key's versions as the tests check them: straight from the token (the rotation protocol's invariants), as the CLI
+// describes them, and as a ciphertext names them.
 import { expect } from 'vitest';
 import type { HsmConnection } from '../../src/hsm/hsm-connection.js';
-import { P } from '../../src/hsm/module.js';
 import { assemble } from '../../src/keys/catalogue.js';
 import { secretObjectRole } from '../../src/keys/key-objects.js';
 import { decodeCiphertextMetadata } from '../../src/xks/ciphertext-metadata.js';
-import { runXks } from '../helpers/built-cli.js';
-import type { TestToken } from '../helpers/test-token.js';
+import { runXks } from './built-cli.js';
+import type { TestToken } from './test-token.js';
 
 /** `xks keys describe <id>` (a separate process reading the token), parsed. */
 export async function describeViaCli(token: TestToken, configFile: string, id: string): Promise<any> {
   const r = await runXks(['keys', 'describe', id, '--json'], { token, configFile });
   expect(r.code, r.stderr).toBe(0);
   return JSON.parse(r.stdout);
-}
-
-/** Calls `probe` until it returns true or `withinMs` passes; returns how long it took (or throws with the last value). */
-export async function pollUntil(what: string, withinMs: number, probe: () => Promise<boolean | { ok: boolean; last: unknown }>): Promise<number> {
-  const start = Date.now();
-  let last: unknown;
-  for (;;) {
-    const got = await probe();
-    const ok = typeof got === 'boolean' ? got : got.ok;
-    if (typeof got !== 'boolean') last = got.last;
-    if (ok) return Date.now() - start;
-    if (Date.now() - start > withinMs) throw new Error(`${what}: not seen within ${withinMs} ms (last: ${JSON.stringify(last)})`);
-    await sleep(100);
-  }
 }
 
 /** The key version named by an encrypt response's ciphertextMetadata. */
