@@ -94,10 +94,10 @@ export const metadata = (op: string, extra: Record<string, unknown> = {}) => ({
   ...extra,
 });
 
-/** A small client bound to one proxy URL. */
-export function xksClient(baseUrl: string, defaults: SendOptions = {}) {
+/** A small client bound to one proxy URL (or to a function that gives it when a request is made). */
+export function xksClient(baseUrl: string | (() => string), defaults: SendOptions = {}) {
   const post = (rest: string, body: unknown, opts: SendOptions = {}) =>
-    signedRequest(baseUrl, xksPath(rest, opts.prefix ?? defaults.prefix), typeof body === 'string' ? body : JSON.stringify(body), { ...defaults, ...opts });
+    signedRequest(typeof baseUrl === 'string' ? baseUrl : baseUrl(), xksPath(rest, opts.prefix ?? defaults.prefix), typeof body === 'string' ? body : JSON.stringify(body), { ...defaults, ...opts });
   return {
     post,
     health: (opts?: SendOptions) => post('health', { requestMetadata: { kmsRequestId: 'h1', kmsOperation: 'KmsHealthCheck' } }, opts),
@@ -108,6 +108,8 @@ export function xksClient(baseUrl: string, defaults: SendOptions = {}) {
       post(`keys/${key}/decrypt`, { requestMetadata: metadata('Decrypt'), encryptionAlgorithm: 'AES_GCM', ...fields }, opts),
   };
 }
+
+export type XksClient = ReturnType<typeof xksClient>;
 
 /** The decrypt fields from an encrypt response. */
 export function decryptFields(enc: any, aad?: Buffer): Record<string, unknown> {

@@ -11,7 +11,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { P } from '../../src/hsm/module.js';
 import { aes256KeyTemplate, inertSecretTemplate as recordObjectTemplate } from '../../src/hsm/templates.js';
 import { aesObjectRole, commitId } from '../../src/keys/key-objects.js';
@@ -20,10 +20,9 @@ import { buildGcmAad } from '../../src/xks/aad.js';
 import { encodeCiphertextMetadata } from '../../src/xks/ciphertext-metadata.js';
 import { encodeRecord } from '../../src/keys/key-record.js';
 import { KeyLifecycle } from '../../src/keys/lifecycle.js';
-import { ensureBuilt, ROOT, runXks, type CliRun } from '../helpers/built-cli.js';
-import type { TestProxy } from '../helpers/proxy.js';
-import { startProxyOnToken } from '../helpers/proxy-on-token.js';
-import { decryptFields, xksClient } from '../helpers/xks-client.js';
+import { ROOT, runXks, type CliRun } from '../helpers/built-cli.js';
+import { useProxyOnToken } from '../helpers/proxy-on-token.js';
+import { decryptFields } from '../helpers/xks-client.js';
 import { describeViaCli, expectCleanVersions, tokenObjects, versionOf } from '../helpers/key-versions.js';
 import { pollUntil } from '../helpers/poll.js';
 import { TOKEN_FACTS } from '../helpers/test-token.js';
@@ -32,15 +31,8 @@ const DAY_MS = 86_400_000;
 const RACER = fileURLToPath(new URL('./fixtures/lifecycle-racer.mjs', import.meta.url));
 const STRESS = process.env.XKS_RACE_STRESS === '1';
 
-let t: TestProxy;
-let xks: ReturnType<typeof xksClient>;
-
-beforeAll(async () => {
-  ensureBuilt();
-  t = await startProxyOnToken();
-  xks = xksClient(t.httpUrl);
-}, 120_000);
-afterAll(async () => t?.stop());
+const t = useProxyOnToken({ cli: true });
+const { xks } = t;
 
 /** What every process must agree on after a race: versions 1..n, one object each, no candidate, n current. */
 async function expectSettled(id: string, n: number): Promise<void> {

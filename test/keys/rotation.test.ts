@@ -3,28 +3,20 @@
 // rotation's leftovers (a candidate object) are never used for crypto. Real SoftHSM token, real server over a socket.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { aes256KeyTemplate } from '../../src/hsm/templates.js';
 import { KeyError } from '../../src/keys/errors.js';
 import { materialId } from '../../src/keys/key-objects.js';
 import { buildGcmAad } from '../../src/xks/aad.js';
 import { encodeCiphertextMetadata } from '../../src/xks/ciphertext-metadata.js';
-import { ensureBuilt, runXks } from '../helpers/built-cli.js';
-import type { TestProxy } from '../helpers/proxy.js';
-import { startProxyOnToken } from '../helpers/proxy-on-token.js';
-import { decryptFields, xksClient } from '../helpers/xks-client.js';
+import { runXks } from '../helpers/built-cli.js';
+import { useProxyOnToken } from '../helpers/proxy-on-token.js';
+import { decryptFields } from '../helpers/xks-client.js';
 import { describeViaCli, expectCleanVersions, tokenObjects, versionOf } from '../helpers/key-versions.js';
 import { evidence, TOKEN_FACTS } from '../helpers/test-token.js';
 
-let t: TestProxy;
-let xks: ReturnType<typeof xksClient>;
-
-beforeAll(async () => {
-  ensureBuilt();
-  t = await startProxyOnToken();
-  xks = xksClient(t.httpUrl);
-}, 120_000);
-afterAll(async () => t?.stop());
+const t = useProxyOnToken({ cli: true });
+const { xks } = t;
 
 const pt = (s: string) => Buffer.from(s);
 const withMetadata = (enc: any, version: number) => ({ ...decryptFields(enc), ciphertextMetadata: encodeCiphertextMetadata(version).toString('base64') });

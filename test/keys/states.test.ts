@@ -2,27 +2,19 @@
 // Encrypt and Decrypt with InvalidStateException; scheduled deletion, cancel and enable move between states as in KMS,
 // and a transition KMS refuses changes nothing. Keys imported later (PendingImport) and keys made by other tools
 // (adopted) follow the same rules. Real token (XKS_TEST_TOKEN), real server over a socket, the built CLI as its own process.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { aes256KeyTemplate } from '../../src/hsm/templates.js';
 import { KeyError, type KeyErrorName } from '../../src/keys/errors.js';
-import { ensureBuilt, runXks } from '../helpers/built-cli.js';
-import type { TestProxy } from '../helpers/proxy.js';
-import { startProxyOnToken } from '../helpers/proxy-on-token.js';
+import { runXks } from '../helpers/built-cli.js';
+import { useProxyOnToken } from '../helpers/proxy-on-token.js';
 import { makeForeignAesKey } from '../helpers/test-token.js';
-import { decryptFields, xksClient } from '../helpers/xks-client.js';
+import { decryptFields } from '../helpers/xks-client.js';
 import { describeViaCli, tokenObjects, versionOf } from '../helpers/key-versions.js';
 import { pollUntil } from '../helpers/poll.js';
 
 const DAY_MS = 86_400_000;
-let t: TestProxy;
-let xks: ReturnType<typeof xksClient>;
-
-beforeAll(async () => {
-  ensureBuilt();
-  t = await startProxyOnToken();
-  xks = xksClient(t.httpUrl);
-}, 120_000);
-afterAll(async () => t?.stop());
+const t = useProxyOnToken({ cli: true });
+const { xks } = t;
 
 async function expectKeyError(p: Promise<unknown>, ...codes: KeyErrorName[]): Promise<KeyError> {
   const err = await p.then(
