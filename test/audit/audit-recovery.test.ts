@@ -3,61 +3,56 @@
 // before (SoftHSM numbers objects afresh), so the signer must find its key again; checkpoints go on being made, and
 // the built `xks audit verify` accepts the whole trail. A real server on our PKCS#11 emulator (faults from its control
 // file) over a SoftHSM token.
-import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBuilt, runXks } from '../helpers/built-cli.js';
+import { buildEmulator, emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND } from '../helpers/test-token.js';
 import { xksClient } from '../helpers/xks-client.js';
 
-const ROOT = new URL('../../', import.meta.url).pathname;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail across HSM recoveries', () => {
   let t: TestProxy;
-  let control: string;
+  let control: EmulatorControl;
   let auditDir: string;
-  const setControl = (text: string) => {
-    writeFileSync(`${control}.new`, text);
-    renameSync(`${control}.new`, control);
-  };
+  const setControl = (text: string) => control.set(text);
   const trailFile = () => join(auditDir, readdirSync(auditDir).find((f) => f.endsWith('-main.jsonl'))!);
   const trailLines = () => readFileSync(trailFile(), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { seq: number; type: string });
 
   beforeAll(async () => {
     ensureBuilt();
-    execFileSync('bash', [join(ROOT, 'scripts/build-emulator.sh')], { stdio: 'pipe' });
+    buildEmulator();
     const token = createTestToken('audit-recovery');
-    control = join(token.dir, 'emulator-control');
-    writeFileSync(control, '');
+    control = emulatorControl(token);
     auditDir = join(token.dir, 'audit');
     t = await startProxyOnToken({
       token,
       cleanupToken: false,
       config: {
-        hsm: { module: join(ROOT, 'test/emulator/build/libxks-emulator.so'), libraryParameters: `vendor=none control=${control}` },
+        hsm: control.hsm(),
         audit: { dir: auditDir, checkpointEvery: 4, checkpointSeconds: 1 },
       },
       keys: { foo: { encrypt: true, decrypt: true } },
     });
   }, 120_000);
   afterAll(async () => {
-    setControl('');
+    await setControl('');
     await t?.stop();
     t?.token.cleanup();
   });
 
   /** Requests after the fault, then a checkpoint must follow them within a few checkpoint intervals. */
-  async function expectSealedAfter(what: string, fault: () => void) {
+  async function expectSealedAfter(what: string, fault: () => unknown) {
     const xks = xksClient(t.httpUrl);
     expect((await xks.encrypt('foo', Buffer.from('before'))).status).toBe(200);
     const generation = t.proxy.hsm.generation;
-    fault();
+    await fault();
     for (let i = 0; i < 10; i++) expect((await xks.encrypt('foo', Buffer.from(`after ${what} ${i}`))).status).toBe(200);
-    setControl('');
+    await setControl('');
     const lastEvent = Math.max(...trailLines().filter((l) => l.type === 'event').map((l) => l.seq));
     for (let i = 0; i < 50 && !trailLines().some((l) => l.type === 'checkpoint' && l.seq > lastEvent); i++) await sleep(100);
     expect(t.proxy.hsm.generation, `${what}: a recovery happened`).toBeGreaterThan(generation);

@@ -2,7 +2,6 @@
 // in this process, then the built CLI (table, --json, exit codes) and `xks serve`'s start-up summary in child processes.
 // Expectations that differ between tokens are the facts the check exists to find (SoftHSM: RFC 5649 under 0x210A, a
 // second object for a second CKA_ID; NSS: 0x210B, one object overwritten). hsm-check-nss.test.ts runs NSS always.
-import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,6 +9,7 @@ import { checkHsm, type CheckReport, type CheckRow } from '../../src/hsm/check.j
 import { findSlot, loadModule, P } from '../../src/hsm/module.js';
 import { loadProfile } from '../../src/hsm/profile.js';
 import { ensureBuilt, runXks } from '../helpers/built-cli.js';
+import { buildEmulator, EMULATOR } from '../helpers/emulator.js';
 import { spawnServe } from '../helpers/serve-process.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND, tokenSecrets, type TestToken } from '../helpers/test-token.js';
@@ -134,9 +134,8 @@ describe('xks hsm check', () => {
   // openCryptoki's soft token has no CKM_AES_GCM: here the same token seen through our emulator with the mechanism
   // hidden (not listed, C_EncryptInit refused), which forwards to SoftHSM.
   it.runIf(TOKEN_KIND === 'softhsm')('on a token without CKM_AES_GCM: exit 1, says so, and goes on with the other probes', async () => {
-    execFileSync('bash', [new URL('../../scripts/build-emulator.sh', import.meta.url).pathname], { stdio: 'pipe' });
-    const emulator = new URL('../emulator/build/libxks-emulator.so', import.meta.url).pathname;
-    const file = writeTestConfig(token, { hsm: { module: emulator, libraryParameters: `vendor=none hide=${P.CKM_AES_GCM}` } }, 'no-gcm.yaml');
+    buildEmulator();
+    const file = writeTestConfig(token, { hsm: { module: EMULATOR, libraryParameters: `vendor=none hide=${P.CKM_AES_GCM}` } }, 'no-gcm.yaml');
     const r = await runXks(['hsm', 'check', '--json'], { token, configFile: file });
     expect(r.code).toBe(1);
     expect(r.stderr.trim()).toBe('xks: the token cannot serve: it does not offer CKM_AES_GCM');

@@ -6,10 +6,9 @@
 // that did not happen, and a stalled import holding the same token is waited for, not stepped over. The CLI runs
 // through our PKCS#11 emulator (test/emulator), whose control file holds every C_GenerateKey for a while, so the
 // process can be killed with SIGKILL once its candidate is in the token and before its commit marker.
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { renameSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImportService } from '../../src/import/import-service.js';
@@ -20,12 +19,13 @@ import { assemble, uncommitted } from '../../src/keys/catalogue.js';
 import { importTokenTag, leaseId } from '../../src/keys/claims.js';
 import { KeyError } from '../../src/keys/errors.js';
 import { materialId, newNonce } from '../../src/keys/key-objects.js';
-import { ensureBuilt, ROOT, runXks, startXks } from '../helpers/built-cli.js';
+import { ensureBuilt, runXks, startXks } from '../helpers/built-cli.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
 import { expectProxyUses, wrapMaterial } from '../helpers/byok-customer.js';
+import { buildEmulator, emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
 import { describeViaCli, expectCleanVersions, tokenObjects, versionOf } from '../helpers/key-versions.js';
 import { pollUntil } from '../helpers/poll.js';
 
@@ -35,28 +35,20 @@ const leases = async (t: TestProxy, id: string) =>
 // The emulator forwards to SoftHSM: this runs in the SoftHSM pass.
 describe.skipIf(TOKEN_KIND !== 'softhsm')('a writer killed between its candidate and its commit', () => {
   let t: TestProxy;
-  let control: string;
+  let control: EmulatorControl;
   let emulated: string;
-  const setControl = (text: string) => {
-    writeFileSync(`${control}.new`, text);
-    renameSync(`${control}.new`, control);
-  };
+  const setControl = (text: string) => control.set(text);
 
   beforeAll(async () => {
     ensureBuilt();
-    execFileSync('bash', [join(ROOT, 'scripts/build-emulator.sh')], { stdio: 'pipe' });
+    buildEmulator();
     const token = createTestToken('killed');
-    control = join(token.dir, 'emulator-control');
-    writeFileSync(control, '');
+    control = emulatorControl(token);
     t = await startProxyOnToken({ token });
-    emulated = writeTestConfig(
-      token,
-      { hsm: { module: join(ROOT, 'test/emulator/build/libxks-emulator.so'), libraryParameters: `vendor=none control=${control}` } },
-      'emulated.yaml',
-    );
+    emulated = writeTestConfig(token, { hsm: control.hsm() }, 'emulated.yaml');
   }, 120_000);
   afterAll(async () => {
-    setControl('');
+    await setControl('');
     await t?.stop();
   });
 
@@ -65,7 +57,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a writer killed between its candidate
    * a candidate for `version` in the token (read by this process, straight from SoftHSM).
    */
   async function killAtCandidate(id: string, version: number, args: string[]): Promise<void> {
-    setControl('hang C_GenerateKey 5000\n');
+    await setControl('hang C_GenerateKey 5000\n');
     const { child, output, exited } = startXks(args, { token: t.token, configFile: emulated });
     try {
       await pollUntil(`a candidate for version ${version} (${output()})`, 40_000, async () => {
@@ -75,7 +67,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a writer killed between its candidate
     } finally {
       child.kill('SIGKILL');
       await exited;
-      setControl('');
+      await setControl('');
     }
     // Killed between its candidate and its commit marker.
     const objs = await tokenObjects(t.proxy.hsm, id);
