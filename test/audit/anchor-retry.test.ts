@@ -2,29 +2,25 @@
 // arrive: with audit.onFailure refuse, a proxy whose anchor failed once would otherwise refuse key operations until
 // traffic happened to make another checkpoint. A real server on our PKCS#11 emulator, whose control file makes the
 // anchor's C_GenerateKey fail once.
-import { execFileSync } from 'node:child_process';
-import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuditAnchors } from '../../src/audit/audit-anchor.js';
 import { trailId } from '../../src/audit/audit-record.js';
 import { trailFileName } from '../../src/audit/audit-trail.js';
+import { buildEmulator, emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND } from '../helpers/test-token.js';
 import { xksClient } from '../helpers/xks-client.js';
 
-const ROOT = new URL('../../', import.meta.url).pathname;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe.skipIf(TOKEN_KIND !== 'softhsm')('a failed HSM anchor', () => {
   let t: TestProxy;
-  let control: string;
+  let control: EmulatorControl;
   let file: string;
-  const setControl = (text: string) => {
-    writeFileSync(`${control}.new`, text);
-    renameSync(`${control}.new`, control);
-  };
+  const setControl = (text: string) => control.set(text);
   const lastCheckpointSeq = () =>
     Math.max(
       ...readFileSync(file, 'utf8')
@@ -42,16 +38,15 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a failed HSM anchor', () => {
   }
 
   beforeAll(async () => {
-    execFileSync('bash', [join(ROOT, 'scripts/build-emulator.sh')], { stdio: 'pipe' });
+    buildEmulator();
     const token = createTestToken('audit-anchor-retry');
-    control = join(token.dir, 'emulator-control');
-    writeFileSync(control, '');
+    control = emulatorControl(token);
     const dir = join(token.dir, 'audit');
     file = join(dir, trailFileName('main'));
     t = await startProxyOnToken({
       token,
       config: {
-        hsm: { module: join(ROOT, 'test/emulator/build/libxks-emulator.so'), libraryParameters: `vendor=none control=${control}` },
+        hsm: control.hsm(),
         // No checkpoint by time during the test: only the retry can mend the anchor.
         audit: { dir, checkpointEvery: 2, checkpointSeconds: 600, onFailure: 'refuse' },
       },
@@ -59,7 +54,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a failed HSM anchor', () => {
     });
   }, 60_000);
   afterAll(async () => {
-    setControl('');
+    await setControl('');
     await t?.stop();
   });
 
@@ -70,8 +65,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a failed HSM anchor', () => {
     await waitFor('the first anchor', async () => (await anchoredSeq()) === lastCheckpointSeq());
     const before = lastCheckpointSeq();
 
-    setControl('fail C_GenerateKey CKR_DEVICE_MEMORY 1\n');
-    await sleep(10); // the emulator reads its control file at most every 2 ms
+    await setControl('fail C_GenerateKey CKR_DEVICE_MEMORY 1\n');
     for (let i = 0; i < 2; i++) expect((await xks.encrypt('foo', Buffer.from('anchor fails'))).status).toBe(200);
     await t.proxy.audit!.checkpoint();
     await waitFor('the failed anchor', () => /^anchor: /.test(t.proxy.audit!.status.failing ?? ''));

@@ -3,37 +3,33 @@
 // what happens then (serve: answer as usual, DEGRADED; refuse: key operations get a named 503, UNAVAILABLE) until it is
 // sealed again. Every refused request, XKS or admin, is on the trail with the access key id tried and the client's
 // address. Real servers on our PKCS#11 emulator, whose control file makes C_Sign (the checkpoint MAC) fail.
-import { execFileSync } from 'node:child_process';
-import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { trailFileName } from '../../src/audit/audit-trail.js';
 import { ADMIN_ACCESS_KEY_ID, adminClient, adminConfig } from '../helpers/admin-client.js';
-import { ensureBuilt } from '../helpers/built-cli.js';
-import { freePort, runXks, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
+import { buildEmulator, emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
+import { freePort, spawnServe, type ServeProcess } from '../helpers/serve-process.js';
 import { httpGet, parseMetrics } from '../helpers/ops-metrics.js';
 import { SECOND_ACCESS_KEY_ID, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
 import { xksClient } from '../helpers/xks-client.js';
 
-const ROOT = new URL('../../', import.meta.url).pathname;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const count = (text: string, s: string) => text.split(s).length - 1;
 
 describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail that cannot be sealed', () => {
   let token: TestToken;
-  let control: string;
-  const setControl = (text: string) => {
-    writeFileSync(`${control}.new`, text);
-    renameSync(`${control}.new`, control);
-  };
+  let control: EmulatorControl;
+  const setControl = (text: string) => control.set(text);
   const start = (dir: string, onFailure: 'serve' | 'refuse' | undefined, keys?: Record<string, { encrypt: boolean; decrypt: boolean }>) =>
     startProxyOnToken({
       token,
       cleanupToken: false,
       config: {
-        hsm: { module: join(ROOT, 'test/emulator/build/libxks-emulator.so'), libraryParameters: `vendor=none control=${control}` },
+        hsm: control.hsm(),
         listeners: { http: { host: '127.0.0.1', port: 0 }, ops: { host: '127.0.0.1', port: 0 } },
         audit: { dir: join(token.dir, dir), checkpointEvery: 2, checkpointSeconds: 1, ...(onFailure ? { onFailure } : {}) },
         admin: adminConfig(),
@@ -58,13 +54,12 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail that cannot be sealed
   }
 
   beforeAll(() => {
-    execFileSync('bash', [join(ROOT, 'scripts/build-emulator.sh')], { stdio: 'pipe' });
+    buildEmulator();
     token = createTestToken('audit-health');
-    control = join(token.dir, 'emulator-control');
-    writeFileSync(control, '');
+    control = emulatorControl(token);
   }, 120_000);
-  afterAll(() => {
-    if (control) setControl('');
+  afterAll(async () => {
+    if (control) await setControl('');
     token?.cleanup();
   });
 
@@ -74,7 +69,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail that cannot be sealed
       t = await start('audit-serve', undefined, { foo: { encrypt: true, decrypt: true } });
     }, 60_000);
     afterAll(async () => {
-      setControl('');
+      await setControl('');
       await t?.stop();
     });
 
@@ -91,7 +86,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail that cannot be sealed
 
     it('says DEGRADED (GetHealthStatus and /health) while checkpoints fail, keeps serving, and is ACTIVE once sealed again', async () => {
       const xks = xksClient(t.httpUrl);
-      setControl('fail C_Sign CKR_DEVICE_ERROR\n');
+      await setControl('fail C_Sign CKR_DEVICE_ERROR\n');
       for (let i = 0; i < 3; i++) expect((await xks.encrypt('foo', Buffer.from('while unsealed'))).status).toBe(200);
       await waitFor('a failed checkpoint', async () => ((await metric(t, 'xks_audit_checkpoint_failures_total', { stage: 'checkpoint' })) ?? 0) > 0);
       expect(await ekmHealth(t)).toBe('DEGRADED');
@@ -104,7 +99,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail that cannot be sealed
       expect((await xks.encrypt('foo', Buffer.from('served anyway'))).status).toBe(200);
 
       const checkpoints = (await metric(t, 'xks_audit_checkpoints_total'))!;
-      setControl('');
+      await setControl('');
       await waitFor('sealed again', async () => (await ekmHealth(t)) === 'ACTIVE');
       expect(await metric(t, 'xks_audit_sealing')).toBe(1);
       expect(await metric(t, 'xks_audit_checkpoints_total')).toBeGreaterThan(checkpoints);
@@ -150,11 +145,11 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail that cannot be sealed
   describe('audit.onFailure: refuse', () => {
     let t: TestProxy;
     beforeAll(async () => {
-      setControl('');
+      await setControl('');
       t = await start('audit-refuse', 'refuse');
     }, 60_000);
     afterAll(async () => {
-      setControl('');
+      await setControl('');
       await t?.stop();
     });
 
@@ -162,7 +157,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail that cannot be sealed
       const xks = xksClient(t.httpUrl);
       const admin = adminClient(adminUrl(t));
       expect((await xks.encrypt('foo', Buffer.from('before'))).status).toBe(200);
-      setControl('fail C_Sign CKR_DEVICE_ERROR\n');
+      await setControl('fail C_Sign CKR_DEVICE_ERROR\n');
       for (let i = 0; i < 2; i++) await xks.encrypt('foo', Buffer.from('x'));
       await waitFor('a failed checkpoint', async () => t.proxy.audit!.status.failing !== undefined);
       const refused = await xks.encrypt('foo', Buffer.from('refused'));
@@ -180,7 +175,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail that cannot be sealed
       expect(a.json.__type).toBe('DependencyTimeoutException');
       expect((await admin.describe('foo')).json.__type).toBe('DependencyTimeoutException');
 
-      setControl('');
+      await setControl('');
       await waitFor('serving again', async () => (await xks.encrypt('foo', Buffer.from('after'))).status === 200);
       expect(await ekmHealth(t)).toBe('ACTIVE');
       expect((await admin.describe('foo')).json.KeyMetadata.KeyState).toBe('Enabled'); // the DisableKey never happened
@@ -198,7 +193,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail that cannot be sealed
     let ops: string;
     let xksUrl: string;
     beforeAll(async () => {
-      setControl('');
+      await setControl('');
       ensureBuilt();
       const [port, opsPort] = [await freePort(), await freePort()];
       xksUrl = `http://127.0.0.1:${port}`;
@@ -206,25 +201,25 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail that cannot be sealed
       const file = writeTestConfig(
         token,
         {
-          hsm: { module: join(ROOT, 'test/emulator/build/libxks-emulator.so'), libraryParameters: `vendor=none control=${control}` },
+          hsm: control.hsm(),
           listeners: { http: { host: '127.0.0.1', port }, ops: { host: '127.0.0.1', port: opsPort } },
           audit: { dir: join(token.dir, 'audit-workers'), checkpointEvery: 2, checkpointSeconds: 1 },
         },
         'workers.yaml',
       );
-      expect((await runXks(token, file, ['keys', 'create', 'bar'])).code).toBe(0);
+      expect((await runXks(['keys', 'create', 'bar'], { token, configFile: file })).code).toBe(0);
       serve = spawnServe(token, file, ['--workers', '2']);
       await serve.waitFor((out) => count(out, '"xks proxy listening"') >= 2, 40_000, 'two workers listening');
       await waitFor('ACTIVE', async () => (await httpGet(`${ops}/health`)).status === 200);
     }, 60_000);
     afterAll(async () => {
-      setControl('');
+      await setControl('');
       serve?.child.kill('SIGTERM');
       await serve?.exited;
     });
 
     it('answers /health 200 DEGRADED from the primary while a worker cannot seal its trail', async () => {
-      setControl('fail C_Sign CKR_DEVICE_ERROR\n');
+      await setControl('fail C_Sign CKR_DEVICE_ERROR\n');
       const xks = xksClient(xksUrl);
       let h = await httpGet(`${ops}/health`);
       for (const end = Date.now() + 15_000; JSON.parse(h.text).status !== 'DEGRADED' && Date.now() < end; h = await httpGet(`${ops}/health`)) {

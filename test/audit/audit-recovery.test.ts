@@ -3,12 +3,11 @@
 // before (SoftHSM numbers objects afresh), so the signer must find its key again; checkpoints go on being made, and
 // the built `xks audit verify` accepts the whole trail. A real server on our PKCS#11 emulator (faults from its control
 // file) over a SoftHSM token.
-import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureBuilt } from '../helpers/built-cli.js';
-import { runXks } from '../helpers/ops-process.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
+import { buildEmulator, emulatorControl, EMULATOR, type EmulatorControl } from '../helpers/emulator.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND } from '../helpers/test-token.js';
@@ -16,35 +15,29 @@ import { ANCHOR_LABEL, parseAnchorObjectId } from '../../src/audit/audit-anchor.
 import { tokenLibrary, type TokenLibrary } from '../helpers/token-library.js';
 import { xksClient } from '../helpers/xks-client.js';
 
-const ROOT = new URL('../../', import.meta.url).pathname;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail across HSM recoveries', () => {
-  const EMULATOR = join(ROOT, 'test/emulator/build/libxks-emulator.so');
   let t: TestProxy;
   /** The library the proxy loaded (the emulator), loaded by this test: a C_Logout or C_Finalize through it is the proxy's too. */
   let lib: TokenLibrary;
-  let control: string;
+  let control: EmulatorControl;
   let auditDir: string;
-  const setControl = (text: string) => {
-    writeFileSync(`${control}.new`, text);
-    renameSync(`${control}.new`, control);
-  };
+  const setControl = (text: string) => control.set(text);
   const trailFile = () => join(auditDir, readdirSync(auditDir).find((f) => f.endsWith('-main.jsonl'))!);
   const trailLines = () => readFileSync(trailFile(), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { seq: number; type: string });
 
   beforeAll(async () => {
     ensureBuilt();
-    execFileSync('bash', [join(ROOT, 'scripts/build-emulator.sh')], { stdio: 'pipe' });
+    buildEmulator();
     const token = createTestToken('audit-recovery');
-    control = join(token.dir, 'emulator-control');
-    writeFileSync(control, '');
+    control = emulatorControl(token);
     auditDir = join(token.dir, 'audit');
     t = await startProxyOnToken({
       token,
       cleanupToken: false,
       config: {
-        hsm: { module: EMULATOR, libraryParameters: `vendor=none control=${control}` },
+        hsm: control.hsm(),
         audit: { dir: auditDir, checkpointEvery: 4, checkpointSeconds: 1 },
       },
       keys: { foo: { encrypt: true, decrypt: true } },
@@ -52,7 +45,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail across HSM recoveries
     lib = tokenLibrary(token, EMULATOR);
   }, 120_000);
   afterAll(async () => {
-    setControl('');
+    await setControl('');
     await t?.stop();
     t?.token.cleanup();
   });
@@ -77,18 +70,18 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail across HSM recoveries
   }
 
   /** Requests after the fault, then a checkpoint must follow them within a few checkpoint intervals. */
-  async function expectSealedAfter(what: string, fault: () => void, opts: { settleFirst?: boolean } = {}) {
+  async function expectSealedAfter(what: string, fault: () => unknown, opts: { settleFirst?: boolean } = {}) {
     const xks = xksClient(t.httpUrl);
     expect((await xks.encrypt('foo', Buffer.from('before'))).status).toBe(200);
     const generation = t.proxy.hsm.generation;
     if (opts.settleFirst) await settled();
-    fault();
+    await fault();
     for (let i = 0; i < 10; i++) expect((await xks.encrypt('foo', Buffer.from(`after ${what} ${i}`))).status).toBe(200);
     const lastEvent = Math.max(...trailLines().filter((l) => l.type === 'event').map((l) => l.seq));
     // Emulator faults stay armed until then: one that no checkpoint met during the requests meets the next one's MAC
     // (cleared before, it could go unused, and no recovery happen).
     for (let i = 0; i < 50 && !trailLines().some((l) => l.type === 'checkpoint' && l.seq > lastEvent); i++) await sleep(100);
-    setControl('');
+    await setControl('');
     expect(t.proxy.hsm.generation, `${what}: a recovery happened`).toBeGreaterThan(generation);
     expect(trailLines().some((l) => l.type === 'checkpoint' && l.seq > lastEvent), `${what}: sealed after the recovery`).toBe(true);
   }
@@ -111,7 +104,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('the audit trail across HSM recoveries
     await t.proxy.audit!.close();
     const failures = t.logs.filter((l) => l.includes('audit trail write failed'));
     expect(failures.length, failures.slice(0, 3).join('\n')).toBeLessThan(10);
-    const r = await runXks(t.token, t.configFile, ['audit', 'verify', ...readdirSync(auditDir).filter((f) => f.endsWith('.jsonl')).map((f) => join(auditDir, f))]);
+    const r = await runXks(['audit', 'verify', ...readdirSync(auditDir).filter((f) => f.endsWith('.jsonl')).map((f) => join(auditDir, f))], { token: t.token, configFile: t.configFile });
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(r.stdout).toMatch(/^OK /m);
   });

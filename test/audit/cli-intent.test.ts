@@ -2,13 +2,12 @@
 // killed after its HSM change leaves a visible "started, no outcome"; a lock left by a killed command is taken over at
 // once; and a command whose intent cannot be sealed changes nothing. The built CLI, killed with SIGKILL at a known
 // point: a PKCS#11 call our emulator module (test/emulator) holds for a few seconds, over a SoftHSM token.
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { trailFileName } from '../../src/audit/audit-trail.js';
-import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
-import { runXks } from '../helpers/ops-process.js';
+import { ensureBuilt, runXks, startXks } from '../helpers/built-cli.js';
+import { buildEmulator, emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
 
@@ -17,14 +16,11 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 describe.skipIf(TOKEN_KIND !== 'softhsm')('key-changing CLI commands and the audit trail', () => {
   let token: TestToken;
   let configFile: string;
-  let control: string;
+  let control: EmulatorControl;
   let auditDir: string;
   let cliTrail: string;
-  const setControl = (text: string) => {
-    writeFileSync(`${control}.new`, text);
-    renameSync(`${control}.new`, control);
-  };
-  const xks = (args: string[]) => runXks(token, configFile, args);
+  const setControl = (text: string) => control.set(text);
+  const xks = (args: string[]) => runXks(args, { token, configFile });
   const events = () =>
     existsSync(cliTrail)
       ? readFileSync(cliTrail, 'utf8')
@@ -41,11 +37,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('key-changing CLI commands and the aud
       : [];
   const trailFiles = () => readdirSync(auditDir).filter((f) => f.endsWith('.jsonl')).map((f) => join(auditDir, f));
   /** `xks <args>` in the background, to be killed. */
-  const start = (args: string[]) => {
-    const child = spawn('node', [MAIN, ...args], { cwd: ROOT, env: { ...process.env, ...token.env, XKS_CONFIG: configFile }, stdio: 'ignore' });
-    const exited = new Promise<void>((r) => child.once('exit', () => r()));
-    return { child, exited };
-  };
+  const start = (args: string[]) => startXks(args, { token, configFile });
   async function waitUntil(what: string, pred: () => boolean, ms = 20_000) {
     for (const end = Date.now() + ms; !pred(); ) {
       if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
@@ -55,19 +47,18 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('key-changing CLI commands and the aud
 
   beforeAll(() => {
     ensureBuilt();
-    execFileSync('bash', [join(ROOT, 'scripts/build-emulator.sh')], { stdio: 'pipe' });
+    buildEmulator();
     token = createTestToken('audit-cli-intent');
-    control = join(token.dir, 'emulator-control');
-    writeFileSync(control, '');
+    control = emulatorControl(token);
     auditDir = join(token.dir, 'audit');
     configFile = writeTestConfig(token, {
-      hsm: { module: join(ROOT, 'test/emulator/build/libxks-emulator.so'), libraryParameters: `vendor=none control=${control}` },
+      hsm: control.hsm(),
       audit: { dir: auditDir },
     });
     cliTrail = join(auditDir, trailFileName('cli'));
   }, 120_000);
-  afterAll(() => {
-    if (control) setControl('');
+  afterAll(async () => {
+    if (control) await setControl('');
     token?.cleanup();
   });
 
@@ -83,7 +74,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('key-changing CLI commands and the aud
 
     // Every C_GenerateKey takes 3 s: the intent's HSM anchor (the intent is written and sealed before it), then the
     // key the command makes, during which it is killed.
-    setControl('hang C_GenerateKey 3000\n');
+    await setControl('hang C_GenerateKey 3000\n');
     const run = start(['keys', 'create', 'killed-key']);
     const lock = `${cliTrail}.lock`;
     await waitUntil('the intent line', () => events().some((e) => e.keyId === 'killed-key' && e.outcome === 'started'));
@@ -97,7 +88,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('key-changing CLI commands and the aud
     await sleep(1_000);
     run.child.kill('SIGKILL');
     await run.exited;
-    setControl('');
+    await setControl('');
     expect(events().filter((e) => e.keyId === 'killed-key').map((e) => e.outcome)).toEqual(['started']);
 
     const r = await xks(['audit', 'verify', ...trailFiles()]);
@@ -106,14 +97,14 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('key-changing CLI commands and the aud
   });
 
   it('takes over at once a lock left by a killed command', async () => {
-    setControl('hang C_Sign 8000\n');
+    await setControl('hang C_Sign 8000\n');
     const run = start(['keys', 'create', 'lock-holder']);
     const lock = `${cliTrail}.lock`;
     await waitUntil('the lock', () => existsSync(lock));
     await sleep(300);
     run.child.kill('SIGKILL');
     await run.exited;
-    setControl('');
+    await setControl('');
     expect(existsSync(lock)).toBe(true); // left behind
 
     const t0 = Date.now();
@@ -125,15 +116,15 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('key-changing CLI commands and the aud
   });
 
   it('makes no change when its intent cannot be sealed: a named error, exit 3', async () => {
-    setControl('fail C_Sign CKR_DEVICE_ERROR\n');
+    await setControl('fail C_Sign CKR_DEVICE_ERROR\n');
     const r = await xks(['keys', 'create', 'refused-key']);
-    setControl('');
+    await setControl('');
     expect(r.code, r.stdout + r.stderr).toBe(3);
     expect(r.stderr).toMatch(/AuditTrailUnavailable: the audit trail cannot be written \(.+\); the command did not run, nothing was changed/);
     // The HSM check is a diagnostic: it runs on an HSM that cannot seal anything, and is audited after it ran.
-    setControl('fail C_Sign CKR_DEVICE_ERROR\n');
+    await setControl('fail C_Sign CKR_DEVICE_ERROR\n');
     const check = await xks(['hsm', 'check']);
-    setControl('');
+    await setControl('');
     expect(check.stdout.length, check.stderr).toBeGreaterThan(0);
     expect(check.stderr).not.toMatch(/the command did not run/);
     const d = await xks(['keys', 'describe', 'refused-key']);

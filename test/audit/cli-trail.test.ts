@@ -8,8 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { lineHash } from '../../src/audit/audit-record.js';
 import { trailFileName } from '../../src/audit/audit-trail.js';
-import { ensureBuilt } from '../helpers/built-cli.js';
-import { runXks } from '../helpers/ops-process.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/test-token.js';
 
@@ -18,7 +17,7 @@ let configFile: string;
 let auditDir: string;
 let cliTrail: string;
 
-const xks = (args: string[], config = configFile) => runXks(token, config, args);
+const xks = (args: string[], config = configFile) => runXks(args, { token, configFile: config });
 const readLines = (file: string) => readFileSync(file, 'utf8').split('\n').filter(Boolean);
 const trailFiles = (dir = auditDir) => readdirSync(dir).filter((f) => f.endsWith('.jsonl')).map((f) => join(dir, f));
 const joined = (lines: string[]) => lines.map((l) => l + '\n').join('');

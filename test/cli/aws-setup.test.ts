@@ -8,12 +8,11 @@ import { chmodSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SECRET } from '../helpers/proxy.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
-import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { ensureBuilt, ROOT, runXks } from '../helpers/built-cli.js';
 import { createTestToken, tokenSecrets, type TestToken } from '../helpers/test-token.js';
 
 // A secret with every character KMS allows beyond letters and digits ('+', '/', '='): the shell and the AWS CLI's
@@ -28,26 +27,12 @@ const ENDPOINT = 'https://xks.example.com';
 const STORE_ID = 'cks-1234567890abcdef0';
 const BOUND_ARN = 'arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab';
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
 let token: TestToken;
 let keysConfig: string;
 let configFile: string;
 let work: string;
 
-async function xks(args: string[], config = configFile): Promise<Run> {
-  try {
-    const r = await promisify(execFile)('node', [MAIN, ...args], { cwd: ROOT, env: { ...process.env, ...token.env, XKS_CONFIG: config }, timeout: 30_000 });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const err = e as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof err.code === 'number' ? err.code : -1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
-  }
-}
+const xks = (args: string[], config = configFile) => runXks(args, { token, configFile: config });
 
 async function setup(args: string[]): Promise<string> {
   const r = await xks(['aws', 'setup', ...args]);

@@ -1,47 +1,27 @@
 // `xks call health|metadata|encrypt|decrypt` (the built CLI) against a real proxy on a real token, over HTTP and HTTPS:
 // signed with a credential of the config (its signer is checked against AWS's in sigv4-sign.test.ts; here the proxy's
 // verifier accepts it), reading that credential's secret only (no PIN, no other secret), printing the proxy's answer.
-import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { parse, stringify } from 'yaml';
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { ensureBuilt, runXks, type CliRun } from '../helpers/built-cli.js';
 import { createTestPki, type TestPki } from '../helpers/pki.js';
 import { SECOND_ACCESS_KEY_ID, SECOND_SECRET, SECRET, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { tokenSecrets } from '../helpers/test-token.js';
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
 let t: TestProxy;
 let pki: TestPki;
 /** The config the CLI reads: the proxy's, with its real ports, a PIN nobody set and an admin secret nobody set. */
 let cliConfig: string;
 
-function xks(args: string[], env: Record<string, string | undefined> = {}, input?: string): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = execFile(
-      'node',
-      [MAIN, ...args],
-      { cwd: ROOT, env: { ...process.env, XKS_CONFIG: cliConfig, XKS_TEST_SECOND_SECRET: undefined, ...env }, timeout: 20_000 },
-      (e, stdout, stderr) => {
-        const err = e as (Error & { code?: number; killed?: boolean }) | null;
-        if (err?.killed) return reject(new Error(`xks ${args.join(' ')} timed out`));
-        resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr });
-      },
-    );
-    child.stdin!.end(input ?? '');
-  });
-}
+const xks = (args: string[], env: Record<string, string | undefined> = {}, input = '') =>
+  runXks(args, { configFile: cliConfig, env: { XKS_TEST_SECOND_SECRET: undefined, ...env }, input });
 
-function expectNoSecrets(r: Run): void {
+function expectNoSecrets(r: CliRun): void {
   for (const s of [...tokenSecrets(t.token), SECRET, SECOND_SECRET]) {
     expect(r.stdout).not.toContain(s);
     expect(r.stderr).not.toContain(s);

@@ -1,36 +1,21 @@
 // A host that only runs commands (a backup site, cron): its config has no listener and no key store, or it has them
 // without their secrets (the same file as the proxy's, with only the PIN provisioned). Every command that does not
 // serve works on it, reading the PIN only: key management with its audit trail, `xks audit verify`, reports.
-import { execFile } from 'node:child_process';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
 import { createTestToken, type TestToken } from '../helpers/test-token.js';
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
 let token: TestToken;
 let bare: string;
 let unprovisioned: string;
 let auditDir: string;
 
-async function xks(config: string, args: string[]): Promise<Run> {
+function xks(config: string, args: string[]) {
   // None of the secrets the configs name are in the environment: only the PIN file exists.
-  const env = { ...process.env, ...token.env, XKS_CONFIG: config, XKS_TEST_SIGV4_UNSET: undefined, XKS_TEST_ADMIN_UNSET: undefined };
-  try {
-    const r = await promisify(execFile)('node', [MAIN, ...args], { cwd: ROOT, env, timeout: 60_000 });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const err = e as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof err.code === 'number' ? err.code : -1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
-  }
+  return runXks(args, { token, configFile: config, env: { XKS_TEST_SIGV4_UNSET: undefined, XKS_TEST_ADMIN_UNSET: undefined } });
 }
 
 beforeAll(() => {

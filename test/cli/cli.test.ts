@@ -1,44 +1,23 @@
 // The `xks` command line (node dist/cli/main.js) on a real token: creating, listing and describing keys, the HSM
 // status, configuration errors; then a key made outside the proxy (pkcs11-tool) and keys made by the CLI, served over XKS.
-import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SECRET, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
-import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { ensureBuilt, runXks, type CliRun } from '../helpers/built-cli.js';
 import { createTestToken, makeForeignAesKey, tokenSecrets, type TestToken, evidence } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
 let token: TestToken;
 let configFile: string;
 
-async function xks(args: string[], env: Record<string, string | undefined> = {}): Promise<Run> {
-  try {
-    const r = await promisify(execFile)('node', [MAIN, ...args], {
-      cwd: ROOT,
-      env: { ...process.env, ...token.env, XKS_CONFIG: configFile, ...env },
-      timeout: 20_000,
-    });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const err = e as { code?: number; stdout?: string; stderr?: string; killed?: boolean };
-    if (err.killed) throw new Error(`xks ${args.join(' ')} timed out`);
-    return { code: typeof err.code === 'number' ? err.code : -1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
-  }
-}
+const xks = (args: string[], env: Record<string, string | undefined> = {}) => runXks(args, { token, configFile, env });
 
 /** Neither stream of a run may contain a PIN or a secret. */
-function expectNoSecrets(r: Run): void {
+function expectNoSecrets(r: CliRun): void {
   for (const s of [...tokenSecrets(token), SECRET]) {
     expect(r.stdout).not.toContain(s);
     expect(r.stderr).not.toContain(s);

@@ -1,41 +1,24 @@
 // `xks config check` (the built CLI) on real files: a good configuration, one with a problem of every kind (each named
 // on its own FAIL line, exit 1, no secret printed), a CLI-only host's, `--hsm` on a real token's keys; and `xks serve`
 // refusing at start-up what the check calls a problem.
-import { execFile } from 'node:child_process';
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { ensureBuilt, runXks, type CliRun } from '../helpers/built-cli.js';
 import { createTestPki, type TestPki } from '../helpers/pki.js';
 import { SECRET } from '../helpers/proxy.js';
 import { createTestToken, tokenSecrets, type TestToken } from '../helpers/test-token.js';
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
 let token: TestToken;
 let pki: TestPki;
 let dir: string;
 const ADMIN_SECRET = 'admin-secret/only+for+tests=0123456789abcdefXYZ';
 
-async function xks(args: string[], config: string, env: Record<string, string | undefined> = {}): Promise<Run> {
-  try {
-    const r = await promisify(execFile)('node', [MAIN, ...args], { cwd: ROOT, env: { ...process.env, ...token.env, XKS_CONFIG: config, ...env }, timeout: 30_000 });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const err = e as { code?: number; stdout?: string; stderr?: string; killed?: boolean };
-    if (err.killed) throw new Error(`xks ${args.join(' ')} timed out`);
-    return { code: typeof err.code === 'number' ? err.code : -1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
-  }
-}
+const xks = (args: string[], config: string, env: Record<string, string | undefined> = {}) => runXks(args, { token, configFile: config, env });
 
-function expectNoSecrets(r: Run): void {
+function expectNoSecrets(r: CliRun): void {
   for (const s of [...tokenSecrets(token), SECRET, ADMIN_SECRET]) {
     expect(r.stdout).not.toContain(s);
     expect(r.stderr).not.toContain(s);
@@ -60,7 +43,7 @@ function config(name: string, change: (c: any) => void = () => {}): string {
   return file;
 }
 
-const lines = (r: Run, mark: string) => r.stdout.split('\n').filter((l) => l.startsWith(mark));
+const lines = (r: CliRun, mark: string) => r.stdout.split('\n').filter((l) => l.startsWith(mark));
 
 beforeAll(() => {
   ensureBuilt();

@@ -4,47 +4,30 @@
 // encrypt | decrypt, a metrics scrape, a signed admin call, an audit verify, a config check). Then the user's settings:
 // an `audit:` change in local.yaml is reloaded with a warning that it waits for a restart, and survives the next run
 // of dev-config.sh.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadFile } from '../../src/config/load.js';
-import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
-import { freePort } from '../helpers/ops-process.js';
+import { ensureBuilt, MAIN, ROOT, runProcess, startXks, type CliProcess } from '../helpers/built-cli.js';
+import { freePort } from '../helpers/serve-process.js';
 import { TOKEN_KIND } from '../helpers/test-token.js';
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
 let dir: string;
 let ports: Record<string, string>;
 let env: NodeJS.ProcessEnv;
-let serve: ChildProcess;
-let out = '';
+let serve: CliProcess;
+const out = () => serve.output();
 
-async function sh(script: string, extraEnv: Record<string, string> = {}): Promise<Run> {
-  try {
-    const r = await promisify(execFile)('bash', ['-c', script], { cwd: tmpdir(), env: { ...env, ...extraEnv }, timeout: 60_000 });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const err = e as { code?: number; stdout?: string; stderr?: string; killed?: boolean };
-    if (err.killed) throw new Error(`timed out: ${script}`);
-    return { code: typeof err.code === 'number' ? err.code : -1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
-  }
-}
+const sh = (script: string, extraEnv: Record<string, string> = {}) => runProcess('bash', ['-c', script], { cwd: tmpdir(), env: { ...env, ...extraEnv } });
 
 const devConfig = () => sh(`bash ${ROOT}/scripts/dev-config.sh ${dir} ${TOKEN_KIND}`);
 
 async function waitFor(pred: () => boolean, what: string, ms = 30_000): Promise<void> {
   const until = Date.now() + ms;
   while (!pred()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}:\n${out.slice(-3000)}`);
-    if (serve.exitCode !== null) throw new Error(`xks serve exited while waiting for ${what}:\n${out.slice(-3000)}`);
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}:\n${out().slice(-3000)}`);
+    if (serve.child.exitCode !== null) throw new Error(`xks serve exited while waiting for ${what}:\n${out().slice(-3000)}`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -76,16 +59,14 @@ beforeAll(async () => {
     ].join(' && '),
   );
   expect(setUp.code, setUp.stderr).toBe(0);
-  serve = spawn('node', [MAIN, 'serve', '--workers', '1'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  serve.stdout!.on('data', (c) => (out += c));
-  serve.stderr!.on('data', (c) => (out += c));
-  await waitFor(() => out.includes('xks proxy listening') && out.includes('operations listener'), 'the demo to listen');
+  serve = startXks(['serve', '--workers', '1'], { env });
+  await waitFor(() => out().includes('xks proxy listening') && out().includes('operations listener'), 'the demo to listen');
 }, 120_000);
 
 afterAll(async () => {
-  if (serve && serve.exitCode === null) {
-    serve.kill('SIGTERM');
-    await new Promise((r) => serve.once('exit', r));
+  if (serve && serve.child.exitCode === null) {
+    serve.child.kill('SIGTERM');
+    await serve.exited;
   }
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
@@ -156,7 +137,7 @@ describe('every "Try" line of the demo, as printed', () => {
 
   it('xks audit verify: the trail of the calls above, sealed in the HSM', async () => {
     // The demo seals 5 s after a line: wait for the server's checkpoint.
-    await waitFor(() => out.includes('"msg":"audit checkpoint"'), 'an audit checkpoint', 20_000);
+    await waitFor(() => out().includes('"msg":"audit checkpoint"'), 'an audit checkpoint', 20_000);
     const r = await run('xks audit verify');
     expect([0, 2], r.stdout + r.stderr).toContain(r.code);
     expect(r.stdout).toMatch(/^OK .*audit-.*-w1\.jsonl: seq 1\.\.\d+, \d+ lines, [1-9]\d* checkpoints verified in the HSM/m);
@@ -173,10 +154,10 @@ describe('every "Try" line of the demo, as printed', () => {
 
 describe('local.yaml: the user settings the demo keeps', () => {
   it('an audit change is reloaded with a warning that it waits for a restart', async () => {
-    const mark = out.length;
+    const mark = out().length;
     appendFileSync(join(dir, 'local.yaml'), 'audit:\n  checkpointSeconds: 30\n');
-    await waitFor(() => out.slice(mark).includes('"msg":"configuration reloaded"'), 'the reload', 20_000);
-    const warning = out
+    await waitFor(() => out().slice(mark).includes('"msg":"configuration reloaded"'), 'the reload', 20_000);
+    const warning = out()
       .slice(mark)
       .split('\n')
       .filter((l) => l.includes('configuration change ignored until a restart'))

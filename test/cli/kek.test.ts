@@ -1,12 +1,10 @@
 // The backup ceremony with the built CLI, end to end, on two tokens A and B that one process can use together: a KEK made
 // on A moves to B (transport key, send, receive, checked by fingerprint and check value read "out of band" from the
 // other side's output), an exportable key with two versions is exported from A and restored into B.
-import { execFile } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { ensureBuilt, runXks, type CliRun } from '../helpers/built-cli.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestTokens, TOKEN_FACTS, tokenSecrets, type TestToken } from '../helpers/test-token.js';
 
@@ -14,41 +12,25 @@ import { createTestTokens, TOKEN_FACTS, tokenSecrets, type TestToken } from '../
 // C_Login(CKU_SO) answers CKR_USER_TYPE_INVALID once the database has a password (checked on NSS 3.87).
 const NO_SO = !TOKEN_FACTS.soLogin;
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
 let A: TestToken;
 let B: TestToken;
 const config: Record<'A' | 'B', string> = { A: '', B: '' };
 const file = (name: string) => join(A.dir, name);
 
-async function xks(side: 'A' | 'B', args: string[], env: Record<string, string | undefined> = {}): Promise<Run> {
+function xks(side: 'A' | 'B', args: string[], env: Record<string, string | undefined> = {}): Promise<CliRun> {
   const t = side === 'A' ? A : B;
-  try {
-    const r = await promisify(execFile)('node', [MAIN, ...args], {
-      cwd: ROOT,
-      env: { ...process.env, ...A.env, XKS_CONFIG: config[side], XKS_HSM_SO_PIN: t.soPin ?? '', XKS_PIN_A: A.userPin, XKS_PIN_B: B.userPin, ...env },
-      timeout: 30_000,
-    });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const err = e as { code?: number; stdout?: string; stderr?: string; killed?: boolean };
-    if (err.killed) throw new Error(`xks ${args.join(' ')} timed out`);
-    return { code: typeof err.code === 'number' ? err.code : -1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
-  }
+  // Both tokens share A's env (one SoftHSM directory or one set of NSS parameters).
+  return runXks(args, { token: A, configFile: config[side], env: { XKS_HSM_SO_PIN: t.soPin ?? '', XKS_PIN_A: A.userPin, XKS_PIN_B: B.userPin, ...env } });
 }
 
-function ok(r: Run): string {
+function ok(r: CliRun): string {
   expect(r.stderr, r.stderr).toBe('');
   expect(r.code).toBe(0);
   for (const pin of [...tokenSecrets(A), ...tokenSecrets(B)]) expect(r.stdout).not.toContain(pin);
   return r.stdout.trim();
 }
 
-function failed(r: Run, message: RegExp): void {
+function failed(r: CliRun, message: RegExp): void {
   expect(r.code, r.stdout).toBe(1);
   expect(r.stderr).toMatch(message);
   expect(r.stderr).not.toMatch(/\n\s+at /); // no stack trace

@@ -1,10 +1,8 @@
 // Commands say what they did: each lifecycle command prints the setting it changed and the dates that follow from it
 // (set-rotation on and off print different lines, schedule-deletion its deletion date), `keys list` shows rotation
 // and exportability, and `hsm status` names every mechanism. The built CLI on a real token.
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_FACTS, type TestToken } from '../helpers/test-token.js';
 
@@ -12,15 +10,7 @@ let token: TestToken;
 let configFile: string;
 const DAY_MS = 86_400_000;
 
-async function xks(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await promisify(execFile)('node', [MAIN, ...args], { cwd: ROOT, env: { ...process.env, ...token.env, XKS_CONFIG: configFile }, timeout: 30_000 });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const err = e as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof err.code === 'number' ? err.code : -1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
-  }
-}
+const xks = (args: string[]) => runXks(args, { token, configFile });
 
 /** "YYYY-MM-DD HH:MM UTC" of a time `days` from now (the minute may have turned: either is accepted). */
 function dayAhead(days: number): RegExp {

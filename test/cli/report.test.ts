@@ -1,28 +1,14 @@
 // `xks report` on a real token: generated, exportable and adopted (pkcs11-tool, not sensitive) keys; the evidence per
 // version, and the flag and exit code 2 for what breaks "key material never leaves the HSM in the clear".
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
-import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
 import { createTestToken, makeForeignAesKey, TOKEN_FACTS, type TestToken, evidence } from '../helpers/test-token.js';
 
 let token: TestToken;
 let configFile: string;
 
-async function xks(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await promisify(execFile)('node', [MAIN, ...args], {
-      cwd: ROOT,
-      env: { ...process.env, ...token.env, XKS_CONFIG: configFile },
-      timeout: 20_000,
-    });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const err = e as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof err.code === 'number' ? err.code : -1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
-  }
-}
+const xks = (args: string[]) => runXks(args, { token, configFile });
 
 beforeAll(() => {
   ensureBuilt();

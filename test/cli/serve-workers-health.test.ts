@@ -1,38 +1,28 @@
 // `xks serve --workers 2` when one worker's PKCS#11 library breaks and the other's does not: GetHealthStatus tells the
 // truth for the process whichever worker answers it (never ACTIVE while a worker fails), and the broken worker is
 // replaced. The fault comes from our emulator's control file, aimed at one worker's pid (test/emulator).
-import { spawn, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
-import { createServer } from 'node:net';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
 import { emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
+import { freePort, spawnServe, type ServeProcess } from '../helpers/serve-process.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
 import { xksClient } from '../helpers/xks-client.js';
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
 // The emulator forwards to SoftHSM: this runs in the SoftHSM pass.
 describe.skipIf(TOKEN_KIND !== 'softhsm')('one of two workers broken', () => {
   let token: TestToken;
-  let server: ChildProcess;
-  let out = '';
+  let server: ServeProcess;
+  const out = () => server.output();
   let url: string;
   let control: EmulatorControl;
   /** The pids of the workers listening now, from their "xks proxy listening" lines. */
   const listening = () =>
-    out
+    out()
       .split('\n')
       .filter((l) => l.includes('"xks proxy listening"'))
       .map((l) => (JSON.parse(l) as { pid: number }).pid);
@@ -50,17 +40,14 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('one of two workers broken', () => {
     const config = parse(readFileSync(file, 'utf8'));
     config.listeners.http.port = port;
     writeFileSync(file, stringify(config));
-    const created = spawn('node', [MAIN, 'keys', 'create', 'foo', '--config', file], { cwd: ROOT, env: { ...process.env, ...token.env } });
-    await new Promise((r) => created.once('exit', r));
-    server = spawn('node', [MAIN, 'serve', '--config', file, '--workers', '2'], { cwd: ROOT, env: { ...process.env, ...token.env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    server.stdout!.on('data', (c) => (out += c));
-    server.stderr!.on('data', (c) => (out += c));
+    await runXks(['keys', 'create', 'foo', '--config', file], { token });
+    server = spawnServe(token, file, ['--workers', '2']);
     for (let i = 0; i < 200 && listening().length < 2; i++) await sleep(100);
-    expect(listening(), out).toHaveLength(2);
+    expect(listening(), out()).toHaveLength(2);
   }, 60_000);
 
   afterAll(() => {
-    server?.kill('SIGKILL');
+    server?.child.kill('SIGKILL');
     token?.cleanup();
   });
 
@@ -84,7 +71,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('one of two workers broken', () => {
 
     // Replaced after replaceWorkerAfterSeconds (the other worker passes all along): a new worker, and ACTIVE again.
     for (let i = 0; i < 150 && !listening().some((p) => p !== broken && !listening().slice(0, 2).includes(p)); i++) await sleep(100);
-    expect(out).toContain('replacing it');
+    expect(out()).toContain('replacing it');
     expect(listening().length).toBeGreaterThanOrEqual(3);
     await sleep(2_500);
     const after = new Set<string>();

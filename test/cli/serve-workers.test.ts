@@ -1,30 +1,20 @@
 // `xks serve --workers 2`: two processes share the listener, each with its own PKCS#11 library; SIGTERM drains both.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
+import { freePort, spawnServe, type ServeProcess } from '../helpers/serve-process.js';
 import { SECOND_ACCESS_KEY_ID, SECOND_SECRET } from '../helpers/proxy.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/test-token.js';
 import { decryptFields, signedRequest, xksClient } from '../helpers/xks-client.js';
 
 let token: TestToken;
-let server: ChildProcess;
-let out = '';
+let server: ServeProcess;
+const out = () => server.output();
 let url: string;
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 beforeAll(async () => {
   ensureBuilt();
@@ -35,23 +25,16 @@ beforeAll(async () => {
   const config = parse(readFileSync(file, 'utf8'));
   config.listeners.http.port = port;
   writeFileSync(file, stringify(config));
-  server = spawn('node', [MAIN, 'serve', '--config', file, '--workers', '2'], {
-    cwd: ROOT,
-    env: { ...process.env, ...token.env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  server.stdout!.on('data', (c) => (out += c));
-  server.stderr!.on('data', (c) => (out += c));
+  server = spawnServe(token, file, ['--workers', '2']);
   // Both workers listening (they start one after the other).
-  for (let i = 0; i < 200 && (out.match(/xks proxy listening/g) ?? []).length < 2; i++) await new Promise((r) => setTimeout(r, 100));
-  expect((out.match(/xks proxy listening/g) ?? []).length, out).toBe(2);
+  for (let i = 0; i < 200 && (out().match(/xks proxy listening/g) ?? []).length < 2; i++) await new Promise((r) => setTimeout(r, 100));
+  expect((out().match(/xks proxy listening/g) ?? []).length, out()).toBe(2);
   // A key made while the workers run, by another process: both see it.
-  const created = spawn('node', [MAIN, 'keys', 'create', 'shared', '--config', file], { cwd: ROOT, env: { ...process.env, ...token.env } });
-  await new Promise((r) => created.once('exit', r));
+  await runXks(['keys', 'create', 'shared', '--config', file], { token });
 });
 
 afterAll(() => {
-  server?.kill('SIGKILL');
+  server?.child.kill('SIGKILL');
   token?.cleanup();
 });
 
@@ -68,12 +51,12 @@ it('serves concurrent round trips from both workers', async () => {
     }),
   );
   expect(results.every(Boolean)).toBe(true);
-  const workers = new Set([...out.matchAll(/"worker":(\d+)/g)].map((m) => m[1]));
+  const workers = new Set([...out().matchAll(/"worker":(\d+)/g)].map((m) => m[1]));
   expect(workers.size).toBe(2);
 });
 
 it('rotates credentials on SIGHUP without a restart, and refuses a broken config', async () => {
-  const file = (server.spawnargs[server.spawnargs.indexOf('--config') + 1])!;
+  const file = (server.child.spawnargs[server.child.spawnargs.indexOf('--config') + 1])!;
   const config = parse(readFileSync(file, 'utf8'));
   const xks = xksClient(url);
   expect((await xks.health()).status).toBe(200);
@@ -82,7 +65,7 @@ it('rotates credentials on SIGHUP without a restart, and refuses a broken config
   writeFileSync(join(dirname(file), 'secret3'), third.secret, { mode: 0o600 });
   config.prefixes[0].credentials = [config.prefixes[0].credentials[1], { accessKeyId: third.accessKeyId, secret: { file: 'secret3' } }];
   writeFileSync(file, stringify(config));
-  server.kill('SIGHUP');
+  server.child.kill('SIGHUP');
   const until = async (ok: () => Promise<boolean>) => {
     for (let i = 0; i < 50 && !(await ok()); i++) await new Promise((r) => setTimeout(r, 100));
   };
@@ -95,33 +78,26 @@ it('rotates credentials on SIGHUP without a restart, and refuses a broken config
   }
   // A broken config is refused and the running one stays.
   writeFileSync(file, 'prefixes: [nonsense');
-  server.kill('SIGHUP');
-  await until(async () => out.includes('configuration reload refused'));
-  expect(out).toContain('configuration reload refused');
+  server.child.kill('SIGHUP');
+  await until(async () => out().includes('configuration reload refused'));
+  expect(out()).toContain('configuration reload refused');
   expect((await xks.health({ accessKeyId: third.accessKeyId, secret: third.secret })).status).toBe(200);
-  expect(out).not.toContain(third.secret);
+  expect(out()).not.toContain(third.secret);
 });
 
 it('drains and exits cleanly on SIGTERM', async () => {
   const ping = await signedRequest(url, '/ping', '', { method: 'GET', unsigned: true });
   expect(ping.status).toBe(200);
-  const exited = new Promise<number | null>((resolve) => server.once('exit', (code) => resolve(code)));
-  server.kill('SIGTERM');
-  expect(await exited).toBe(0);
-  expect(out).not.toContain(token.userPin);
+  server.child.kill('SIGTERM');
+  expect((await server.exited).code).toBe(0);
+  expect(out()).not.toContain(token.userPin);
 });
 
 it('stops instead of retrying when workers cannot log in (a wrong PIN must not be tried again and again)', async () => {
   const file = writeTestConfig(token, { hsm: { pin: { env: 'XKS_TEST_WRONG_PIN' } } }, 'wrong-pin.yaml');
-  const child = spawn('node', [MAIN, 'serve', '--config', file, '--workers', '2'], {
-    cwd: ROOT,
-    env: { ...process.env, ...token.env, XKS_TEST_WRONG_PIN: 'not-the-pin' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let text = '';
-  child.stdout!.on('data', (c) => (text += c));
-  child.stderr!.on('data', (c) => (text += c));
-  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  const child = spawnServe(token, file, ['--workers', '2'], { XKS_TEST_WRONG_PIN: 'not-the-pin' });
+  const { code } = await child.exited;
+  const text = child.output();
   expect(code).toBe(1);
   expect(text).toContain('worker failed to start');
   expect((text.match(/CKR_PIN_INCORRECT/g) ?? []).length).toBe(1);

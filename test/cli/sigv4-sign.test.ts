@@ -1,28 +1,17 @@
 // `xks call`'s SigV4 signer (src/cli/sigv4-sign.ts, node:crypto) against AWS's own (@smithy/signature-v4): the same
 // request at the same time must get the same Authorization header, for XKS and admin-style requests.
-import { Sha256 } from '@aws-crypto/sha256-js';
-import { SignatureV4 } from '@smithy/signature-v4';
 import { describe, expect, it } from 'vitest';
 import { signSigV4 } from '../../src/cli/sigv4-sign.js';
+import { awsSign } from '../helpers/aws-sigv4.js';
 
 const SECRET = 'PleaseReplaceThisWithSomeSecretOfLength43To64';
 
 async function smithy(url: URL, headers: Record<string, string>, body: string, service: string, date: Date): Promise<string> {
-  const signer = new SignatureV4({ credentials: { accessKeyId: 'BETWEEN2TENAND3TENCHARACTERS', secretAccessKey: SECRET }, region: 'us-east-1', service, sha256: Sha256, applyChecksum: false });
-  const signed = await signer.sign(
-    {
-      method: 'POST',
-      protocol: url.protocol,
-      hostname: url.hostname,
-      ...(url.port ? { port: Number(url.port) } : {}),
-      path: url.pathname,
-      query: Object.fromEntries(url.searchParams),
-      headers: { host: url.host, ...headers },
-      body,
-    },
-    { signingDate: date },
+  const signed = await awsSign(
+    { method: 'POST', url, path: url.pathname, query: Object.fromEntries(url.searchParams), headers: { host: url.host, ...headers }, body },
+    { accessKeyId: 'BETWEEN2TENAND3TENCHARACTERS', secret: SECRET, region: 'us-east-1', service, applyChecksum: false, signingDate: date },
   );
-  return signed.headers.authorization as string;
+  return signed.authorization!;
 }
 
 describe('signSigV4', () => {

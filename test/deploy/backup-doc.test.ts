@@ -1,12 +1,11 @@
 // docs/backup.md "Making the second token, step by step" works as written: its shell blocks and its config, run in
 // order on a fresh HOME with the built CLI as `xks`, make SoftHSM token B, `xks hsm check` passes on it, and B's SO PIN
 // is one the ceremony's first step on B (`xks kek transport-key`) accepts.
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
-import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { ensureBuilt, MAIN, ROOT, runProcess } from '../helpers/built-cli.js';
 
 const home = mkdtempSync(join(tmpdir(), 'xks-backup-doc-'));
 afterAll(() => rmSync(home, { recursive: true, force: true }));
@@ -18,7 +17,7 @@ function section(): string {
   return doc.slice(start, doc.indexOf('\n### The security officer on each HSM', start));
 }
 
-it('the SoftHSM steps make token B, which the checks and an SO login accept', () => {
+it('the SoftHSM steps make token B, which the checks and an SO login accept', async () => {
   ensureBuilt();
   const text = section();
   const blocks = [...text.matchAll(/```(sh|yaml)\n([\s\S]*?)```/g)].map((m) => ({ lang: m[1]!, body: m[2]!.replace(/^ {3}/gm, '') }));
@@ -36,8 +35,8 @@ it('the SoftHSM steps make token B, which the checks and an SO login accept', ()
     // Step 5: B's SO PIN opens an SO session (the ceremony's first step on B).
     'XKS_HSM_SO_PIN=$(cat "$B/so-pin") xks kek transport-key backup-kek --out "$B/b-transport.der" --config "$B/config.yaml"',
   ].join('\n');
-  const r = spawnSync('bash', ['-c', script], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, HOME: home, XKS_CONFIG: '' }, timeout: 120_000 });
-  expect(r.status, r.stdout + r.stderr).toBe(0);
+  const r = await runProcess('bash', ['-c', script], { env: { HOME: home, XKS_CONFIG: '' }, timeoutMs: 120_000 });
+  expect(r.code, r.stdout + r.stderr).toBe(0);
   expect(r.stdout).toMatch(/initialised token xks-backup \(serial /);
   expect(r.stdout).toMatch(/wrote the transport public key for backup-kek to .*b-transport\.der; fingerprint [0-9a-f]/);
   // Nothing secret was printed.

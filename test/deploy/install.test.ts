@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { ensureBuilt, ROOT } from '../helpers/built-cli.js';
+import { ensureBuilt, ROOT, runProcess } from '../helpers/built-cli.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/test-token.js';
 
@@ -85,17 +85,12 @@ it('refuses an unknown vendor', () => {
   expect(bad.stderr).toMatch(/--vendor must be luna, cloudhsm or nshield/);
 });
 
-it('the installed CLI, with only the production dependencies, works against a real token', () => {
+it('the installed CLI, with only the production dependencies, works against a real token', async () => {
   const token: TestToken = createTestToken('install');
   try {
     const config = writeTestConfig(token);
-    const r = spawnSync('node', [join(dest, PREFIX, 'dist/cli/main.js'), 'keys', 'list', '--json'], {
-      cwd: dest,
-      encoding: 'utf8',
-      env: { ...process.env, ...token.env, XKS_CONFIG: config, NODE_PATH: '' },
-      timeout: 60_000,
-    });
-    expect(r.status, r.stderr).toBe(0);
+    const r = await runProcess('node', [join(dest, PREFIX, 'dist/cli/main.js'), 'keys', 'list', '--json'], { cwd: dest, token, configFile: config, env: { NODE_PATH: '' } });
+    expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toEqual(expect.anything());
   } finally {
     token.cleanup();

@@ -2,15 +2,15 @@
 // behaviour, the latency and the control-file faults. Every test fails when the behaviour it names is missing.
 // Ciphertexts the emulated vendors produce are checked twice: with node:crypto under a key whose value the test
 // knows, and through plain forwarding (vendor=none) under a generated, sensitive key.
-import { execFileSync } from 'node:child_process';
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initToken } from '../../src/hsm/token-init.js';
+import { buildEmulator, emulatorControl, EMULATOR, type EmulatorControl } from '../helpers/emulator.js';
 import { createTestToken, SOFTHSM_MODULE } from '../helpers/softhsm.js';
 import { TOKEN_KIND } from '../helpers/test-token.js';
 
@@ -18,7 +18,6 @@ const P = pkcs11js;
 type Handle = pkcs11js.Handle;
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const LIB = join(ROOT, 'test/emulator/build/libxks-emulator.so');
 const KWP = 0x210b; // PKCS#11 v3.0 CKM_AES_KEY_WRAP_KWP (RFC 5649), Luna's number
 const SOFTHSM_KWP = 0x210a; // SoftHSM's CKM_AES_KEY_WRAP_PAD, its number for RFC 5649
 const KNOWN_KEY = Buffer.from('8f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff', 'hex');
@@ -33,6 +32,7 @@ interface EmulatorToken {
 let token: EmulatorToken;
 let mod: pkcs11js.PKCS11;
 let ctlDir: string;
+let ctl: EmulatorControl;
 let ctlFile: string;
 let initialized = false;
 let session: Handle;
@@ -77,12 +77,7 @@ function findKey(label: string): Handle {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Replaces the control file atomically, then waits past the emulator's 2 ms stat interval. */
-async function control(text: string) {
-  const tmp = `${ctlFile}.tmp`;
-  writeFileSync(tmp, text);
-  renameSync(tmp, ctlFile);
-  await sleep(5);
-}
+const control = (text: string) => ctl.set(text);
 
 /** AES-GCM with the v2.40 CK_GCM_PARAMS (ulIvBits set), as the proxy passes it. pkcs11js points pIv into `iv`. */
 function gcm(iv: Buffer, aad: Buffer): pkcs11js.Mechanism {
@@ -151,13 +146,14 @@ function softhsmToken(label: string): EmulatorToken {
 }
 
 beforeAll(() => {
-  execFileSync('bash', [join(ROOT, 'scripts/build-emulator.sh')], { stdio: 'inherit' });
+  buildEmulator();
   for (const name of ENV_NAMES) delete process.env[name];
   token = softhsmToken('xks-emulator');
   ctlDir = mkdtempSync(join(tmpdir(), 'xks-emulator-ctl-'));
-  ctlFile = join(ctlDir, 'control');
+  ctl = emulatorControl({ dir: ctlDir });
+  ctlFile = ctl.path;
   mod = new pkcs11js.PKCS11();
-  mod.load(LIB);
+  mod.load(EMULATOR);
   mod.C_Initialize({ flags: 2, libraryParameters: params_(`control=${ctlFile} vendor=none`) });
   initialized = true;
   const slot = mod.C_GetSlotList(true).find((s) => mod.C_GetTokenInfo(s).label.trim() === token.label)!;

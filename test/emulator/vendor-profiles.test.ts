@@ -2,37 +2,29 @@
 // imposing that vendor's documented behaviour (test/emulator/pkcs11-emulator.c). XKS round trips with each profile's IV
 // mode, tampered ciphertexts named as such (never a device failure), rotation and state changes on a token where
 // CKA_ID cannot change (CloudHSM), and CloudHSM's throttling answered as busy without re-initialising the library.
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { renameSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildEmulator, emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
 
-const ROOT = new URL('../../', import.meta.url).pathname;
 const versionOf = (a: { ciphertextMetadata: string }) => Buffer.from(a.ciphertextMetadata, 'base64').readUInt32BE(1);
 
 // The emulator forwards to SoftHSM: it runs in the SoftHSM pass of the suite.
 describe.skipIf(TOKEN_KIND !== 'softhsm').each(['cloudhsm', 'luna', 'nshield'] as const)('profile emulated-%s', (vendor) => {
   let t: TestProxy;
-  let control: string;
-  const setControl = (text: string) => {
-    // Atomically, as the emulator re-reads the file when it changes.
-    writeFileSync(`${control}.new`, text);
-    renameSync(`${control}.new`, control);
-  };
+  let control: EmulatorControl;
+  const setControl = (text: string) => control.set(text);
 
   beforeAll(async () => {
-    execFileSync('bash', [join(ROOT, 'scripts/build-emulator.sh')], { stdio: 'pipe' });
+    buildEmulator();
     const token = createTestToken(`emu-${vendor}`);
-    control = join(token.dir, 'emulator-control');
-    writeFileSync(control, '');
+    control = emulatorControl(token);
     t = await startProxyOnToken({
       token,
-      config: { hsm: { profile: `emulated-${vendor}`, libraryParameters: `vendor=${vendor} control=${control}` } },
+      config: { hsm: { profile: `emulated-${vendor}`, libraryParameters: control.hsm(vendor).libraryParameters } },
       keys: { foo: { encrypt: true, decrypt: true } },
     });
   }, 60_000);
@@ -86,8 +78,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm').each(['cloudhsm', 'luna', 'nshield'] a
 
   it.runIf(vendor === 'cloudhsm')('answers throttling as ThrottlingException without re-initialising, and serves again after', async () => {
     const xks = xksClient(t.httpUrl);
-    setControl('throttle\n');
-    await new Promise((r) => setTimeout(r, 10)); // the emulator looks at its control file at most every 2 ms
+    await setControl('throttle\n');
     // The key is read again from the token (C_GetAttributeValue on each object): throttled, the device still answers.
     t.proxy.catalogue.invalidate('foo');
     await expect(t.proxy.lifecycle.get('foo')).rejects.toMatchObject({ code: 'Busy', ckr: 'CKR_DEVICE_ERROR' });
@@ -95,8 +86,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm').each(['cloudhsm', 'luna', 'nshield'] a
     const m = await xks.metadata('foo');
     expect(m.status, m.text).toBe(429);
     expect(m.json.errorName).toBe('ThrottlingException');
-    setControl('');
-    await new Promise((r) => setTimeout(r, 10));
+    await setControl('');
     const enc = await xks.encrypt('foo', Buffer.from('after throttling'));
     expect(enc.status, enc.text).toBe(200);
     expect(t.logs.some((l) => l.includes('hsm.recover'))).toBe(false);

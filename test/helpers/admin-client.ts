@@ -1,8 +1,7 @@
-// An admin API client for tests, signed by AWS's own SigV4 implementation (@smithy/signature-v4) with service
-// xks-admin, never by the server's verifier. Requests are KMS-style: POST / with X-Amz-Target: XksAdmin.<Operation>.
+// An admin API client for tests, signed by AWS's own SigV4 implementation (aws-sigv4.ts) with service xks-admin, never
+// by the server's verifier. Requests are KMS-style: POST / with X-Amz-Target: XksAdmin.<Operation>.
 import http from 'node:http';
-import { Sha256 } from '@aws-crypto/sha256-js';
-import { SignatureV4 } from '@smithy/signature-v4';
+import { awsSign } from './aws-sigv4.js';
 import { readResponse, type XksResponse } from './xks-client.js';
 
 export const ADMIN_ACCESS_KEY_ID = 'AKIAXKSADMINTEST0001';
@@ -50,17 +49,17 @@ export async function adminRequest(baseUrl: string, operation: string, body: unk
   const target = opts.target === undefined ? `XksAdmin.${operation}` : opts.target;
   if (target !== null) headers['x-amz-target'] = target;
   if (!opts.unsigned) {
-    const signer = new SignatureV4({
-      credentials: { accessKeyId: opts.accessKeyId ?? ADMIN_ACCESS_KEY_ID, secretAccessKey: opts.secret ?? ADMIN_SECRET },
-      region: opts.region ?? ADMIN_REGION,
-      service: opts.service ?? 'xks-admin',
-      sha256: Sha256,
-    });
-    const signed = await signer.sign(
-      { method: opts.method ?? 'POST', protocol: url.protocol, hostname: url.hostname, port: Number(url.port), path, headers, body: text },
-      opts.signingDate ? { signingDate: opts.signingDate } : {},
+    const signed = await awsSign(
+      { method: opts.method ?? 'POST', url, path, headers, body: text },
+      {
+        accessKeyId: opts.accessKeyId ?? ADMIN_ACCESS_KEY_ID,
+        secret: opts.secret ?? ADMIN_SECRET,
+        region: opts.region ?? ADMIN_REGION,
+        service: opts.service ?? 'xks-admin',
+        ...(opts.signingDate ? { signingDate: opts.signingDate } : {}),
+      },
     );
-    Object.assign(headers, signed.headers);
+    Object.assign(headers, signed);
   }
   Object.assign(headers, opts.unsignedHeaders);
   const sent = opts.bodyAfterSigning ?? text;

@@ -1,11 +1,15 @@
 // AWS's sample proxy (aws-samples/aws-kms-xks-proxy) for tests: the known answers of issue 11, ciphertexts made the way
-// that proxy makes them (its build_full_aad layout, node:crypto's AES-256-GCM with a known key), and keys made the way
-// its operators make them (pkcs11-tool).
+// that proxy makes them (its build_full_aad layout, node:crypto's AES-256-GCM with a known key), keys made the way its
+// operators make them (pkcs11-tool), and its example settings files (test/fixtures/aws-sample).
 import { execFileSync } from 'node:child_process';
 import { createCipheriv, randomBytes } from 'node:crypto';
 import { buildAwsSampleAad } from '../../src/xks/aad.js';
 import { ROOT } from './built-cli.js';
 import type { TestToken } from './test-token.js';
+
+/** The sample's example settings files (<name>.toml), as its repository ships them. */
+export const SAMPLE_SETTINGS_DIR = new URL('../fixtures/aws-sample/', import.meta.url);
+export const SAMPLE_SETTINGS_EXAMPLES = ['settings', 'settings_cloudhsm', 'settings_docker', 'settings_luna', 'settings_nshield', 'settings_softhsmv2', 'settings_softhsmv2_osx'];
 
 export const SAMPLE_KEY = Buffer.from(Array.from({ length: 32 }, (_, i) => i));
 export const SAMPLE_IV = Buffer.from(Array.from({ length: 12 }, (_, i) => i));

@@ -22,8 +22,8 @@ export interface EmulatorControl {
   hsm(vendor?: string): { module: string; libraryParameters: string };
 }
 
-/** An empty control file next to the token. */
-export function emulatorControl(token: TestToken): EmulatorControl {
+/** An empty control file next to the token (in its directory: any directory the test owns). */
+export function emulatorControl(token: Pick<TestToken, 'dir'>): EmulatorControl {
   const path = join(token.dir, 'emulator-control');
   writeFileSync(path, '');
   return {

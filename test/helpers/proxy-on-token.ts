@@ -1,14 +1,18 @@
 // Like startTestProxy (helpers/proxy.ts), but on a token the test prepared itself (keys made with pkcs11-tool or the
 // CLI), with any config section overridden (health, hsm, limits...) and any log level. Same credentials and prefix.
+// useProxyOnToken is the fixture most files need: a proxy on its own token, and a client, for the file's tests.
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import { afterAll, beforeAll } from 'vitest';
 import { stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import { createLogger } from '../../src/obs/logger.js';
 import { startProxy } from '../../src/proxy.js';
 import { ACCESS_KEY_ID, PREFIX, REGION, SECOND_ACCESS_KEY_ID, SECOND_SECRET, SECRET, type TestProxy } from './proxy.js';
+import { ensureBuilt } from './built-cli.js';
 import { createTestToken, type TestToken } from './test-token.js';
+import { xksClient, type XksClient } from './xks-client.js';
 
 export interface ProxyOnTokenOptions {
   /** An existing token (made in this process by createTestToken: SoftHSM's SOFTHSM2_CONF is this process's); a new one when absent. */
@@ -75,5 +79,51 @@ export async function startProxyOnToken(opts: ProxyOnTokenOptions = {}): Promise
       await proxy.stop();
       if (opts.cleanupToken !== false) token.cleanup();
     },
+  };
+}
+
+export interface ProxyFixture extends TestProxy {
+  /** A client of its XKS listener, usable from the start: it reads the URL when a request is made. */
+  xks: XksClient;
+}
+
+/**
+ * A proxy on a token for the tests of one file or describe block: started in beforeAll (after building the CLI when
+ * `cli` says the tests run it), stopped in afterAll. Its fields are there once that beforeAll has run: read them in
+ * tests and hooks, not while the file is being collected.
+ */
+export function useProxyOnToken(opts: ProxyOnTokenOptions & { cli?: boolean } = {}): ProxyFixture {
+  const { cli, ...options } = opts;
+  let started: TestProxy | undefined;
+  const get = (): TestProxy => {
+    if (!started) throw new Error('the proxy fixture was read before its beforeAll ran');
+    return started;
+  };
+  beforeAll(async () => {
+    if (cli) ensureBuilt();
+    started = await startProxyOnToken(options);
+  }, 120_000);
+  afterAll(async () => started?.stop());
+  return {
+    get token() {
+      return get().token;
+    },
+    get proxy() {
+      return get().proxy;
+    },
+    get httpUrl() {
+      return get().httpUrl;
+    },
+    get httpsUrl() {
+      return get().httpsUrl;
+    },
+    get logs() {
+      return get().logs;
+    },
+    get configFile() {
+      return get().configFile;
+    },
+    stop: () => get().stop(),
+    xks: xksClient(() => get().httpUrl),
   };
 }

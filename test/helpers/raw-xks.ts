@@ -1,8 +1,7 @@
-// Sends arbitrary body bytes (invalid UTF-8, oversized, chunked) to the proxy, signed by @smithy/signature-v4
+// Sends arbitrary body bytes (invalid UTF-8, oversized, chunked) to the proxy, signed by AWS's SigV4 (aws-sigv4.ts)
 // exactly as KMS signs (SignedHeaders=host;x-amz-date). For malformed-input and fuzz tests.
 import http from 'node:http';
-import { Sha256 } from '@aws-crypto/sha256-js';
-import { SignatureV4 } from '@smithy/signature-v4';
+import { awsSign, type SigV4Credential } from './aws-sigv4.js';
 import { ACCESS_KEY_ID, REGION, SECRET } from './proxy.js';
 import { readResponse, type XksResponse } from './xks-client.js';
 
@@ -13,28 +12,14 @@ export interface RawSendOptions {
   bodyAfterSigning?: Buffer;
 }
 
-const signer = new SignatureV4({
-  credentials: { accessKeyId: ACCESS_KEY_ID, secretAccessKey: SECRET },
-  region: REGION,
-  service: 'kms-xks-proxy',
-  sha256: Sha256,
-  applyChecksum: false,
-});
+const AS_KMS: SigV4Credential = { accessKeyId: ACCESS_KEY_ID, secret: SECRET, region: REGION, service: 'kms-xks-proxy', applyChecksum: false };
 
 export async function sendRaw(baseUrl: string, path: string, body: Buffer | string, opts: RawSendOptions = {}): Promise<XksResponse> {
   const url = new URL(baseUrl);
   const bytes = typeof body === 'string' ? Buffer.from(body, 'utf8') : body;
-  const signed = await signer.sign({
-    method: 'POST',
-    protocol: url.protocol,
-    hostname: url.hostname,
-    port: Number(url.port),
-    path,
-    headers: { host: url.host },
-    body: bytes,
-  });
+  const signed = await awsSign({ method: 'POST', url, path, headers: { host: url.host }, body: bytes }, AS_KMS);
   const sent = opts.bodyAfterSigning ?? bytes;
-  const headers: Record<string, string> = { ...(signed.headers as Record<string, string>), 'content-type': 'application/json' };
+  const headers: Record<string, string> = { ...signed, 'content-type': 'application/json' };
   if (!opts.chunked) headers['content-length'] = String(sent.length);
   return new Promise((resolve, reject) => {
     const req = http.request({ host: url.hostname, port: url.port, path, method: 'POST', headers, agent: false }, (res) =>

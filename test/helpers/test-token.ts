@@ -20,6 +20,7 @@ import { randomBytes } from 'node:crypto';
 import { findSlot, infoText, loadModule, type LibrarySpec } from '../../src/hsm/module.js';
 import { loadProfile, resolveModulePath } from '../../src/hsm/profile.js';
 import { initToken } from '../../src/hsm/token-init.js';
+import { buildEmulator } from './emulator.js';
 
 export type TokenKind = 'softhsm' | 'nss' | 'emulated-cloudhsm' | 'emulated-luna' | 'emulated-nshield';
 export const TOKEN_KINDS: readonly TokenKind[] = ['softhsm', 'nss', 'emulated-cloudhsm', 'emulated-luna', 'emulated-nshield'];
@@ -220,7 +221,7 @@ function nssTokens(labels: string[]): TestToken[] {
 
 function emulatedTokens(kind: 'emulated-cloudhsm' | 'emulated-luna' | 'emulated-nshield'): (labels: string[]) => TestToken[] {
   return (labels) => {
-    execFileSync('bash', [fileURLToPath(new URL('../../scripts/build-emulator.sh', import.meta.url))], { stdio: 'pipe' });
+    buildEmulator();
     // The profile names the emulator's module and its vendor (libraryParameters): nothing else differs from SoftHSM.
     const profile = loadProfile(kind);
     return softhsmTokens(labels).map((t) =>

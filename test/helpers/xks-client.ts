@@ -1,8 +1,7 @@
-// An XKS client for tests, signed by AWS's own SigV4 implementation (@smithy/signature-v4), never the server's verifier.
+// An XKS client for tests, signed by AWS's own SigV4 implementation (aws-sigv4.ts), never the server's verifier.
 import http from 'node:http';
 import https from 'node:https';
-import { Sha256 } from '@aws-crypto/sha256-js';
-import { SignatureV4 } from '@smithy/signature-v4';
+import { awsSign } from './aws-sigv4.js';
 import { ACCESS_KEY_ID, PREFIX, REGION, SECRET } from './proxy.js';
 
 export interface XksResponse {
@@ -53,17 +52,17 @@ export async function signedRequest(baseUrl: string, path: string, body: string,
     ...opts.headers,
   };
   if (!opts.unsigned) {
-    const signer = new SignatureV4({
-      credentials: { accessKeyId: opts.accessKeyId ?? ACCESS_KEY_ID, secretAccessKey: opts.secret ?? SECRET },
-      region: opts.region ?? REGION,
-      service: opts.service ?? 'kms-xks-proxy',
-      sha256: Sha256,
-    });
-    const signed = await signer.sign(
-      { method: opts.method ?? 'POST', protocol: url.protocol, hostname: url.hostname, port: Number(url.port), path, headers, body },
-      opts.signingDate ? { signingDate: opts.signingDate } : {},
+    const signed = await awsSign(
+      { method: opts.method ?? 'POST', url, path, headers, body },
+      {
+        accessKeyId: opts.accessKeyId ?? ACCESS_KEY_ID,
+        secret: opts.secret ?? SECRET,
+        region: opts.region ?? REGION,
+        service: opts.service ?? 'kms-xks-proxy',
+        ...(opts.signingDate ? { signingDate: opts.signingDate } : {}),
+      },
     );
-    Object.assign(headers, signed.headers);
+    Object.assign(headers, signed);
   }
   const sent = opts.bodyAfterSigning ?? body;
   const lib = url.protocol === 'https:' ? https : http;
@@ -95,10 +94,10 @@ export const metadata = (op: string, extra: Record<string, unknown> = {}) => ({
   ...extra,
 });
 
-/** A small client bound to one proxy URL. */
-export function xksClient(baseUrl: string, defaults: SendOptions = {}) {
+/** A small client bound to one proxy URL (or to a function that gives it when a request is made). */
+export function xksClient(baseUrl: string | (() => string), defaults: SendOptions = {}) {
   const post = (rest: string, body: unknown, opts: SendOptions = {}) =>
-    signedRequest(baseUrl, xksPath(rest, opts.prefix ?? defaults.prefix), typeof body === 'string' ? body : JSON.stringify(body), { ...defaults, ...opts });
+    signedRequest(typeof baseUrl === 'string' ? baseUrl : baseUrl(), xksPath(rest, opts.prefix ?? defaults.prefix), typeof body === 'string' ? body : JSON.stringify(body), { ...defaults, ...opts });
   return {
     post,
     health: (opts?: SendOptions) => post('health', { requestMetadata: { kmsRequestId: 'h1', kmsOperation: 'KmsHealthCheck' } }, opts),
@@ -109,6 +108,8 @@ export function xksClient(baseUrl: string, defaults: SendOptions = {}) {
       post(`keys/${key}/decrypt`, { requestMetadata: metadata('Decrypt'), encryptionAlgorithm: 'AES_GCM', ...fields }, opts),
   };
 }
+
+export type XksClient = ReturnType<typeof xksClient>;
 
 /** The decrypt fields from an encrypt response. */
 export function decryptFields(enc: any, aad?: Buffer): Record<string, unknown> {

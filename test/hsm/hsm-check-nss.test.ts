@@ -2,17 +2,16 @@
 // would, and the built CLI in a child process (this process never loads NSS). NSS is where a token departs from
 // SoftHSM in the ways the check exists to find: a second key with the same CKA_CLASS and CKA_ID is the same object,
 // overwritten; CKA_LOCAL is false for generated keys; RFC 5649 is 0x210B; token keys refuse CKA_ALLOWED_MECHANISMS.
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CheckReport, CheckRow } from '../../src/hsm/check.js';
 import { loadProfile, resolveModulePath } from '../../src/hsm/profile.js';
-import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { ensureBuilt, ROOT, runXks } from '../helpers/built-cli.js';
 import { ACCESS_KEY_ID, PREFIX, REGION, SECRET } from '../helpers/proxy.js';
 
 let dir: string;
@@ -20,15 +19,7 @@ let pin: string;
 let configFile: string;
 let params: string;
 
-async function xks(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await promisify(execFile)('node', [MAIN, ...args], { cwd: ROOT, env: { ...process.env, XKS_TEST_SECRET: SECRET }, timeout: 30_000 });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const err = e as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof err.code === 'number' ? err.code : -1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
-  }
-}
+const xks = (args: string[]) => runXks(args, { env: { XKS_TEST_SECRET: SECRET } });
 
 function row(r: CheckReport, name: string): CheckRow {
   const found = r.rows.find((x) => x.name === name);

@@ -2,15 +2,15 @@
 // in this process, then the built CLI (table, --json, exit codes) and `xks serve`'s start-up summary in child processes.
 // Expectations that differ between tokens are the facts the check exists to find (SoftHSM: RFC 5649 under 0x210A, a
 // second object for a second CKA_ID; NSS: 0x210B, one object overwritten). hsm-check-nss.test.ts runs NSS always.
-import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkHsm, type CheckReport, type CheckRow } from '../../src/hsm/check.js';
 import { findSlot, loadModule, P } from '../../src/hsm/module.js';
 import { loadProfile } from '../../src/hsm/profile.js';
-import { ensureBuilt } from '../helpers/built-cli.js';
-import { runXks, spawnServe } from '../helpers/ops-process.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
+import { buildEmulator, EMULATOR } from '../helpers/emulator.js';
+import { spawnServe } from '../helpers/serve-process.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND, tokenSecrets, type TestToken } from '../helpers/test-token.js';
 
@@ -92,7 +92,7 @@ describe('checkHsm', () => {
 
 describe('xks hsm check', () => {
   it('prints the table and exits 0', async () => {
-    const r = await runXks(token, configFile, ['hsm', 'check']);
+    const r = await runXks(['hsm', 'check'], { token, configFile });
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^PROBE +STATUS +NEEDED +FOUND/);
@@ -104,7 +104,7 @@ describe('xks hsm check', () => {
   }, 60_000);
 
   it('--json prints the rows', async () => {
-    const r = await runXks(token, configFile, ['hsm', 'check', '--json']);
+    const r = await runXks(['hsm', 'check', '--json'], { token, configFile });
     expect(r.code).toBe(0);
     const json = JSON.parse(r.stdout) as CheckReport;
     expect(json.canServe).toBe(true);
@@ -113,7 +113,7 @@ describe('xks hsm check', () => {
 
   it('exits 1 with one sentence when the token cannot serve as configured (an ivMode it does not use)', async () => {
     const file = writeTestConfig(token, { hsm: { ivMode: 'hsm-appends' } }, 'appends.yaml');
-    const r = await runXks(token, file, ['hsm', 'check']);
+    const r = await runXks(['hsm', 'check'], { token, configFile: file });
     expect(r.code).toBe(1);
     expect(r.stdout).toMatch(/^aes-gcm +FAIL +required/m);
     expect(r.stderr.trim()).toBe('xks: the token cannot serve: AES-GCM does not behave as ivMode hsm-appends says (the output is 16 bytes longer than the plaintext, expected 28)');
@@ -123,7 +123,7 @@ describe('xks hsm check', () => {
     const wrong = `${token.userPin}00`;
     writeFileSync(join(token.dir, 'conf', 'wrongpin'), wrong, { mode: 0o600 });
     const file = writeTestConfig(token, { hsm: { pin: { file: 'wrongpin' } } }, 'wrongpin.yaml');
-    const r = await runXks(token, file, ['hsm', 'check', '--json']);
+    const r = await runXks(['hsm', 'check', '--json'], { token, configFile: file });
     expect(r.code).toBe(1);
     const json = JSON.parse(r.stdout) as CheckReport;
     expect(json.rows.map((x) => x.name)).toEqual(['library', 'token', 'login']);
@@ -134,10 +134,9 @@ describe('xks hsm check', () => {
   // openCryptoki's soft token has no CKM_AES_GCM: here the same token seen through our emulator with the mechanism
   // hidden (not listed, C_EncryptInit refused), which forwards to SoftHSM.
   it.runIf(TOKEN_KIND === 'softhsm')('on a token without CKM_AES_GCM: exit 1, says so, and goes on with the other probes', async () => {
-    execFileSync('bash', [new URL('../../scripts/build-emulator.sh', import.meta.url).pathname], { stdio: 'pipe' });
-    const emulator = new URL('../emulator/build/libxks-emulator.so', import.meta.url).pathname;
-    const file = writeTestConfig(token, { hsm: { module: emulator, libraryParameters: `vendor=none hide=${P.CKM_AES_GCM}` } }, 'no-gcm.yaml');
-    const r = await runXks(token, file, ['hsm', 'check', '--json']);
+    buildEmulator();
+    const file = writeTestConfig(token, { hsm: { module: EMULATOR, libraryParameters: `vendor=none hide=${P.CKM_AES_GCM}` } }, 'no-gcm.yaml');
+    const r = await runXks(['hsm', 'check', '--json'], { token, configFile: file });
     expect(r.code).toBe(1);
     expect(r.stderr.trim()).toBe('xks: the token cannot serve: it does not offer CKM_AES_GCM');
     const json = JSON.parse(r.stdout) as CheckReport;
@@ -145,7 +144,7 @@ describe('xks hsm check', () => {
     expect(json.rows.find((x) => x.name === 'aes-gcm')).toMatchObject({ status: 'fail', needed: 'required' });
     for (const name of ['aes-keygen', 'objects', 'hmac-sha256', 'rsa-oaep-sha1']) expect(json.rows.find((x) => x.name === name)?.status).toBe('ok');
     // And the proxy refuses to start on it, naming the mechanism.
-    const serve = await runXks(token, file, ['keys', 'list']);
+    const serve = await runXks(['keys', 'list'], { token, configFile: file });
     expect(serve.code).not.toBe(0);
     expect(serve.stderr).toMatch(/CKM_AES_GCM/);
   }, 60_000);

@@ -1,21 +1,18 @@
 // A device-level failure (here: the library finalised underneath the running server, so every call answers
 // CKR_CRYPTOKI_NOT_INITIALIZED) is recovered by re-initialising the library, without a restart.
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import { startTestProxy, type TestProxy } from '../helpers/proxy.js';
+import { beforeAll, expect, it } from 'vitest';
+import { useProxyOnToken } from '../helpers/proxy-on-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
 import { TOKEN_FACTS } from '../helpers/test-token.js';
 import { tokenLibrary, type TokenLibrary } from '../helpers/token-library.js';
 
-let t: TestProxy;
+const t = useProxyOnToken({ keys: { foo: { encrypt: true, decrypt: true } } });
 /** The library under the proxy, loaded by this test: a C_Finalize or C_Logout through it is the proxy's too. */
 let lib: TokenLibrary;
-
-beforeAll(async () => {
-  t = await startTestProxy({ keys: { foo: { encrypt: true, decrypt: true } } });
+beforeAll(() => {
   lib = tokenLibrary(t.token);
 });
-afterAll(async () => t?.stop());
 
 it.each(['sync', 'async', 'thread'] as const)('re-initialises the PKCS#11 library and serves again (%s calls)', async (mode) => {
   t.proxy.hsm.capabilities.callMode = mode;

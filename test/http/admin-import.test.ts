@@ -7,7 +7,7 @@ import { adminClient, adminConfig } from '../helpers/admin-client.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { xksClient } from '../helpers/xks-client.js';
-import { expectProxyUses, wrapMaterial } from '../import/byok.js';
+import { expectProxyUses, wrapMaterial } from '../helpers/byok-customer.js';
 import { evidence } from '../helpers/test-token.js';
 
 let t: TestProxy;

@@ -20,7 +20,7 @@ import { PREFIX, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/test-token.js';
 import { decryptFields, metadata, xksClient } from '../helpers/xks-client.js';
-import { wrapMaterial } from '../import/byok.js';
+import { wrapMaterial } from '../helpers/byok-customer.js';
 
 const KEY = 'sample-key';
 const V001 = Buffer.from('v0.0.1');

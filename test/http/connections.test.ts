@@ -10,7 +10,7 @@ import net from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MAIN, ROOT, ensureBuilt } from '../helpers/built-cli.js';
 import { createTestPki, type TestPki } from '../helpers/pki.js';
-import { freePort } from '../helpers/ops-process.js';
+import { freePort } from '../helpers/serve-process.js';
 import { startTestProxy, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/test-token.js';

@@ -4,17 +4,19 @@
 // slack for a loaded machine), seen only through signed XKS requests.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { KeyLifecycle } from '../../src/keys/lifecycle.js';
-import { ensureBuilt } from '../helpers/built-cli.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
+import { serveListening, type ListeningServe } from '../helpers/serve-process.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { decryptFields, xksClient, type XksResponse } from '../helpers/xks-client.js';
-import { pollUntil, runCli, spawnServe, versionOf } from '../keys/lifecycle-support.js';
+import { versionOf } from '../helpers/key-versions.js';
+import { pollUntil } from '../helpers/poll.js';
 
 const SEEN_WITHIN_MS = 5_000;
 const DAY_MS = 86_400_000;
 
 let a: TestProxy;
-let b: Awaited<ReturnType<typeof spawnServe>>;
+let b: ListeningServe;
 let xa: ReturnType<typeof xksClient>;
 let xb: ReturnType<typeof xksClient>;
 let early: any;
@@ -23,7 +25,7 @@ beforeAll(async () => {
   ensureBuilt();
   a = await startProxyOnToken();
   const second = writeTestConfig(a.token, { listeners: { http: { host: '127.0.0.1', port: 0 } } }, 'second.yaml');
-  b = await spawnServe(a.token, second);
+  b = await serveListening(a.token, second);
   xa = xksClient(a.httpUrl);
   xb = xksClient(b.url);
 }, 120_000);
@@ -96,7 +98,7 @@ it('rotate through A: B decrypts the new version at once and encrypts with it wi
 });
 
 it('rotate through the CLI (a third process): A and B both move to version 3 within 5 s', async () => {
-  const r = await runCli(a.token, a.configFile, ['keys', 'rotate', 'shared']);
+  const r = await runXks(['keys', 'rotate', 'shared'], { token: a.token, configFile: a.configFile });
   expect(r.code, r.stderr).toBe(0);
   for (const [name, x] of [['A', xa], ['B', xb]] as const) {
     await pollUntil(`${name} encrypts at version 3`, SEEN_WITHIN_MS, async () => {
@@ -107,7 +109,7 @@ it('rotate through the CLI (a third process): A and B both move to version 3 wit
 });
 
 it('schedule deletion through the CLI: both refuse within 5 s; cancel and enable through A: B serves again', async () => {
-  const r = await runCli(a.token, a.configFile, ['keys', 'schedule-deletion', 'shared', '--pending-window-days', '7']);
+  const r = await runXks(['keys', 'schedule-deletion', 'shared', '--pending-window-days', '7'], { token: a.token, configFile: a.configFile });
   expect(r.code, r.stderr).toBe(0);
   await bSees('shared', 'DISABLED');
   await pollUntil('A sees shared DISABLED', SEEN_WITHIN_MS, async () => {

@@ -1,19 +1,14 @@
 // Versions behind one external key id: a version another process added after this one cached the key still decrypts,
 // and the version in ciphertextMetadata is authenticated.
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { aes256KeyTemplate } from '../../src/hsm/templates.js';
 import { legacyVersionId as versionId } from '../helpers/legacy-layout.js';
 import { buildGcmAad } from '../../src/xks/aad.js';
 import { encodeCiphertextMetadata } from '../../src/xks/ciphertext-metadata.js';
-import { startTestProxy, type TestProxy } from '../helpers/proxy.js';
+import { useProxyOnToken } from '../helpers/proxy-on-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
 
-let t: TestProxy;
-
-beforeAll(async () => {
-  t = await startTestProxy({ keys: { foo: { encrypt: true, decrypt: true } } });
-});
-afterAll(async () => t?.stop());
+const t = useProxyOnToken({ keys: { foo: { encrypt: true, decrypt: true } } });
 
 it('decrypts with a version added to the token after the key was cached', async () => {
   const xks = xksClient(t.httpUrl);

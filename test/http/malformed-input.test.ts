@@ -3,12 +3,13 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { XKS_ERRORS } from '../../src/xks/errors.js';
-import { DEMO_KEYS, startTestProxy, type TestProxy } from '../helpers/proxy.js';
+import { DEMO_KEYS } from '../helpers/proxy.js';
+import { useProxyOnToken } from '../helpers/proxy-on-token.js';
 import { sendRaw } from '../helpers/raw-xks.js';
-import { decryptFields, metadata, xksClient, xksPath, type XksResponse } from '../helpers/xks-client.js';
+import { decryptFields, metadata, xksPath, type XksResponse } from '../helpers/xks-client.js';
 
-let t: TestProxy;
-let xks: ReturnType<typeof xksClient>;
+const t = useProxyOnToken({ keys: DEMO_KEYS });
+const { xks } = t;
 let validDecrypt: Record<string, unknown>;
 
 const ENC = xksPath('keys/foo/encrypt');
@@ -48,12 +49,9 @@ async function expectServerWorks() {
 }
 
 beforeAll(async () => {
-  t = await startTestProxy({ keys: DEMO_KEYS });
-  xks = xksClient(t.httpUrl);
   const e = await xks.encrypt('foo', Buffer.from('hello'));
   validDecrypt = { requestMetadata: metadata('Decrypt'), encryptionAlgorithm: 'AES_GCM', ...decryptFields(e.json) };
 });
-afterAll(async () => t?.stop());
 
 const NOT_AN_OBJECT: [string, string | Buffer][] = [
   ['not JSON', 'hello world'],

@@ -1,14 +1,15 @@
 // Tampering with any decrypt input must fail authentication (xks-api.md "Decrypt": any wrong AAD, IV, tag,
 // ciphertext or metadata is 400 InvalidCiphertextException), over HTTP against the real server and SoftHSM token.
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { aes256KeyTemplate } from '../../src/hsm/templates.js';
 import { legacyVersionId as versionId } from '../helpers/legacy-layout.js';
-import { DEMO_KEYS, startTestProxy, type TestProxy } from '../helpers/proxy.js';
-import { decryptFields, metadata, xksClient } from '../helpers/xks-client.js';
+import { DEMO_KEYS } from '../helpers/proxy.js';
+import { useProxyOnToken } from '../helpers/proxy-on-token.js';
+import { decryptFields, metadata } from '../helpers/xks-client.js';
 
-let t: TestProxy;
-let xks: ReturnType<typeof xksClient>;
+const t = useProxyOnToken({ keys: { ...DEMO_KEYS, foo2: { encrypt: true, decrypt: true }, rotated: { encrypt: true, decrypt: true } } });
+const { xks } = t;
 const PT = Buffer.from('the plaintext KMS wraps: a 32-byte data key........');
 const AAD = Buffer.from('project=nile,department=marketing');
 let enc: Record<string, string>;
@@ -49,8 +50,6 @@ async function expectGoodStillDecrypts() {
 }
 
 beforeAll(async () => {
-  t = await startTestProxy({ keys: { ...DEMO_KEYS, foo2: { encrypt: true, decrypt: true }, rotated: { encrypt: true, decrypt: true } } });
-  xks = xksClient(t.httpUrl);
   const r = await xks.encrypt('foo', PT, { additionalAuthenticatedData: AAD.toString('base64') });
   expect(r.status).toBe(200);
   enc = r.json;
@@ -58,7 +57,6 @@ beforeAll(async () => {
   expect(b64(enc.ciphertextMetadata!)).toHaveLength(5);
   await expectGoodStillDecrypts();
 });
-afterAll(async () => t?.stop());
 
 describe('ciphertext', () => {
   it('a flipped bit anywhere is InvalidCiphertextException', async () => {

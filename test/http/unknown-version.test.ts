@@ -2,8 +2,7 @@
 // moment ago), but not on every request: a flood of ciphertexts naming a version that does not exist (KMS passes
 // ciphertextMetadata through) made one token search each, 11 times slower than a decrypt. Searches are counted by our
 // emulator module. A version rotated in by another process is still found, within the documented second.
-import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
@@ -11,14 +10,13 @@ import { openCatalogue } from '../../src/proxy.js';
 import { encodeCiphertextMetadata } from '../../src/xks/ciphertext-metadata.js';
 import { EncryptionBudget } from '../../src/xks/encryption-budget.js';
 import { encrypt } from '../../src/xks/operations.js';
-import { ensureBuilt } from '../helpers/built-cli.js';
-import { runXks } from '../helpers/ops-process.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
+import { buildEmulator, emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND } from '../helpers/test-token.js';
 import { decryptFields, metadata, xksClient } from '../helpers/xks-client.js';
 
-const ROOT = new URL('../../', import.meta.url).pathname;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** How often a key may be re-read for a version it lacks (src/proxy.ts openCatalogue; README, "Key lifecycle"). */
 const VERSION_REFRESH_MS = 1_000;
@@ -26,32 +24,28 @@ const VERSION_REFRESH_MS = 1_000;
 // The emulator forwards to SoftHSM: this runs in the SoftHSM pass.
 describe.skipIf(TOKEN_KIND !== 'softhsm')('a decrypt naming a version the cache does not know', () => {
   let t: TestProxy;
-  let control: string;
+  let control: EmulatorControl;
   let searches: string;
   let xks: ReturnType<typeof xksClient>;
-  const setControl = (text: string) => {
-    writeFileSync(`${control}.new`, text);
-    renameSync(`${control}.new`, control);
-  };
+  const setControl = (text: string) => control.set(text);
   const searchCount = () => (existsSync(searches) ? readFileSync(searches, 'utf8').split('\n').filter(Boolean).length : 0);
 
   beforeAll(async () => {
     ensureBuilt();
-    execFileSync('bash', [join(ROOT, 'scripts/build-emulator.sh')], { stdio: 'pipe' });
+    buildEmulator();
     const token = createTestToken('versions');
-    control = join(token.dir, 'emulator-control');
+    control = emulatorControl(token);
     searches = join(token.dir, 'searches');
-    writeFileSync(control, '');
     t = await startProxyOnToken({
       token,
       // The cache is refreshed by its TTL only after a minute: every search in these tests is one a decrypt forced.
-      config: { hsm: { module: join(ROOT, 'test/emulator/build/libxks-emulator.so'), libraryParameters: `vendor=none control=${control}`, keyCacheTtlMs: 60_000 } },
+      config: { hsm: { ...control.hsm(), keyCacheTtlMs: 60_000 } },
       keys: { foo: { encrypt: true, decrypt: true } },
     });
     xks = xksClient(t.httpUrl);
   }, 60_000);
   afterAll(async () => {
-    if (control) setControl('');
+    if (control) await setControl('');
     await t?.stop();
   });
 
@@ -62,15 +56,14 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a decrypt naming a version the cache 
     // The first encrypt of a version reserves its next block of encryptions in the background (a search of its own).
     await sleep(300);
     rmSync(searches, { force: true });
-    setControl(`count C_FindObjectsInit ${searches}\n`);
-    await sleep(10); // the emulator reads its control file at most every 2 ms
+    await setControl(`count C_FindObjectsInit ${searches}\n`);
     const started = performance.now();
     const answers = [];
     for (let i = 0; i < 40; i++) answers.push(await xks.decrypt('foo', v999));
     for (let i = 0; i < 4; i++) answers.push(...(await Promise.all(Array.from({ length: 10 }, () => xks.decrypt('foo', v999)))));
     const elapsed = performance.now() - started;
     const made = searchCount();
-    setControl('');
+    await setControl('');
     for (const a of answers) expect(a.json?.errorName, a.text).toBe('InvalidCiphertextException');
     expect(made, `${made} searches for ${answers.length} decrypts in ${elapsed.toFixed(0)} ms`).toBeGreaterThanOrEqual(1);
     expect(made, `${made} searches for ${answers.length} decrypts in ${elapsed.toFixed(0)} ms`).toBeLessThanOrEqual(1 + Math.floor(elapsed / VERSION_REFRESH_MS));
@@ -86,7 +79,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a decrypt naming a version the cache 
     const early = await xks.decrypt('foo', { ...decryptFields(enc1.json), ciphertextMetadata: encodeCiphertextMetadata(next).toString('base64') });
     expect(early.json.errorName).toBe('InvalidCiphertextException');
     // Another process rotates.
-    const rotated = await runXks(t.token, t.configFile, ['keys', 'rotate', 'foo']);
+    const rotated = await runXks(['keys', 'rotate', 'foo'], { token: t.token, configFile: t.configFile });
     expect(rotated.code, rotated.stderr).toBe(0);
     const rotatedAt = performance.now();
     // A ciphertext under the new version, as another replica (its own catalogue, reading the token afresh) makes it.

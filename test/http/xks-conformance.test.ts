@@ -1,18 +1,13 @@
 // The conformance cases of xks-api.md, over HTTP against the real server on a real token.
 import { createHash, randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DEMO_KEYS, PREFIX, SECOND_ACCESS_KEY_ID, SECOND_SECRET, startTestProxy, type TestProxy } from '../helpers/proxy.js';
-import { decryptFields, metadata, signedRequest, xksClient, xksPath } from '../helpers/xks-client.js';
+import { describe, expect, it } from 'vitest';
+import { DEMO_KEYS, PREFIX, SECOND_ACCESS_KEY_ID, SECOND_SECRET } from '../helpers/proxy.js';
+import { useProxyOnToken } from '../helpers/proxy-on-token.js';
+import { decryptFields, metadata, signedRequest, xksPath } from '../helpers/xks-client.js';
 import { TOKEN_FACTS } from '../helpers/test-token.js';
 
-let t: TestProxy;
-let xks: ReturnType<typeof xksClient>;
-
-beforeAll(async () => {
-  t = await startTestProxy({ keys: DEMO_KEYS });
-  xks = xksClient(t.httpUrl);
-});
-afterAll(async () => t?.stop());
+const t = useProxyOnToken({ keys: DEMO_KEYS });
+const { xks } = t;
 
 describe('GetHealthStatus', () => {
   it('answers a deep health status that names the real token', async () => {

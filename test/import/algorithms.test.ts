@@ -9,7 +9,7 @@ import { createLogger } from '../../src/obs/logger.js';
 import type { WrappingKeySpec } from '../../src/import/schemas.js';
 import { startTestProxy, type TestProxy } from '../helpers/proxy.js';
 import { TOKEN_FACTS } from '../helpers/test-token.js';
-import { ALGORITHMS, expectProxyUses, wrapMaterial } from './byok.js';
+import { ALGORITHMS, expectProxyUses, wrapMaterial } from '../helpers/byok-customer.js';
 
 let t: TestProxy;
 let svc: ImportService;

@@ -2,16 +2,14 @@
 // and the customer's steps being the real openssl commands. Each `xks` is a new process, so every step also proves that
 // nothing of an import lives in a process (a restart between get-parameters and key-material changes nothing). After
 // the import, XKS encrypts through the proxy decrypt in node:crypto with PlaintextKeyMaterial.bin.
-import { execFile } from 'node:child_process';
 import { statSync, chmodSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureBuilt, MAIN, ROOT } from '../helpers/built-cli.js';
+import { ensureBuilt, MAIN, ROOT, runProcess, type CliRun } from '../helpers/built-cli.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { TOKEN_FACTS, createTestToken, type TestToken } from '../helpers/test-token.js';
-import { expectProxyUses, wrapMaterial } from './byok.js';
+import { expectProxyUses, wrapMaterial } from '../helpers/byok-customer.js';
 
 let token: TestToken;
 let t: TestProxy;
@@ -26,27 +24,11 @@ function block(name: string): string {
   return m[1]!;
 }
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+/** A script of the doc's blocks, run by bash with `xks` on the PATH (bin/xks runs the built CLI). */
+const bash = (cwd: string, script: string) =>
+  runProcess('bash', ['-euo', 'pipefail', '-c', script], { cwd, token, configFile, env: { PATH: `${bin}:${process.env.PATH}` } });
 
-async function bash(cwd: string, script: string): Promise<Run> {
-  try {
-    const r = await promisify(execFile)('bash', ['-euo', 'pipefail', '-c', script], {
-      cwd,
-      env: { ...process.env, PATH: `${bin}:${process.env.PATH}`, ...token.env, XKS_CONFIG: configFile },
-      timeout: 60_000,
-    });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const err = e as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof err.code === 'number' ? err.code : -1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
-  }
-}
-
-async function expectRuns(cwd: string, ...names: string[]): Promise<Run> {
+async function expectRuns(cwd: string, ...names: string[]): Promise<CliRun> {
   const r = await bash(cwd, names.map(block).join('\n'));
   expect(r.code, `${names.join(' + ')}: ${r.stderr}`).toBe(0);
   return r;

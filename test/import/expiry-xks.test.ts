@@ -1,19 +1,13 @@
 // Imported material whose ValidTo passes stops working through XKS at once, with the real clock and before any sweep
 // destroys it: GetKeyMetadata answers DISABLED, Encrypt and Decrypt InvalidStateException.
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { ImportService } from '../../src/import/import-service.js';
-import type { TestProxy } from '../helpers/proxy.js';
-import { startProxyOnToken } from '../helpers/proxy-on-token.js';
+import { useProxyOnToken } from '../helpers/proxy-on-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
-import { wrapMaterial } from './byok.js';
+import { wrapMaterial } from '../helpers/byok-customer.js';
 
-let t: TestProxy;
-
-beforeAll(async () => {
-  t = await startProxyOnToken();
-});
-afterAll(async () => t?.stop());
+const t = useProxyOnToken();
 
 it('stops serving material the moment its ValidTo passes, before a sweep', async () => {
   const id = 'short-lived';

@@ -8,7 +8,7 @@ import { ImportService, type ImportMaterialInput } from '../../src/import/import
 import type { WrappingAlgorithm } from '../../src/import/schemas.js';
 import { describeKey } from '../../src/keys/key-description.js';
 import { startTestProxy, type TestProxy } from '../helpers/proxy.js';
-import { expectProxyUses, kwp, wrapMaterial } from './byok.js';
+import { expectProxyUses, kwp, wrapMaterial } from '../helpers/byok-customer.js';
 
 let t: TestProxy;
 let svc: ImportService;

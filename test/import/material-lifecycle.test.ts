@@ -11,7 +11,7 @@ import { P } from '../../src/hsm/module.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
-import { expectProxyUses, wrapMaterial } from './byok.js';
+import { expectProxyUses, wrapMaterial } from '../helpers/byok-customer.js';
 import { TOKEN_FACTS } from '../helpers/test-token.js';
 
 let t: TestProxy;

@@ -11,12 +11,12 @@ import { legacyCandidateId as candidateId, legacyRecordId as recordId, legacyVer
 import { encodeRecord } from '../../src/keys/key-record.js';
 import type { KeyLifecycle } from '../../src/keys/lifecycle.js';
 import { openLifecycle } from '../../src/proxy.js';
-import { ensureBuilt } from '../helpers/built-cli.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
-import { describeViaCli, expectCleanVersions, runCli, tokenObjects, versionOf } from './lifecycle-support.js';
+import { describeViaCli, expectCleanVersions, tokenObjects, versionOf } from '../helpers/key-versions.js';
 
 const DAY_MS = 86_400_000;
 let token: TestToken;
@@ -35,14 +35,14 @@ afterAll(async () => {
 });
 
 it('on a fresh token the CLI says no key is due, and exits 0', async () => {
-  const rotate = await runCli(token, configFile, ['keys', 'rotate-due']);
+  const rotate = await runXks(['keys', 'rotate-due'], { token, configFile });
   expect(rotate.code, rotate.stderr).toBe(0);
   expect(rotate.stdout.trim()).toBe('no key is due for rotation');
-  const purge = await runCli(token, configFile, ['keys', 'purge-due']);
+  const purge = await runXks(['keys', 'purge-due'], { token, configFile });
   expect(purge.code, purge.stderr).toBe(0);
   expect(purge.stdout.trim()).toBe('no key is due for deletion');
   for (const cmd of ['rotate-due', 'purge-due']) {
-    const r = await runCli(token, configFile, ['keys', cmd, '--json']);
+    const r = await runXks(['keys', cmd, '--json'], { token, configFile });
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toEqual([]);
   }
@@ -124,12 +124,12 @@ describe('with a fake clock', () => {
 
   it('set-rotation through the CLI starts and stops automatic rotation; periods outside 90..2560 days are refused', async () => {
     const c = await currentSince('none');
-    const on = await runCli(token, configFile, ['keys', 'set-rotation', 'none', '--period-days', '365', '--json']);
+    const on = await runXks(['keys', 'set-rotation', 'none', '--period-days', '365', '--json'], { token, configFile });
     expect(on.code, on.stderr).toBe(0);
     expect(JSON.parse(on.stdout)).toMatchObject({ RotationPeriodInDays: 365 });
     expect((await rotateDueAt(c + 364 * DAY_MS)).none).toBeUndefined();
     expect((await rotateDueAt(c + 365 * DAY_MS)).none).toBe(2);
-    const off = await runCli(token, configFile, ['keys', 'set-rotation', 'none', '--off', '--json']);
+    const off = await runXks(['keys', 'set-rotation', 'none', '--off', '--json'], { token, configFile });
     expect(off.code, off.stderr).toBe(0);
     expect(JSON.parse(off.stdout).RotationPeriodInDays).toBeUndefined();
     expect((await rotateDueAt(c + 3650 * DAY_MS)).none).toBeUndefined();
@@ -138,7 +138,7 @@ describe('with a fake clock', () => {
       expect(e).toBeInstanceOf(KeyError);
       expect((e as KeyError).code).toBe('ValidationException');
     }
-    const bad = await runCli(token, configFile, ['keys', 'set-rotation', 'none', '--period-days', '89']);
+    const bad = await runXks(['keys', 'set-rotation', 'none', '--period-days', '89'], { token, configFile });
     expect(bad.code).toBe(1);
     expect(bad.stderr).toMatch(/90 to 2560/);
   });
@@ -178,7 +178,7 @@ describe('with a fake clock', () => {
     const dec = await xks.decrypt('gone', decryptFields(ct.json));
     expect(dec.status).toBe(404);
     expect(dec.json.errorName).toBe('KeyNotFoundException');
-    const d = await runCli(token, configFile, ['keys', 'describe', 'gone']);
+    const d = await runXks(['keys', 'describe', 'gone'], { token, configFile });
     expect(d.code).toBe(1);
     expect(d.stderr).toMatch(/no key "gone"/);
     // The other key is refused as pending deletion, not gone.
@@ -208,10 +208,10 @@ describe('with a fake clock', () => {
 
   it('with the real clock, the CLI finds nothing due on this token either', async () => {
     // Every version made above is dated now or later, and every pending deletion is days away.
-    const rotate = await runCli(token, configFile, ['keys', 'rotate-due']);
+    const rotate = await runXks(['keys', 'rotate-due'], { token, configFile });
     expect(rotate.code, rotate.stderr).toBe(0);
     expect(rotate.stdout.trim()).toBe('no key is due for rotation');
-    const purge = await runCli(token, configFile, ['keys', 'purge-due']);
+    const purge = await runXks(['keys', 'purge-due'], { token, configFile });
     expect(purge.code, purge.stderr).toBe(0);
     expect(purge.stdout.trim()).toBe('no key is due for deletion');
   });

@@ -11,12 +11,12 @@ import { exposure } from '../../src/keys/exposure.js';
 import { reportKey } from '../../src/keys/report.js';
 import { buildGcmAad } from '../../src/xks/aad.js';
 import { encodeCiphertextMetadata } from '../../src/xks/ciphertext-metadata.js';
-import { ensureBuilt } from '../helpers/built-cli.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
 import { createTestToken, makeForeignAesKey, TOKEN_FACTS } from '../helpers/test-token.js';
 import { xksClient } from '../helpers/xks-client.js';
-import { pollUntil, runCli } from './lifecycle-support.js';
+import { pollUntil } from '../helpers/poll.js';
 
 let t: TestProxy;
 let xks: ReturnType<typeof xksClient>;
@@ -82,7 +82,7 @@ describe.skipIf(!TOKEN_FACTS.nonSensitiveKeys)('a key any logged-in user can rea
   });
 
   it('is served once the operator allows it (audited, kept in the token), and refused again when that is withdrawn', async () => {
-    const allow = await runCli(t.token, t.configFile, ['keys', 'allow-exposed', 'readable', '--json']);
+    const allow = await runXks(['keys', 'allow-exposed', 'readable', '--json'], { token: t.token, configFile: t.configFile });
     expect(allow.code, allow.stderr).toBe(0);
     expect(JSON.parse(allow.stdout)).toMatchObject({ KeyId: 'readable', AllowExposedVersions: [1] });
     expect(cliTrail()).toContainEqual(expect.objectContaining({ source: 'cli', operation: 'keys allow-exposed', keyId: 'readable', keyVersion: 1, outcome: 'ok' }));
@@ -97,7 +97,7 @@ describe.skipIf(!TOKEN_FACTS.nonSensitiveKeys)('a key any logged-in user can rea
     expect(r.Compliant).toBe(false);
     expect(r.Versions[0]!.Findings).toContainEqual({ severity: 'notice', message: expect.stringMatching(/served.*allow-exposed/) });
 
-    const refuse = await runCli(t.token, t.configFile, ['keys', 'refuse-exposed', 'readable']);
+    const refuse = await runXks(['keys', 'refuse-exposed', 'readable'], { token: t.token, configFile: t.configFile });
     expect(refuse.code, refuse.stderr).toBe(0);
     expect(cliTrail()).toContainEqual(expect.objectContaining({ operation: 'keys refuse-exposed', keyId: 'readable', outcome: 'ok' }));
     await pollUntil('the key is refused again', 10_000, async () => (await xks.encrypt('readable', Buffer.from('x'))).status === 400);
@@ -122,7 +122,7 @@ describe('a key any key of the user can wrap out (CKA_EXTRACTABLE without CKA_WR
 
   it('is refused until allowed', async () => {
     await expectRefused('wrappable', /CKA_EXTRACTABLE/, ct);
-    const allow = await runCli(t.token, t.configFile, ['keys', 'allow-exposed', 'wrappable']);
+    const allow = await runXks(['keys', 'allow-exposed', 'wrappable'], { token: t.token, configFile: t.configFile });
     expect(allow.code, allow.stderr).toBe(0);
     await pollUntil('the allowed key encrypts', 10_000, async () => (await xks.encrypt('wrappable', Buffer.from('x'))).status === 200);
   });
@@ -135,7 +135,7 @@ describe('a key any key of the user can wrap out (CKA_EXTRACTABLE without CKA_WR
 });
 
 it('allow-exposed refuses a key with nothing exposed', async () => {
-  const r = await runCli(t.token, t.configFile, ['keys', 'allow-exposed', 'good']);
+  const r = await runXks(['keys', 'allow-exposed', 'good'], { token: t.token, configFile: t.configFile });
   expect(r.code).not.toBe(0);
   expect(r.stderr).toMatch(/no version whose material can leave the HSM/);
 });

@@ -1,17 +1,15 @@
 // Only AES-256 keys are served (XKS keySpec AES_256): an AES-128 key under an external key id
 // (`pkcs11-tool --keygen --key-type aes:16 --label X`) was served as AES_256. It is refused by name on every XKS call
 // and flagged by the compliance report.
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { beforeAll, expect, it } from 'vitest';
 import { P } from '../../src/hsm/module.js';
 import { reportKey } from '../../src/keys/report.js';
-import type { TestProxy } from '../helpers/proxy.js';
-import { startTestProxy } from '../helpers/proxy.js';
+import { useProxyOnToken } from '../helpers/proxy-on-token.js';
 import { tokenLibrary } from '../helpers/token-library.js';
 import { xksClient } from '../helpers/xks-client.js';
 
-let t: TestProxy;
-beforeAll(async () => {
-  t = await startTestProxy({ keys: { good: { encrypt: true, decrypt: true } } });
+const t = useProxyOnToken({ keys: { good: { encrypt: true, decrypt: true } } });
+beforeAll(() => {
   // What pkcs11-tool --keygen --key-type aes:16 --sensitive makes: a token AES key of 16 bytes, no CKA_ID (made here,
   // on a session of the test's own, as pkcs11-tool would beside the server).
   const { mod, withSession } = tokenLibrary(t.token);
@@ -28,7 +26,6 @@ beforeAll(async () => {
     { type: P.CKA_LABEL, value: 'short' },
   ]));
 });
-afterAll(async () => t?.stop());
 
 it('refuses an AES-128 key by name on GetKeyMetadata and Encrypt', async () => {
   const xks = xksClient(t.httpUrl);

@@ -6,10 +6,9 @@
 // that did not happen, and a stalled import holding the same token is waited for, not stepped over. The CLI runs
 // through our PKCS#11 emulator (test/emulator), whose control file holds every C_GenerateKey for a while, so the
 // process can be killed with SIGKILL once its candidate is in the token and before its commit marker.
-import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { renameSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImportService } from '../../src/import/import-service.js';
@@ -20,13 +19,15 @@ import { assemble, uncommitted } from '../../src/keys/catalogue.js';
 import { importTokenTag, leaseId } from '../../src/keys/claims.js';
 import { KeyError } from '../../src/keys/errors.js';
 import { materialId, newNonce } from '../../src/keys/key-objects.js';
-import { MAIN, ensureBuilt, ROOT } from '../helpers/built-cli.js';
+import { ensureBuilt, runXks, startXks } from '../helpers/built-cli.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
-import { expectProxyUses, wrapMaterial } from '../import/byok.js';
-import { describeViaCli, expectCleanVersions, pollUntil, runCli, tokenObjects, versionOf } from './lifecycle-support.js';
+import { expectProxyUses, wrapMaterial } from '../helpers/byok-customer.js';
+import { buildEmulator, emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
+import { describeViaCli, expectCleanVersions, tokenObjects, versionOf } from '../helpers/key-versions.js';
+import { pollUntil } from '../helpers/poll.js';
 
 const leases = async (t: TestProxy, id: string) =>
   (await t.proxy.hsm.findSecretKeys({ label: id })).filter((o) => o.id.toString('latin1').startsWith('xks:l2;'));
@@ -34,28 +35,20 @@ const leases = async (t: TestProxy, id: string) =>
 // The emulator forwards to SoftHSM: this runs in the SoftHSM pass.
 describe.skipIf(TOKEN_KIND !== 'softhsm')('a writer killed between its candidate and its commit', () => {
   let t: TestProxy;
-  let control: string;
+  let control: EmulatorControl;
   let emulated: string;
-  const setControl = (text: string) => {
-    writeFileSync(`${control}.new`, text);
-    renameSync(`${control}.new`, control);
-  };
+  const setControl = (text: string) => control.set(text);
 
   beforeAll(async () => {
     ensureBuilt();
-    execFileSync('bash', [join(ROOT, 'scripts/build-emulator.sh')], { stdio: 'pipe' });
+    buildEmulator();
     const token = createTestToken('killed');
-    control = join(token.dir, 'emulator-control');
-    writeFileSync(control, '');
+    control = emulatorControl(token);
     t = await startProxyOnToken({ token });
-    emulated = writeTestConfig(
-      token,
-      { hsm: { module: join(ROOT, 'test/emulator/build/libxks-emulator.so'), libraryParameters: `vendor=none control=${control}` } },
-      'emulated.yaml',
-    );
+    emulated = writeTestConfig(token, { hsm: control.hsm() }, 'emulated.yaml');
   }, 120_000);
   afterAll(async () => {
-    setControl('');
+    await setControl('');
     await t?.stop();
   });
 
@@ -64,21 +57,17 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a writer killed between its candidate
    * a candidate for `version` in the token (read by this process, straight from SoftHSM).
    */
   async function killAtCandidate(id: string, version: number, args: string[]): Promise<void> {
-    setControl('hang C_GenerateKey 5000\n');
-    const child = spawn('node', [MAIN, ...args], { cwd: ROOT, env: { ...process.env, ...t.token.env, XKS_CONFIG: emulated }, stdio: 'pipe' });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
-    const exited = new Promise((r) => child.once('exit', r));
+    await setControl('hang C_GenerateKey 5000\n');
+    const { child, output, exited } = startXks(args, { token: t.token, configFile: emulated });
     try {
-      await pollUntil(`a candidate for version ${version} (${out})`, 40_000, async () => {
-        if (child.exitCode !== null) throw new Error(`xks ${args.join(' ')} ended before it made its candidate: ${out}`);
+      await pollUntil(`a candidate for version ${version} (${output()})`, 40_000, async () => {
+        if (child.exitCode !== null) throw new Error(`xks ${args.join(' ')} ended before it made its candidate: ${output()}`);
         return (await tokenObjects(t.proxy.hsm, id)).candidates.includes(version);
       });
     } finally {
       child.kill('SIGKILL');
       await exited;
-      setControl('');
+      await setControl('');
     }
     // Killed between its candidate and its commit marker.
     const objs = await tokenObjects(t.proxy.hsm, id);
@@ -93,7 +82,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a writer killed between its candidate
     const before = await xks.encrypt(id, Buffer.from('before'));
     await killAtCandidate(id, 2, ['keys', 'rotate', id, '--json']);
 
-    const retry = await runCli(t.token, t.configFile, ['keys', 'rotate', id, '--json']);
+    const retry = await runXks(['keys', 'rotate', id, '--json'], { token: t.token, configFile: t.configFile });
     expect(retry.code, retry.stderr).toBe(0);
     expect(JSON.parse(retry.stdout)).toEqual({ KeyId: id, Rotated: true, Version: 2 });
     // At once: no waiting out the dead writer's claim (it used to take 10 s, then ConflictException, for 60 s).
@@ -119,7 +108,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a writer killed between its candidate
     const imported = [...args, '--expiration-model', 'KEY_MATERIAL_DOES_NOT_EXPIRE', '--json'];
     await killAtCandidate(id, 1, imported);
 
-    const retry = await runCli(t.token, t.configFile, imported);
+    const retry = await runXks(imported, { token: t.token, configFile: t.configFile });
     expect(retry.code, retry.stderr).toBe(0);
     expect(JSON.parse(retry.stdout)).toMatchObject({ KeyId: id, KeyMaterialVersion: 1, KeyState: 'Enabled' });
     expect(retry.endedMs - retry.startedMs).toBeLessThan(8_000);
@@ -128,7 +117,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a writer killed between its candidate
     await t.proxy.catalogue.refresh(id);
     await expectProxyUses(t.httpUrl, id, material);
     // Spent by that commit: single use holds.
-    const again = await runCli(t.token, t.configFile, imported);
+    const again = await runXks(imported, { token: t.token, configFile: t.configFile });
     expect(again.code).not.toBe(0);
     expect(again.stderr).toMatch(/import token is not valid for this key: .* used already/);
     await expectCleanVersions(t.proxy.hsm, id, 1);
@@ -149,7 +138,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('a writer killed between its candidate
       },
     });
     await pollUntil('the held candidate', 5_000, async () => made);
-    const other = await runCli(t.token, t.configFile, ['keys', 'rotate', id, '--json']);
+    const other = await runXks(['keys', 'rotate', id, '--json'], { token: t.token, configFile: t.configFile });
     expect(other.code).not.toBe(0);
     expect(other.stderr).toMatch(/being changed by another process/);
     expect(other.endedMs - other.startedMs).toBeGreaterThanOrEqual(10_000);

@@ -1,19 +1,14 @@
 // The labels the proxy uses for its own keys are never external key ids, and its own keys are found by more than
 // their label: `xks keys create xks-audit-hmac` made the audit key ambiguous (a record object with the audit key's
 // label), and an operator's key under the health check's label would be served to KMS.
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { ANCHOR_LABEL } from '../../src/audit/audit-anchor.js';
 import { auditSigner, DEFAULT_AUDIT_KEY_LABEL, findAuditKeys } from '../../src/audit/audit-key.js';
 import { GENERIC_SECRET_KEY_GEN } from '../../src/hsm/mechanisms.js';
 import { hmacKeyTemplate } from '../../src/hsm/templates.js';
-import type { TestProxy } from '../helpers/proxy.js';
-import { startTestProxy } from '../helpers/proxy.js';
+import { useProxyOnToken } from '../helpers/proxy-on-token.js';
 
-let t: TestProxy;
-beforeAll(async () => {
-  t = await startTestProxy();
-});
-afterAll(async () => t?.stop());
+const t = useProxyOnToken();
 
 it.each([DEFAULT_AUDIT_KEY_LABEL, ANCHOR_LABEL, 'xks-proxy-health-check'])('refuses %s as an external key id, making nothing', async (label) => {
   const before = (await t.proxy.hsm.findSecretKeys({ label })).length;

@@ -11,7 +11,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { P } from '../../src/hsm/module.js';
 import { aes256KeyTemplate, inertSecretTemplate as recordObjectTemplate } from '../../src/hsm/templates.js';
 import { aesObjectRole, commitId } from '../../src/keys/key-objects.js';
@@ -20,26 +20,19 @@ import { buildGcmAad } from '../../src/xks/aad.js';
 import { encodeCiphertextMetadata } from '../../src/xks/ciphertext-metadata.js';
 import { encodeRecord } from '../../src/keys/key-record.js';
 import { KeyLifecycle } from '../../src/keys/lifecycle.js';
-import { ensureBuilt, ROOT } from '../helpers/built-cli.js';
-import type { TestProxy } from '../helpers/proxy.js';
-import { startProxyOnToken } from '../helpers/proxy-on-token.js';
-import { decryptFields, xksClient } from '../helpers/xks-client.js';
-import { describeViaCli, expectCleanVersions, pollUntil, runCli, tokenObjects, type CliRun, versionOf } from './lifecycle-support.js';
+import { ROOT, runXks, type CliRun } from '../helpers/built-cli.js';
+import { useProxyOnToken } from '../helpers/proxy-on-token.js';
+import { decryptFields } from '../helpers/xks-client.js';
+import { describeViaCli, expectCleanVersions, tokenObjects, versionOf } from '../helpers/key-versions.js';
+import { pollUntil } from '../helpers/poll.js';
 import { TOKEN_FACTS } from '../helpers/test-token.js';
 
 const DAY_MS = 86_400_000;
 const RACER = fileURLToPath(new URL('./fixtures/lifecycle-racer.mjs', import.meta.url));
 const STRESS = process.env.XKS_RACE_STRESS === '1';
 
-let t: TestProxy;
-let xks: ReturnType<typeof xksClient>;
-
-beforeAll(async () => {
-  ensureBuilt();
-  t = await startProxyOnToken();
-  xks = xksClient(t.httpUrl);
-}, 120_000);
-afterAll(async () => t?.stop());
+const t = useProxyOnToken({ cli: true });
+const { xks } = t;
 
 /** What every process must agree on after a race: versions 1..n, one object each, no candidate, n current. */
 async function expectSettled(id: string, n: number): Promise<void> {
@@ -128,7 +121,7 @@ async function raceRacers(n: number, args: string[]): Promise<any[][]> {
 
 /** `xks keys ...args` in n processes, started 100 ms apart (simultaneous SoftHSM logins can fail, see startRacer). */
 function raceCli(n: number, args: string[]): Promise<CliRun[]> {
-  return Promise.all(Array.from({ length: n }, (_, i) => sleep(100 * i).then(() => runCli(t.token, t.configFile, args))));
+  return Promise.all(Array.from({ length: n }, (_, i) => sleep(100 * i).then(() => runXks(args, { token: t.token, configFile: t.configFile }))));
 }
 
 // A SoftHSM file-object-store fact (see the top of this file), reproduced step by step: not how other tokens behave.
@@ -140,7 +133,7 @@ describe.skipIf(!TOKEN_FACTS.softhsm)('SoftHSM hides from a process what others 
     a.send('go');
     await pollUntil('A at make', 20_000, async () => a.out().includes('at-make\n'));
     // Process B rotates completely: its candidate for version 2 finds no rival, and is committed.
-    const b = await runCli(t.token, t.configFile, ['keys', 'rotate', 'held', '--json']);
+    const b = await runXks(['keys', 'rotate', 'held', '--json'], { token: t.token, configFile: t.configFile });
     expect(b.code, b.stderr).toBe(0);
     expect(JSON.parse(b.stdout)).toMatchObject({ Rotated: true, Version: 2 });
     // A goes on: creating its candidate hides B's object from A, so A's check finds no rival either (the SoftHSM
@@ -174,7 +167,7 @@ describe.skipIf(!TOKEN_FACTS.softhsm)('SoftHSM hides from a process what others 
     expect(enc.status, enc.text).toBe(200);
     expect(versionOf(enc.json)).toBe(2);
     // The next rotation is clean.
-    const c = await runCli(t.token, t.configFile, ['keys', 'rotate', 'held', '--json']);
+    const c = await runXks(['keys', 'rotate', 'held', '--json'], { token: t.token, configFile: t.configFile });
     expect(JSON.parse(c.stdout)).toMatchObject({ Rotated: true, Version: 3 });
   });
 });
@@ -261,10 +254,10 @@ describe('two processes rotating one key in the same second (every run)', () => 
     for (let round = 0; round < 3; round++) {
       before.push((await xks.encrypt('pair', Buffer.from(`before round ${round}`))).json);
       const rotate = async () => {
-        const r = await runCli(t.token, t.configFile, ['keys', 'rotate', 'pair', '--json']);
+        const r = await runXks(['keys', 'rotate', 'pair', '--json'], { token: t.token, configFile: t.configFile });
         // "Being changed by another process; try again" is an answer a racing rotation may get (the CLI waits 10 s at
         // most, and SoftHSM's file store can hide the other's release from it for a while): the operator tries again.
-        return r.code !== 0 && r.stderr.includes('try again') ? runCli(t.token, t.configFile, ['keys', 'rotate', 'pair', '--json']) : r;
+        return r.code !== 0 && r.stderr.includes('try again') ? runXks(['keys', 'rotate', 'pair', '--json'], { token: t.token, configFile: t.configFile }) : r;
       };
       const runs = await Promise.all([rotate(), rotate()]);
       for (const r of runs) expect(r.code, r.stderr).toBe(0);
@@ -349,7 +342,7 @@ describe.skipIf(!STRESS)('rotations racing in separate processes (XKS_RACE_STRES
       await expectSettled('due', n);
       await expectSettled('not-due', 1);
       await expectServed('due', n, before);
-      expect((await runCli(t.token, t.configFile, ['keys', 'rotate-due'])).stdout.trim()).toBe('no key is due for rotation');
+      expect((await runXks(['keys', 'rotate-due'], { token: t.token, configFile: t.configFile })).stdout.trim()).toBe('no key is due for rotation');
       await makeDue('due');
     });
 

@@ -3,28 +3,20 @@
 // rotation's leftovers (a candidate object) are never used for crypto. Real SoftHSM token, real server over a socket.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { aes256KeyTemplate } from '../../src/hsm/templates.js';
 import { KeyError } from '../../src/keys/errors.js';
 import { materialId } from '../../src/keys/key-objects.js';
 import { buildGcmAad } from '../../src/xks/aad.js';
 import { encodeCiphertextMetadata } from '../../src/xks/ciphertext-metadata.js';
-import { ensureBuilt } from '../helpers/built-cli.js';
-import type { TestProxy } from '../helpers/proxy.js';
-import { startProxyOnToken } from '../helpers/proxy-on-token.js';
-import { decryptFields, xksClient } from '../helpers/xks-client.js';
-import { describeViaCli, expectCleanVersions, runCli, tokenObjects, versionOf } from './lifecycle-support.js';
+import { runXks } from '../helpers/built-cli.js';
+import { useProxyOnToken } from '../helpers/proxy-on-token.js';
+import { decryptFields } from '../helpers/xks-client.js';
+import { describeViaCli, expectCleanVersions, tokenObjects, versionOf } from '../helpers/key-versions.js';
 import { evidence, TOKEN_FACTS } from '../helpers/test-token.js';
 
-let t: TestProxy;
-let xks: ReturnType<typeof xksClient>;
-
-beforeAll(async () => {
-  ensureBuilt();
-  t = await startProxyOnToken();
-  xks = xksClient(t.httpUrl);
-}, 120_000);
-afterAll(async () => t?.stop());
+const t = useProxyOnToken({ cli: true });
+const { xks } = t;
 
 const pt = (s: string) => Buffer.from(s);
 const withMetadata = (enc: any, version: number) => ({ ...decryptFields(enc), ciphertextMetadata: encodeCiphertextMetadata(version).toString('base64') });
@@ -95,7 +87,7 @@ describe('a rotated key', () => {
   });
 
   it('rotates through the CLI (another process) too: its version decrypts here within a second, and encrypts move to it', async () => {
-    const r = await runCli(t.token, t.configFile, ['keys', 'rotate', 'rot', '--json']);
+    const r = await runXks(['keys', 'rotate', 'rot', '--json'], { token: t.token, configFile: t.configFile });
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toEqual({ KeyId: 'rot', Rotated: true, Version: 5 });
     const rotatedAt = performance.now();
@@ -152,10 +144,10 @@ describe('what a rotation carries over', () => {
 
   // A token without CKA_WRAP_WITH_TRUSTED (NSS) makes no exportable key: see the next test.
   it.skipIf(!TOKEN_FACTS.wrapWithTrusted)('an exportable key rotates to exportable versions', async () => {
-    const made = await runCli(t.token, t.configFile, ['keys', 'create', 'exp', '--exportable', '--json']);
+    const made = await runXks(['keys', 'create', 'exp', '--exportable', '--json'], { token: t.token, configFile: t.configFile });
     expect(made.code, made.stderr).toBe(0);
     expect(JSON.parse(made.stdout)).toMatchObject({ KeyId: 'exp', Exportable: true, CurrentVersion: 1 });
-    expect((await runCli(t.token, t.configFile, ['keys', 'rotate', 'exp'])).code).toBe(0);
+    expect((await runXks(['keys', 'rotate', 'exp'], { token: t.token, configFile: t.configFile })).code).toBe(0);
     expect((await t.proxy.lifecycle.rotate('exp')).Version).toBe(3);
     const d = await describeViaCli(t.token, t.configFile, 'exp');
     expect(d).toMatchObject({ Exportable: true, CurrentVersion: 3 });
@@ -166,7 +158,7 @@ describe('what a rotation carries over', () => {
   });
 
   it.runIf(!TOKEN_FACTS.wrapWithTrusted)('a token that cannot restrict wrapping to a trusted KEK makes no exportable key, and says why', async () => {
-    const made = await runCli(t.token, t.configFile, ['keys', 'create', 'exp', '--exportable', '--json']);
+    const made = await runXks(['keys', 'create', 'exp', '--exportable', '--json'], { token: t.token, configFile: t.configFile });
     expect(made.code).not.toBe(0);
     expect(made.stderr).toMatch(/cannot restrict wrapping to a trusted KEK.*CKA_WRAP_WITH_TRUSTED/);
     expect(await t.proxy.hsm.findSecretKeys({ label: 'exp' })).toEqual([]);

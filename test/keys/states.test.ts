@@ -2,26 +2,19 @@
 // Encrypt and Decrypt with InvalidStateException; scheduled deletion, cancel and enable move between states as in KMS,
 // and a transition KMS refuses changes nothing. Keys imported later (PendingImport) and keys made by other tools
 // (adopted) follow the same rules. Real token (XKS_TEST_TOKEN), real server over a socket, the built CLI as its own process.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { aes256KeyTemplate } from '../../src/hsm/templates.js';
 import { KeyError, type KeyErrorName } from '../../src/keys/errors.js';
-import { ensureBuilt } from '../helpers/built-cli.js';
-import type { TestProxy } from '../helpers/proxy.js';
-import { startProxyOnToken } from '../helpers/proxy-on-token.js';
+import { runXks } from '../helpers/built-cli.js';
+import { useProxyOnToken } from '../helpers/proxy-on-token.js';
 import { makeForeignAesKey } from '../helpers/test-token.js';
-import { decryptFields, xksClient } from '../helpers/xks-client.js';
-import { describeViaCli, pollUntil, runCli, tokenObjects, versionOf } from './lifecycle-support.js';
+import { decryptFields } from '../helpers/xks-client.js';
+import { describeViaCli, tokenObjects, versionOf } from '../helpers/key-versions.js';
+import { pollUntil } from '../helpers/poll.js';
 
 const DAY_MS = 86_400_000;
-let t: TestProxy;
-let xks: ReturnType<typeof xksClient>;
-
-beforeAll(async () => {
-  ensureBuilt();
-  t = await startProxyOnToken();
-  xks = xksClient(t.httpUrl);
-}, 120_000);
-afterAll(async () => t?.stop());
+const t = useProxyOnToken({ cli: true });
+const { xks } = t;
 
 async function expectKeyError(p: Promise<unknown>, ...codes: KeyErrorName[]): Promise<KeyError> {
   const err = await p.then(
@@ -92,7 +85,7 @@ describe('disable, schedule deletion, cancel, enable', () => {
       expect(e.message).toMatch(/7 to 30/);
     }
     for (const days of ['6', '31', '7.5']) {
-      const r = await runCli(t.token, t.configFile, ['keys', 'schedule-deletion', 'st', '--pending-window-days', days]);
+      const r = await runXks(['keys', 'schedule-deletion', 'st', '--pending-window-days', days], { token: t.token, configFile: t.configFile });
       expect(r.code, r.stdout).toBe(1);
       expect(r.stderr).toMatch(/pending.window|7 to 30|whole number of days/i);
     }
@@ -101,7 +94,7 @@ describe('disable, schedule deletion, cancel, enable', () => {
 
   it('schedule deletion: PendingDeletion with a DeletionDate 7 days ahead, still refused by XKS', async () => {
     const from = Date.now();
-    const r = await runCli(t.token, t.configFile, ['keys', 'schedule-deletion', 'st', '--pending-window-days', '7', '--json']);
+    const r = await runXks(['keys', 'schedule-deletion', 'st', '--pending-window-days', '7', '--json'], { token: t.token, configFile: t.configFile });
     const to = Date.now();
     expect(r.code, r.stderr).toBe(0);
     const printed = JSON.parse(r.stdout);
@@ -123,7 +116,7 @@ describe('disable, schedule deletion, cancel, enable', () => {
     await expectKeyError(t.proxy.lifecycle.scheduleDeletion('st', 30), 'KMSInvalidStateException');
     await expectKeyError(t.proxy.lifecycle.rotate('st'), 'KMSInvalidStateException');
     await expectKeyError(t.proxy.lifecycle.setRotation('st', 365), 'KMSInvalidStateException');
-    const cli = await runCli(t.token, t.configFile, ['keys', 'enable', 'st']);
+    const cli = await runXks(['keys', 'enable', 'st'], { token: t.token, configFile: t.configFile });
     expect(cli.code).toBe(1);
     expect(cli.stderr).toMatch(/PendingDeletion/);
     expect(await snapshot('st')).toEqual(before);
@@ -159,17 +152,17 @@ describe('disable, schedule deletion, cancel, enable', () => {
     await expectServedByXks('st', early, 'made while enabled');
     const before = await snapshot('st');
     await expectKeyError(t.proxy.lifecycle.cancelDeletion('st'), 'KMSInvalidStateException');
-    const cli = await runCli(t.token, t.configFile, ['keys', 'cancel-deletion', 'st']);
+    const cli = await runXks(['keys', 'cancel-deletion', 'st'], { token: t.token, configFile: t.configFile });
     expect(cli.code).toBe(1);
     expect(cli.stderr).toMatch(/not pending deletion/);
     expect(await snapshot('st')).toEqual(before);
   });
 
   it('disable and enable through the CLI (another process) reach this server within 5 seconds', async () => {
-    expect((await runCli(t.token, t.configFile, ['keys', 'disable', 'st'])).code).toBe(0);
+    expect((await runXks(['keys', 'disable', 'st'], { token: t.token, configFile: t.configFile })).code).toBe(0);
     await pollUntil('DISABLED after a CLI disable', 5_000, async () => (await xks.metadata('st')).json.keyStatus === 'DISABLED');
     await expectRefusedByXks('st', early);
-    expect((await runCli(t.token, t.configFile, ['keys', 'enable', 'st'])).code).toBe(0);
+    expect((await runXks(['keys', 'enable', 'st'], { token: t.token, configFile: t.configFile })).code).toBe(0);
     await pollUntil('ENABLED after a CLI enable', 5_000, async () => (await xks.metadata('st')).json.keyStatus === 'ENABLED');
     await expectServedByXks('st', early, 'made while enabled');
   });
@@ -177,7 +170,7 @@ describe('disable, schedule deletion, cancel, enable', () => {
 
 describe('a key waiting for imported material (origin EXTERNAL)', () => {
   it('is PendingImport, DISABLED to KMS, refuses Encrypt, cannot be enabled or rotated', async () => {
-    const r = await runCli(t.token, t.configFile, ['keys', 'create', 'ext', '--origin', 'EXTERNAL', '--usage', 'encrypt,decrypt', '--json']);
+    const r = await runXks(['keys', 'create', 'ext', '--origin', 'EXTERNAL', '--usage', 'encrypt,decrypt', '--json'], { token: t.token, configFile: t.configFile });
     expect(r.code, r.stderr).toBe(0);
     const d = JSON.parse(r.stdout);
     expect(d).toMatchObject({ KeyId: 'ext', KeyState: 'PendingImport', Origin: 'EXTERNAL', Versions: [] });
@@ -200,7 +193,7 @@ describe('a key waiting for imported material (origin EXTERNAL)', () => {
     await expectKeyError(t.proxy.lifecycle.rotate('ext'), 'KMSInvalidStateException', 'UnsupportedOperationException');
     await expectKeyError(t.proxy.lifecycle.enable('ext'), 'KMSInvalidStateException');
     await expectKeyError(t.proxy.lifecycle.setRotation('ext', 90), 'UnsupportedOperationException');
-    const cli = await runCli(t.token, t.configFile, ['keys', 'rotate', 'ext']);
+    const cli = await runXks(['keys', 'rotate', 'ext'], { token: t.token, configFile: t.configFile });
     expect(cli.code).toBe(1);
     expect(cli.stdout).toBe('');
     expect(await snapshot('ext')).toEqual(before);
@@ -255,12 +248,12 @@ describe('adopted keys (made by other tools, no record)', () => {
     await t.proxy.hsm.generateKey(aes256KeyTemplate({ label: 'bare', encrypt: true, decrypt: false, exportable: false }));
     const enc = await xks.encrypt('bare', Buffer.from('bare'));
     expect(enc.status, enc.text).toBe(200);
-    expect((await runCli(t.token, t.configFile, ['keys', 'disable', 'bare'])).code).toBe(0);
+    expect((await runXks(['keys', 'disable', 'bare'], { token: t.token, configFile: t.configFile })).code).toBe(0);
     const k = await t.proxy.lifecycle.get('bare');
     expect(k).toMatchObject({ state: 'Disabled', origin: 'ADOPTED' });
     expect(k.record).toMatchObject({ origin: 'ADOPTED', state: 'Disabled', usage: ['ENCRYPT'] });
     await expectRefusedByXks('bare', undefined, ['ENCRYPT']);
-    const r = await runCli(t.token, t.configFile, ['keys', 'enable', 'bare', '--json']);
+    const r = await runXks(['keys', 'enable', 'bare', '--json'], { token: t.token, configFile: t.configFile });
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({ KeyState: 'Enabled', Origin: 'ADOPTED', KeyUsage: ['ENCRYPT'] });
     await pollUntil('ENABLED after a CLI enable', 5_000, async () => (await xks.metadata('bare')).json.keyStatus === 'ENABLED');

@@ -2,18 +2,12 @@
 // CKA_CLASS and CKA_ID for the same object and overwrites its value: under the earlier layout, keys created in the same
 // second shared version ids and lost their material. Runs on every token kind; on NSS it is the regression test.
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import type { TestProxy } from '../helpers/proxy.js';
-import { startTestProxy } from '../helpers/proxy.js';
+import { expect, it } from 'vitest';
+import { useProxyOnToken } from '../helpers/proxy-on-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
 
-let t: TestProxy;
+const t = useProxyOnToken();
 const IDS = ['same-second-a', 'same-second-b', 'same-second-c', 'same-second-d', 'same-second-e', 'same-second-f'];
-
-beforeAll(async () => {
-  t = await startTestProxy();
-});
-afterAll(async () => t?.stop());
 
 it('keys created and rotated in the same second each keep their own material', async () => {
   await Promise.all(IDS.map((id) => t.proxy.lifecycle.create(id, { usage: { encrypt: true, decrypt: true } })));

@@ -7,9 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
-import { ensureBuilt } from '../helpers/built-cli.js';
+import { SAMPLE_SETTINGS_DIR, SAMPLE_SETTINGS_EXAMPLES } from '../helpers/aws-sample.js';
+import { ensureBuilt, runXks, type CliRun } from '../helpers/built-cli.js';
 import { createTestPki, type TestPki } from '../helpers/pki.js';
-import { EXAMPLES, FIXTURES, xks, type Run } from './migrate-cli.js';
 
 let dir: string;
 let pki: TestPki;
@@ -23,13 +23,13 @@ afterAll(() => {
   pki?.cleanup();
 });
 
-const fixture = (name: string) => new URL(`${name}.toml`, FIXTURES).pathname;
+const fixture = (name: string) => new URL(`${name}.toml`, SAMPLE_SETTINGS_DIR).pathname;
 const mode = (file: string) => statSync(file).mode & 0o777;
 
 /** The PINs of the example files that are long enough not to turn up by chance in a path or a date. */
 const EXAMPLE_PINS = ['xks_proxy:1234567', '1q@W3e$R', 'replaceme'];
 
-function expectNothingSecret(r: Run, secrets: string[]): void {
+function expectNothingSecret(r: CliRun, secrets: string[]): void {
   for (const s of secrets) {
     expect(r.stdout).not.toContain(s);
     expect(r.stderr).not.toContain(s);
@@ -37,10 +37,10 @@ function expectNothingSecret(r: Run, secrets: string[]): void {
 }
 
 describe("the sample's example settings files", () => {
-  for (const name of EXAMPLES) {
+  for (const name of SAMPLE_SETTINGS_EXAMPLES) {
     it(`${name}.toml converts into a config that loads`, async () => {
       const out = join(dir, `${name}.yaml`);
-      const r = await xks(['migrate', 'aws-sample', fixture(name), '--out', out, '--token-label', 'xks', '--json']);
+      const r = await runXks(['migrate', 'aws-sample', fixture(name), '--out', out, '--token-label', 'xks', '--json']);
       expect(r.code, r.stderr).toBe(0);
       const result = JSON.parse(r.stdout);
       const loaded = loadConfig(out);
@@ -85,7 +85,7 @@ describe("the sample's example settings files", () => {
 
   it('keeps a credential KMS accepts, makes a new one for an empty one, and says which', async () => {
     const out = join(dir, 'nshield-creds.yaml');
-    const r = await xks(['migrate', 'aws-sample', fixture('settings_nshield'), '--out', out, '--token-serial', '1234abcd', '--json']);
+    const r = await runXks(['migrate', 'aws-sample', fixture('settings_nshield'), '--out', out, '--token-serial', '1234abcd', '--json']);
     expect(r.code, r.stderr).toBe(0);
     const ks = JSON.parse(r.stdout).keyStores;
     expect(ks[0]).toMatchObject({ samplePrefix: '', path: '', newCredential: true, accessKeyId: expect.stringMatching(/^[A-Z2-7]{20}$/) });
@@ -99,7 +99,7 @@ describe("the sample's example settings files", () => {
   });
 
   it('lists the Oso policies with what to write instead', async () => {
-    const r = await xks(['migrate', 'aws-sample', fixture('settings'), '--out', join(dir, 'oso.yaml'), '--token-label', 'xks']);
+    const r = await runXks(['migrate', 'aws-sample', fixture('settings'), '--out', join(dir, 'oso.yaml'), '--token-label', 'xks']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/security\.secondary_auth: Oso policies \(configuration\/oso\.polar\) are not carried over: write them as prefixes\[\]\.policy/);
     expect(r.stdout).toMatch(/server\.tcp_keepalive: not carried over/);
@@ -118,7 +118,7 @@ describe('TLS and mTLS', () => {
     const settings = join(dir, 'mtls.toml');
     writeFileSync(settings, text);
     const out = join(dir, 'mtls.yaml');
-    const r = await xks(['migrate', 'aws-sample', settings, '--out', out, '--token-label', 'xks']);
+    const r = await runXks(['migrate', 'aws-sample', settings, '--out', out, '--token-label', 'xks']);
     expect(r.code, r.stderr).toBe(0);
     const https = loadConfig(out).config.listeners.https!;
     expect(https).toMatchObject({ port: 443, certFile: pki.server.cert, keyFile: join(dir, 'mtls.tls-key.pem') });
@@ -135,7 +135,7 @@ describe('refusals', () => {
     const sub = mkdtempSync(join(dir, 'bad-'));
     const settings = join(sub, 'bad.toml');
     writeFileSync(settings, readFileSync(fixture('settings_docker'), 'utf8').replace('xks_key_id_set = ["foo"]', 'xks_key_id_set = ["foo", "has space"]'));
-    const r = await xks(['migrate', 'aws-sample', settings, '--out', join(sub, 'out.yaml'), '--token-label', 'xks']);
+    const r = await runXks(['migrate', 'aws-sample', settings, '--out', join(sub, 'out.yaml'), '--token-label', 'xks']);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/prefixes\.0\.keys\.1: must be 1 to 128 characters/);
     expect(readdirSync(sub)).toEqual(['bad.toml']);
@@ -144,7 +144,7 @@ describe('refusals', () => {
   it('does not quote the line of a TOML error (it may be the PIN)', async () => {
     const settings = join(dir, 'broken.toml');
     writeFileSync(settings, readFileSync(fixture('settings_docker'), 'utf8').replace('user_pin = "1234"', 'user_pin = "PIN-NEVER-SHOWN-7f3c'));
-    const r = await xks(['migrate', 'aws-sample', settings, '--out', join(dir, 'broken.yaml'), '--token-label', 'xks']);
+    const r = await runXks(['migrate', 'aws-sample', settings, '--out', join(dir, 'broken.yaml'), '--token-label', 'xks']);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/not valid TOML|Invalid TOML document.*line \d+, column \d+/);
     expect(r.stderr).not.toContain('PIN-NEVER-SHOWN');
@@ -153,15 +153,15 @@ describe('refusals', () => {
 
   it('needs the token named, and never replaces files without --force', async () => {
     const out = join(dir, 'twice.yaml');
-    const none = await xks(['migrate', 'aws-sample', fixture('settings_docker'), '--out', out]);
+    const none = await runXks(['migrate', 'aws-sample', fixture('settings_docker'), '--out', out]);
     expect(none.code).toBe(1);
     expect(none.stderr).toMatch(/exactly one of --token-label or --token-serial/);
-    expect((await xks(['migrate', 'aws-sample', fixture('settings_docker'), '--out', out, '--token-label', 'a'])).code).toBe(0);
-    const again = await xks(['migrate', 'aws-sample', fixture('settings_docker'), '--out', out, '--token-label', 'b']);
+    expect((await runXks(['migrate', 'aws-sample', fixture('settings_docker'), '--out', out, '--token-label', 'a'])).code).toBe(0);
+    const again = await runXks(['migrate', 'aws-sample', fixture('settings_docker'), '--out', out, '--token-label', 'b']);
     expect(again.code).toBe(1);
     expect(again.stderr).toMatch(/exist: choose another --out, or pass --force/);
     expect(loadConfig(out).config.hsm.tokenLabel).toBe('a');
-    const forced = await xks(['migrate', 'aws-sample', fixture('settings_docker'), '--out', out, '--token-label', 'b', '--force']);
+    const forced = await runXks(['migrate', 'aws-sample', fixture('settings_docker'), '--out', out, '--token-label', 'b', '--force']);
     expect(forced.code, forced.stderr).toBe(0);
     expect(loadConfig(out).config.hsm.tokenLabel).toBe('b');
     expect(mode(join(dir, 'twice.pin'))).toBe(0o600);

@@ -13,11 +13,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
 import { createLogger } from '../../src/obs/logger.js';
 import { startProxy, type RunningProxy } from '../../src/proxy.js';
-import { SAMPLE_AAD, SAMPLE_CIPHERTEXT, SAMPLE_IV, SAMPLE_KEY, SAMPLE_PLAINTEXT, SAMPLE_TAGS, makeSampleKey, sampleEncrypt } from '../helpers/aws-sample.js';
-import { ensureBuilt } from '../helpers/built-cli.js';
+import { SAMPLE_AAD, SAMPLE_CIPHERTEXT, SAMPLE_IV, SAMPLE_KEY, SAMPLE_PLAINTEXT, SAMPLE_SETTINGS_DIR, SAMPLE_TAGS, makeSampleKey, sampleEncrypt } from '../helpers/aws-sample.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
 import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
-import { FIXTURES, xks } from './migrate-cli.js';
 
 // The example names SoftHSM's library (through pkcs11-logger): it runs on the softhsm kind only.
 const softhsm = TOKEN_KIND === 'softhsm';
@@ -38,7 +37,7 @@ afterAll(() => {
 
 /** The SoftHSM example with the test token's PIN (the sample's is "1234") and, when given, other key ids. */
 function settings(name: string, keyIds?: string[]): string {
-  let text = readFileSync(new URL('settings_softhsmv2.toml', FIXTURES), 'utf8').replace('user_pin = "1234"', `user_pin = "${token.userPin}"`);
+  let text = readFileSync(new URL('settings_softhsmv2.toml', SAMPLE_SETTINGS_DIR), 'utf8').replace('user_pin = "1234"', `user_pin = "${token.userPin}"`);
   if (keyIds) text = text.replace('xks_key_id_set = ["foo", "cat", "dog"]', `xks_key_id_set = [${keyIds.map((k) => `"${k}"`).join(', ')}]`);
   const file = join(dir, `${name}.toml`);
   writeFileSync(file, text, { mode: 0o600 });
@@ -56,7 +55,7 @@ describe.skipIf(!softhsm)('the converted SoftHSM example serves', () => {
     makeSampleKey(token, 'foo', { value: SAMPLE_KEY });
     for (const id of ['cat', 'dog', 'bar']) makeSampleKey(token, id);
     out = join(dir, 'config.yaml');
-    const r = await xks(['migrate', 'aws-sample', settings('switch'), '--out', out, '--token-label', token.label, '--port', '0', '--check', '--json'], token.env);
+    const r = await runXks(['migrate', 'aws-sample', settings('switch'), '--out', out, '--token-label', token.label, '--port', '0', '--check', '--json'], { token });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).not.toContain(token.userPin);
     result = JSON.parse(r.stdout);
@@ -139,7 +138,7 @@ describe.skipIf(!softhsm)('--check flags what would break', () => {
   });
 
   async function check(force: boolean) {
-    return xks(['migrate', 'aws-sample', settings('check', IDS), '--out', out, '--token-label', token.label, '--check', '--json', ...(force ? ['--force'] : [])], token.env);
+    return runXks(['migrate', 'aws-sample', settings('check', IDS), '--out', out, '--token-label', token.label, '--check', '--json', ...(force ? ['--force'] : [])], { token });
   }
 
   it('names each key that would break, with what to do, and exits 1', async () => {
@@ -163,7 +162,7 @@ describe.skipIf(!softhsm)('--check flags what would break', () => {
   });
 
   it('passes a key once the operator fixed it', async () => {
-    const allowed = await xks(['keys', 'allow-exposed', 'readable', '--config', out], token.env);
+    const allowed = await runXks(['keys', 'allow-exposed', 'readable', '--config', out], { token });
     expect(allowed.code, allowed.stderr).toBe(0);
     const r = await check(true);
     const rows = new Map<string, any>(JSON.parse(r.stdout).keys.map((k: any) => [k.keyId, k]));
@@ -172,7 +171,7 @@ describe.skipIf(!softhsm)('--check flags what would break', () => {
   });
 
   it('prints a table for people', async () => {
-    const r = await xks(['migrate', 'aws-sample', settings('check', IDS), '--out', out, '--token-label', token.label, '--check', '--force'], token.env);
+    const r = await runXks(['migrate', 'aws-sample', settings('check', IDS), '--out', out, '--token-label', token.label, '--check', '--force'], { token });
     expect(r.stdout).toMatch(/^ {2}twice: WOULD BREAK \(2 objects; key stores ""\)\n {6}FAIL SeveralObjects: 2 secret keys carry this label: the sample used whichever/m);
     expect(r.stdout).toMatch(/^ {2}good: ok \(1 object; key stores ""\)$/m);
   });

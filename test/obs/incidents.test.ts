@@ -3,34 +3,20 @@
 // request line. And no MaxListenersExceededWarning when warnings come in bursts or health probes overlap (listeners
 // piled up on the log stream per warning, and on each worker per /health query). The HSM faults come from our PKCS#11
 // emulator's control file (test/emulator), forwarding to SoftHSM.
-import { execFileSync } from 'node:child_process';
 import http from 'node:http';
-import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { pino } from 'pino';
 import { createLogger } from '../../src/obs/logger.js';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureBuilt, ROOT } from '../helpers/built-cli.js';
-import { freePort, runXks, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
+import { buildEmulator, emulatorControl, type EmulatorControl } from '../helpers/emulator.js';
+import { freePort, spawnServe, type ServeProcess } from '../helpers/serve-process.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, TOKEN_KIND, type TestToken } from '../helpers/test-token.js';
 import { xksClient } from '../helpers/xks-client.js';
-
-const EMULATOR = join(ROOT, 'test/emulator/build/libxks-emulator.so');
-
-function controlFile(token: TestToken): { path: string; set: (text: string) => void } {
-  const path = join(token.dir, 'emulator-control');
-  writeFileSync(path, '');
-  return {
-    path,
-    set: (text) => {
-      writeFileSync(`${path}.new`, text);
-      renameSync(`${path}.new`, path);
-    },
-  };
-}
 
 const events = (logs: string[]) =>
   logs.map((l) => JSON.parse(l) as Record<string, any>).filter((l) => l.level >= 40); // warn and error: not request lines
@@ -64,23 +50,23 @@ describe('a burst of warnings on the buffered log stream', () => {
 // The emulator forwards to SoftHSM: this runs in the SoftHSM pass.
 describe.skipIf(TOKEN_KIND !== 'softhsm')('an HSM outage in the log', () => {
   let t: TestProxy;
-  let control: ReturnType<typeof controlFile>;
+  let control: EmulatorControl;
 
   beforeAll(async () => {
-    execFileSync('bash', [join(ROOT, 'scripts/build-emulator.sh')], { stdio: 'pipe' });
+    buildEmulator();
     const token = createTestToken('incidents');
-    control = controlFile(token);
+    control = emulatorControl(token);
     t = await startProxyOnToken({
       token,
       config: {
-        hsm: { module: EMULATOR, libraryParameters: `vendor=none control=${control.path}` },
+        hsm: control.hsm(),
         log: { level: 'info', repeatWindowSeconds: 1 },
       },
       keys: { foo: { encrypt: true, decrypt: true } },
     });
   }, 60_000);
   afterAll(async () => {
-    control?.set('');
+    await control?.set('');
     await t?.stop();
   });
 
@@ -88,7 +74,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('an HSM outage in the log', () => {
     const xks = xksClient(t.httpUrl);
     expect((await xks.encrypt('foo', Buffer.from('before'))).status).toBe(200);
     const before = t.logs.length;
-    control.set('fail * CKR_DEVICE_REMOVED\n');
+    await control.set('fail * CKR_DEVICE_REMOVED\n');
     const statuses: number[] = [];
     for (let i = 0; i < 60; i++) statuses.push((await xks.encrypt('foo', Buffer.from('while gone'))).status);
     expect(new Set(statuses)).toEqual(new Set([503]));
@@ -108,7 +94,7 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('an HSM outage in the log', () => {
     expect(lines.length, JSON.stringify(lines.map((l) => l.msg))).toBeLessThanOrEqual(8);
 
     // Over: a quiet window closes the incident; the HSM serves again (within the 2 s backoff at most).
-    control.set('');
+    await control.set('');
     let back = false;
     for (let i = 0; i < 60 && !back; i++) {
       await new Promise((r) => setTimeout(r, 50));
@@ -123,27 +109,27 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('xks serve under bursts of warnings an
   let serve: ServeProcess;
   let url: string;
   let opsUrl: string;
-  let control: ReturnType<typeof controlFile>;
+  let control: EmulatorControl;
 
   beforeAll(async () => {
     ensureBuilt();
-    execFileSync('bash', [join(ROOT, 'scripts/build-emulator.sh')], { stdio: 'pipe' });
+    buildEmulator();
     token = createTestToken('warning-bursts');
-    control = controlFile(token);
+    control = emulatorControl(token);
     const [port, opsPort] = [await freePort(), await freePort()];
     url = `http://127.0.0.1:${port}`;
     opsUrl = `http://127.0.0.1:${opsPort}`;
     const file = writeTestConfig(token, {
-      hsm: { module: EMULATOR, libraryParameters: `vendor=none control=${control.path}` },
+      hsm: control.hsm(),
       listeners: { http: { host: '127.0.0.1', port }, ops: { host: '127.0.0.1', port: opsPort } },
     });
-    const created = await runXks(token, file, ['keys', 'create', 'foo']);
+    const created = await runXks(['keys', 'create', 'foo'], { token, configFile: file });
     expect(created.code, created.stderr).toBe(0);
     serve = spawnServe(token, file, ['--workers', '2']);
     await serve.waitFor((out) => (out.match(/xks proxy listening/g) ?? []).length === 2, 60_000, 'both workers listening');
   }, 120_000);
   afterAll(async () => {
-    control?.set('');
+    await control?.set('');
     if (serve && serve.child.exitCode === null) {
       serve.child.kill('SIGTERM');
       await serve.exited;
@@ -164,11 +150,11 @@ describe.skipIf(TOKEN_KIND !== 'softhsm')('xks serve under bursts of warnings an
     const probes = await Promise.all(Array.from({ length: 40 }, () => get(`${opsUrl}/health`)));
     expect(probes.every((s) => s === 200), String(probes)).toBe(true);
     // 300 requests at once while every HSM call fails: each failing request used to write its own warning.
-    control.set('fail * CKR_DEVICE_REMOVED\n');
+    await control.set('fail * CKR_DEVICE_REMOVED\n');
     const xks = xksClient(url);
     const answers = await Promise.all(Array.from({ length: 300 }, () => xks.encrypt('foo', Buffer.from('x')).then((r) => r.status, () => 0)));
     expect(answers.filter((s) => s === 503).length).toBeGreaterThan(250);
-    control.set('');
+    await control.set('');
     await Promise.all(Array.from({ length: 40 }, () => get(`${opsUrl}/health`)));
     await new Promise((r) => setTimeout(r, 500));
     expect(serve.output()).not.toMatch(/MaxListenersExceededWarning/);

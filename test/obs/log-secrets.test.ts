@@ -1,14 +1,18 @@
 // What the proxy logs: one line per XKS request with the fields an operator correlates with KMS and CloudTrail,
 // and never a plaintext, a SigV4 secret or a PIN, at any log level, for successful and failed requests alike.
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PREFIX, SECOND_ACCESS_KEY_ID, SECOND_SECRET, SECRET, type TestProxy } from '../helpers/proxy.js';
-import { startProxyOnToken } from '../helpers/proxy-on-token.js';
-import { decryptFields, metadata, xksClient, type XksResponse } from '../helpers/xks-client.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { PREFIX, SECOND_ACCESS_KEY_ID, SECOND_SECRET, SECRET } from '../helpers/proxy.js';
+import { useProxyOnToken } from '../helpers/proxy-on-token.js';
+import { decryptFields, metadata, type XksResponse } from '../helpers/xks-client.js';
 import { tokenSecrets } from '../helpers/test-token.js';
 
-let t: TestProxy;
-let xks: ReturnType<typeof xksClient>;
+// trace: the most verbose level an operator could turn on must not leak either.
+const t = useProxyOnToken({
+  logLevel: 'trace',
+  keys: { foo: { encrypt: true, decrypt: true }, decrypt_only: { encrypt: false, decrypt: true } },
+});
+const { xks } = t;
 
 /** Every request this file sends: its kmsRequestId and what the log line must say. */
 interface Sent {
@@ -49,13 +53,6 @@ function distinctivePlaintext(label: string): Buffer {
 }
 
 beforeAll(async () => {
-  // trace: the most verbose level an operator could turn on must not leak either.
-  t = await startProxyOnToken({
-    logLevel: 'trace',
-    keys: { foo: { encrypt: true, decrypt: true }, decrypt_only: { encrypt: false, decrypt: true } },
-  });
-  xks = xksClient(t.httpUrl);
-
   for (let i = 0; i < 3; i++) {
     const pt = distinctivePlaintext(`rt${i}`);
     const aad = Buffer.from(`tenant=acme-${i}`);
@@ -88,7 +85,6 @@ beforeAll(async () => {
   expect((await send('GetKeyMetadata', 'foo', {})).status).toBe(200);
   expect((await send('GetHealthStatus', undefined, {})).status).toBe(200);
 });
-afterAll(async () => t?.stop());
 
 const requestLines = () => t.logs.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.msg === 'xks request');
 

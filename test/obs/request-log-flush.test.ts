@@ -2,8 +2,8 @@
 // idle `xks serve` still sees each request's line at once, and the lines of the last requests before SIGTERM are
 // written before the process exits.
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { ensureBuilt } from '../helpers/built-cli.js';
-import { freePort, runXks, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
+import { freePort, spawnServe, type ServeProcess } from '../helpers/serve-process.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/test-token.js';
 import { metadata, xksClient } from '../helpers/xks-client.js';
@@ -18,7 +18,7 @@ beforeAll(async () => {
   const port = await freePort();
   url = `http://127.0.0.1:${port}`;
   const file = writeTestConfig(token, { listeners: { http: { host: '127.0.0.1', port } } });
-  const created = await runXks(token, file, ['keys', 'create', 'foo']);
+  const created = await runXks(['keys', 'create', 'foo'], { token, configFile: file });
   expect(created.code, created.stderr).toBe(0);
   serve = spawnServe(token, file, ['--workers', '1']);
   await serve.waitFor((out) => out.includes('xks proxy listening'), 30_000, 'the worker listening');

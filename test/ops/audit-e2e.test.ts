@@ -9,8 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { lineHash } from '../../src/audit/audit-record.js';
 import { trailFileName } from '../../src/audit/audit-trail.js';
 import { ADMIN_ACCESS_KEY_ID, ADMIN_SECRET, adminClient, adminConfig } from '../helpers/admin-client.js';
-import { ensureBuilt } from '../helpers/built-cli.js';
-import { runXks } from '../helpers/ops-process.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
 import { STALLABLE_HSM, stallThreadPool } from '../helpers/ops-stall.js';
 import { ACCESS_KEY_ID, SECOND_SECRET, SECRET, type TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken } from '../helpers/proxy-on-token.js';
@@ -187,7 +186,7 @@ describe('xks audit verify (the built CLI, same config)', () => {
   const events = () => lines.map((l, i) => (l.type === 'event' ? i : -1)).filter((i) => i >= 0 && i < lines.length - 2);
 
   async function expectFailure(file: string, line: number, reason: RegExp) {
-    const r = await runXks(token, configFile, ['audit', 'verify', file]);
+    const r = await runXks(['audit', 'verify', file], { token, configFile });
     expect(r.code, r.stdout + r.stderr).toBe(1);
     expect(r.stdout.trim()).toMatch(new RegExp(`^FAILED ${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} line ${line}: `));
     expect(r.stdout).toMatch(reason);
@@ -196,11 +195,11 @@ describe('xks audit verify (the built CLI, same config)', () => {
   it('exits 0 on the untouched trail and says how much it checked', async () => {
     const copy = join(mkdtempSync(join(tmpdir(), 'xks-audit-e2e-')), 'audit-copy.jsonl');
     copyFileSync(trail, copy);
-    const r = await runXks(token, configFile, ['audit', 'verify', trail]);
+    const r = await runXks(['audit', 'verify', trail], { token, configFile });
     expect(r.code, r.stdout + r.stderr).toBe(0);
     const checkpoints = lines.filter((l) => l.type === 'checkpoint').length;
     expect(r.stdout).toContain(`OK ${trail}: seq 1..${lines.length}, ${lines.length} lines, ${checkpoints} checkpoints verified in the HSM`);
-    const j = await runXks(token, configFile, ['audit', 'verify', '--json', copy]);
+    const j = await runXks(['audit', 'verify', '--json', copy], { token, configFile });
     expect(j.code, j.stderr).toBe(0);
     expect(JSON.parse(j.stdout)).toMatchObject({ ok: true, chains: [{ firstSeq: 1, lastSeq: lines.length, checkpoints }] });
   });
@@ -234,7 +233,7 @@ describe('xks audit verify (the built CLI, same config)', () => {
     const file = tampered((raw) => joined(raw.slice(0, keep)));
     await expectFailure(file, keep, /without a checkpoint/);
     // ... which a trail still being written may accept explicitly: verified, the unsealed lines listed as not evidence.
-    const r = await runXks(token, configFile, ['audit', 'verify', '--allow-unsealed-tail', file]);
+    const r = await runXks(['audit', 'verify', '--allow-unsealed-tail', file], { token, configFile });
     expect(r.code, r.stdout + r.stderr).toBe(2);
     expect(r.stdout).toMatch(/^NOT EVIDENCE .*not sealed yet/m);
   });
@@ -262,7 +261,7 @@ describe('xks audit verify (the built CLI, same config)', () => {
 describe('operator commands (xks keys ...)', () => {
   it('append to the CLI trail as os:<user>, successes and failures, sealed; both trails verify', async () => {
     const run = async (args: string[]) => {
-      const r = await runXks(token, configFile, args);
+      const r = await runXks(args, { token, configFile });
       return r.code;
     };
     expect(await run(['keys', 'create', 'cli-key'])).toBe(0);
@@ -292,7 +291,7 @@ describe('operator commands (xks keys ...)', () => {
     const cliText = readFileSync(cliTrail, 'utf8');
     for (const s of [...tokenSecrets(token), SECRET, SECOND_SECRET, ADMIN_SECRET]) expect(cliText).not.toContain(s);
 
-    const r = await runXks(token, configFile, ['audit', 'verify', cliTrail, trail]);
+    const r = await runXks(['audit', 'verify', cliTrail, trail], { token, configFile });
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(r.stdout.match(/^OK \S+: seq /gm)).toHaveLength(2);
     // Both trails' newest checkpoints are anchored in the HSM, and are in the files.
@@ -324,7 +323,7 @@ describe('a restarted proxy, sealing by time', () => {
       const added = now.slice(old.length).map((l) => JSON.parse(l));
       expect(added.map((l) => l.type)).toEqual(['event', 'event', 'event', 'checkpoint']);
       expect(added[0]).toMatchObject({ seq: old.length + 1, prev: lineHash(old.at(-1)!), kmsRequestId: 'e2e-restart-0' });
-      const r = await runXks(token, again.configFile, ['audit', 'verify', trail]);
+      const r = await runXks(['audit', 'verify', trail], { token, configFile: again.configFile });
       expect(r.code, r.stdout + r.stderr).toBe(0);
       expect(r.stdout).toContain(`seq 1..${old.length + 4}`);
     } finally {
@@ -375,7 +374,7 @@ describe('a checkpoint that fails (the HSM busy at that moment)', () => {
     } finally {
       await busy.stop();
     }
-    const r = await runXks(token, busy.configFile, ['audit', 'verify', file]);
+    const r = await runXks(['audit', 'verify', file], { token, configFile: busy.configFile });
     expect(r.code, r.stdout + r.stderr).toBe(0);
   });
 });

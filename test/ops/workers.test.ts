@@ -14,9 +14,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { trailFileName } from '../../src/audit/audit-trail.js';
 import { decodeCiphertextMetadata } from '../../src/xks/ciphertext-metadata.js';
 import { ADMIN_ACCESS_KEY_ID, adminClient, adminConfig } from '../helpers/admin-client.js';
-import { ensureBuilt } from '../helpers/built-cli.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
 import { httpGet, scrape, total } from '../helpers/ops-metrics.js';
-import { freePort, runXks, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
+import { freePort, spawnServe, type ServeProcess } from '../helpers/serve-process.js';
 import { SECRET } from '../helpers/proxy.js';
 import { writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/test-token.js';
@@ -88,7 +88,7 @@ beforeAll(async () => {
   config.admin.listener.port = adminPort;
   writeFileSync(file, stringify(config));
   admin = adminClient(`http://127.0.0.1:${adminPort}`);
-  const created = await runXks(token, file, ['keys', 'create', 'shared']);
+  const created = await runXks(['keys', 'create', 'shared'], { token, configFile: file });
   expect(created.code, created.stderr).toBe(0);
   serve = spawnServe(token, file, ['--workers', '2']);
   await serve.waitFor((out) => (out.match(/xks proxy listening/g) ?? []).length >= 2 && out.includes('operations listener'), 40_000, 'two workers and the ops listener');
@@ -226,7 +226,7 @@ describe('xks serve --workers 2', () => {
       const lines = readFileSync(trail(slot), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
       expect(lines.at(-1).type, `worker ${slot}`).toBe('checkpoint');
     }
-    const v = await runXks(token, file, ['audit', 'verify', trail(1), trail(2)]);
+    const v = await runXks(['audit', 'verify', trail(1), trail(2)], { token, configFile: file });
     expect(v.code, v.stdout + v.stderr).toBe(0);
     expect(v.stdout.match(/^OK \S+: seq /gm)).toHaveLength(2);
     expect(v.stdout).toMatch(/^OK the newest checkpoint the HSM anchored is in the files, for the trail of .*-w[12]\.jsonl, .*-w[12]\.jsonl$/m);

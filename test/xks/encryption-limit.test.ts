@@ -8,9 +8,9 @@ import { readFileSync } from 'node:fs';
 import { loadConfig, parseConfig } from '../../src/config/load.js';
 import { BlockIndex } from '../../src/keys/encryption-blocks.js';
 import { openLifecycle } from '../../src/proxy.js';
-import { ensureBuilt } from '../helpers/built-cli.js';
+import { ensureBuilt, runXks } from '../helpers/built-cli.js';
 import { scrape } from '../helpers/ops-metrics.js';
-import { freePort, runXks, spawnServe, type ServeProcess } from '../helpers/ops-process.js';
+import { freePort, spawnServe, type ServeProcess } from '../helpers/serve-process.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
 import { createTestToken, type TestToken } from '../helpers/test-token.js';
@@ -56,13 +56,13 @@ async function encryptN(client: ReturnType<typeof xksClient>, key: string, n: nu
 }
 
 async function describeKey(id: string): Promise<any> {
-  const r = await runXks(token, t.configFile, ['keys', 'describe', id]);
+  const r = await runXks(['keys', 'describe', id], { token, configFile: t.configFile });
   expect(r.code, r.stderr).toBe(0);
   return JSON.parse(r.stdout);
 }
 
 async function reportJson(): Promise<{ code: number; report: any }> {
-  const r = await runXks(token, t.configFile, ['report', '--json']);
+  const r = await runXks(['report', '--json'], { token, configFile: t.configFile });
   return { code: r.code, report: JSON.parse(r.stdout) };
 }
 
@@ -121,12 +121,12 @@ describe('one proxy', () => {
     expect(row.Findings).toContainEqual({ severity: 'violation', message: expect.stringMatching(/^current version 1: 120 encryptions reserved/) });
     expect(row.Versions[0].EncryptionsReserved).toBe(LIMITS.perVersion);
     expect(report.Summary.NonCompliantKeys).toEqual(['busy']);
-    const text = await runXks(token, t.configFile, ['report']);
+    const text = await runXks(['report'], { token, configFile: t.configFile });
     expect(text.code).toBe(2);
     expect(text.stdout).toMatch(/FLAG busy:/);
     expect(text.stdout).toMatch(/ENCRYPTIONS<=120/);
 
-    const list = await runXks(token, t.configFile, ['keys', 'list', '--json']);
+    const list = await runXks(['keys', 'list', '--json'], { token, configFile: t.configFile });
     expect(list.code, list.stderr).toBe(0);
     // The key and the health check's key, nothing else: the blocks carry labels of their own, which are no key.
     expect(JSON.parse(list.stdout).map((k: any) => k.KeyId)).toEqual(['busy', 'xks-proxy-health-check']);
@@ -135,10 +135,10 @@ describe('one proxy', () => {
   it('rotate-due rotates the worn key once; the new version encrypts, the old one still decrypts', async () => {
     const before = await encryptN(xks, 'busy', 1);
     expect(before[0]!.status).toBe(400);
-    const r = await runXks(token, t.configFile, ['keys', 'rotate-due', '--json']);
+    const r = await runXks(['keys', 'rotate-due', '--json'], { token, configFile: t.configFile });
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toEqual([{ KeyId: 'busy', Rotated: true, Version: 2, EncryptionsReserved: LIMITS.perVersion }]);
-    const again = await runXks(token, t.configFile, ['keys', 'rotate-due']);
+    const again = await runXks(['keys', 'rotate-due'], { token, configFile: t.configFile });
     expect(again.stdout.trim()).toBe('no key is due for rotation');
     // Rotated by another process: this proxy sees version 2 within 2 x keyCacheTtlMs.
     let after: XksResponse | undefined;
@@ -157,7 +157,7 @@ describe('one proxy', () => {
   it('a version past rotateAfter is due for rotation before it is refused', async () => {
     await t.proxy.lifecycle.create('warm', { usage: { encrypt: true, decrypt: true } });
     expect((await encryptN(xks, 'warm', 10)).every((r) => r.status === 200)).toBe(true);
-    const early = await runXks(token, t.configFile, ['keys', 'rotate-due', '--json']);
+    const early = await runXks(['keys', 'rotate-due', '--json'], { token, configFile: t.configFile });
     expect(JSON.parse(early.stdout)).toEqual([]);
     expect((await describeKey('warm')).EncryptionLimit).toBeUndefined();
 
@@ -169,7 +169,7 @@ describe('one proxy', () => {
     expect((await reportJson()).code).toBe(2);
     expect(t.logs.filter((l) => l.includes('encryption-rotation-due') && l.includes('"warm"'))).toHaveLength(1);
 
-    const text = await runXks(token, t.configFile, ['keys', 'rotate-due']);
+    const text = await runXks(['keys', 'rotate-due'], { token, configFile: t.configFile });
     expect(text.code, text.stderr).toBe(0);
     expect(text.stdout).toMatch(/^rotated warm: version 2 is current \(the version before had \d+ encryptions reserved\)$/m);
     expect((await reportJson()).code).toBe(0);
@@ -257,7 +257,7 @@ describe('two proxy processes on one token', () => {
 
 describe('a new version', () => {
   it("a version's first encrypt reserves one block, not a second one at once", async () => {
-    const made = await runXks(token, t.configFile, ['keys', 'create', 'first-block']);
+    const made = await runXks(['keys', 'create', 'first-block'], { token, configFile: t.configFile });
     expect(made.code, made.stderr).toBe(0);
     expect((await xks.encrypt('first-block', Buffer.from('one'))).status).toBe(200);
     await sleep(300); // a background reservation, if one were started, is done by now

@@ -5,7 +5,7 @@ import { constants, createCipheriv, createDecipheriv, createPublicKey, publicEnc
 import { expect } from 'vitest';
 import type { WrappingAlgorithm } from '../../src/import/schemas.js';
 import { buildGcmAad } from '../../src/xks/aad.js';
-import { xksClient } from '../helpers/xks-client.js';
+import { xksClient } from './xks-client.js';
 
 export const ALGORITHMS: WrappingAlgorithm[] = ['RSAES_OAEP_SHA_1', 'RSAES_OAEP_SHA_256', 'RSA_AES_KEY_WRAP_SHA_1', 'RSA_AES_KEY_WRAP_SHA_256'];
 
