@@ -36,7 +36,7 @@ it('makes the key at first open only; a key not found later is a named checkpoin
   expect(await findAuditKeys(hsm, label)).toHaveLength(1);
 
   await hsm.destroyObject(key!);
-  await expect(signer.mac(message)).rejects.toMatchObject({ errorName: 'AuditKeyNotFound' });
+  await expect(signer.mac(message)).rejects.toMatchObject({ code: 'AuditKeyNotFound' });
   expect(await findAuditKeys(hsm, label)).toHaveLength(0);
 
   // As the trail sees it: its checkpoint fails, by name, and the trail says it is not sealed.

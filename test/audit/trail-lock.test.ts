@@ -49,7 +49,7 @@ it('waits for a live holder within the bound, then refuses by name', async () =>
     writeFileSync(`${file}.lock`, lockText(writerOf(holder.pid!), holder.pid!));
     const t0 = Date.now();
     await expect(withTrailLock(file, async () => 'ran', 500)).rejects.toMatchObject({
-      errorName: 'AuditTrailLocked',
+      code: 'AuditTrailLocked',
       message: expect.stringMatching(new RegExp(`locked by process ${holder.pid} on ${hostname()}`)),
     });
     expect(Date.now() - t0).toBeLessThan(2_000);
@@ -67,7 +67,7 @@ it('never takes over the beating lock of a holder in another pid namespace, thou
   writeFileSync(`${file}.lock`, text);
   const beat = setInterval(() => utimesSync(`${file}.lock`, new Date(), new Date()), 500);
   try {
-    await expect(withTrailLock(file, async () => 'ran', SILENT_MS + 2_000)).rejects.toMatchObject({ errorName: 'AuditTrailLocked' });
+    await expect(withTrailLock(file, async () => 'ran', SILENT_MS + 2_000)).rejects.toMatchObject({ code: 'AuditTrailLocked' });
   } finally {
     clearInterval(beat);
   }
@@ -86,7 +86,7 @@ it('takes over the lock of a holder in another pid namespace once it is silent (
 it('takes an unreadable lock (an earlier release, or cut short) as stale only after a minute', async () => {
   const file = trail();
   writeFileSync(`${file}.lock`, '');
-  await expect(withTrailLock(file, async () => 'ran', 200)).rejects.toMatchObject({ errorName: 'AuditTrailLocked' });
+  await expect(withTrailLock(file, async () => 'ran', 200)).rejects.toMatchObject({ code: 'AuditTrailLocked' });
   const old = new Date(Date.now() - 120_000);
   utimesSync(`${file}.lock`, old, old);
   expect(await withTrailLock(file, async () => 'ran', 200)).toBe('ran');
@@ -105,7 +105,7 @@ it('two breakers of one stale lock and a third taker: the second breaker leaves 
   const third = await TrailLock.acquire(file, { waitMs: 0 });
   expect(breakStaleLock(seenByB)).toBe(false);
   expect(third.held()).toBe(true);
-  await expect(withTrailLock(file, async () => 'ran', 200)).rejects.toMatchObject({ errorName: 'AuditTrailLocked' });
+  await expect(withTrailLock(file, async () => 'ran', 200)).rejects.toMatchObject({ code: 'AuditTrailLocked' });
   third.release();
   expect(existsSync(lock)).toBe(false);
   expect(existsSync(`${lock}.break`)).toBe(false);
@@ -117,7 +117,7 @@ it('a breaker mutex held by a live breaker holds off the others; one left by a b
   const dead = deadPid();
   writeFileSync(lock, lockText(`${myNamespace}-${dead}-1`, dead));
   writeFileSync(`${lock}.break`, lockText(thisWriter(), process.pid));
-  await expect(withTrailLock(file, async () => 'ran', 300)).rejects.toMatchObject({ errorName: 'AuditTrailLocked' });
+  await expect(withTrailLock(file, async () => 'ran', 300)).rejects.toMatchObject({ code: 'AuditTrailLocked' });
   expect(existsSync(lock)).toBe(true);
   const deadBreaker = deadPid();
   writeFileSync(`${lock}.break`, lockText(`${myNamespace}-${deadBreaker}-1`, deadBreaker));
