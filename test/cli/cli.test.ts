@@ -6,31 +6,21 @@ import { randomBytes } from 'node:crypto';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SECRET, type TestProxy } from '../helpers/proxy.js';
-import { startProxyOnToken, writeTestConfig } from '../helpers/proxy-on-token.js';
-import { ensureBuilt, runXks, type CliRun } from '../helpers/built-cli.js';
-import { createTestToken, makeForeignAesKey, tokenSecrets, type TestToken, evidence } from '../helpers/test-token.js';
+import { startProxyOnToken, useCliOnToken } from '../helpers/proxy-on-token.js';
+import { type CliRun } from '../helpers/built-cli.js';
+import { makeForeignAesKey, tokenSecrets, evidence } from '../helpers/test-token.js';
 import { decryptFields, xksClient } from '../helpers/xks-client.js';
 
-let token: TestToken;
-let configFile: string;
-
-const xks = (args: string[], env: Record<string, string | undefined> = {}) => runXks(args, { token, configFile, env });
+const cli = useCliOnToken('cli-token');
+const xks = cli.xks;
 
 /** Neither stream of a run may contain a PIN or a secret. */
 function expectNoSecrets(r: CliRun): void {
-  for (const s of [...tokenSecrets(token), SECRET]) {
+  for (const s of [...tokenSecrets(cli.token), SECRET]) {
     expect(r.stdout).not.toContain(s);
     expect(r.stderr).not.toContain(s);
   }
 }
-
-beforeAll(() => {
-  ensureBuilt();
-  token = createTestToken('cli-token');
-  configFile = writeTestConfig(token);
-}, 120_000);
-
-afterAll(() => token?.cleanup());
 
 describe('xks keys', () => {
   it('creates a key', async () => {
@@ -108,7 +98,7 @@ describe('xks hsm status', () => {
     const r = await xks(['hsm', 'status', '--json']);
     expect(r.code, r.stderr).toBe(0);
     const s = JSON.parse(r.stdout);
-    expect(s.token).toMatchObject({ label: 'cli-token', serial: token.serial });
+    expect(s.token).toMatchObject({ label: 'cli-token', serial: cli.token.serial });
     expect(s.loggedIn).toBe(true);
     expect(s.capabilities).toMatchObject({ aesGcm: true, ivMode: 'caller-random', callMode: 'thread', sessionKeyCopies: true });
     expect(s.capabilities.mechanisms).toContain('CKM_AES_GCM');
@@ -128,12 +118,12 @@ describe('configuration errors', () => {
   /** A config like the good one with one change, written next to it (so its relative pin file still resolves). */
   function variant(name: string, change: (c: any) => void): string {
     const c: any = {
-      hsm: { ...token.hsmConfig(), pin: { file: 'pin' } },
+      hsm: { ...cli.token.hsmConfig(), pin: { file: 'pin' } },
       listeners: { http: { host: '127.0.0.1', port: 0 } },
       prefixes: [{ path: 'p', region: 'us-east-1', credentials: [{ accessKeyId: 'BETWEEN2TENAND3TENCHARACTERS', secret: { file: 'secret1' } }] }],
     };
     change(c);
-    const file = join(token.dir, 'conf', name);
+    const file = join(cli.token.dir, 'conf', name);
     writeFileSync(file, stringify(c));
     return file;
   }
@@ -158,7 +148,7 @@ describe('configuration errors', () => {
   });
 
   it('refuses a PIN written into the config itself', async () => {
-    const file = variant('inline.yaml', (c) => (c.hsm.pin = token.userPin));
+    const file = variant('inline.yaml', (c) => (c.hsm.pin = cli.token.userPin));
     const r = await xks(['hsm', 'status'], { XKS_CONFIG: file });
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('hsm.pin');
@@ -166,8 +156,8 @@ describe('configuration errors', () => {
   });
 
   it('says the HSM refused a wrong PIN, without printing either PIN', async () => {
-    const wrongPin = `${token.userPin}00`;
-    writeFileSync(join(token.dir, 'conf', 'wrongpin'), wrongPin, { mode: 0o600 });
+    const wrongPin = `${cli.token.userPin}00`;
+    writeFileSync(join(cli.token.dir, 'conf', 'wrongpin'), wrongPin, { mode: 0o600 });
     const file = variant('wrongpin.yaml', (c) => (c.hsm.pin = { file: 'wrongpin' }));
     const r = await xks(['hsm', 'status'], { XKS_CONFIG: file });
     expect(r.code).toBe(1);
@@ -189,9 +179,9 @@ describe('keys made outside the proxy, and by the CLI, served over XKS', () => {
   beforeAll(async () => {
     // An AES-256 key as pkcs11-tool --keygen --sensitive makes it (the README's example), with none of the proxy's
     // templates or CKA_ID version tags. Without --sensitive it is refused (test/keys/exposed-keys.test.ts).
-    makeForeignAesKey(token, 'adopted1', { sensitive: true });
+    makeForeignAesKey(cli.token, 'adopted1', { sensitive: true });
     // (pkcs11-tool 0.23 sets both CKA_ENCRYPT and CKA_DECRYPT for secret keys whatever --usage-* says: no restricted variant.)
-    t = await startProxyOnToken({ token, cleanupToken: false });
+    t = await startProxyOnToken({ token: cli.token, cleanupToken: false });
   }, 60_000);
   afterAll(async () => t?.stop());
 
@@ -205,7 +195,7 @@ describe('keys made outside the proxy, and by the CLI, served over XKS', () => {
 
   it('describes two objects claiming one version as a duplicate, and refuses to use either', async () => {
     for (let i = 0; i < 2; i++) {
-      makeForeignAesKey(token, 'twice', { sensitive: true });
+      makeForeignAesKey(cli.token, 'twice', { sensitive: true });
     }
     const r = await xks(['keys', 'describe', 'twice']);
     expect(r.code, r.stderr).toBe(0);

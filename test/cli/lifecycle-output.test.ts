@@ -1,16 +1,13 @@
 // Commands say what they did: each lifecycle command prints the setting it changed and the dates that follow from it
 // (set-rotation on and off print different lines, schedule-deletion its deletion date), `keys list` shows rotation
 // and exportability, and `hsm status` names every mechanism. The built CLI on a real token.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureBuilt, runXks } from '../helpers/built-cli.js';
-import { writeTestConfig } from '../helpers/proxy-on-token.js';
-import { createTestToken, TOKEN_FACTS, type TestToken } from '../helpers/test-token.js';
+import { describe, expect, it } from 'vitest';
+import { useCliOnToken } from '../helpers/proxy-on-token.js';
+import { TOKEN_FACTS } from '../helpers/test-token.js';
 
-let token: TestToken;
-let configFile: string;
 const DAY_MS = 86_400_000;
-
-const xks = (args: string[]) => runXks(args, { token, configFile });
+const cli = useCliOnToken('lifecycle-output');
+const xks = cli.xks;
 
 /** "YYYY-MM-DD HH:MM UTC" of a time `days` from now (the minute may have turned: either is accepted). */
 function dayAhead(days: number): RegExp {
@@ -18,14 +15,6 @@ function dayAhead(days: number): RegExp {
   const fmt = (iso: string) => `${iso.slice(0, 10)} ${iso.slice(11, 16)} UTC`;
   return new RegExp(`(${fmt(at(-60_000))}|${fmt(at(0))}|${fmt(at(60_000))})`);
 }
-
-beforeAll(() => {
-  ensureBuilt();
-  token = createTestToken('lifecycle-output');
-  configFile = writeTestConfig(token);
-}, 120_000);
-
-afterAll(() => token?.cleanup());
 
 describe('lifecycle commands print what they changed', () => {
   it('set-rotation --period-days and --off print different lines: the period, the next date, what it was', async () => {

@@ -1,21 +1,11 @@
 // `xks report` on a real token: generated, exportable and adopted (pkcs11-tool, not sensitive) keys; the evidence per
 // version, and the flag and exit code 2 for what breaks "key material never leaves the HSM in the clear".
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import { writeTestConfig } from '../helpers/proxy-on-token.js';
-import { ensureBuilt, runXks } from '../helpers/built-cli.js';
-import { createTestToken, makeForeignAesKey, TOKEN_FACTS, type TestToken, evidence } from '../helpers/test-token.js';
+import { expect, it } from 'vitest';
+import { useCliOnToken } from '../helpers/proxy-on-token.js';
+import { makeForeignAesKey, TOKEN_FACTS, evidence } from '../helpers/test-token.js';
 
-let token: TestToken;
-let configFile: string;
-
-const xks = (args: string[]) => runXks(args, { token, configFile });
-
-beforeAll(() => {
-  ensureBuilt();
-  token = createTestToken('report-token');
-  configFile = writeTestConfig(token);
-});
-afterAll(() => token?.cleanup());
+const cli = useCliOnToken('report-token');
+const xks = cli.xks;
 
 it('reports generated keys as compliant, with their evidence, and exits 0', async () => {
   expect((await xks(['keys', 'create', 'gen1', '--rotation-period-days', '90'])).code).toBe(0);
@@ -27,7 +17,7 @@ it('reports generated keys as compliant, with their evidence, and exits 0', asyn
   const r = await xks(['report', '--json']);
   expect(r.code, r.stderr).toBe(0);
   const rep = JSON.parse(r.stdout);
-  expect(rep.Token).toMatchObject({ label: 'report-token', serial: token.serial });
+  expect(rep.Token).toMatchObject({ label: 'report-token', serial: cli.token.serial });
   const gen = rep.Keys.find((k: { KeyId: string }) => k.KeyId === 'gen1');
   expect(gen).toMatchObject({ KeyState: 'Enabled', Origin: 'HSM', RotationPeriodInDays: 90, CurrentVersion: 2, Compliant: true });
   expect(gen.LastRotationDate).toMatch(/^\d{4}-/);
@@ -52,7 +42,7 @@ it('reports generated keys as compliant, with their evidence, and exits 0', asyn
 // NSS makes every private token key CKA_SENSITIVE whatever the template asks: no readable key can be made there.
 it.skipIf(!TOKEN_FACTS.nonSensitiveKeys)('flags a key whose value any logged-in user can read, names it, and exits 2', async () => {
   // pkcs11-tool makes keys that are not CKA_SENSITIVE (makeForeignAesKey makes the same object).
-  makeForeignAesKey(token, 'readable1');
+  makeForeignAesKey(cli.token, 'readable1');
   const json = await xks(['report', '--json']);
   expect(json.code).toBe(2);
   const rep = JSON.parse(json.stdout);
@@ -66,5 +56,5 @@ it.skipIf(!TOKEN_FACTS.nonSensitiveKeys)('flags a key whose value any logged-in 
   expect(text.stdout).toMatch(/FLAG readable1/);
   expect(text.stdout).toMatch(/OK {3}gen1/);
   expect(text.stdout).toMatch(/flagged: readable1/);
-  expect(text.stdout).not.toContain(token.userPin);
+  expect(text.stdout).not.toContain(cli.token.userPin);
 });

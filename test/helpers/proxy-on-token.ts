@@ -10,7 +10,7 @@ import { loadConfig } from '../../src/config/load.js';
 import { createLogger } from '../../src/obs/logger.js';
 import { startProxy } from '../../src/proxy.js';
 import { ACCESS_KEY_ID, PREFIX, REGION, SECOND_ACCESS_KEY_ID, SECOND_SECRET, SECRET, type TestProxy } from './proxy.js';
-import { ensureBuilt } from './built-cli.js';
+import { ensureBuilt, runXks, type CliRun } from './built-cli.js';
 import { createTestToken, type TestToken } from './test-token.js';
 import { xksClient, type XksClient } from './xks-client.js';
 
@@ -125,5 +125,36 @@ export function useProxyOnToken(opts: ProxyOnTokenOptions & { cli?: boolean } = 
     },
     stop: () => get().stop(),
     xks: xksClient(() => get().httpUrl),
+  };
+}
+
+/** The built CLI on a token of its own and a config for it (no proxy): made in a beforeAll, removed in an afterAll. */
+export interface CliFixture {
+  readonly token: TestToken;
+  readonly configFile: string;
+  /** Runs `xks <args>` on the token with its config, and `env` over the test environment. */
+  xks(args: string[], env?: Record<string, string | undefined>): Promise<CliRun>;
+}
+
+export function useCliOnToken(label: string): CliFixture {
+  let made: { token: TestToken; configFile: string } | undefined;
+  beforeAll(() => {
+    ensureBuilt();
+    const token = createTestToken(label);
+    made = { token, configFile: writeTestConfig(token) };
+  }, 120_000);
+  afterAll(() => made?.token.cleanup());
+  const get = () => {
+    if (!made) throw new Error('the CLI fixture was read before its beforeAll ran');
+    return made;
+  };
+  return {
+    get token() {
+      return get().token;
+    },
+    get configFile() {
+      return get().configFile;
+    },
+    xks: (args, env = {}) => runXks(args, { ...get(), env }),
   };
 }
