@@ -36,12 +36,18 @@ for glob in "${NSS_EXCLUDE[@]}"; do nss_args+=(--exclude "$glob"); done
 
 failed=0
 summary=()
+failures=()
+reports=$(mktemp -d)
+trap 'rm -rf "$reports"' EXIT
 run() {
   local kind=$1 start=$SECONDS outcome
   shift
   echo
   echo "=== test: token kind ${kind} (XKS_TEST_TOKEN=${kind}) ==="
-  if XKS_TEST_TOKEN="$kind" npx vitest run "$@"; then outcome=passed; else outcome=FAILED; failed=1; fi
+  if XKS_TEST_TOKEN="$kind" npx vitest run --reporter=default --reporter=json --outputFile.json="$reports/$kind.json" "$@"
+  then outcome=passed
+  else outcome=FAILED; failed=1; failures+=("$kind")
+  fi
   summary+=("test: ${kind}: ${outcome} in $((SECONDS - start)) s")
 }
 
@@ -61,4 +67,5 @@ done
 
 echo
 printf '%s\n' "${summary[@]}"
+for kind in "${failures[@]}"; do node scripts/test-failures.mjs "$reports/$kind.json" "$kind"; done
 exit "$failed"

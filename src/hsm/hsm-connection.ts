@@ -409,7 +409,17 @@ export class HsmConnection implements KeyStore, HsmOperations {
     if (match.keyType !== undefined) t.push({ type: P.CKA_KEY_TYPE, value: keyTypeNumber(match.keyType) });
     return this.run('other', async (s) => {
       const found: KeyObject[] = [];
-      for (const h of await this.find(s, t)) found.push(await this.describe(s, h));
+      for (const h of await this.find(s, t)) {
+        const described = await this.describe(s, h).catch(async (e: unknown) => {
+          // Destroyed by another writer since the search (a lease renewed every 500 ms): no longer there. Only the
+          // library's own answer while still logged in says so; a lost login hides every private object alike, and
+          // our generation check (no ckr) means a re-initialisation, after which nothing found is known to be gone.
+          const err = toHsmError(e);
+          if (err.ckr === 'CKR_OBJECT_HANDLE_INVALID' && (await this.isLoggedIn())) return undefined;
+          throw e;
+        });
+        if (described) found.push(described);
+      }
       return found;
     });
   }
