@@ -30,7 +30,7 @@ function run(batch) {
   const out = new ArrayBuffer(outTotal);
   /** @type {number[]} id, output length (or -1 on error), per call */
   const results = [];
-  /** @type {Record<number, string>} */
+  /** @type {Record<number, { message: string, code: number | undefined }>} */
   const errors = {};
   let outOffset = 0;
   for (let i = 0; i < n; i++) {
@@ -64,8 +64,12 @@ function run(batch) {
       }
     } catch (e) {
       results.push(id, -1);
-      // The CKR name and code only: pkcs11js messages carry nothing else of use, and never data.
-      errors[id] = e instanceof Error ? e.message.split('\n')[0] ?? 'PKCS#11 call failed' : 'PKCS#11 call failed';
+      // The CKR name and code only: pkcs11js messages carry nothing else of use, and never data. The code names what
+      // pkcs11js calls CKR_VENDOR_DEFINED (errors.ts ckrName).
+      errors[id] = {
+        message: e instanceof Error ? e.message.split('\n')[0] ?? 'PKCS#11 call failed' : 'PKCS#11 call failed',
+        code: e instanceof Error && 'code' in e && typeof e.code === 'number' ? e.code : undefined,
+      };
     }
   }
   port.postMessage({ results, errors, out }, [out]);

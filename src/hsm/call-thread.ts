@@ -37,13 +37,19 @@ interface Call {
 
 interface Reply {
   results: number[];
-  errors: Record<number, string>;
+  errors: Record<number, { message: string; code: number | undefined }>;
   out: ArrayBuffer;
 }
 
 /** An error the thread reported, shaped like pkcs11js's own so that toHsmError names it the same way. */
 export class CallThreadError extends Error {
   override readonly name = 'Pkcs11Error';
+  constructor(
+    message: string,
+    readonly code?: number,
+  ) {
+    super(message);
+  }
 }
 
 export class CallThread {
@@ -226,7 +232,7 @@ export class CallThread {
         c.settle(); // timed out earlier: its caller has its answer; the session may be discarded now
         continue;
       }
-      if (length < 0) c.reject(new CallThreadError(errors[id] ?? 'PKCS#11 call failed'));
+      if (length < 0) c.reject(new CallThreadError(errors[id]?.message ?? 'PKCS#11 call failed', errors[id]?.code));
       else c.resolve(Buffer.from(out, start, length));
     }
     if (this.pending === 0) this.worker?.unref();

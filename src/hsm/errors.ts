@@ -92,20 +92,41 @@ export function ckrMeanings(profile: { errors: { badTag: string[]; busy: string[
   return { badTag: new Set(profile.errors.badTag), busy: new Set(profile.errors.busy) };
 }
 
-/** The CKR name of a pkcs11js error; C_CreateObject and friends carry it only in the message. */
+/**
+ * Codes of PKCS#11 3.0 and 3.1 (OASIS pkcs11t.h) that pkcs11js 2.1.7's 2.40 headers lack: it calls each of them
+ * CKR_VENDOR_DEFINED. A 3.x token answers a failed GCM tag check with CKR_AEAD_DECRYPT_FAILED.
+ */
+const CKR_AFTER_240: Readonly<Record<number, string>> = {
+  0x1b: 'CKR_ACTION_PROHIBITED',
+  0x35: 'CKR_AEAD_DECRYPT_FAILED',
+  0x201: 'CKR_TOKEN_RESOURCE_EXCEEDED',
+  0x202: 'CKR_OPERATION_CANCEL_FAILED',
+  0x203: 'CKR_KEY_EXHAUSTED',
+};
+const CKR_VENDOR_DEFINED = 0x8000_0000;
+
+/** A code's name: pkcs11js's, a later standard's, or a vendor's own number as CKR_VENDOR_DEFINED+0x... */
+function nameOfCode(code: number): string | undefined {
+  for (const [name, value] of Object.entries(pkcs11js)) {
+    if (name.startsWith('CKR_') && name !== 'CKR_VENDOR_DEFINED' && value === code) return name;
+  }
+  if (CKR_AFTER_240[code]) return CKR_AFTER_240[code];
+  return code >= CKR_VENDOR_DEFINED ? `CKR_VENDOR_DEFINED+0x${(code - CKR_VENDOR_DEFINED).toString(16)}` : undefined;
+}
+
+/**
+ * The CKR name of a pkcs11js error; C_CreateObject and friends carry it only in the message. pkcs11js spells every
+ * code its headers lack "CKR_VENDOR_DEFINED": then the numeric code says which (so a profile can list a vendor's code).
+ */
 export function ckrName(err: unknown): string | undefined {
   if (!(err instanceof Error)) return undefined;
-  const m = /(CKR_[A-Z0-9_]+)/.exec(err.message);
-  if (m) return m[1];
   const code = (err as { code?: unknown }).code;
   // 0 is CKR_OK, never a failure: pkcs11js gives its own errors that carry no CKR ("PKCS11 module not loaded yet",
   // a bad argument) code 0, and those must not read as CKR_OK.
-  if (typeof code === 'number' && code !== 0) {
-    for (const [name, value] of Object.entries(pkcs11js)) {
-      if (name.startsWith('CKR_') && value === code) return name;
-    }
-  }
-  return undefined;
+  const numbered = typeof code === 'number' && code !== 0 ? nameOfCode(code) : undefined;
+  const m = /(CKR_[A-Z0-9_]+)/.exec(err.message);
+  if (m) return m[1] === 'CKR_VENDOR_DEFINED' ? (numbered ?? m[1]) : m[1];
+  return numbered;
 }
 
 /**

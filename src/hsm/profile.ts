@@ -18,7 +18,8 @@ export type IvMode = z.infer<typeof IvModeSchema>;
 export const CallModeSchema = z.enum(['sync', 'async', 'thread']);
 export type CallMode = z.infer<typeof CallModeSchema>;
 
-const CkrNameSchema = z.string().regex(/^CKR_[A-Z0-9_]+$/, 'must be a CKR_ name');
+/** A standard code's name, or a vendor's own number as errors.ts names it (CKR_VENDOR_DEFINED+0x...). */
+const CkrNameSchema = z.string().regex(/^(CKR_[A-Z0-9_]+|CKR_VENDOR_DEFINED\+0x[0-9a-f]+)$/, 'must be a CKR_ name or CKR_VENDOR_DEFINED+0x<hex>');
 
 export const ProfileSchema = z.strictObject({
   name: z.string(),

@@ -60,7 +60,7 @@ describe('ckrName', () => {
   });
 
   it('has no name for a code no CKR has, a code that is not a number, or code 0 (CKR_OK, never a failure)', () => {
-    expect(ckrName(threadError('failed', 0x8000_0123))).toBeUndefined();
+    expect(ckrName(threadError('failed', 0x7fff_0000))).toBeUndefined();
     expect(ckrName(threadError('failed', undefined))).toBeUndefined();
     expect(ckrName(Object.assign(new Error('failed'), { code: '48' }))).toBeUndefined();
     expect(ckrName(Object.assign(new Error('failed'), { code: 'ENOENT' }))).toBeUndefined();
@@ -69,6 +69,24 @@ describe('ckrName', () => {
     expect((native as unknown as { code: unknown }).code).toBe(0);
     expect(ckrName(native)).toBeUndefined();
     expect(ckrName(threadError('not a PKCS#11 call: C_Nope', 0))).toBeUndefined();
+  });
+
+  it('names by its number a code pkcs11js calls CKR_VENDOR_DEFINED: a PKCS#11 3.x code, or a vendor\'s own', () => {
+    // What pkcs11js throws for a code its 2.40 headers lack, natively and from a call or control thread.
+    const native = (code: number) => new pkcs11js.Pkcs11Error(`CKR_VENDOR_DEFINED:${code}`);
+    expect(native(0x35).message).toBe('CKR_VENDOR_DEFINED');
+    for (const e of [native(0x35), threadError('CKR_VENDOR_DEFINED', 0x35), threadError('failed', 0x35)]) {
+      expect(ckrName(e)).toBe('CKR_AEAD_DECRYPT_FAILED');
+    }
+    expect(ckrName(native(0x1b))).toBe('CKR_ACTION_PROHIBITED');
+    expect(ckrName(native(0x201))).toBe('CKR_TOKEN_RESOURCE_EXCEEDED');
+    expect(ckrName(native(0x202))).toBe('CKR_OPERATION_CANCEL_FAILED');
+    expect(ckrName(native(0x203))).toBe('CKR_KEY_EXHAUSTED');
+    expect(ckrName(native(0x8000_0123))).toBe('CKR_VENDOR_DEFINED+0x123');
+    expect(ckrName(threadError('failed', 0x8000_0000))).toBe('CKR_VENDOR_DEFINED+0x0');
+    // A code in no table below the vendor range keeps the name pkcs11js gave; without a code, so does the message.
+    expect(ckrName(native(0x7fff_0000))).toBe('CKR_VENDOR_DEFINED');
+    expect(ckrName(new Error('CKR_VENDOR_DEFINED'))).toBe('CKR_VENDOR_DEFINED');
   });
 
   it('only reads Errors', () => {
@@ -154,11 +172,24 @@ describe('toHsmError', () => {
       expect(h.message).toBe(`PKCS#11 call failed: ${name}`);
     }
     const vendor = toHsmError(new pkcs11js.Pkcs11Error('CKR_VENDOR_DEFINED:2147483939'));
-    expect(vendor).toMatchObject({ code: 'Unknown', ckr: 'CKR_VENDOR_DEFINED', message: 'PKCS#11 call failed: CKR_VENDOR_DEFINED' });
+    expect(vendor).toMatchObject({ code: 'Unknown', ckr: 'CKR_VENDOR_DEFINED+0x123', message: 'PKCS#11 call failed: CKR_VENDOR_DEFINED+0x123' });
+  });
+
+  it('a 3.x token\'s failed tag (CKR_AEAD_DECRYPT_FAILED, which pkcs11js calls CKR_VENDOR_DEFINED) is DataInvalid', () => {
+    for (const meanings of [STANDARD_MEANINGS, SOFTHSM, NSHIELD, NSS, CLOUDHSM]) {
+      expect(toHsmError(new pkcs11js.Pkcs11Error('CKR_VENDOR_DEFINED:53'), 'decrypt', meanings)).toMatchObject({ code: 'DataInvalid', ckr: 'CKR_AEAD_DECRYPT_FAILED' });
+    }
+  });
+
+  it('a vendor\'s own code in a profile\'s badTag or busy list is read as the profile says', () => {
+    const meanings = ckrMeanings({ errors: { badTag: ['CKR_VENDOR_DEFINED+0x121'], busy: ['CKR_VENDOR_DEFINED+0x2a'] } });
+    expect(toHsmError(new pkcs11js.Pkcs11Error(`CKR_VENDOR_DEFINED:${0x8000_0121}`), 'decrypt', meanings).code).toBe('DataInvalid');
+    expect(toHsmError(new pkcs11js.Pkcs11Error(`CKR_VENDOR_DEFINED:${0x8000_0122}`), 'decrypt', meanings).code).toBe('Unknown');
+    expect(meanings.busy.has(ckrName(new pkcs11js.Pkcs11Error(`CKR_VENDOR_DEFINED:${0x8000_002a}`))!)).toBe(true);
   });
 
   it('anything without a CKR is Unknown, with no ckr', () => {
-    for (const e of [new Error('boom'), new TypeError('Parameter 1 must be a Buffer'), new pkcs11js.NativeError('PKCS11 module not loaded yet'), 'CKR_DEVICE_ERROR', undefined, null, { code: 0x30 }, threadError('x', 0x8000_0001)]) {
+    for (const e of [new Error('boom'), new TypeError('Parameter 1 must be a Buffer'), new pkcs11js.NativeError('PKCS11 module not loaded yet'), 'CKR_DEVICE_ERROR', undefined, null, { code: 0x30 }, threadError('x', 0x7fff_0001)]) {
       const h = toHsmError(e);
       expect(h.code).toBe('Unknown');
       expect(h.ckr).toBeUndefined();

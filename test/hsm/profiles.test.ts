@@ -47,6 +47,15 @@ describe('profile errors', () => {
     );
   });
 
+  it('error codes are CKR_ names, a vendor\'s own written CKR_VENDOR_DEFINED+0x<hex>', () => {
+    const head = 'name: x\nvendor: y\nmodulePaths: [/a]\nivMode: caller-random\ncallMode: sync\n';
+    const p = parseProfile(`${head}errors:\n  badTag: [CKR_AEAD_DECRYPT_FAILED, CKR_VENDOR_DEFINED+0x121]\n  busy: [CKR_VENDOR_DEFINED]\n`, 'x.yaml');
+    expect(p.errors.badTag).toEqual(['CKR_AEAD_DECRYPT_FAILED', 'CKR_VENDOR_DEFINED+0x121']);
+    for (const bad of ['ckr_device_error', 'CKR_VENDOR_DEFINED+121', 'CKR_VENDOR_DEFINED+0x12G', 'CKR_DEVICE_ERROR+0x1', '0x30']) {
+      expect(() => parseProfile(`${head}errors:\n  busy: ["${bad}"]\n`, '/x/hsm/x.yaml'), bad).toThrow(/errors\.busy/);
+    }
+  });
+
   it('an unknown profile says where it looked', () => {
     expect(() => loadProfile('no-such-hsm')).toThrow(/no HSM profile "no-such-hsm": expected .*hsm\/no-such-hsm\.yaml/);
   });
