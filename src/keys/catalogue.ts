@@ -59,7 +59,12 @@ export interface ExternalKey {
   /** Versions claimed by more than one token object: ambiguous, never used (shown by `xks keys describe`). */
   duplicateVersions: ReadonlySet<number>;
   candidates: readonly Candidate[];
-  /** Why the key cannot be used as it stands (damaged or duplicate record); operations refuse such a key. */
+  /**
+   * What is wrong with the key's objects (an unreadable record, legacy records twice, an object of the wrong size),
+   * reported as violations by `xks report`. XKS refuses the key only when no record can be read (a state it cannot know);
+   * with a readable record, every process picks the same one (highest revision, then CKA_ID) and serves by it. A
+   * backup refuses any problem.
+   */
   problems: readonly string[];
 }
 
