@@ -118,8 +118,10 @@ function matches(s: CompiledStatement, req: PolicyRequest): boolean {
   });
 }
 
+/** The ARN's partition and account ("aws-cn:123456789012"): account numbers are not unique across partitions. */
 function accountOf(arn: string): string | undefined {
-  return /^arn:aws[a-z-]*:[a-z0-9-]+:[a-z0-9-]*:(\d{12}):/.exec(arn)?.[1];
+  const m = /^arn:(aws[a-z-]*):[a-z0-9-]+:[a-z0-9-]*:(\d{12}):/.exec(arn);
+  return m ? `${m[1]}:${m[2]}` : undefined;
 }
 
 /**

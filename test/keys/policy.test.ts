@@ -333,6 +333,15 @@ describe('kmsKeyArns: the KMS keys bound to an external key', () => {
       expect(p.evaluate(createKey(`arn:aws-cn:iam::${OTHER_ACCOUNT}:role/admin`))).toEqual(NOT_ACCOUNT);
     });
 
+    it('takes an account in another partition for another account, whatever its number', () => {
+      const p = compilePolicy([], { foo: { kmsKeyArns: [BOUND] } });
+      expect(p.evaluate(createKey(`arn:aws-cn:iam::${ACCOUNT}:role/admin`))).toEqual(NOT_ACCOUNT);
+      expect(p.evaluate(createKey(`arn:aws-us-gov:iam::${ACCOUNT}:role/admin`))).toEqual(NOT_ACCOUNT);
+      const gov = compilePolicy([], { foo: { kmsKeyArns: [`arn:aws-us-gov:kms:us-gov-west-1:${ACCOUNT}:key/abcd`] } });
+      expect(gov.evaluate(createKey(`arn:aws-us-gov:iam::${ACCOUNT}:role/admin`))).toEqual({ allowed: true });
+      expect(gov.evaluate(createKey(ADMIN))).toEqual(NOT_ACCOUNT);
+    });
+
     it('then the statements decide as for any request', () => {
       const p = compilePolicy([deny('NoCreateKey', { kmsOperations: ['CreateKey'], principals: [`arn:aws:iam::${ACCOUNT}:role/app`] })], { foo: { kmsKeyArns: [BOUND] } });
       expect(p.evaluate(createKey(APP))).toMatchObject({ allowed: false, statement: 'NoCreateKey' });
