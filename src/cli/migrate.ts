@@ -83,7 +83,7 @@ function writeMigration(settingsFile: string, opts: AwsSampleOptions): Written {
   const { settings, unknownSections } = parseAwsSampleSettings(text, file);
   const out = resolve(opts.out);
   const dir = dirname(out);
-  if (!existsSync(dir)) throw new Error(`${dir} does not exist: make the directory of --out first`);
+  if (!existsSync(dir)) throw new AwsSampleError(`${dir} does not exist: make the directory of --out first`);
   const stem = basename(out, extname(out));
   const migration = migrateAwsSample(settings, {
     tokenLabel: opts.tokenLabel,
@@ -104,14 +104,20 @@ function writeMigration(settingsFile: string, opts: AwsSampleOptions): Written {
   const https = (migration.config.listeners as { https?: { keyFile: string } }).https;
   if (https && existsSync(https.keyFile) && secretFileExposure(https.keyFile)) {
     const copy = `${stem}.tls-key.pem`;
-    files.push({ name: copy, text: readFileSync(https.keyFile, 'utf8'), secret: true });
+    let key: string;
+    try {
+      key = readFileSync(https.keyFile, 'utf8');
+    } catch (e) {
+      throw new AwsSampleError(`tls.tls_key_pem: cannot read ${https.keyFile} to copy it to a file of mode 0600 (${(e as NodeJS.ErrnoException).code ?? 'error'}): run the migration as a user who can read it`);
+    }
+    files.push({ name: copy, text: key, secret: true });
     notes.push({ setting: 'tls.tls_key_pem', note: `${https.keyFile} ${secretFileExposure(https.keyFile)}: copied to ${copy} (mode 0600), which the config uses. Restrict or delete the original once the sample is retired.` });
     https.keyFile = copy;
   }
   files.push({ name: basename(out), text: header(file) + stringify(migration.config), secret: false });
 
   const existing = files.map((f) => join(dir, f.name)).filter((p) => existsSync(p));
-  if (existing.length && !opts.force) throw new Error(`${existing.join(', ')} exist: choose another --out, or pass --force to replace them`);
+  if (existing.length && !opts.force) throw new AwsSampleError(`${existing.join(', ')} exist: choose another --out, or pass --force to replace them`);
 
   // Written and loaded in a directory of their own, then moved: nothing that does not load is ever in place.
   const staging = mkdtempSync(join(dir, '.xks-migrate-'));

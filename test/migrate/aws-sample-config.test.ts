@@ -151,6 +151,21 @@ describe('refusals', () => {
     expect(existsSync(join(dir, 'broken.yaml'))).toBe(false);
   });
 
+  it('names the setting and the file when the TLS key to copy cannot be read, and writes nothing', async () => {
+    const sub = mkdtempSync(join(dir, 'unreadable-'));
+    chmodSync(sub, 0o755);
+    const settings = join(sub, 'unreadable.toml');
+    // A directory where the key should be: open to others (0755), so it is copied, and no read of it works.
+    const text = readFileSync(fixture('settings_luna'), 'utf8')
+      .replace('tls_cert_pem = "tls/server_cert.pem"', `tls_cert_pem = "${pki.server.cert}"`)
+      .replace('tls_key_pem = "tls/server_key.pem"', `tls_key_pem = "${sub}"`);
+    writeFileSync(settings, text);
+    const r = await runXks(['migrate', 'aws-sample', settings, '--out', join(sub, 'out.yaml'), '--token-label', 'xks']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(new RegExp(`tls\\.tls_key_pem: cannot read ${sub} to copy it .*\\(EISDIR\\)`));
+    expect(readdirSync(sub)).toEqual(['unreadable.toml']);
+  });
+
   it('needs the token named, and never replaces files without --force', async () => {
     const out = join(dir, 'twice.yaml');
     const none = await runXks(['migrate', 'aws-sample', fixture('settings_docker'), '--out', out]);
