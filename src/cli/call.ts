@@ -32,7 +32,7 @@ function withCallOptions(cmd: Command): Command {
     .option('--prefix <path>', 'the key store (URI prefix) to call (default: the first in the config)')
     .option('--access-key-id <id>', "the credential to sign with (default: the key store's first)")
     .option('--url <url>', 'the proxy, e.g. https://xks.example.com (default: the http listener of the config, else its https listener)')
-    .option('--ca <file>', 'trust this CA for HTTPS besides the public ones (default: also the configured certificate, for a self-signed one)')
+    .option('--ca <file>', 'trust this CA for HTTPS besides the public ones (without --url, the configured certificate is trusted too, for a self-signed one)')
     .option('--cert <file>', 'client certificate, when the proxy asks for mTLS')
     .option('--key <file>', 'client key, when the proxy asks for mTLS')
     .option('--principal <arn>', 'awsPrincipalArn in the request metadata', DEFAULT_PRINCIPAL)
@@ -202,15 +202,28 @@ function defaultUrl(loaded: LoadedFile): URL {
 
 function tlsOptions(loaded: LoadedFile, opts: CallOptions, url: URL): https.RequestOptions {
   if (url.protocol !== 'https:') return {};
-  // Public CAs, plus the configured certificate (a self-signed demo certificate is its own CA), plus --ca.
-  const extra = [opts.ca, loaded.config.listeners.https?.certFile].filter((f): f is string => f !== undefined).map((f) => readFileSync(f, 'utf8'));
+  // Public CAs, plus --ca, plus the configured certificate when calling the config's own listener (a self-signed demo
+  // certificate is its own CA); another --url is another server, whose certificate this host's config says nothing of.
+  const own = opts.url ? undefined : loaded.config.listeners.https?.certFile;
+  const extra = [
+    ...(opts.ca ? [readOption('--ca', opts.ca)] : []),
+    ...(own ? [readOption('listeners.https.certFile', own)] : []),
+  ].map((b) => b.toString('utf8'));
   const mtls = loaded.config.listeners.https?.mtls;
   if (mtls && !opts.url && (!opts.cert || !opts.key)) throw new Error('the https listener asks for a client certificate (mTLS): give --cert and --key');
   return {
     ca: [...rootCertificates, ...extra],
-    ...(opts.cert ? { cert: readFileSync(opts.cert) } : {}),
-    ...(opts.key ? { key: readFileSync(opts.key) } : {}),
+    ...(opts.cert ? { cert: readOption('--cert', opts.cert) } : {}),
+    ...(opts.key ? { key: readOption('--key', opts.key) } : {}),
   };
+}
+
+function readOption(what: string, file: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (e) {
+    throw new Error(`${what}: cannot read ${file} (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
 }
 
 function post(url: URL, headers: Record<string, string>, body: string, tls: https.RequestOptions): Promise<{ status: number; text: string }> {

@@ -2,7 +2,7 @@
 // signed with a credential of the config (its signer is checked against AWS's in sigv4-sign.test.ts; here the proxy's
 // verifier accepts it), reading that credential's secret only (no PIN, no other secret), printing the proxy's answer.
 import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { parse, stringify } from 'yaml';
 import { readFileSync } from 'node:fs';
@@ -111,6 +111,20 @@ describe('xks call', () => {
     const untrusted = await xks(['call', 'health', '--url', url]);
     expect(untrusted.code).toBe(1);
     expect(untrusted.stderr).toMatch(/certificate/i);
+  });
+
+  it("--url to another server does not read this config's certificate; a file that cannot be read is named", async () => {
+    const config = parse(readFileSync(cliConfig, 'utf8'));
+    config.listeners.https.certFile = join(t.token.dir, 'no-such-cert.pem');
+    // Next to the CLI's config: its secret files are named relative to it.
+    const elsewhere = join(dirname(cliConfig), 'cert-elsewhere.yaml');
+    writeFileSync(elsewhere, stringify(config));
+    const url = `https://127.0.0.1:${t.proxy.listening.https!.port}`;
+    const r = await runXks(['call', 'health', '--url', url, '--ca', pki.caCert], { configFile: elsewhere });
+    expect(r.code, r.stderr).toBe(0);
+    const missing = await runXks(['call', 'health', '--url', url, '--ca', join(t.token.dir, 'no-such-ca.pem')], { configFile: elsewhere });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/--ca: cannot read .*no-such-ca\.pem \(ENOENT\)/);
   });
 
   it('--access-key-id signs with another credential of the key store (its secret read then); an unknown one is named', async () => {
