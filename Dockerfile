@@ -50,7 +50,7 @@ ENV NODE_ENV=production \
     SOFTHSM2_CONF=/etc/xks/softhsm2.conf
 VOLUME /var/lib/xks
 USER 10001:10001
-EXPOSE 8080 8443
+EXPOSE 8080 8443 9090 9091
 # Liveness: GET /ping on the HTTP listener (XKS_HEALTHCHECK_URL to change it). It says the process serves, not that the HSM is healthy.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 CMD ["node", "/app/docker/healthcheck.mjs"]
 ENTRYPOINT ["/usr/bin/tini", "--", "/app/docker/entrypoint.sh"]
