@@ -76,6 +76,9 @@ const CONFIRMED_ATTRS = new Map<number, string>([
   [P.CKA_DERIVE, 'CKA_DERIVE'],
 ]);
 
+/** Searches made again when an object found vanished before it was read, before the search fails. */
+const FIND_ATTEMPTS = 5;
+
 export class HsmConnection implements KeyStore, HsmOperations {
   private mod!: Pkcs11;
   private slot!: Handle;
@@ -408,19 +411,27 @@ export class HsmConnection implements KeyStore, HsmOperations {
     if (match.label !== undefined) t.push({ type: P.CKA_LABEL, value: match.label });
     if (match.keyType !== undefined) t.push({ type: P.CKA_KEY_TYPE, value: keyTypeNumber(match.keyType) });
     return this.run('other', async (s) => {
-      const found: KeyObject[] = [];
-      for (const h of await this.find(s, t)) {
-        const described = await this.describe(s, h).catch(async (e: unknown) => {
-          // Destroyed by another writer since the search (a lease renewed every 500 ms): no longer there. Only the
-          // library's own answer while still logged in says so; a lost login hides every private object alike, and
-          // our generation check (no ckr) means a re-initialisation, after which nothing found is known to be gone.
-          const err = toHsmError(e);
-          if (err.ckr === 'CKR_OBJECT_HANDLE_INVALID' && (await this.isLoggedIn())) return undefined;
-          throw e;
-        });
-        if (described) found.push(described);
+      for (let attempt = 1; ; attempt++) {
+        const found: KeyObject[] = [];
+        let vanished = false;
+        for (const h of await this.find(s, t)) {
+          try {
+            found.push(await this.describe(s, h));
+          } catch (e) {
+            // Destroyed by another writer since the search (a lease is renewed every 500 ms: the new one made, then the
+            // old destroyed). Answering without it could show a live writer with no lease at all: search again, for a
+            // view in which everything found still exists. Only the library's own answer while still logged in says
+            // so; a lost login hides every private object alike, and our generation check (no ckr) means a
+            // re-initialisation.
+            if (attempt < FIND_ATTEMPTS && toHsmError(e).ckr === 'CKR_OBJECT_HANDLE_INVALID' && (await this.isLoggedIn())) {
+              vanished = true;
+              break;
+            }
+            throw e;
+          }
+        }
+        if (!vanished) return found;
       }
-      return found;
     });
   }
 
