@@ -168,7 +168,7 @@ export class ImportService {
 
     const key = await this.lifecycle.get(req.KeyId);
     this.checkImportable(key);
-    const [unwrap, decrypt, modulus] = await this.hsm.getAttributes(privateKey, ['unwrap', 'decrypt', 'modulus']);
+    const [unwrap, decrypt, modulus] = await this.whileUnspent(pairId, () => this.hsm.getAttributes(privateKey, ['unwrap', 'decrypt', 'modulus']));
     const k = modulus?.length ?? 0;
     if (k * 8 !== MODULUS_BITS[t.keySpec]) throw invalidToken();
     const use: WrappingKeyUse = isTrue(unwrap) ? 'oaep-unwrap' : isTrue(decrypt) ? 'raw-decrypt' : invalidUse();
@@ -178,9 +178,9 @@ export class ImportService {
       this.opts.logger?.warn({ keyId: key.id, algorithm: t.algorithm }, 'import: key material decoded in process memory (operator opt-in)');
     }
 
-    const source = await openMaterialSource({ hsm: this.hsm, privateKey, k, algorithm: t.algorithm, use, blob: req.EncryptedKeyMaterial });
+    const source = await this.whileUnspent(pairId, () => openMaterialSource({ hsm: this.hsm, privateKey, k, algorithm: t.algorithm, use, blob: req.EncryptedKeyMaterial }));
     try {
-      const kcv = (await checkMaterial(this.hsm, source)).toString('base64url');
+      const kcv = (await this.whileUnspent(pairId, () => checkMaterial(this.hsm, source))).toString('base64url');
       const bk = readImport(key.record);
       const importType: ImportType = req.ImportType ?? (importedVersions(bk).length ? 'EXISTING_KEY_MATERIAL' : 'NEW_KEY_MATERIAL');
       const match = versionWithKcv(bk, kcv);
@@ -333,12 +333,21 @@ export class ImportService {
     if ((await this.findWrapping('public-key', token.pairId)).length === 0) throw invalidToken();
   }
 
-  /** The candidate: a failure because another import spent the token meanwhile (its key pair is gone) says so. */
-  private async materialize(source: MaterialSource, spec: AesKeySpec, token: TokenInUse) {
+  /** The candidate, made from the unwrapped material. */
+  private materialize(source: MaterialSource, spec: AesKeySpec, token: TokenInUse) {
+    return this.whileUnspent(token.pairId, async () => this.hsm.describeObject(await source.materialize(importedAesKeyTemplate(spec))));
+  }
+
+  /**
+   * A step that uses the token's wrapping key pair. When it fails because another import with the same token committed
+   * meanwhile and spent the token (its key pair is gone: the unwrap meets a destroyed key), the answer is the token's,
+   * InvalidImportTokenException, not the blob's.
+   */
+  private async whileUnspent<T>(pairId: Buffer, step: () => Promise<T>): Promise<T> {
     try {
-      return await this.hsm.describeObject(await source.materialize(importedAesKeyTemplate(spec)));
+      return await step();
     } catch (e) {
-      if (!isInfrastructure(e) && (await this.findWrapping('public-key', token.pairId)).length === 0) throw invalidToken();
+      if (!isInfrastructure(e) && (await this.findWrapping('public-key', pairId)).length === 0) throw invalidToken();
       throw e;
     }
   }
