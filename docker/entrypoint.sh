@@ -65,5 +65,6 @@ node "$XKS_MAIN" keys create impotent_key --usage none --if-missing
 say "demo: SoftHSMv2 token xks-demo in $DATA; URI prefix example/uri/path/prefix, region us-east-1,"
 say "demo: access key id BETWEEN2TENAND3TENCHARACTERS (the XKS test client's demo credentials: not for production)"
 say "demo: metrics and health on :9091 (/metrics, /health); admin API on :9090, access key id XKSDEMOADMIN0000000001,"
-say "demo: secret in $DATA/admin-secret; audit trail in $DATA/audit: docker exec <container> xks audit verify"
+say "demo: secret in $DATA/admin-secret; audit trail in $DATA/audit, checked with"
+say "demo: docker exec <container> sh -c 'xks audit verify --allow-unsealed-tail $DATA/audit/*.jsonl'"
 exec node "$XKS_MAIN" "$@"
