@@ -4,8 +4,8 @@ import { Command } from 'commander';
 import { exportKey, importWrapped } from '../keys/backup.js';
 import { describeKey } from '../keys/key-description.js';
 import { openCatalogue, openLifecycle } from '../proxy.js';
-import { withConfigOption, withHsm } from './context.js';
-import { readInput, refuseExisting, writeNew } from './kek.js';
+import { readInput, withConfigOption, withHsm } from './context.js';
+import { refuseExisting, writeNew } from './kek.js';
 
 export function exportCommand(): Command {
   return withConfigOption(new Command('export'))

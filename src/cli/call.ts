@@ -8,7 +8,7 @@ import https from 'node:https';
 import { rootCertificates } from 'node:tls';
 import { Command } from 'commander';
 import { readSigV4Secret, type LoadedFile } from '../config/load.js';
-import { loadFor, warnOnStderr, withConfigOption } from './context.js';
+import { loadFor, readInput, warnOnStderr, withConfigOption } from './context.js';
 import { signSigV4 } from './sigv4-sign.js';
 
 const XKS_SERVICE = 'kms-xks-proxy';
@@ -206,24 +206,16 @@ function tlsOptions(loaded: LoadedFile, opts: CallOptions, url: URL): https.Requ
   // certificate is its own CA); another --url is another server, whose certificate this host's config says nothing of.
   const own = opts.url ? undefined : loaded.config.listeners.https?.certFile;
   const extra = [
-    ...(opts.ca ? [readOption('--ca', opts.ca)] : []),
-    ...(own ? [readOption('listeners.https.certFile', own)] : []),
+    ...(opts.ca ? [readInput(opts.ca, '--ca')] : []),
+    ...(own ? [readInput(own, 'listeners.https.certFile')] : []),
   ].map((b) => b.toString('utf8'));
   const mtls = loaded.config.listeners.https?.mtls;
   if (mtls && !opts.url && (!opts.cert || !opts.key)) throw new Error('the https listener asks for a client certificate (mTLS): give --cert and --key');
   return {
     ca: [...rootCertificates, ...extra],
-    ...(opts.cert ? { cert: readOption('--cert', opts.cert) } : {}),
-    ...(opts.key ? { key: readOption('--key', opts.key) } : {}),
+    ...(opts.cert ? { cert: readInput(opts.cert, '--cert') } : {}),
+    ...(opts.key ? { key: readInput(opts.key, '--key') } : {}),
   };
-}
-
-function readOption(what: string, file: string): Buffer {
-  try {
-    return readFileSync(file);
-  } catch (e) {
-    throw new Error(`${what}: cannot read ${file} (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
-  }
 }
 
 function post(url: URL, headers: Record<string, string>, body: string, tls: https.RequestOptions): Promise<{ status: number; text: string }> {

@@ -1,4 +1,5 @@
 // What every command needs: the config (from --config or XKS_CONFIG) and a connection to the token.
+import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { configPath, loadFile, type LoadedFile } from '../config/load.js';
 import type { HsmConnection } from '../hsm/hsm-connection.js';
@@ -32,4 +33,13 @@ export async function withHsm<T>(cmd: Command, fn: (hsm: HsmConnection, loaded: 
 
 export function warnOnStderr(warning: string): void {
   console.error(`xks: warning: ${warning}`);
+}
+
+/** A file a command was pointed at, or a sentence naming it (`what`: the option or the thing it holds) and why not. */
+export function readInput(path: string, what: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw new Error(`${what}: cannot read ${path} (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
 }

@@ -1,12 +1,12 @@
 // `xks kek`: key-encryption keys for backups, and moving one between two HSMs without it ever being in clear
 // (docs/backup.md). Ceremonies need the security officer: SO PIN from XKS_HSM_SO_PIN, user PIN from the config.
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { Command } from 'commander';
 import type { LoadedFile } from '../config/load.js';
 import { ckrMeanings } from '../hsm/errors.js';
 import { loadProfile, resolveLibrary } from '../hsm/profile.js';
 import { createKek, createTransportKey, listKeks, receiveKek, sendKek, type CeremonyAccess } from '../keys/kek.js';
-import { loadFor, withConfigOption, withHsm } from './context.js';
+import { loadFor, readInput, withConfigOption, withHsm } from './context.js';
 
 /** The token and both PINs for a ceremony; run without an HsmConnection open in this process. */
 export function ceremonyAccess(loaded: LoadedFile): CeremonyAccess {
@@ -39,13 +39,6 @@ export function writeNew(path: string, data: string | Buffer): void {
   }
 }
 
-export function readInput(path: string, what: string): Buffer {
-  try {
-    return readFileSync(path);
-  } catch {
-    throw new Error(`cannot read ${what} ${path}`);
-  }
-}
 
 export function kekCommand(): Command {
   const kek = new Command('kek').description('key-encryption keys (KEKs) for `xks keys export`, and moving one between HSMs');
